@@ -1,0 +1,1 @@
+"""Triton kernels for megarl (log-probs, entropy, advantages, losses) with torch references."""

@@ -1,0 +1,60 @@
+"""The `megarl` command: a thin dispatcher from subcommands to library entry points.
+
+Each subcommand lives in its own module as `main(argv: list[str]) -> int`, imported only when
+that subcommand runs (so `megarl --help` stays fast and does not import torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module with `main(argv)`, one-line description). A module that does not exist yet
+# makes the subcommand report "not yet available" instead of crashing.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("megarl.train.cli", "run RL training from a YAML recipe (megarl train configs/tiny_cpu.yaml actor.tp=2)"),
+    "eval": ("megarl.evaluation.cli", "evaluate a model on math benchmarks through the rollout engine"),
+    "serve": ("megarl.rollout.serve_cli", "start megarl's built-in rollout server (SGLang protocol subset)"),
+    "submit": ("megarl.slurm_submit", "render and submit a Slurm sbatch job for a recipe"),
+    "grade": ("megarl.rewards.cli", "grade responses in a JSON Lines file against gold answers"),
+    "data": ("megarl.data.cli", "data tools: filter prompts by measured pass rate"),
+    "plot": ("megarl.monitoring.plot", "plot a run's metrics as PNG curves"),
+    "config": ("megarl.config", "load, override and validate a recipe; print the resolved config"),
+}
+
+USAGE = "usage: megarl <command> [args...]\n\ncommands:\n" + "\n".join(
+    f"  {name:<8} {desc}" for name, (_, desc) in SUBCOMMANDS.items()
+) + "\n\nRun `megarl <command> --help` for a command's options."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from megarl import __version__
+
+        print(f"megarl {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, SUBCOMMANDS, n=1)
+        hint = f" Did you mean `megarl {close[0]}`?" if close else ""
+        print(f"megarl: unknown command {name!r}.{hint} Run `megarl --help` for the list.", file=sys.stderr)
+        return 2
+    module_name = SUBCOMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and module_name.startswith(err.name):
+            print(f"megarl {name}: not yet available in this version ({module_name} is not built yet).", file=sys.stderr)
+            return 3
+        raise
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Runtime: device and backend choice, torch.distributed / Megatron parallel state, seeding."""

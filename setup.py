@@ -1,0 +1,60 @@
+"""megarl: zero-RL for math reasoning on Megatron-core, SGLang and Triton."""
+
+from setuptools import find_packages, setup
+
+# Why each dependency is here:
+#   torch            - tensors, autograd, torch.distributed (gloo on CPU, NCCL on GPU).
+#                      The upper bound keeps pip on the 2.13.0 CPU wheel on CPU machines.
+#   megatron-core    - the actor/critic models with TP/PP and the pipeline schedules.
+#                      0.16.1 is the newest for Python 3.11; clusters on 3.12 may take newer.
+#   transformers     - HF configs/tokenizers, tiny reference models for parity tests,
+#                      the built-in rollout server's generation.
+#   safetensors      - lazy, streaming checkpoint I/O for conversion and weight sync.
+#   triton           - the fused kernels (compiled on GPU, interpreted on CPU in tests).
+#   pydantic, pyyaml - typed, validated recipes.
+#   sympy, math-verify - symbolic answer equivalence for the math grader.
+#   aiohttp          - async HTTP for the rollout client and the built-in server.
+#   rich             - progress bars and tables; matplotlib - training/benchmark plots.
+#   wandb            - experiment tracking (offline by default).
+INSTALL_REQUIRES = [
+    "torch>=2.6,<2.14",
+    "megatron-core==0.16.1; python_version<'3.12'",
+    "megatron-core>=0.16.1,<0.18; python_version>='3.12'",
+    "transformers>=4.51",
+    "safetensors>=0.4",
+    "triton>=3.2; platform_system=='Linux'",
+    "pydantic>=2.6",
+    "pyyaml>=6",
+    "numpy>=1.26",
+    "sympy>=1.12",
+    "math-verify>=0.7",
+    "aiohttp>=3.9",
+    "rich>=13",
+    "matplotlib>=3.8",
+    "wandb>=0.17",
+]
+
+EXTRAS = {
+    # Everything the CPU tests need beyond the runtime deps.
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "psutil>=5.9"],
+    # GPU clusters. NVIDIA apex is not on PyPI (the PyPI "apex" is unrelated): build it from
+    # source, see README "GPU clusters".
+    "gpu": ["transformer-engine[pytorch]>=2.0", "sglang>=0.5", "sglang-router>=0.1", "flash-attn>=2.6"],
+    # Optional DALI input pipeline for tokenized prompt shards.
+    "dali": ["nvidia-dali-cuda120>=1.40"],
+    # Comparisons in the benchmark tools.
+    "bench": ["trl>=0.20", "liger-kernel>=0.5"],
+}
+
+setup(
+    name="megarl",
+    version="0.1.0",
+    description="Zero-RL trainer for math reasoning: Megatron-core actor/critic, SGLang rollouts, Triton kernels, Slurm.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megarl", "megarl.*", "kernels", "kernels.*"]),
+    include_package_data=True,
+    package_data={"megarl": ["datasets/*.jsonl", "datasets/*.md", "datasets/MD5SUMS"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["megarl=megarl.cli:main"]},
+)
