@@ -65,3 +65,9 @@ def max_memory_allocated() -> int | None:
 def reset_peak_memory() -> None:
     if on_gpu():
         torch.cuda.reset_peak_memory_stats()
+
+
+def set_current_device(local_rank: int) -> None:
+    """Bind this process to its local GPU (no-op on CPU)."""
+    if on_gpu():
+        torch.cuda.set_device(local_rank)

@@ -1,0 +1,209 @@
+"""Builds Megatron GPT actors (causal LM) and critics (same trunk + scalar value head) from a ModelSpec.
+
+Layers come from Megatron's Transformer Engine spec when transformer-engine is importable, else
+from its local spec (CPU machines); nothing here copies Megatron modules. Call after
+`megarl.runtime.distributed.init_runtime`, which sets up Megatron's parallel state.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from megarl.models.mapping import stage_mappings
+from megarl.models.spec import ModelSpec
+from megarl.runtime.device import get_device, on_gpu
+
+
+@functools.lru_cache(maxsize=None)
+def transformer_engine_available() -> bool:
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:
+        return False
+    return on_gpu()
+
+
+def layer_impl() -> str:
+    """'te' (Transformer Engine layers) or 'local' (Megatron-core's own layers)."""
+    return "te" if transformer_engine_available() else "local"
+
+
+def layer_spec():
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if layer_impl() == "te":
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def transformer_config(
+    spec: ModelSpec,
+    *,
+    tp: int,
+    pp: int,
+    dtype: torch.dtype = torch.float32,
+    initialize: bool = False,
+    sequence_parallel: bool = False,
+    recompute: str | None = None,
+    seed_init_std: float = 0.02,
+):
+    """Megatron TransformerConfig for `spec` at the given layout.
+
+    `initialize=False` skips Megatron's random init (weights come from a checkpoint).
+    `recompute`: None, "selective" (attention core) or "full" (whole layers, uniform).
+    """
+    from megatron.core.transformer import TransformerConfig
+
+    extra = {}
+    if spec.sliding_window:
+        # HF: a query attends to itself and the previous sliding_window - 1 keys.
+        extra["window_size"] = (spec.sliding_window - 1, 0)
+    if recompute == "full":
+        extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    elif recompute == "selective":
+        extra.update(recompute_granularity="selective")
+    elif recompute is not None:
+        raise ValueError(f"recompute={recompute!r}; use null, 'selective' or 'full'")
+    return TransformerConfig(
+        num_layers=spec.num_layers,
+        hidden_size=spec.hidden_size,
+        num_attention_heads=spec.num_heads,
+        num_query_groups=spec.num_kv_heads,
+        kv_channels=spec.head_dim,
+        ffn_hidden_size=spec.ffn_hidden_size,
+        normalization="RMSNorm",
+        layernorm_epsilon=spec.rms_norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=spec.qkv_bias,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        attention_softmax_in_fp32=True,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        pipeline_dtype=dtype,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu_initialization=not on_gpu(),
+        perform_initialization=initialize,
+        init_method_std=seed_init_std,
+        sequence_parallel=sequence_parallel and tp > 1,
+        **extra,
+    )
+
+
+class ValueHead(torch.nn.Module):
+    """Scalar value per token, replacing the critic's output layer.
+
+    Replicated on every TP rank (its input is the full hidden state there), initialized from a
+    fixed seed so all ranks start identical. Called like Megatron's output layer:
+    `head(hidden, weight=None, runtime_gather_output=None) -> (values [s, b, 1], None)`.
+    """
+
+    def __init__(self, hidden_size: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        weight = torch.randn(1, hidden_size, generator=generator) / hidden_size**0.5
+        self.weight = torch.nn.Parameter(weight.to(device=device, dtype=dtype))
+
+    def forward(self, hidden, weight=None, runtime_gather_output=None):
+        return F.linear(hidden, self.weight), None
+
+
+def build_model(
+    spec: ModelSpec,
+    *,
+    role: str = "actor",
+    dtype: torch.dtype = torch.float32,
+    initialize: bool = False,
+    sequence_parallel: bool = False,
+    recompute: str | None = None,
+    value_head_seed: int = 0,
+):
+    """Build this rank's part of the actor or critic (pre/post-process from the PP stage).
+
+    The actor returns logits over the padded vocab, TP-sharded ([b, s, V_padded / tp]) unless
+    called with `runtime_gather_output=True`. The critic returns values [b, s, 1].
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.gpt import GPTModel
+
+    if role not in ("actor", "critic"):
+        raise ValueError(f"role={role!r}; use 'actor' or 'critic'")
+    tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
+    spec.check_layout(tp, pp, field=role)
+    config = transformer_config(
+        spec, tp=tp, pp=pp, dtype=dtype, initialize=initialize, sequence_parallel=sequence_parallel, recompute=recompute
+    )
+    pre = ps.is_pipeline_first_stage()
+    post = ps.is_pipeline_last_stage()
+    tied = spec.tie_word_embeddings and role == "actor"
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(),
+        vocab_size=spec.padded_vocab_size(tp),
+        max_sequence_length=spec.max_position_embeddings,
+        pre_process=pre,
+        post_process=post,
+        share_embeddings_and_output_weights=tied,
+        position_embedding_type="rope",
+        rotary_base=int(spec.rope_theta),
+        rope_scaling=False,
+    )
+    if spec.rope_scaling:
+        _apply_llama3_rope_scaling(model, spec)
+    _mark_tensor_parallel(model, spec, role, ps.get_pipeline_model_parallel_rank(), pp)
+    if role == "critic" and post:
+        # The LM head Megatron just built (V/tp x H) is dropped here; the value head replaces it.
+        model.output_layer = ValueHead(spec.hidden_size, dtype, get_device(), seed=value_head_seed)
+    model.megarl_spec = spec
+    model.megarl_role = role
+    return model.to(get_device())
+
+
+_PARTITION_DIM = {"column": 0, "vocab": 0, "qkv": 0, "gated_mlp": 0, "row": 1}
+
+
+def _mark_tensor_parallel(model, spec: ModelSpec, role: str, pp_rank: int, pp: int) -> None:
+    """Set Megatron's tensor-parallel attributes on every sharded parameter, from the mapping.
+
+    Megatron sets them only when it initializes weights itself (`perform_initialization`); with
+    weights loaded from a checkpoint they would be missing, and the optimizer would then count
+    sharded gradients only on TP rank 0 in the grad norm (wrong clipping under TP).
+    """
+    from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+
+    params = dict(model.named_parameters())
+    for name, mapping in stage_mappings(spec, pp_rank, pp, layer_impl=layer_impl(), role=role):
+        if name in params and mapping.kind in _PARTITION_DIM:
+            param = params[name]
+            for attr in ("tensor_model_parallel", "partition_dim", "partition_stride"):
+                if hasattr(param, attr):
+                    delattr(param, attr)
+            set_tensor_model_parallel_attributes(param, True, _PARTITION_DIM[mapping.kind], 1)
+
+
+def _apply_llama3_rope_scaling(model, spec: ModelSpec) -> None:
+    """Llama 3.1 RoPE scaling with the checkpoint's own parameters (Megatron hard-codes 8192/1/4)."""
+    rope = model.rotary_pos_emb
+    dim = spec.head_dim
+    base = torch.arange(0, dim, 2, dtype=torch.float32, device=rope.inv_freq.device)
+    inv_freq = 1.0 / (spec.rope_theta ** (base / dim))
+    scaling = spec.rope_scaling
+    rope.inv_freq = rope._apply_scaling(
+        inv_freq,
+        factor=scaling["factor"],
+        low_freq_factor=scaling["low_freq_factor"],
+        high_freq_factor=scaling["high_freq_factor"],
+        original_max_position_embeddings=scaling["original_max_position_embeddings"],
+    )

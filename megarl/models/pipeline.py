@@ -1,0 +1,58 @@
+"""Runs forward (and backward) over micro-batches through Megatron's pipeline schedule.
+
+One call serves every layout: with PP > 1 Megatron's 1F1B schedule moves activations between
+stages; with PP = 1 it is a plain loop with gradient accumulation. Micro-batches share one
+shape [micro_batch_size, seq_length] (pad to it), which is what pipeline p2p requires.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+
+def run_pipeline(
+    model,
+    microbatches: Sequence[dict],
+    step_fn: Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict]],
+    *,
+    forward_only: bool,
+) -> list[dict]:
+    """Forward every micro-batch; `step_fn(output, microbatch) -> (loss, stats)` runs on the last
+    stage (output: logits [b, s, V/tp] for the actor, values [b, s, 1] for the critic).
+
+    Returns the stats dicts of the last stage's micro-batches (empty on other stages). Megatron
+    divides each loss by the number of micro-batches before backward; `step_fn` returns the
+    per-micro-batch loss.
+    """
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    if not microbatches:
+        raise ValueError("run_pipeline needs at least one micro-batch")
+    shape = tuple(microbatches[0]["input_ids"].shape)
+    for i, mb in enumerate(microbatches):
+        if tuple(mb["input_ids"].shape) != shape:
+            raise ValueError(f"micro-batch {i} has shape {tuple(mb['input_ids'].shape)}, expected {shape}; pad to one shape")
+    micro_batch_size, seq_length = shape
+
+    def forward_step(data_iterator, module):
+        mb = next(data_iterator)
+        output = module(mb["input_ids"], mb["position_ids"], mb.get("attention_mask"))
+
+        def loss_func(output_tensor):
+            loss, stats = step_fn(output_tensor, mb)
+            return loss, stats
+
+        return output, loss_func
+
+    forward_backward = get_forward_backward_func()
+    return forward_backward(
+        forward_step_func=forward_step,
+        data_iterator=iter(microbatches),
+        model=model,
+        num_microbatches=len(microbatches),
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )

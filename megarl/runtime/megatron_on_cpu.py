@@ -1,0 +1,189 @@
+"""Makes Megatron-core run on CPU (gloo) by covering the few places where it calls CUDA directly.
+
+Applied once per process by `megarl.runtime.distributed.init_runtime` when megarl runs on CPU,
+never on GPUs. What it covers, and how:
+
+1. Hard-coded CUDA factories and `torch.cuda.*` calls inside Megatron functions (the default
+   causal and sliding-window masks, the pipeline schedules' token counters, grad-norm buffers,
+   `torch.cuda.current_device()` in the grad buffers and the global memory buffer, the RNG
+   tracker's `torch.cuda.get_rng_state`/`manual_seed`). Each affected Megatron module gets its
+   own view of `torch` (`_TorchOnCPU`) whose tensor factories map a CUDA device to the CPU and
+   whose `.cuda` namespace answers with the CPU equivalents. The real `torch` is untouched.
+2. The model-parallel RNG tracker's state get/set, which read CUDA generator states: replaced
+   by CPU-generator versions, so `get_cuda_rng_tracker().fork()` works (dropout and weight init
+   under TP use it).
+3. Tensor methods that assume CUDA inside three Megatron functions: type checks that require
+   `torch.cuda.FloatTensor` (grad clipping, the distributed optimizer's parameter groups) and
+   `weight.data.cuda()` (syncing tied embeddings between the first and last pipeline stage).
+   Those functions run with CPU tensors reporting the CUDA type names and `.cuda()` returning
+   the tensor itself, only for the duration of the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import sys
+import types
+
+import torch
+
+from megarl.runtime.device import GPU_TYPE, is_gpu_device
+
+# Megatron entry points megarl uses; importing them loads every module their code paths reach.
+# Each loaded megatron.core module whose source names CUDA gets the CPU view of torch.
+_ENTRY_MODULES = (
+    "megatron.core.models.gpt",
+    "megatron.core.models.gpt.gpt_layer_specs",
+    "megatron.core.pipeline_parallel.schedules",
+    "megatron.core.optimizer",
+    "megatron.core.optimizer.distrib_optimizer",
+    "megatron.core.distributed",
+    "megatron.core.distributed.finalize_model_grads",
+    "megatron.core.tensor_parallel",
+    "megatron.core.dist_checkpointing",
+)
+
+_FACTORIES = ("zeros", "ones", "empty", "full", "tensor", "arange", "rand", "randn", "randint", "as_tensor")
+_CPU = torch.device("cpu")
+_applied = False
+
+
+def _to_cpu_device(device):
+    return _CPU if is_gpu_device(device) else device
+
+
+class _CudaNamespaceOnCPU:
+    """What `torch.cuda` answers inside patched Megatron modules on a CPU runtime."""
+
+    def __getattr__(self, name):
+        return getattr(torch.cuda, name)
+
+    @staticmethod
+    def current_device():
+        return _CPU
+
+    @staticmethod
+    def is_available():
+        return False
+
+    @staticmethod
+    def synchronize(*args, **kwargs):
+        return None
+
+    get_rng_state = staticmethod(lambda *a, **k: torch.get_rng_state())
+    set_rng_state = staticmethod(lambda state, *a, **k: torch.set_rng_state(state))
+    manual_seed = staticmethod(lambda seed: torch.manual_seed(seed))
+    manual_seed_all = staticmethod(lambda seed: torch.manual_seed(seed))
+
+
+class _TorchOnCPU(types.ModuleType):
+    """A view of `torch` whose tensor factories place CUDA-device requests on the CPU."""
+
+    def __init__(self):
+        super().__init__("torch")
+        self.cuda = _CudaNamespaceOnCPU()
+        for name in _FACTORIES:
+            setattr(self, name, self._factory(getattr(torch, name)))
+
+    @staticmethod
+    def _factory(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            if "device" in kwargs:
+                kwargs["device"] = _to_cpu_device(kwargs["device"])
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+_ORIGINAL_TENSOR_TYPE = torch.Tensor.type
+_CPU_TO_GPU_TYPE_NAME = {
+    "torch.FloatTensor": f"torch.{GPU_TYPE}.FloatTensor",
+    "torch.HalfTensor": f"torch.{GPU_TYPE}.HalfTensor",
+    "torch.BFloat16Tensor": f"torch.{GPU_TYPE}.BFloat16Tensor",
+}
+
+
+def _type_as_gpu_names(self, *args, **kwargs):
+    name = _ORIGINAL_TENSOR_TYPE(self, *args, **kwargs)
+    return _CPU_TO_GPU_TYPE_NAME.get(name, name) if not args and not kwargs else name
+
+
+_ORIGINAL_TENSOR_TO_GPU = getattr(torch.Tensor, GPU_TYPE)
+
+
+def _stay_on_cpu(self, *args, **kwargs):
+    return self
+
+
+@contextlib.contextmanager
+def _tensors_act_as_gpu():
+    torch.Tensor.type = _type_as_gpu_names
+    setattr(torch.Tensor, GPU_TYPE, _stay_on_cpu)
+    try:
+        yield
+    finally:
+        torch.Tensor.type = _ORIGINAL_TENSOR_TYPE
+        setattr(torch.Tensor, GPU_TYPE, _ORIGINAL_TENSOR_TO_GPU)
+
+
+def _run_with_tensors_as_gpu(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _tensors_act_as_gpu():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _get_rng_state_cpu(device=None, clone=False, graph_safe=False):
+    state = torch.get_rng_state()
+    return state.clone() if clone else state
+
+
+def _set_rng_state_cpu(new_state, device=-1, graph_safe=False):
+    torch.set_rng_state(new_state)
+
+
+def _names_cuda(module) -> bool:
+    path = getattr(module, "__file__", None)
+    if not path or not path.endswith(".py"):
+        return False
+    with open(path, encoding="utf-8") as f:
+        return GPU_TYPE in f.read()
+
+
+def apply() -> None:
+    """Install the CPU adaptations (idempotent). Call only when megarl runs on CPU."""
+    global _applied
+    if _applied:
+        return
+    for name in _ENTRY_MODULES:
+        importlib.import_module(name)
+    cpu_torch = _TorchOnCPU()
+    for name, module in list(sys.modules.items()):
+        if name.startswith("megatron.core") and getattr(module, "torch", None) is torch and _names_cuda(module):
+            module.torch = cpu_torch
+
+    random = importlib.import_module("megatron.core.tensor_parallel.random")
+    random._get_cuda_rng_state = _get_rng_state_cpu
+    random._set_cuda_rng_state = _set_rng_state_cpu
+
+    clip_grads = importlib.import_module("megatron.core.optimizer.clip_grads")
+    optimizer = importlib.import_module("megatron.core.optimizer.optimizer")
+    wrapped_clip = _run_with_tensors_as_gpu(clip_grads.clip_grad_by_total_norm_fp32)
+    clip_grads.clip_grad_by_total_norm_fp32 = wrapped_clip
+    optimizer.clip_grad_by_total_norm_fp32 = wrapped_clip
+
+    distrib = importlib.import_module("megatron.core.optimizer.distrib_optimizer")
+    build = distrib.DistributedOptimizer.__dict__["_build_model_and_main_param_groups"].__func__
+    distrib.DistributedOptimizer._build_model_and_main_param_groups = classmethod(_run_with_tensors_as_gpu(build))
+    language_module = importlib.import_module("megatron.core.models.common.language_module.language_module")
+    setup = language_module.LanguageModule.setup_embeddings_and_output_layer
+    language_module.LanguageModule.setup_embeddings_and_output_layer = _run_with_tensors_as_gpu(setup)
+    _applied = True

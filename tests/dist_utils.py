@@ -1,0 +1,28 @@
+"""Launch real multi-process torchrun jobs (gloo on CPU) from pytest."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args: list[str], nproc: int, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `torchrun --nproc-per-node nproc <args>`; raise with the output tail if it fails."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args,
+    ]
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(env or {}))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-6000:]
+        raise AssertionError(f"torchrun failed (rc={proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return proc

@@ -1,0 +1,50 @@
+"""Tiny random Hugging Face models of each supported architecture, built from configs (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# Shapes chosen to exercise the mapping: GQA (2 query groups), a vocab that no TP size divides,
+# tied embeddings (Qwen2.5-0.5B style), llama3 RoPE scaling, Mistral sliding window with an
+# explicit head_dim != hidden / heads (Mistral-Small style).
+TINY_CONFIGS = {
+    "qwen2": dict(
+        model_type="qwen2", vocab_size=1001, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rope_theta=1000000.0,
+        rms_norm_eps=1e-6, tie_word_embeddings=True,
+    ),
+    "llama": dict(
+        model_type="llama", vocab_size=999, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 64},
+        rope_theta=500000.0,
+    ),
+    "mistral": dict(
+        model_type="mistral", vocab_size=1003, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+        sliding_window=5, rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=10000.0,
+    ),
+}
+
+
+def make_tiny_hf(arch: str, out_dir: str | Path, seed: int = 0, **overrides) -> Path:
+    """Save a tiny random model of `arch` (qwen2, llama, mistral) to `out_dir`; returns the path."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    params = dict(TINY_CONFIGS[arch], **overrides)
+    model_type = params.pop("model_type")
+    config = AutoConfig.for_model(model_type, **params)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # Random norms (HF initializes them to 1) so a swapped norm mapping cannot pass unnoticed.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    return out
