@@ -1,0 +1,340 @@
+"""Typed recipes: YAML files under configs/ loaded into validated pydantic models, with
+command-line overrides (`actor.tp=2 rollout.n=8`).
+
+Errors name the field, the value and the fix, e.g.
+  config error: actor.tp=3 does not divide num_attention_heads=14; choose tp from [1, 2, 7, 14]
+  config error: unknown key 'rollout.temprature'; did you mean 'rollout.temperature'?
+Components never read this module's objects globally: the trainer passes each section to the
+component it configures.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS = ("toy-arith",)  # megarl's CPU demo base model, pretrained and cached on first use
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message is one line naming field, value and fix."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = "run"
+    output_dir: str = "runs/${run.name}"
+    seed: int = 1
+    steps: int = Field(10, ge=1, description="RL steps (rollout + update) to run")
+    resume: bool = True
+
+
+class ModelConfig(Section):
+    path: str = Field(..., description="HF model directory (converted on first use) or a megarl checkpoint")
+    tokenizer: str | None = None
+    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+
+
+class ParallelConfig(Section):
+    tp: int = Field(1, ge=1)
+    pp: int = Field(1, ge=1)
+    micro_batch_tokens: int = Field(8192, ge=16, description="token budget per packed micro-batch")
+    recompute: Literal["selective", "full"] | None = None
+    distributed_optimizer: bool = False
+    lr: float = Field(1e-6, gt=0)
+    min_lr: float = 0.0
+    lr_warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+
+
+class CriticConfig(ParallelConfig):
+    lr: float = Field(5e-6, gt=0)
+    value_clip: float | None = 0.5
+
+
+class AlgorithmConfig(Section):
+    name: Literal["ppo", "grpo", "drgrpo", "rloo", "reinforce_pp"] = "grpo"
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.2, ge=0)
+    dual_clip: float | None = Field(None, gt=1.0)
+    loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-sum-constant"] = "token-mean"
+    loss_constant: int | None = Field(None, ge=1, description="divisor for seq-sum-constant (Dr. GRPO: max generation length)")
+    kl_coef: float = Field(0.0, ge=0)
+    kl_type: Literal["k1", "k2", "k3", "low_var_kl"] = "low_var_kl"
+    kl_in_reward: bool = False
+    entropy_coef: float = 0.0
+    gamma: float = 1.0
+    lam: float = 1.0
+    group_eps: float = 1e-6
+    epochs: int = Field(1, ge=1)
+    mini_batches: int = Field(1, ge=1, description="optimizer steps per rollout batch")
+    dynamic_sampling: bool = False
+    dynamic_sampling_max_rounds: int = Field(4, ge=1)
+    overlong_filter: bool = False
+    importance_correction: Literal["none", "tis"] = "none"
+    importance_cap: float = 2.0
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.loss_agg == "seq-sum-constant" and not self.loss_constant:
+            raise ValueError("loss_agg=seq-sum-constant needs algorithm.loss_constant (Dr. GRPO uses the max generation length)")
+        return self
+
+
+class RolloutConfig(Section):
+    engine: Literal["builtin", "sglang"] = "builtin"
+    servers: list[str] = Field(default_factory=list, description="server URLs; empty: megarl starts its own")
+    num_servers: int = Field(1, ge=1)
+    server_tp: int = Field(1, ge=1)
+    router: bool = False
+    n: int = Field(8, ge=1, description="samples per prompt")
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = -1
+    max_new_tokens: int = Field(1024, ge=1)
+    transport: Literal["tensor", "distributed", "disk"] = "tensor"
+    bucket_mb: int = Field(512, ge=1)
+    colocate: bool = False
+    request_timeout_s: float = 600.0
+    max_concurrency: int = 256
+
+
+class DataConfig(Section):
+    train: list[str] = Field(..., min_length=1)
+    template: Literal["qwen-boxed", "qwen25-math-cot", "abel", "r1", "none"] = "qwen-boxed"
+    prompts_per_step: int = Field(8, ge=1)
+    max_prompt_tokens: int = Field(1024, ge=1)
+    levels: list[int] | None = None
+    shuffle: bool = True
+    eval_sets: list[str] = Field(default_factory=list, description="sets whose prompts must never be trained on")
+
+
+class RewardConfig(Section):
+    scheme: Literal["simplerl", "binary"] = "binary"
+    format_weight: float = 0.0
+    timeout_s: float = Field(5.0, gt=0)
+    custom: str | None = Field(None, description="'module:function' returning rewards for your own task")
+
+
+class EvalConfig(Section):
+    every: int = Field(0, ge=0, description="evaluate every k steps (0: never)")
+    benchmarks: list[str] = Field(default_factory=list)
+    n: int = Field(1, ge=1)
+    temperature: float = 0.0
+    max_new_tokens: int = 1024
+    limit: int | None = None
+
+
+class CheckpointConfig(Section):
+    every: int = Field(0, ge=0)
+    keep_last: int = Field(2, ge=1)
+    hf_export_every: int = Field(0, ge=0)
+
+
+class LoggingConfig(Section):
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "megarl"
+    samples_per_step: int = 2
+    reflection_words: list[str] = Field(
+        default_factory=lambda: ["wait", "recheck", "retry", "alternatively", "however", "let me check", "verify"]
+    )
+
+
+class SlurmConfig(Section):
+    partition: str | None = None
+    account: str | None = None
+    time: str = "24:00:00"
+    gpus_per_node: int = 8
+    nodes: int = 1
+    rollout_nodes: int = 0
+    setup: str = ""
+
+
+class Config(Section):
+    run: RunConfig = RunConfig()
+    model: ModelConfig
+    actor: ParallelConfig = ParallelConfig()
+    critic: CriticConfig = CriticConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    data: DataConfig
+    reward: RewardConfig = RewardConfig()
+    eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+    slurm: SlurmConfig = SlurmConfig()
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.algorithm.name == "ppo"
+
+
+# ---- loading ------------------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_known_keys(ann, prefix + name + "."))
+    return keys
+
+
+def _check_keys(data: dict, model: type[BaseModel], prefix: str = "") -> None:
+    for key, value in data.items():
+        if key not in model.model_fields:
+            dotted = prefix + key
+            close = difflib.get_close_matches(dotted, _known_keys(Config), n=1, cutoff=0.7)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys here: {', '.join(model.model_fields)}"
+            raise ConfigError(f"unknown key {dotted!r}{hint}")
+        ann = model.model_fields[key].annotation
+        if isinstance(value, dict) and isinstance(ann, type) and issubclass(ann, BaseModel):
+            _check_keys(value, ann, prefix + key + ".")
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. actor.tp=2)")
+        key, value = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def _substitute(cfg: Config) -> None:
+    cfg.run.output_dir = cfg.run.output_dir.replace("${run.name}", cfg.run.name)
+
+
+def _format_validation_error(err: ValidationError, data: dict) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    value = data
+    for part in first["loc"]:
+        value = value.get(part) if isinstance(value, dict) else None
+    msg = first["msg"]
+    if first["type"] == "missing":
+        return f"{loc} is required but missing; add it to the recipe or pass {loc}=VALUE"
+    if first["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        return f"{loc or 'config'}: {msg}" if loc else msg
+    return f"{loc}={value!r}: {msg}"
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *, check_files: bool = True) -> Config:
+    """Load a YAML recipe, apply `key=value` overrides, validate. Raises ConfigError."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist; see configs/ for the shipped recipes")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (run, model, actor, ...)")
+    data = apply_overrides(data, overrides or [])
+    _check_keys(data, Config)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, data)) from None
+    _substitute(cfg)
+    validate_semantics(cfg, check_files=check_files)
+    return cfg
+
+
+def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int | None = None) -> None:
+    """Cross-field checks: layouts against the model, files that must exist, world size."""
+    from megarl.models.spec import ModelSpec
+
+    for section in ("actor", "critic"):
+        par = getattr(cfg, section)
+        if world_size is not None and world_size % (par.tp * par.pp):
+            raise ConfigError(
+                f"world size {world_size} is not a multiple of {section}.tp*{section}.pp = {par.tp * par.pp}; "
+                f"launch a multiple of {par.tp * par.pp} processes"
+            )
+    if cfg.algorithm.name == "drgrpo" and cfg.algorithm.loss_agg != "seq-sum-constant":
+        raise ConfigError(
+            "algorithm.name=drgrpo needs algorithm.loss_agg=seq-sum-constant and loss_constant (Dr. GRPO's unbiased loss)"
+        )
+    if cfg.algorithm.name in ("grpo", "drgrpo", "rloo") and cfg.rollout.n < 2:
+        raise ConfigError(f"rollout.n={cfg.rollout.n}: group baselines need at least 2 samples per prompt")
+    if not check_files:
+        return
+    for i, item in enumerate(cfg.data.train):
+        if not _data_exists(item):
+            raise ConfigError(f"data.train[{i}]={item!r} does not exist; give a JSONL/Parquet path or a shipped set name")
+    if cfg.model.path.startswith(BUILTIN_PREFIX):
+        name = cfg.model.path[len(BUILTIN_PREFIX):]
+        if name not in BUILTIN_MODELS:
+            raise ConfigError(f"model.path={cfg.model.path!r}: unknown built-in model; available: {', '.join(BUILTIN_PREFIX + m for m in BUILTIN_MODELS)}")
+    else:
+        model_path = Path(cfg.model.path)
+        if not model_path.exists():
+            raise ConfigError(f"model.path={cfg.model.path!r} does not exist; give an HF model directory")
+        try:
+            spec = ModelSpec.from_hf(model_path if (model_path / "config.json").exists() else model_path / "hf")
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"model.path={cfg.model.path!r}: {err}") from None
+        sections = ["actor"] + (["critic"] if cfg.uses_critic else [])
+        for section in sections:
+            par = getattr(cfg, section)
+            try:
+                spec.check_layout(par.tp, par.pp, field=section)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+
+
+def _data_exists(item: str) -> bool:
+    if Path(item).exists():
+        return True
+    try:
+        from megarl.datasets import dataset_path
+
+        return Path(dataset_path(item)).exists()
+    except Exception:
+        return False
+
+
+def main(argv: list[str]) -> int:
+    """`megarl config RECIPE [key=value ...]`: print the resolved, validated recipe."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: megarl config RECIPE.yaml [key=value ...]\n\nexample: megarl config configs/tiny_cpu.yaml actor.tp=2 rollout.n=8")
+        return 0
+    try:
+        cfg = load_config(argv[0], argv[1:])
+    except ConfigError as err:
+        print(f"megarl: config error: {err}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    return 0
