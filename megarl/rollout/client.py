@@ -1,0 +1,285 @@
+"""Rollout client: async HTTP generation against SGLang-protocol servers, with failover.
+
+`RolloutClient(urls).generate(prompts_token_ids, SamplingParams(...), n=8)` returns, for each
+prompt in order, its `n` `Sample`s. Each prompt is one native `/generate` request (`input_ids`
+plus `sampling_params` with `n`), sent to the live server with the fewest requests in flight
+(or through an `sglang-router` URL). At most `max_concurrency` requests are in flight.
+
+Failure handling: a request that times out, loses its connection or gets HTTP 5xx marks its
+server dead for the rest of the call and is re-sent to another live server after a backoff;
+a response aborted by `/pause_generation` or produced by weights other than
+`expected_weight_version` is re-sent too. Every prompt's result is stored once, in its slot,
+so no prompt is lost or duplicated and the order is the prompts' order. HTTP 4xx (a bad
+request) is raised at once with the server's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import aiohttp
+
+
+class RolloutError(RuntimeError):
+    """Generation could not be completed (all servers dead, retries exhausted, or a bad request)."""
+
+
+class WeightVersionMismatch(RolloutError):
+    """Servers kept answering with weights other than the expected `weight_version`."""
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, *, server_dead: bool):
+        super().__init__(message)
+        self.server_dead = server_dead
+
+
+@dataclass
+class SamplingParams:
+    """SGLang `sampling_params` for one rollout call (names and defaults as SGLang's)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    no_stop_trim: bool = False
+    sampling_seed: int | None = None
+
+    def to_request(self, n: int) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if not out["stop"]:
+            del out["stop"]
+        if not out["stop_token_ids"]:
+            del out["stop_token_ids"]
+        out["n"] = n
+        return out
+
+
+@dataclass
+class Sample:
+    """One generated continuation of one prompt."""
+
+    prompt_index: int
+    sample_index: int
+    output_ids: list[int]
+    text: str
+    logprobs: list[float] | None  # behaviour-policy log-prob of each output token
+    finish_reason: str  # "stop", "length" or "abort"
+    matched_stop: int | str | None
+    weight_version: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    server: str
+    meta_info: dict = field(repr=False, default_factory=dict)
+
+
+@dataclass
+class _Server:
+    url: str
+    alive: bool = True
+    in_flight: int = 0
+    failures: int = 0
+
+
+class RolloutClient:
+    """Generation across one or many rollout servers (or one router URL)."""
+
+    def __init__(self, urls: Sequence[str] | str, *, max_concurrency: int = 64, request_timeout_s: float = 600.0,
+                 max_retries: int = 4, backoff_s: float = 0.2, backoff_max_s: float = 5.0, return_logprob: bool = True,
+                 expected_weight_version: str | None = None, health_timeout_s: float = 5.0):
+        urls = [urls] if isinstance(urls, str) else list(urls)
+        if not urls:
+            raise ValueError("RolloutClient needs at least one server URL")
+        self.servers = [_Server(u.rstrip("/")) for u in urls]
+        self.max_concurrency = max_concurrency
+        self.request_timeout_s = request_timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.return_logprob = return_logprob
+        self.expected_weight_version = expected_weight_version
+        self.health_timeout_s = health_timeout_s
+        self.resends = 0  # requests re-sent after a failure, over the client's life (for logs/tests)
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+    # ---- sync wrappers ------------------------------------------------------------------
+    def generate(self, prompts_token_ids: list[list[int]], sampling: SamplingParams, n: int = 1) -> list[list[Sample]]:
+        """Blocking `agenerate`; call `agenerate` from inside an event loop."""
+        return _run(self.agenerate(prompts_token_ids, sampling, n))
+
+    def check_health(self) -> dict[str, bool]:
+        return _run(self.acheck_health())
+
+    def weight_versions(self) -> dict[str, str | None]:
+        return _run(self.aweight_versions())
+
+    def wait_until_healthy(self, timeout_s: float = 120.0) -> None:
+        _run(self.await_healthy(timeout_s))
+
+    # ---- health and versions ------------------------------------------------------------
+    async def acheck_health(self) -> dict[str, bool]:
+        """GET /health on every server; marks each alive or dead."""
+        timeout = aiohttp.ClientTimeout(total=self.health_timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async def probe(server: _Server) -> bool:
+                try:
+                    async with session.get(server.url + "/health") as response:
+                        server.alive = response.status == 200
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                    server.alive = False
+                return server.alive
+            results = await asyncio.gather(*(probe(s) for s in self.servers))
+        return {s.url: ok for s, ok in zip(self.servers, results)}
+
+    async def await_healthy(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            health = await self.acheck_health()
+            if all(health.values()):
+                return
+            if time.monotonic() > deadline:
+                raise RolloutError(f"servers not healthy after {timeout_s:.0f} s: {[u for u, ok in health.items() if not ok]}")
+            await asyncio.sleep(0.5)
+
+    async def aweight_versions(self) -> dict[str, str | None]:
+        """Each server's current `weight_version` (from GET /model_info); None if unreachable."""
+        timeout = aiohttp.ClientTimeout(total=self.health_timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async def version(server: _Server) -> str | None:
+                try:
+                    async with session.get(server.url + "/model_info") as response:
+                        return (await response.json()).get("weight_version") if response.status == 200 else None
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+                    return None
+            results = await asyncio.gather(*(version(s) for s in self.servers))
+        return {s.url: v for s, v in zip(self.servers, results)}
+
+    # ---- generation -----------------------------------------------------------------------
+    async def agenerate(self, prompts_token_ids: list[list[int]], sampling: SamplingParams, n: int = 1
+                        ) -> list[list[Sample]]:
+        if n < 1:
+            raise ValueError(f"n={n} must be >= 1")
+        for i, prompt in enumerate(prompts_token_ids):
+            if not prompt or not all(isinstance(t, int) for t in prompt):
+                raise ValueError(f"prompt {i} must be a non-empty list of token ids")
+        dead = [s for s in self.servers if not s.alive]
+        if dead:  # give servers marked dead by an earlier call one more chance
+            await self.acheck_health()
+        if not any(s.alive for s in self.servers):
+            raise RolloutError(f"no rollout server is healthy: {self.urls}")
+        results: list[list[Sample] | None] = [None] * len(prompts_token_ids)
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
+        connector = aiohttp.TCPConnector(limit=self.max_concurrency)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            tasks = [asyncio.create_task(self._one_prompt(session, semaphore, i, p, sampling, n, results))
+                     for i, p in enumerate(prompts_token_ids)]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+        assert all(r is not None and len(r) == n for r in results)
+        return results  # type: ignore[return-value]
+
+    def request_body(self, prompt: list[int], sampling: SamplingParams, n: int) -> dict[str, Any]:
+        """The SGLang `/generate` JSON for one prompt with `n` samples."""
+        return {"input_ids": prompt, "sampling_params": sampling.to_request(n), "return_logprob": self.return_logprob}
+
+    def _pick_server(self, avoid: set[str]) -> _Server:
+        alive = [s for s in self.servers if s.alive]
+        if not alive:
+            raise RolloutError(f"every rollout server is dead: {self.urls}")
+        preferred = [s for s in alive if s.url not in avoid] or alive
+        least = min(s.in_flight for s in preferred)
+        return random.choice([s for s in preferred if s.in_flight == least])
+
+    async def _one_prompt(self, session: aiohttp.ClientSession, semaphore: asyncio.Semaphore, index: int,
+                          prompt: list[int], sampling: SamplingParams, n: int, results: list) -> None:
+        body = self.request_body(prompt, sampling, n)
+        tried: set[str] = set()
+        errors: list[str] = []
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.resends += 1
+                await asyncio.sleep(min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random()))
+            async with semaphore:
+                server = self._pick_server(tried)
+                tried.add(server.url)
+                server.in_flight += 1
+                try:
+                    samples = await self._request(session, server, body, index, n)
+                except _Retryable as err:
+                    errors.append(f"{server.url}: {err}")
+                    if err.server_dead:
+                        server.alive = False
+                    server.failures += 1
+                    continue
+                finally:
+                    server.in_flight -= 1
+            results[index] = samples
+            return
+        mismatch = all("weight_version" in e for e in errors)
+        cls = WeightVersionMismatch if mismatch else RolloutError
+        raise cls(f"prompt {index} failed after {self.max_retries + 1} attempts: " + " | ".join(errors[-4:]))
+
+    async def _request(self, session: aiohttp.ClientSession, server: _Server, body: dict, index: int, n: int
+                       ) -> list[Sample]:
+        try:
+            async with session.post(server.url + "/generate", json=body) as response:
+                if response.status >= 500:
+                    raise _Retryable(f"HTTP {response.status}: {(await response.text())[:300]}", server_dead=True)
+                if response.status != 200:
+                    raise RolloutError(f"{server.url}/generate rejected prompt {index} with HTTP {response.status}: "
+                                       f"{(await response.text())[:500]}")
+                payload = await response.json()
+        except asyncio.TimeoutError:
+            raise _Retryable(f"no answer within {self.request_timeout_s} s", server_dead=True) from None
+        except (aiohttp.ClientError, OSError, ValueError) as err:
+            raise _Retryable(f"{type(err).__name__}: {err}", server_dead=True) from None
+        items = payload if isinstance(payload, list) else [payload]
+        if len(items) != n:
+            raise _Retryable(f"expected {n} samples, got {len(items)}", server_dead=False)
+        samples = []
+        for j, item in enumerate(items):
+            meta = item.get("meta_info", {})
+            finish = meta.get("finish_reason") or {}
+            kind = finish.get("type") if isinstance(finish, dict) else str(finish)
+            if kind == "abort":
+                raise _Retryable(f"aborted: {finish.get('message')}", server_dead=False)
+            version = meta.get("weight_version")
+            if self.expected_weight_version is not None and version != self.expected_weight_version:
+                raise _Retryable(f"weight_version {version!r} != expected {self.expected_weight_version!r}",
+                                 server_dead=False)
+            logprobs = None
+            if self.return_logprob:
+                logprobs = [float(entry[0]) for entry in meta.get("output_token_logprobs", [])]
+            samples.append(Sample(
+                prompt_index=index, sample_index=j, output_ids=list(item.get("output_ids", [])), text=item.get("text", ""),
+                logprobs=logprobs, finish_reason=kind, matched_stop=finish.get("matched") if isinstance(finish, dict) else None,
+                weight_version=version, prompt_tokens=meta.get("prompt_tokens", 0),
+                completion_tokens=meta.get("completion_tokens", 0), server=server.url, meta_info=meta))
+        return samples
+
+
+def _run(coroutine):
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    coroutine.close()
+    raise RuntimeError("RolloutClient's blocking methods cannot run inside an event loop; await the a* methods")

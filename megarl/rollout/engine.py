@@ -1,0 +1,404 @@
+"""The built-in rollout server's generation engine: batched sampling with a KV cache on CPU.
+
+`GenerationEngine` holds a Hugging Face causal LM (fp32 on CPU by default) and runs one batch of
+sequences at a time: left-padded prefill, then token-by-token decode with a `DynamicCache`.
+Each sequence has its own sampling parameters (temperature, top_p, top_k, min_p, seeds), stop
+strings, stop token ids and length limit, so requests with different settings share a batch.
+
+Log-probs follow SGLang's default: they are taken from `log_softmax(logits / temperature)`
+(temperature 0, i.e. greedy, counts as 1), before top-k/top-p/min-p truncation. With
+temperature 1 they are the model's own log-probs, which is what weight-sync tests compare.
+
+`load_weights` copies tensors into the model by Hugging Face parameter name, checking names,
+shapes and dtypes; the server holds `model_lock` around it so no batch sees half an update.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+
+from megarl.runtime.device import get_device
+
+GREEDY_TEMPERATURE = 1e-6  # SGLang treats temperatures below this as greedy decoding
+TOP_K_ALL = 1 << 30  # SGLang's "no top-k" default
+
+
+class SamplingParamsError(ValueError):
+    """A request's sampling parameters are invalid (answered with HTTP 400)."""
+
+
+# SGLang sampling_params fields this engine honours, with SGLang's defaults.
+SUPPORTED_SAMPLING_FIELDS: dict[str, Any] = {
+    "max_new_tokens": 128,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": -1,
+    "min_p": 0.0,
+    "stop": None,
+    "stop_token_ids": None,
+    "n": 1,
+    "ignore_eos": False,
+    "skip_special_tokens": True,
+    "no_stop_trim": False,
+    "sampling_seed": None,
+}
+# SGLang fields accepted only at their neutral value (anything else is refused, not ignored).
+NEUTRAL_SAMPLING_FIELDS: dict[str, Any] = {
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "min_new_tokens": 0,
+    "spaces_between_special_tokens": True,
+    "json_schema": None,
+    "regex": None,
+    "ebnf": None,
+    "structural_tag": None,
+    "logit_bias": None,
+    "custom_params": None,
+    "stream_interval": None,
+}
+
+
+@dataclass
+class SequenceSampling:
+    """Validated per-sequence sampling settings."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    n: int = 1
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    no_stop_trim: bool = False
+    sampling_seed: int | None = None
+
+    @classmethod
+    def from_request(cls, params: dict | None) -> "SequenceSampling":
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(SUPPORTED_SAMPLING_FIELDS) - set(NEUTRAL_SAMPLING_FIELDS))
+        if unknown:
+            raise SamplingParamsError(
+                f"sampling_params has unsupported field(s) {unknown}; the built-in server supports "
+                f"{sorted(SUPPORTED_SAMPLING_FIELDS)} (use an SGLang server for the others)")
+        for name, neutral in NEUTRAL_SAMPLING_FIELDS.items():
+            value = params.pop(name, neutral)
+            if value not in (neutral, None) and not (isinstance(value, dict) and not value):
+                raise SamplingParamsError(
+                    f"sampling_params.{name}={value!r} is not supported by the built-in server "
+                    f"(only {neutral!r}); drop it or use an SGLang server")
+        out = cls()
+        for name, value in params.items():
+            if value is not None:
+                setattr(out, name, value)
+        if isinstance(out.stop, str):
+            out.stop = [out.stop]
+        out.stop = [str(s) for s in out.stop]
+        if any(not s for s in out.stop):
+            raise SamplingParamsError("sampling_params.stop contains an empty string; remove it")
+        out.stop_token_ids = [int(t) for t in out.stop_token_ids]
+        if not isinstance(out.max_new_tokens, int) or out.max_new_tokens < 0:
+            raise SamplingParamsError(f"sampling_params.max_new_tokens={out.max_new_tokens!r} must be an integer >= 0")
+        if not isinstance(out.n, int) or out.n < 1:
+            raise SamplingParamsError(f"sampling_params.n={out.n!r} must be an integer >= 1")
+        if out.temperature < 0:
+            raise SamplingParamsError(f"sampling_params.temperature={out.temperature} must be >= 0")
+        if not 0.0 < out.top_p <= 1.0:
+            raise SamplingParamsError(f"sampling_params.top_p={out.top_p} must be in (0, 1]")
+        if out.top_k == 0 or out.top_k < -1:
+            raise SamplingParamsError(f"sampling_params.top_k={out.top_k} must be -1 (all) or >= 1")
+        if not 0.0 <= out.min_p <= 1.0:
+            raise SamplingParamsError(f"sampling_params.min_p={out.min_p} must be in [0, 1]")
+        return out
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_TEMPERATURE
+
+    @property
+    def logprob_temperature(self) -> float:
+        return 1.0 if self.greedy else float(self.temperature)
+
+
+@dataclass
+class SequenceRequest:
+    """One sequence to generate (a request with n samples becomes n of these)."""
+
+    input_ids: list[int]
+    sampling: SequenceSampling
+    sample_index: int = 0
+    return_logprob: bool = False
+    logprob_start_len: int = -1  # -1: no input logprobs (SGLang's default)
+
+
+@dataclass
+class SequenceResult:
+    output_ids: list[int]
+    text: str
+    finish_reason: dict
+    output_logprobs: list[float] | None
+    input_logprobs: list[float | None] | None
+    weight_version: str
+    prompt_tokens: int
+
+
+class GenerationEngine:
+    """A causal LM plus the batched generation loop; thread-safe through `model_lock`."""
+
+    def __init__(self, model_path: str, *, dtype: torch.dtype = torch.float32, seed: int = 0,
+                 weight_version: str = "default"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not os.path.isdir(model_path):
+            raise FileNotFoundError(f"model directory {model_path!r} does not exist; pass a Hugging Face model directory")
+        self.model_path = model_path
+        self.device = get_device()
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        except (OSError, ValueError, TypeError):
+            self.tokenizer = None  # token-id-only serving; text fields come back empty
+        self.model_lock = threading.RLock()
+        self.weight_version = weight_version
+        self.default_generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.eos_token_ids = self._eos_token_ids()
+        self.pad_token_id = self._pad_token_id()
+        self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        # Name -> tensor, including aliases of tied weights (lm_head.weight and embed_tokens.weight).
+        self._tensors_by_name = dict(self.model.named_parameters(remove_duplicate=False))
+        self._tensors_by_name.update(dict(self.model.named_buffers(remove_duplicate=False)))
+
+    # ---- tokenizer helpers -------------------------------------------------------------
+    def _eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.model.config, self.tokenizer):
+            value = getattr(source, "eos_token_id", None) if source is not None else None
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return ids
+
+    def _pad_token_id(self) -> int:
+        for source in (self.tokenizer, self.model.config):
+            value = getattr(source, "pad_token_id", None) if source is not None else None
+            if isinstance(value, int):
+                return value
+        return min(self.eos_token_ids) if self.eos_token_ids else 0
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def token_text(self, token_id: int) -> str | None:
+        if self.tokenizer is None:
+            return None
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise SamplingParamsError(f"the model at {self.model_path} has no tokenizer; send input_ids instead of text")
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    # ---- weights -----------------------------------------------------------------------
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Copy tensors into the model by HF name; returns how many were loaded.
+
+        Every name, shape and dtype is checked before anything is copied, so a bad update
+        leaves the model as it was.
+        """
+        items = list(named_tensors)
+        problems = []
+        for name, tensor in items:
+            target = self._tensors_by_name.get(name)
+            if target is None:
+                close = difflib.get_close_matches(name, list(self._tensors_by_name), n=2)
+                problems.append(f"unknown parameter {name!r}" + (f" (did you mean {close}?)" if close else ""))
+            elif tuple(tensor.shape) != tuple(target.shape):
+                problems.append(f"{name}: shape {tuple(tensor.shape)} does not match the model's {tuple(target.shape)}")
+            elif tensor.dtype.is_floating_point != target.dtype.is_floating_point:
+                problems.append(f"{name}: dtype {tensor.dtype} cannot be loaded into a {target.dtype} parameter")
+        if problems:
+            raise ValueError(f"weight update for {self.model.config.model_type} rejected, nothing was loaded: "
+                             + "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else ""))
+        with self.model_lock, torch.no_grad():
+            for name, tensor in items:
+                self._tensors_by_name[name].copy_(tensor)
+        return len(items)
+
+    def load_weights_from_disk(self, model_path: str) -> int:
+        """Load every `*.safetensors` file under `model_path` (HF names) into the model."""
+        from safetensors.torch import load_file
+
+        files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors files in {model_path!r}; write the weights there first")
+        named = []
+        for path in files:
+            named.extend(load_file(path, device="cpu").items())
+        return self.load_weights(named)
+
+    # ---- generation --------------------------------------------------------------------
+    def validate_input_ids(self, input_ids: list[int]) -> None:
+        if not input_ids:
+            raise SamplingParamsError("input_ids is empty; send at least one prompt token")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in input_ids):
+            raise SamplingParamsError("input_ids must be a list of integers (or a list of such lists for a batch)")
+        bad = [t for t in input_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise SamplingParamsError(f"input_ids contain token ids {bad[:5]} outside the vocabulary [0, {self.vocab_size})")
+
+    @torch.no_grad()
+    def generate(self, requests: list[SequenceRequest], should_abort=lambda: False) -> list[SequenceResult]:
+        """Generate all `requests` as one batch; `should_abort()` is polled between decode steps."""
+        with self.model_lock:
+            return self._generate_locked(requests, should_abort)
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        return out.logits.float(), out.past_key_values
+
+    def _generate_locked(self, requests: list[SequenceRequest], should_abort) -> list[SequenceResult]:
+        from transformers import DynamicCache
+
+        version = self.weight_version
+        batch = len(requests)
+        for req in requests:
+            self.validate_input_ids(req.input_ids)
+        lengths = [len(r.input_ids) for r in requests]
+        width = max(lengths)
+        device = self.device
+        ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for row, req in enumerate(requests):
+            ids[row, width - lengths[row]:] = torch.tensor(req.input_ids)
+            mask[row, width - lengths[row]:] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, cache = self._forward(ids, mask, positions, DynamicCache())
+
+        temperatures = torch.tensor([r.sampling.logprob_temperature for r in requests], device=device).unsqueeze(-1)
+        input_logprobs: list[list[float | None] | None] = [None] * batch
+        for row, req in enumerate(requests):
+            if req.return_logprob and req.logprob_start_len >= 0:
+                start = min(req.logprob_start_len, lengths[row])
+                offset = width - lengths[row]
+                row_logits = logits[row, offset:width - 1] / temperatures[row]
+                token_lp = torch.log_softmax(row_logits, -1).gather(
+                    -1, ids[row, offset + 1:].unsqueeze(-1)).squeeze(-1).tolist()
+                full = [None] + token_lp  # the first prompt token has no prefix to condition on
+                input_logprobs[row] = full[start:]
+
+        generators = []
+        for req in requests:
+            if req.sampling.sampling_seed is not None:
+                generators.append(torch.Generator(device="cpu").manual_seed(
+                    int(req.sampling.sampling_seed) * 1_000_003 + req.sample_index))
+            else:
+                generators.append(self.default_generator)
+
+        outputs: list[list[int]] = [[] for _ in range(batch)]
+        out_logprobs: list[list[float]] = [[] for _ in range(batch)]
+        finish: list[dict | None] = [None] * batch
+        texts: list[str | None] = [None] * batch
+        for row, req in enumerate(requests):
+            if req.sampling.max_new_tokens == 0:
+                finish[row] = {"type": "length", "length": 0}
+        next_logits = logits[:, -1, :]
+        last_pos = positions[:, -1]
+        while not all(f is not None for f in finish):
+            if should_abort():
+                for row in range(batch):
+                    if finish[row] is None:
+                        finish[row] = {"type": "abort", "message": "generation aborted by /pause_generation (mode=abort)",
+                                       "status_code": 503, "err_type": None}
+                break
+            tokens = self._sample(next_logits, requests, generators, finish)
+            step_logprobs = torch.log_softmax(next_logits / temperatures, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+            for row, req in enumerate(requests):
+                if finish[row] is not None:
+                    continue
+                token = int(tokens[row])
+                outputs[row].append(token)
+                out_logprobs[row].append(float(step_logprobs[row]))
+                finish[row], texts[row] = self._check_finish(req, outputs[row])
+            if all(f is not None for f in finish):
+                break
+            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+            last_pos = last_pos + 1
+            feed = tokens.clone()
+            for row in range(batch):
+                if finish[row] is not None:
+                    feed[row] = self.pad_token_id
+            logits, cache = self._forward(feed.unsqueeze(-1), mask, last_pos.unsqueeze(-1), cache)
+            next_logits = logits[:, -1, :]
+
+        results = []
+        for row, req in enumerate(requests):
+            text = texts[row]
+            if text is None:
+                text = self.decode(outputs[row], req.sampling.skip_special_tokens)
+            results.append(SequenceResult(
+                output_ids=outputs[row], text=text, finish_reason=finish[row],
+                output_logprobs=out_logprobs[row] if req.return_logprob else None,
+                input_logprobs=input_logprobs[row], weight_version=version, prompt_tokens=lengths[row]))
+        return results
+
+    def _check_finish(self, req: SequenceRequest, output: list[int]) -> tuple[dict | None, str | None]:
+        """(finish_reason or None, trimmed text when a stop string matched)."""
+        sampling = req.sampling
+        token = output[-1]
+        if token in sampling.stop_token_ids:
+            return {"type": "stop", "matched": token}, None
+        if not sampling.ignore_eos and token in self.eos_token_ids:
+            return {"type": "stop", "matched": token}, None
+        if sampling.stop and self.tokenizer is not None:
+            text = self.decode(output, sampling.skip_special_tokens)
+            hits = [(text.find(s), s) for s in sampling.stop if s in text]
+            if hits:
+                index, matched = min(hits)
+                return {"type": "stop", "matched": matched}, (text if sampling.no_stop_trim else text[:index])
+        if len(output) >= sampling.max_new_tokens:
+            return {"type": "length", "length": sampling.max_new_tokens}, None
+        return None, None
+
+    def _sample(self, logits: torch.Tensor, requests: list[SequenceRequest], generators, finish) -> torch.Tensor:
+        """One token per row under that row's temperature/top-k/top-p/min-p."""
+        batch, vocab = logits.shape
+        tokens = torch.zeros(batch, dtype=torch.long, device=logits.device)
+        for row, req in enumerate(requests):
+            if finish[row] is not None:
+                continue
+            s = req.sampling
+            row_logits = logits[row]
+            if s.greedy:
+                tokens[row] = int(torch.argmax(row_logits))
+                continue
+            probs = torch.softmax(row_logits / s.temperature, -1)
+            sorted_probs, sorted_ids = probs.sort(descending=True)
+            keep = torch.ones(vocab, dtype=torch.bool, device=logits.device)
+            if 0 < s.top_k < vocab:
+                keep[s.top_k:] = False
+            if s.top_p < 1.0:
+                before = sorted_probs.cumsum(-1) - sorted_probs  # mass strictly above each token
+                keep &= before < s.top_p
+            if s.min_p > 0.0:
+                keep &= sorted_probs >= s.min_p * sorted_probs[0]
+            keep[0] = True
+            kept = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
+            choice = torch.multinomial(kept.cpu(), 1, generator=generators[row])
+            tokens[row] = sorted_ids[int(choice)]
+        return tokens
+

@@ -1,0 +1,524 @@
+"""megarl's built-in rollout server: the subset of SGLang's HTTP protocol that megarl uses.
+
+A real aiohttp server (127.0.0.1 by default) in front of `GenerationEngine`. HTTP handlers put
+generation jobs on a queue; one worker thread drains the queue and runs every waiting sequence
+as one batch (concurrent requests are batched together). Weight updates take the engine's
+model lock, so no batch ever runs on half-updated weights.
+
+Endpoints (JSON shapes as SGLang 0.5.x; see DESIGN.md):
+  POST /generate                       text or input_ids (a list of lists is a batch), sampling_params,
+                                       return_logprob, logprob_start_len, return_text_in_logprobs, rid
+  POST /update_weights_from_disk       {model_path, weight_version?, flush_cache?, ...}
+  POST /update_weights_from_tensor     {serialized_named_tensors, load_format, weight_version?}
+                                       only from loopback and with the server's token
+  POST /init_weights_update_group      {master_address, master_port, rank_offset, world_size, group_name, backend}
+  POST /update_weights_from_distributed {names, dtypes, shapes, group_name, load_format?, weight_version?}
+  POST /destroy_weights_update_group   {group_name}
+  POST /update_weight_version          {new_version}
+  GET|POST /flush_cache, POST /pause_generation {mode}, POST /continue_generation
+  GET|POST /release_memory_occupation, /resume_memory_occupation (no-ops on CPU)
+  GET /health, /health_generate, /model_info, /server_info
+
+Admin endpoints (weight updates, pause/continue, flush, memory) require
+`Authorization: Bearer <token>` when the server was started with a token; the tensor endpoint
+unpickles shared-memory handles, so it additionally refuses any peer that is not 127.0.0.1/::1
+and refuses outright when the server has no token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import logging
+import pickle
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+from aiohttp import web
+
+from megarl.rollout.engine import GenerationEngine, SamplingParamsError, SequenceRequest, SequenceSampling
+from megarl.rollout.update_group import UpdateGroup
+from megarl.rollout.weight_buckets import layout_metadata, unpack
+
+log = logging.getLogger("megarl.rollout.server")
+
+LOOPBACK_PEERS = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class _Job:
+    sequences: list[SequenceRequest]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    results: list = field(default_factory=list)
+
+
+class RolloutServer:
+    """The HTTP app plus its generation worker thread."""
+
+    def __init__(self, engine: GenerationEngine, *, token: str | None = None, max_batch_sequences: int = 64,
+                 served_model_name: str | None = None):
+        self.engine = engine
+        self.token = token
+        self.max_batch_sequences = max_batch_sequences
+        self.served_model_name = served_model_name or engine.model_path
+        self.jobs: queue.Queue[_Job | None] = queue.Queue()
+        self.state = threading.Condition()
+        self.paused = False
+        self.abort_running = False
+        self.running_batch = False
+        self.batches_run = 0
+        self.holding = 0  # a dequeued job waiting for /continue_generation
+        self.batch_sizes: list[int] = []  # sequences per batch, most recent last (bounded)
+        self.update_groups: dict[str, UpdateGroup] = {}
+        self.worker = threading.Thread(target=self._worker_loop, name="megarl-generation", daemon=True)
+        self.stopping = False
+        self.app = self._build_app()
+
+    # ---- worker ------------------------------------------------------------------------
+    def start_worker(self) -> None:
+        self.worker.start()
+
+    def stop_worker(self) -> None:
+        self.stopping = True
+        with self.state:
+            self.paused = False
+            self.state.notify_all()
+        self.jobs.put(None)
+
+    def _worker_loop(self) -> None:
+        while not self.stopping:
+            first = self.jobs.get()
+            if first is None:
+                return
+            with self.state:
+                self.holding = 1
+                while self.paused and not self.stopping:
+                    self.state.wait()
+                self.holding = 0
+                self.running_batch = True
+            batch = [first]
+            count = len(first.sequences)
+            while count < self.max_batch_sequences:
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self.stopping = True
+                    break
+                batch.append(job)
+                count += len(job.sequences)
+            try:
+                sequences = [s for job in batch for s in job.sequences]
+                results = self.engine.generate(sequences, should_abort=lambda: self.abort_running)
+                self.batches_run += 1
+                self.batch_sizes = (self.batch_sizes + [len(sequences)])[-100:]
+                start = 0
+                for job in batch:
+                    part = results[start:start + len(job.sequences)]
+                    start += len(job.sequences)
+                    job.loop.call_soon_threadsafe(_set_result, job.future, part)
+            except Exception as err:  # noqa: BLE001 - reported to every waiting request
+                log.exception("generation batch failed")
+                for job in batch:
+                    job.loop.call_soon_threadsafe(_set_exception, job.future, err)
+            finally:
+                with self.state:
+                    self.running_batch = False
+                    self.state.notify_all()
+
+    def _pause(self, mode: str) -> None:
+        """Stop starting batches; with mode 'abort' also cut the running batch short. Blocks until idle."""
+        if mode not in ("abort", "in_place", "retract"):
+            raise HTTPError(400, f"pause_generation mode {mode!r} is unknown; use 'abort', 'in_place' or 'retract'")
+        with self.state:
+            self.paused = True
+            self.abort_running = mode == "abort"
+            while self.running_batch:
+                self.state.wait()
+            self.abort_running = False
+
+    def _continue(self) -> None:
+        with self.state:
+            self.paused = False
+            self.state.notify_all()
+
+    # ---- HTTP plumbing -----------------------------------------------------------------
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 30)
+        routes = [
+            ("POST", "/generate", self.handle_generate),
+            ("GET", "/health", self.handle_health),
+            ("GET", "/health_generate", self.handle_health_generate),
+            ("GET", "/model_info", self.handle_model_info),
+            ("GET", "/get_model_info", self.handle_model_info),
+            ("GET", "/server_info", self.handle_server_info),
+            ("POST", "/update_weights_from_disk", self.handle_update_from_disk),
+            ("POST", "/update_weights_from_tensor", self.handle_update_from_tensor),
+            ("POST", "/init_weights_update_group", self.handle_init_group),
+            ("POST", "/destroy_weights_update_group", self.handle_destroy_group),
+            ("POST", "/update_weights_from_distributed", self.handle_update_from_distributed),
+            ("POST", "/update_weight_version", self.handle_update_weight_version),
+            ("GET", "/flush_cache", self.handle_flush_cache),
+            ("POST", "/flush_cache", self.handle_flush_cache),
+            ("POST", "/pause_generation", self.handle_pause),
+            ("POST", "/continue_generation", self.handle_continue),
+            ("GET", "/release_memory_occupation", self.handle_release_memory),
+            ("POST", "/release_memory_occupation", self.handle_release_memory),
+            ("GET", "/resume_memory_occupation", self.handle_resume_memory),
+            ("POST", "/resume_memory_occupation", self.handle_resume_memory),
+        ]
+        for method, path, handler in routes:
+            app.router.add_route(method, path, self._wrap(handler))
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_startup(self, _app) -> None:
+        self.start_worker()
+
+    async def _on_shutdown(self, _app) -> None:
+        self.stop_worker()
+
+    def _wrap(self, handler):
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except HTTPError as err:
+                return web.json_response({"success": False, "message": err.message,
+                                          "error": {"message": err.message, "code": err.status}}, status=err.status)
+            except (SamplingParamsError, ValueError, KeyError, TypeError, FileNotFoundError) as err:
+                message = f"{type(err).__name__}: {err}"
+                return web.json_response({"success": False, "message": message,
+                                          "error": {"message": message, "code": 400}}, status=400)
+        return wrapped
+
+    @staticmethod
+    async def _json(request: web.Request, *, optional: bool = False) -> dict:
+        if optional and not request.can_read_body:
+            return {}
+        try:
+            body = await request.json()
+        except Exception as err:  # noqa: BLE001 - any parse failure is the client's fault
+            raise HTTPError(400, f"request body is not valid JSON: {err}") from None
+        if body is None and optional:
+            return {}
+        if not isinstance(body, dict):
+            raise HTTPError(400, "request body must be a JSON object")
+        return body
+
+    def _check_token(self, request: web.Request, *, required: bool) -> None:
+        if self.token is None:
+            if required:
+                raise HTTPError(403, "this endpoint is disabled: start the server with --token T and send "
+                                     "'Authorization: Bearer T'")
+            return
+        header = request.headers.get("Authorization", "")
+        given = header[len("Bearer "):] if header.startswith("Bearer ") else ""
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            raise HTTPError(401, "missing or wrong token: send 'Authorization: Bearer <token the server was started with>'")
+
+    def _check_loopback(self, request: web.Request) -> None:
+        if request.remote not in LOOPBACK_PEERS:
+            raise HTTPError(403, f"/update_weights_from_tensor accepts shared-memory handles only from 127.0.0.1; "
+                                 f"peer {request.remote} must use /update_weights_from_distributed or _disk")
+
+    @staticmethod
+    async def _in_thread(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    # ---- generation ----------------------------------------------------------------------
+    async def handle_generate(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        body = await self._json(request)
+        if body.get("stream"):
+            raise HTTPError(400, "stream=true is not supported by the built-in server; send stream=false")
+        prompts, single = self._prompts(body)
+        per_prompt = lambda key, default: _per_prompt(body.get(key, default), len(prompts), key)  # noqa: E731
+        sampling_list = per_prompt("sampling_params", None)
+        return_logprob = per_prompt("return_logprob", False)
+        start_lens = per_prompt("logprob_start_len", -1)
+        rids = per_prompt("rid", None)
+        text_in_logprobs = bool(body.get("return_text_in_logprobs", False))
+        sequences, owners = [], []
+        for i, prompt in enumerate(prompts):
+            self.engine.validate_input_ids(prompt)
+            sampling = SequenceSampling.from_request(sampling_list[i])
+            start_len = start_lens[i] if start_lens[i] is not None else -1
+            for j in range(sampling.n):
+                sequences.append(SequenceRequest(input_ids=prompt, sampling=sampling, sample_index=j,
+                                                 return_logprob=bool(return_logprob[i]), logprob_start_len=int(start_len)))
+                owners.append((i, j))
+        loop = asyncio.get_running_loop()
+        job = _Job(sequences=sequences, loop=loop, future=loop.create_future())
+        self.jobs.put(job)
+        results = await job.future
+        latency = time.perf_counter() - started
+        responses = []
+        base_rids = [rid if rid is not None else uuid.uuid4().hex for rid in rids]
+        for (i, j), seq, res in zip(owners, sequences, results):
+            base_rid = base_rids[i]
+            meta = {
+                "id": base_rid if seq.sampling.n == 1 else f"{base_rid}-{j}",
+                "finish_reason": res.finish_reason,
+                "prompt_tokens": res.prompt_tokens,
+                "completion_tokens": len(res.output_ids),
+                "cached_tokens": 0,
+                "weight_version": res.weight_version,
+                "e2e_latency": latency,
+            }
+            if seq.return_logprob:
+                text_of = (lambda t: self.engine.token_text(t)) if text_in_logprobs else (lambda t: None)
+                meta["output_token_logprobs"] = [[lp, t, text_of(t)] for lp, t in zip(res.output_logprobs, res.output_ids)]
+                if res.input_logprobs is not None:
+                    start = len(seq.input_ids) - len(res.input_logprobs)
+                    meta["input_token_logprobs"] = [[lp, t, text_of(t)] for lp, t in
+                                                    zip(res.input_logprobs, seq.input_ids[start:])]
+                else:
+                    meta["input_token_logprobs"] = []
+            responses.append({"text": res.text, "output_ids": res.output_ids, "meta_info": meta, "index": len(responses)})
+        if single and len(responses) == 1:
+            return web.json_response(responses[0])
+        return web.json_response(responses)
+
+    def _prompts(self, body: dict) -> tuple[list[list[int]], bool]:
+        """(token-id prompts, whether the request was a single prompt)."""
+        if body.get("input_ids") is not None and body.get("text") is not None:
+            raise HTTPError(400, "send either text or input_ids, not both")
+        if body.get("input_ids") is not None:
+            ids = body["input_ids"]
+            if not isinstance(ids, list) or not ids:
+                raise HTTPError(400, "input_ids must be a non-empty list of token ids or a list of such lists")
+            if all(isinstance(p, list) for p in ids):
+                return ids, False
+            return [ids], True
+        if body.get("text") is not None:
+            text = body["text"]
+            if isinstance(text, str):
+                return [self.engine.encode(text)], True
+            if isinstance(text, list) and all(isinstance(t, str) for t in text):
+                return [self.engine.encode(t) for t in text], False
+            raise HTTPError(400, "text must be a string or a list of strings")
+        raise HTTPError(400, "a /generate request needs text or input_ids")
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        if not self.worker.is_alive():
+            return web.Response(status=503, text="generation worker is not running")
+        return web.Response(status=200)
+
+    async def handle_health_generate(self, request: web.Request) -> web.Response:
+        if not self.worker.is_alive():
+            return web.Response(status=503, text="generation worker is not running")
+        loop = asyncio.get_running_loop()
+        probe = SequenceRequest(input_ids=[0], sampling=SequenceSampling(max_new_tokens=1, temperature=0.0))
+        job = _Job(sequences=[probe], loop=loop, future=loop.create_future())
+        self.jobs.put(job)
+        await job.future
+        return web.Response(status=200)
+
+    async def handle_model_info(self, request: web.Request) -> web.Response:
+        config = self.engine.model.config
+        return web.json_response({
+            "model_path": self.engine.model_path,
+            "served_model_name": self.served_model_name,
+            "tokenizer_path": self.engine.model_path if self.engine.tokenizer is not None else None,
+            "is_generation": True,
+            "preferred_sampling_params": None,
+            "weight_version": self.engine.weight_version,
+            "load_format": "auto",
+            "model_type": getattr(config, "model_type", None),
+            "architectures": getattr(config, "architectures", None),
+            "has_image_understanding": False,
+            "has_audio_understanding": False,
+        })
+
+    async def handle_server_info(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "model_path": self.engine.model_path, "tp_size": 1, "dp_size": 1,
+            "weight_version": self.engine.weight_version, "device": str(self.engine.device),
+            "max_batch_sequences": self.max_batch_sequences, "server": "megarl-builtin",
+            "paused": self.paused, "queued_requests": self.jobs.qsize() + self.holding, "running_batch": self.running_batch,
+            "batches_run": self.batches_run, "recent_batch_sequences": self.batch_sizes[-10:],
+        })
+
+    # ---- control -----------------------------------------------------------------------
+    async def handle_flush_cache(self, request: web.Request) -> web.Response:
+        self._check_token(request, required=False)
+        # No prefix cache survives between batches here, so there is nothing to drop.
+        return web.Response(text="Cache flushed.\n")
+
+    async def handle_pause(self, request: web.Request) -> web.Response:
+        self._check_token(request, required=False)
+        body = await self._json(request, optional=True)
+        await self._in_thread(self._pause, body.get("mode", "abort"))
+        return web.json_response({"message": "Generation paused successfully.", "status": "ok"})
+
+    async def handle_continue(self, request: web.Request) -> web.Response:
+        self._check_token(request, required=False)
+        self._continue()
+        return web.json_response({"message": "Generation continued successfully.", "status": "ok"})
+
+    async def handle_release_memory(self, request: web.Request) -> web.Response:
+        self._check_token(request, required=False)
+        await self._json(request, optional=True)
+        return web.json_response({"success": True, "message": "no-op: the built-in server keeps its CPU memory"})
+
+    async def handle_resume_memory(self, request: web.Request) -> web.Response:
+        self._check_token(request, required=False)
+        await self._json(request, optional=True)
+        return web.json_response({"success": True, "message": "no-op: the built-in server keeps its CPU memory"})
+
+    async def handle_update_weight_version(self, request: web.Request) -> web.Response:
+        self._check_token(request, required=False)
+        body = await self._json(request)
+        if "new_version" not in body:
+            raise HTTPError(400, "update_weight_version needs new_version")
+        with self.engine.model_lock:
+            self.engine.weight_version = str(body["new_version"])
+        return web.json_response({"success": True, "message": f"Weight version updated to {body['new_version']}",
+                                  "new_version": body["new_version"]})
+
+    # ---- weight updates ------------------------------------------------------------------
+    def _finish_update(self, count: int, body: dict, how: str) -> web.Response:
+        if body.get("weight_version") is not None:
+            with self.engine.model_lock:
+                self.engine.weight_version = str(body["weight_version"])
+        return web.json_response({"success": True, "message": f"Succeeded to update {count} tensors {how}.",
+                                  "num_paused_requests": 0})
+
+    async def handle_update_from_disk(self, request: web.Request) -> web.Response:
+        self._check_token(request, required=False)
+        body = await self._json(request)
+        if not body.get("model_path"):
+            raise HTTPError(400, "update_weights_from_disk needs model_path (a directory of *.safetensors files)")
+        count = await self._in_thread(self.engine.load_weights_from_disk, body["model_path"])
+        return self._finish_update(count, body, "from disk")
+
+    async def handle_update_from_tensor(self, request: web.Request) -> web.Response:
+        self._check_loopback(request)
+        self._check_token(request, required=True)
+        body = await self._json(request)
+        payloads = body.get("serialized_named_tensors")
+        if not isinstance(payloads, list) or not payloads:
+            raise HTTPError(400, "serialized_named_tensors must be a list with one base64 payload per server TP rank")
+        load_format = body.get("load_format")
+        if load_format not in (None, "direct", "flattened_bucket"):
+            raise HTTPError(400, f"load_format {load_format!r} is not supported; use null, 'direct' or 'flattened_bucket'")
+
+        def load() -> int:
+            data = pickle.loads(base64.b64decode(payloads[0]))  # tensors arrive as shared-memory handles
+            if load_format == "flattened_bucket":
+                if not isinstance(data, dict) or "flattened_tensor" not in data or "metadata" not in data:
+                    raise ValueError("a flattened_bucket payload must be {'flattened_tensor': uint8 tensor, 'metadata': [...]}")
+                named = unpack(data["flattened_tensor"], data["metadata"])
+            else:
+                named = list(data)
+            count = self.engine.load_weights(named)
+            del data, named  # drop the shared-memory mappings before answering
+            return count
+
+        count = await self._in_thread(load)
+        return self._finish_update(count, body, "from tensor")
+
+    async def handle_init_group(self, request: web.Request) -> web.Response:
+        self._check_token(request, required=False)
+        body = await self._json(request)
+        missing = [k for k in ("master_address", "master_port", "rank_offset", "world_size") if k not in body]
+        if missing:
+            raise HTTPError(400, f"init_weights_update_group is missing {missing}")
+        name = body.get("group_name", "weight_update_group")
+        if name in self.update_groups:
+            raise HTTPError(400, f"weight update group {name!r} already exists; destroy it first")
+        backend = body.get("backend", "gloo")
+        group = await self._in_thread(lambda: UpdateGroup(
+            backend=backend, master_address=body["master_address"], master_port=int(body["master_port"]),
+            rank=int(body["rank_offset"]), world_size=int(body["world_size"]),
+            timeout_s=float(body.get("timeout_s", 120.0))))
+        self.update_groups[name] = group
+        return web.json_response({"success": True, "message": f"Succeeded to initialize group {name!r} ({backend})."})
+
+    async def handle_destroy_group(self, request: web.Request) -> web.Response:
+        self._check_token(request, required=False)
+        body = await self._json(request, optional=True)
+        name = body.get("group_name", "weight_update_group")
+        group = self.update_groups.pop(name, None)
+        if group is None:
+            raise HTTPError(400, f"no weight update group named {name!r}")
+        group.close()
+        return web.json_response({"success": True, "message": f"Succeeded to destroy group {name!r}."})
+
+    async def handle_update_from_distributed(self, request: web.Request) -> web.Response:
+        self._check_token(request, required=False)
+        body = await self._json(request)
+        name = body.get("group_name", "weight_update_group")
+        group = self.update_groups.get(name)
+        if group is None:
+            raise HTTPError(400, f"weight update group {name!r} does not exist; call /init_weights_update_group first")
+        names, dtypes, shapes = body.get("names"), body.get("dtypes"), body.get("shapes")
+        if not isinstance(names, list) or not names:
+            raise HTTPError(400, "update_weights_from_distributed needs non-empty names, dtypes and shapes lists")
+        metadata = layout_metadata(names, dtypes, shapes)
+
+        def receive() -> int:
+            if body.get("load_format") == "flattened_bucket":
+                buffer = torch.empty(metadata[-1].end_idx, dtype=torch.uint8, device=group.device)
+                group.broadcast(buffer)
+                named = unpack(buffer, metadata)
+            else:
+                named = []
+                for meta in metadata:
+                    tensor = torch.empty(meta.shape, dtype=meta.dtype, device=group.device)
+                    group.broadcast(tensor)
+                    named.append((meta.name, tensor))
+            return self.engine.load_weights(named)
+
+        count = await self._in_thread(receive)
+        return self._finish_update(count, body, "from distributed")
+
+
+def _set_result(future: asyncio.Future, value) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future, err: BaseException) -> None:
+    if not future.done():
+        future.set_exception(err)
+
+
+def _per_prompt(value, count: int, key: str) -> list:
+    """Broadcast a scalar field to every prompt, or check a per-prompt list's length."""
+    if isinstance(value, list):
+        if len(value) != count:
+            raise HTTPError(400, f"{key} has {len(value)} entries for {count} prompts; send one per prompt or a single value")
+        return value
+    return [value] * count
+
+
+async def serve(engine: GenerationEngine, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+                max_batch_sequences: int = 64, ready=None) -> None:
+    """Run the server until cancelled; `ready(port)` is called once it listens."""
+    server = RolloutServer(engine, token=token, max_batch_sequences=max_batch_sequences)
+    runner = web.AppRunner(server.app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_port = site._server.sockets[0].getsockname()[1]  # the real port when port=0
+    if ready is not None:
+        ready(bound_port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,367 @@
+"""Weight sync transport: push Hugging Face-named tensors into running rollout servers.
+
+Given `(hf_name, tensor)` pairs (already in Hugging Face layout; gathering them from the
+Megatron actor happens before this), `push_weights` packs them into size-bounded, per-dtype
+flattened buckets and sends every bucket to every server by one of three transports:
+
+- `tensor`: same host. Each bucket is a fresh buffer in shared memory (CPU) or on the GPU
+  (CUDA IPC); the server gets a ForkingPickler handle through `/update_weights_from_tensor`
+  with `load_format="flattened_bucket"` and copies from it. Needs the servers' admin token.
+- `distributed`: a process group of the trainer (rank 0) and every server rank (gloo on CPU,
+  NCCL on GPUs) set up once through `/init_weights_update_group`; each bucket is announced by
+  `/update_weights_from_distributed` and broadcast once.
+- `disk`: each bucket becomes one safetensors file in a fresh directory (written under a
+  temporary name, then renamed whole), loaded through `/update_weights_from_disk`.
+
+Around the update the servers are paused (`/pause_generation`) and resumed; afterwards their
+cache is flushed and their `weight_version` set (`/update_weight_version`). A bucket buffer is
+never reused: each bucket gets a new allocation, kept alive until every server has answered for
+it, and on GPUs (where the receiver's copy may still be queued on its stream when it answers)
+until the next push has paused the servers.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import torch
+
+from megarl.rollout.weight_buckets import FlattenedTensorMetadata, dtype_name, pack_into, tensor_nbytes
+from megarl.runtime.device import backend as collective_backend
+from megarl.runtime.device import get_device, is_gpu_device, on_gpu, synchronize
+
+TRANSPORTS = ("tensor", "distributed", "disk")
+DEFAULT_BUCKET_BYTES = 512 << 20
+
+
+class WeightSyncError(RuntimeError):
+    """A server refused or failed a weight update; the message names the server and its reason."""
+
+
+@dataclass
+class WeightSyncReport:
+    transport: str
+    weight_version: str | None
+    num_tensors: int = 0
+    num_buckets: int = 0
+    total_bytes: int = 0
+    seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def gigabytes_per_second(self) -> float:
+        return self.total_bytes / 1e9 / self.seconds if self.seconds > 0 else float("nan")
+
+
+def iter_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int
+                 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Group tensors into buckets of one dtype each, at most `bucket_bytes` (a larger tensor goes alone).
+
+    Streams: a bucket is yielded as soon as it is full, so a generator input is never held whole.
+    """
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes={bucket_bytes} must be positive (e.g. 256 << 20)")
+    pending: dict[torch.dtype, tuple[list, int]] = {}
+    for name, tensor in named_tensors:
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"weight {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
+        items, size = pending.get(tensor.dtype, ([], 0))
+        nbytes = tensor_nbytes(tensor)
+        if items and size + nbytes > bucket_bytes:
+            yield items
+            items, size = [], 0
+        items.append((name, tensor))
+        pending[tensor.dtype] = (items, size + nbytes)
+    for items, _ in pending.values():
+        if items:
+            yield items
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def _file_system_sharing():
+    """Share CPU tensors by /dev/shm file name, which an unrelated process can open.
+
+    The default fd strategy passes descriptors through a socket guarded by the sender's
+    multiprocessing authkey, which an independently started server does not have.
+    """
+    import torch.multiprocessing as mp
+
+    previous = mp.get_sharing_strategy()
+    mp.set_sharing_strategy("file_system")
+    try:
+        yield
+    finally:
+        mp.set_sharing_strategy(previous)
+
+
+def _new_bucket_buffer(nbytes: int, *, shared: bool) -> torch.Tensor:
+    """A fresh uint8 buffer: on the GPU, or in CPU shared memory when `shared`."""
+    device = get_device()
+    if is_gpu_device(device):
+        return torch.empty(nbytes, dtype=torch.uint8, device=device)
+    if not shared:
+        return torch.empty(nbytes, dtype=torch.uint8)
+    with _file_system_sharing():
+        storage = torch.UntypedStorage._new_shared(nbytes)
+    return torch.empty(0, dtype=torch.uint8).set_(storage)
+
+
+def serialize_bucket(buffer: torch.Tensor, metadata: list[FlattenedTensorMetadata]) -> str:
+    """SGLang's flattened-bucket payload: a base64 ForkingPickler pickle of handles, not data."""
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing.reductions  # noqa: F401 - registers the tensor reducers
+
+    out = io.BytesIO()
+    with _file_system_sharing():
+        ForkingPickler(out).dump({"flattened_tensor": buffer, "metadata": metadata})
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def tensor_update_body(payload: str, server_tp_size: int = 1) -> dict:
+    """`/update_weights_from_tensor` JSON: one payload per server TP rank (all ranks read the same bucket)."""
+    return {"serialized_named_tensors": [payload] * server_tp_size, "load_format": "flattened_bucket",
+            "flush_cache": False}
+
+
+def distributed_update_body(bucket: Sequence[tuple[str, torch.Tensor]], group_name: str) -> dict:
+    """`/update_weights_from_distributed` JSON announcing one broadcast flattened bucket."""
+    return {"names": [n for n, _ in bucket], "dtypes": [dtype_name(t.dtype) for _, t in bucket],
+            "shapes": [list(t.shape) for _, t in bucket], "group_name": group_name,
+            "load_format": "flattened_bucket", "flush_cache": False}
+
+
+def init_group_body(master_address: str, master_port: int, rank_offset: int, world_size: int, group_name: str,
+                    backend: str) -> dict:
+    """`/init_weights_update_group` JSON for one server (its ranks start at `rank_offset`)."""
+    return {"master_address": master_address, "master_port": master_port, "rank_offset": rank_offset,
+            "world_size": world_size, "group_name": group_name, "backend": backend}
+
+
+def disk_update_body(model_path: str) -> dict:
+    return {"model_path": model_path, "flush_cache": False}
+
+
+class WeightPusher:
+    """Pushes weights to a fixed set of servers; keeps the distributed group between pushes."""
+
+    def __init__(self, servers: Sequence[str], *, transport: str = "tensor", bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+                 token: str | None = None, server_tp_size: int = 1, pause_mode: str = "abort",
+                 request_timeout_s: float = 600.0, master_address: str = "127.0.0.1", master_port: int | None = None,
+                 group_name: str = "megarl_weight_update", group_backend: str | None = None,
+                 disk_dir: str | None = None):
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport {transport!r} is unknown; choose one of {TRANSPORTS}")
+        if not servers:
+            raise ValueError("push_weights needs at least one server URL")
+        if transport == "tensor" and not token:
+            raise ValueError("the tensor transport needs the servers' admin token (token=...): servers accept "
+                             "shared-memory handles only with it")
+        self.servers = [s.rstrip("/") for s in servers]
+        self.transport = transport
+        self.bucket_bytes = int(bucket_bytes)
+        self.token = token
+        self.server_tp_size = server_tp_size
+        self.pause_mode = pause_mode
+        self.timeout = request_timeout_s
+        self.master_address = master_address
+        self.master_port = master_port
+        self.group_name = group_name
+        self.group_backend = group_backend or collective_backend()
+        self.disk_dir = disk_dir
+        self.group = None
+        self.retired: list[torch.Tensor] = []  # GPU buffers kept until the servers passed a sync point
+        self.pool = ThreadPoolExecutor(max_workers=max(4, 2 * len(self.servers)), thread_name_prefix="weight-sync")
+
+    # ---- HTTP ----------------------------------------------------------------------------
+    def _post(self, server: str, path: str, body: dict | None = None) -> dict | str:
+        data = json.dumps(body or {}).encode()
+        request = urllib.request.Request(server + path, data=data, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                text = response.read().decode()
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode(errors="replace")
+            try:
+                detail = json.loads(detail).get("message", detail)
+            except (ValueError, AttributeError):
+                pass
+            raise WeightSyncError(f"{server}{path} answered HTTP {err.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as err:
+            raise WeightSyncError(f"{server}{path} failed: {err}") from None
+        try:
+            result = json.loads(text)
+        except ValueError:
+            return text
+        if isinstance(result, dict) and result.get("success") is False:
+            raise WeightSyncError(f"{server}{path} refused the update: {result.get('message')}")
+        return result
+
+    def _post_all(self, path: str, body: dict | None = None) -> list[Future]:
+        return [self.pool.submit(self._post, server, path, body) for server in self.servers]
+
+    @staticmethod
+    def _wait(futures: list[Future]) -> list:
+        errors, results = [], []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except WeightSyncError as err:
+                errors.append(str(err))
+        if errors:
+            raise WeightSyncError("; ".join(errors))
+        return results
+
+    # ---- the push --------------------------------------------------------------------------
+    def push(self, named_tensors: Iterable[tuple[str, torch.Tensor]], weight_version: str | int | None = None
+             ) -> WeightSyncReport:
+        version = None if weight_version is None else str(weight_version)
+        report = WeightSyncReport(transport=self.transport, weight_version=version)
+        started = time.perf_counter()
+        self._wait(self._post_all("/pause_generation", {"mode": self.pause_mode}))
+        self.retired.clear()  # the servers answered a request queued after every earlier copy
+        report.phase_seconds["pause"] = time.perf_counter() - started
+        try:
+            if self.transport == "distributed" and self.group is None:
+                self._init_group()
+            send = {"tensor": self._send_tensor, "distributed": self._send_distributed, "disk": self._send_disk}
+            send[self.transport](iter_buckets(named_tensors, self.bucket_bytes), report)
+            mark = time.perf_counter()
+            self._wait(self._post_all("/flush_cache"))
+            if version is not None:
+                self._wait(self._post_all("/update_weight_version", {"new_version": version}))
+            report.phase_seconds["finish"] = time.perf_counter() - mark
+        finally:
+            self._wait(self._post_all("/continue_generation"))
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _send_tensor(self, buckets: Iterator[list], report: WeightSyncReport) -> None:
+        in_flight: tuple[list[Future], torch.Tensor] | None = None
+        for bucket in buckets:
+            nbytes = sum(tensor_nbytes(t) for _, t in bucket)
+            buffer = _new_bucket_buffer(nbytes, shared=True)
+            metadata = pack_into(buffer, bucket)
+            synchronize()
+            payload = serialize_bucket(buffer, metadata)
+            if in_flight is not None:  # one bucket on the wire while the next one is packed
+                self._wait(in_flight[0])
+                self._retire(in_flight[1])
+            body = tensor_update_body(payload, self.server_tp_size)
+            in_flight = (self._post_all("/update_weights_from_tensor", body), buffer)
+            report.num_buckets += 1
+            report.num_tensors += len(bucket)
+            report.total_bytes += nbytes
+        if in_flight is not None:
+            self._wait(in_flight[0])
+            self._retire(in_flight[1])
+
+    def _retire(self, buffer: torch.Tensor) -> None:
+        # CPU servers copy before answering; a GPU server's copy may still be queued on its stream.
+        if on_gpu():
+            self.retired.append(buffer)
+
+    def _init_group(self) -> None:
+        from megarl.rollout.update_group import UpdateGroup
+
+        port = self.master_port or free_port()
+        world_size = 1 + len(self.servers) * self.server_tp_size
+        futures = [self.pool.submit(self._post, server, "/init_weights_update_group", init_group_body(
+            self.master_address, port, 1 + i * self.server_tp_size, world_size, self.group_name, self.group_backend))
+            for i, server in enumerate(self.servers)]
+        try:
+            self.group = UpdateGroup(backend=self.group_backend, master_address=self.master_address, master_port=port,
+                                     rank=0, world_size=world_size, timeout_s=self.timeout)
+        except Exception as err:
+            detail = [str(f.exception()) for f in futures if f.done() and f.exception()]
+            raise WeightSyncError(f"could not form the weight-update group on port {port}: {err}; servers: {detail}") from err
+        self._wait(futures)
+
+    def _send_distributed(self, buckets: Iterator[list], report: WeightSyncReport) -> None:
+        for bucket in buckets:
+            nbytes = sum(tensor_nbytes(t) for _, t in bucket)
+            buffer = _new_bucket_buffer(nbytes, shared=False)
+            pack_into(buffer, bucket)
+            body = distributed_update_body(bucket, self.group_name)
+            futures = self._post_all("/update_weights_from_distributed", body)
+            try:
+                self.group.broadcast(buffer)
+            except Exception as err:
+                detail = [str(f.exception()) for f in futures if f.done() and f.exception()]
+                raise WeightSyncError(f"broadcast of a {nbytes}-byte bucket failed: {err}; servers: {detail}") from err
+            self._wait(futures)
+            self._retire(buffer)
+            report.num_buckets += 1
+            report.num_tensors += len(bucket)
+            report.total_bytes += nbytes
+
+    def _send_disk(self, buckets: Iterator[list], report: WeightSyncReport) -> None:
+        from safetensors.torch import save_file
+
+        parent = self.disk_dir or tempfile.gettempdir()
+        os.makedirs(parent, exist_ok=True)
+        partial = tempfile.mkdtemp(prefix=".partial-weights-", dir=parent)
+        final = partial.replace(".partial-weights-", "weights-")
+        try:
+            for index, bucket in enumerate(buckets):
+                seen, tensors = set(), {}
+                for name, tensor in bucket:
+                    tensor = tensor.detach().to("cpu").contiguous()
+                    key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+                    tensors[name] = tensor.clone() if key in seen else tensor  # safetensors refuses shared storage
+                    seen.add(key)
+                save_file(tensors, os.path.join(partial, f"model-{index:05d}.safetensors"))
+                report.num_buckets += 1
+                report.num_tensors += len(bucket)
+                report.total_bytes += sum(tensor_nbytes(t) for _, t in bucket)
+            os.replace(partial, final)  # the servers only ever see a complete directory
+            self._wait(self._post_all("/update_weights_from_disk", disk_update_body(final)))
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(final, ignore_errors=True)
+
+    def close(self) -> None:
+        if self.group is not None:
+            try:
+                self._wait(self._post_all("/destroy_weights_update_group", {"group_name": self.group_name}))
+            finally:
+                self.group.close()
+                self.group = None
+        self.retired.clear()
+        self.pool.shutdown(wait=True)
+
+    def __enter__(self) -> "WeightPusher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def push_weights(named_tensors: Iterable[tuple[str, torch.Tensor]], servers: Sequence[str], transport: str = "tensor",
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, weight_version: str | int | None = None,
+                 **options) -> WeightSyncReport:
+    """Push `(hf_name, tensor)` pairs to every server once (see `WeightPusher` for `options`)."""
+    with WeightPusher(servers, transport=transport, bucket_bytes=bucket_bytes, **options) as pusher:
+        return pusher.push(named_tensors, weight_version=weight_version)

@@ -1,0 +1,80 @@
+"""The SGLang launcher's commands (checked against SGLang's own argument names when installed) and health waits."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ServerProcess
+
+from megarl.rollout.sglang_launcher import (SGLangFleet, SGLangServerSpec, sglang_router_command, sglang_server_command,
+                                            wait_for_health)
+from megarl.runtime.device import on_gpu
+
+
+def test_server_command_has_the_right_flags():
+    spec = SGLangServerSpec(model_path="/ckpt/hf", port=30001, tp_size=4, mem_fraction_static=0.7, enable_memory_saver=True,
+                            deterministic=True, random_seed=1, dtype="bfloat16", base_gpu_id=4, admin_token="tok",
+                            weight_version="0")
+    cmd = sglang_server_command(spec, python="python")
+    assert cmd[:3] == ["python", "-m", "sglang.launch_server"]
+    args = " ".join(cmd[3:])
+    for expected in ("--model-path /ckpt/hf", "--port 30001", "--tp-size 4", "--mem-fraction-static 0.7",
+                     "--enable-memory-saver", "--enable-deterministic-inference", "--random-seed 1", "--dtype bfloat16",
+                     "--base-gpu-id 4", "--admin-api-key tok", "--weight-version 0", "--host 127.0.0.1"):
+        assert expected in args
+    plain = sglang_server_command(SGLangServerSpec(model_path="m"), python="python")
+    assert "--enable-memory-saver" not in plain and "--enable-deterministic-inference" not in plain
+    multi = sglang_server_command(SGLangServerSpec(model_path="m", tp_size=16, nnodes=2, node_rank=1,
+                                                   dist_init_addr="node0:5000"), python="python")
+    assert " ".join(multi).endswith("--nnodes 2 --node-rank 1 --dist-init-addr node0:5000")
+
+
+def test_bad_specs_are_refused():
+    with pytest.raises(ValueError, match="dist_init_addr"):
+        sglang_server_command(SGLangServerSpec(model_path="m", nnodes=2))
+    with pytest.raises(ValueError, match="mem_fraction_static"):
+        sglang_server_command(SGLangServerSpec(model_path="m", mem_fraction_static=1.5))
+    with pytest.raises(ValueError, match="policy"):
+        sglang_router_command(["http://a:1"], policy="fastest")
+
+
+def test_router_command():
+    cmd = sglang_router_command(["http://n1:30000", "http://n2:30000"], port=30100, python="python")
+    assert cmd == ["python", "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", "30100",
+                   "--policy", "cache_aware", "--worker-urls", "http://n1:30000", "http://n2:30000"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason="sglang not installed (pip install --no-deps sglang)")
+def test_flags_are_sglang_server_args():
+    root = importlib.util.find_spec("sglang").submodule_search_locations[0]
+    fields = set(re.findall(r'^\s+"([a-z0-9_]+)",', open(os.path.join(root, "srt", "arg_groups", "field_order.py")).read(), re.M))
+    spec = SGLangServerSpec(model_path="m", mem_fraction_static=0.5, enable_memory_saver=True, deterministic=True,
+                            random_seed=1, dtype="bfloat16", base_gpu_id=1, nnodes=2, dist_init_addr="a:1",
+                            admin_token="t", weight_version="v", skip_server_warmup=True)
+    flags = [a[2:].replace("-", "_") for a in sglang_server_command(spec)[3:] if a.startswith("--")]
+    assert set(flags) <= fields, f"not SGLang server args: {set(flags) - fields}"
+
+
+def test_wait_for_health(tiny_model_dir):
+    server = ServerProcess(tiny_model_dir)
+    try:
+        wait_for_health(server.url, timeout_s=30, poll_s=0.1)
+    finally:
+        server.stop()
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+    with pytest.raises(RuntimeError, match="exited with code 3"):
+        wait_for_health("http://127.0.0.1:9", timeout_s=30, process=dead, poll_s=0.1)
+    with pytest.raises(TimeoutError):
+        wait_for_health("http://127.0.0.1:9", timeout_s=0.3, poll_s=0.1)
+
+
+@pytest.mark.skipif(on_gpu(), reason="checks the CPU refusal")
+def test_fleet_refuses_to_start_without_gpus():
+    with pytest.raises(RuntimeError, match="megarl serve"):
+        SGLangFleet([SGLangServerSpec(model_path="m")]).start()
