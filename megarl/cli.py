@@ -15,7 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("megarl.train.cli", "run RL training from a YAML recipe (megarl train configs/tiny_cpu.yaml actor.tp=2)"),
     "eval": ("megarl.evaluation.cli", "evaluate a model on math benchmarks through the rollout engine"),
     "serve": ("megarl.rollout.serve_cli", "start megarl's built-in rollout server (SGLang protocol subset)"),
-    "submit": ("megarl.slurm_submit", "render and submit a Slurm sbatch job for a recipe"),
+    "submit": ("megarl.launch.submit", "render and submit a Slurm sbatch job for a recipe"),
     "grade": ("megarl.rewards.cli", "grade responses in a JSON Lines file against gold answers"),
     "data": ("megarl.data.cli", "data tools: filter prompts by measured pass rate"),
     "plot": ("megarl.monitoring.plot", "plot a run's metrics as PNG curves"),

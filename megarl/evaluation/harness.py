@@ -1,0 +1,117 @@
+"""Benchmark evaluation: generate through rollout servers, grade, and summarize per benchmark.
+
+Metrics per benchmark: accuracy (mean over all samples = avg@n), pass@k (unbiased estimator,
+k = n), mean response length in tokens, truncation rate, answers/s. Per-sample rows go to
+JSON Lines so results can be inspected and compared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+
+@dataclasses.dataclass
+class EvalSettings:
+    benchmarks: list[str]
+    template: str = "qwen-boxed"
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    limit: int | None = None  # first `limit` problems of each benchmark (quick checks)
+    seed: int = 0
+    grade_timeout: float = 5.0
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path | None = None, progress: bool = True) -> dict:
+    """Run every benchmark; returns {benchmark: summary row}. Writes samples.jsonl and summary.json."""
+    from megarl.data import load_prompts
+    from megarl.data.templates import get_template
+    from megarl.rewards.grading import grade_batch
+    from megarl.rewards.schemes import RewardConfig
+    from megarl.rollout.client import SamplingParams
+
+    template = get_template(settings.template)
+    results = {}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        samples_file = (out_dir / "samples.jsonl").open("w")
+    for name in settings.benchmarks:
+        rows = load_prompts(name)
+        if settings.limit:
+            rows = rows[: settings.limit]
+        started = time.perf_counter()
+        prompts = [tokenizer(template.render(r["problem"], tokenizer), add_special_tokens=False)["input_ids"] for r in rows]
+        sampling = SamplingParams(
+            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
+            stop=list(template.stop), sampling_seed=settings.seed,
+        )
+        outputs = client.generate(prompts, sampling, n=settings.n)
+        gen_s = time.perf_counter() - started
+        flat = [s for group in outputs for s in group]
+        grades = grade_batch(
+            [s.text for s in flat], [rows[s.prompt_index]["answer"] for s in flat], template=settings.template,
+            timeout=settings.grade_timeout, finish_reasons=[s.finish_reason for s in flat],
+            reward_config=RewardConfig(scheme="binary"),
+        )
+        correct_per_prompt = [0] * len(rows)
+        for s, g in zip(flat, grades):
+            correct_per_prompt[s.prompt_index] += int(g.correct)
+            if out_dir is not None:
+                samples_file.write(json.dumps({
+                    "benchmark": name, "id": rows[s.prompt_index].get("id"), "sample": s.sample_index, "response": s.text,
+                    "answer": rows[s.prompt_index]["answer"], "extracted": g.extracted, "correct": bool(g.correct),
+                    "finish_reason": s.finish_reason, "completion_tokens": s.completion_tokens,
+                }) + "\n")
+        total = len(flat)
+        results[name] = {
+            "problems": len(rows),
+            "samples": total,
+            "accuracy": sum(int(g.correct) for g in grades) / total if total else 0.0,
+            f"pass@{settings.n}": sum(pass_at_k(settings.n, c, settings.n) for c in correct_per_prompt) / len(rows) if rows else 0.0,
+            "mean_length": sum(s.completion_tokens for s in flat) / total if total else 0.0,
+            "truncation_rate": sum(s.finish_reason == "length" for s in flat) / total if total else 0.0,
+            "seconds": time.perf_counter() - started,
+            "generation_s": gen_s,
+        }
+    if out_dir is not None:
+        samples_file.close()
+        (out_dir / "summary.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def results_table(results: dict, title: str = "evaluation"):
+    from rich.table import Table
+
+    table = Table(title=title)
+    keys = ["problems", "samples", "accuracy"] + [k for k in next(iter(results.values()), {}) if k.startswith("pass@")]
+    keys += ["mean_length", "truncation_rate", "seconds"]
+    table.add_column("benchmark")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name, row in results.items():
+        table.add_row(name, *[_fmt(row.get(k)) for k in keys])
+    if len(results) > 1:
+        avg = sum(r["accuracy"] for r in results.values()) / len(results)
+        table.add_row("[bold]average[/]", "", "", _fmt(avg), *[""] * (len(keys) - 3))
+    return table
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)

@@ -1,0 +1,1 @@
+"""Training-dynamics monitoring: metrics files, wandb, console tables, reflection rates, plots."""

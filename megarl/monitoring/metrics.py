@@ -1,0 +1,105 @@
+"""Per-step metrics: a JSON Lines file (the source of truth), wandb (offline by default) and a
+rich console line per step plus a table of sample responses."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+# Metrics shown on the console each step (the file and wandb get everything).
+CONSOLE_KEYS = (
+    ("reward/mean", "reward"), ("reward/accuracy", "acc"), ("response/length_mean", "len"),
+    ("response/truncated", "trunc"), ("actor/entropy", "ent"), ("actor/clipfrac", "clip"),
+    ("actor/kl", "kl"), ("actor/grad_norm", "gnorm"), ("perf/tokens_per_s", "tok/s"), ("perf/step_s", "s/step"),
+)
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, config: dict, *, wandb_mode: str = "offline", project: str = "megarl",
+                 run_name: str = "run", resume_step: int = 0):
+        from rich.console import Console
+
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.console = Console(stderr=False)
+        self._truncate_after(resume_step)
+        self.wandb = None
+        if wandb_mode != "disabled":
+            try:
+                import wandb
+
+                os.environ.setdefault("WANDB_SILENT", "true")
+                self.wandb = wandb.init(
+                    project=project, name=run_name, dir=str(self.run_dir), config=config, mode=wandb_mode,
+                    resume="allow", id=_wandb_id(self.run_dir),
+                )
+            except Exception as err:  # wandb is optional; the JSONL file is the record
+                self.console.print(f"[yellow]wandb disabled ({err}); metrics still go to {self.path}[/]")
+
+    def _truncate_after(self, step: int) -> None:
+        """On resume, drop lines for steps after the checkpoint (they will be recomputed)."""
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def log(self, step: int, metrics: dict[str, Any], samples: list[dict] | None = None) -> None:
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(row, step=step)
+        parts = [f"[bold]step {step}[/]"]
+        for key, short in CONSOLE_KEYS:
+            if key in row and isinstance(row[key], (int, float)):
+                parts.append(f"{short} {row[key]:.3g}")
+        self.console.print("  ".join(parts))
+        if samples:
+            self.print_samples(step, samples)
+
+    def print_samples(self, step: int, samples: list[dict]) -> None:
+        from rich.table import Table
+
+        table = Table(title=f"samples at step {step}", show_lines=True)
+        for col in ("prompt", "response", "gold", "reward"):
+            table.add_column(col, overflow="fold")
+        for s in samples:
+            table.add_row(s["prompt"][-200:], s["response"][:400], str(s["gold"]), f"{s['reward']:.2f}")
+        self.console.print(table)
+        with (self.run_dir / "samples.jsonl").open("a") as f:
+            for s in samples:
+                f.write(json.dumps({"step": step, **s}) + "\n")
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    return v
+
+
+def _wandb_id(run_dir: Path) -> str:
+    id_file = run_dir / "wandb_id.txt"
+    if id_file.exists():
+        return id_file.read_text().strip()
+    import uuid
+
+    run_id = uuid.uuid4().hex[:12]
+    id_file.write_text(run_id)
+    return run_id
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; pass a run directory written by `megarl train`")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,1 @@
+"""The RL trainer: rollout -> reward -> log-probs -> advantages -> update -> weight sync -> log."""

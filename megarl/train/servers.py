@@ -1,0 +1,81 @@
+"""Rollout servers for a training run: start megarl's built-in servers (CPU, tests, demo) or
+SGLang servers (GPU clusters), or use URLs given in the recipe; stop what was started."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from megarl.runtime.distributed import free_port
+
+
+class ServerGroup:
+    def __init__(self, urls: list[str], procs: list[subprocess.Popen], token: str | None, logs: list[Path]):
+        self.urls, self.procs, self.token, self.logs = urls, procs, token, logs
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.time() + 15
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs = []
+
+
+def start_builtin_servers(model_dir: str | Path, count: int, log_dir: Path, *, seed: int = 0,
+                          timeout_s: float = 180.0) -> ServerGroup:
+    """Start `count` built-in rollout servers on 127.0.0.1 and wait until /health answers."""
+    import urllib.request
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
+    urls, procs, logs = [], [], []
+    for i in range(count):
+        port = free_port()
+        log = log_dir / f"rollout_server_{i}.log"
+        cmd = [sys.executable, "-m", "megarl.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
+               "--port", str(port), "--token", token, "--seed", str(seed + i)]
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("MEGARL_SERVER_THREADS", "1"))
+        procs.append(subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env))
+        urls.append(f"http://127.0.0.1:{port}")
+        logs.append(log)
+    group = ServerGroup(urls, procs, token, logs)
+    deadline = time.time() + timeout_s
+    for url, proc, log in zip(urls, procs, logs):
+        while True:
+            if proc.poll() is not None:
+                group.stop()
+                raise RuntimeError(f"rollout server {url} exited with code {proc.returncode}; see {log}:\n{log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                group.stop()
+                raise TimeoutError(f"rollout server {url} did not become healthy in {timeout_s:.0f}s; see {log}")
+            time.sleep(0.3)
+    return group
+
+
+def start_sglang_servers(model_dir: str | Path, count: int, tp: int, log_dir: Path, *, colocate: bool = False,
+                         router: bool = False, seed: int = 0):
+    """GPU clusters: `count` SGLang servers on this node (GPUs [i*tp, (i+1)*tp) each), optionally
+    behind sglang-router. Returns the started SGLangFleet (generation_urls, server_urls, stop())."""
+    from megarl.rollout.sglang_launcher import SGLangFleet, SGLangServerSpec
+
+    specs = [
+        SGLangServerSpec(model_path=str(model_dir), port=free_port(), tp_size=tp, base_gpu_id=i * tp,
+                         enable_memory_saver=colocate, random_seed=seed + i)
+        for i in range(count)
+    ]
+    return SGLangFleet(specs, router_port=free_port() if router and count > 1 else None, log_dir=str(log_dir)).start()

@@ -1,0 +1,628 @@
+"""The RL trainer. One step reads as the algorithm:
+
+    batch   = rollout(step)                  prompts -> n samples each from the servers (driver rank)
+    rewards = grade(batch)                   extract + grade answers, reward scheme, dynamic sampling
+    logp    = actor.logprobs(batch)          old log-probs (fused kernel), reference and critic too
+    adv     = advantages(batch)              GAE (PPO), group baselines (GRPO, Dr. GRPO, RLOO), REINFORCE++
+    update(actor, critic, batch)             epochs x mini-batches through Megatron's pipeline schedule
+    sync_weights()                           gather TP/PP shards -> HF tensors -> every server
+    log(metrics); evaluate(); checkpoint()
+
+Every rank runs `Trainer.train()`. The driver (global rank 0) talks to the rollout servers and
+grades; the batch is broadcast, split over data-parallel ranks and packed into micro-batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megarl.config import Config, validate_semantics
+from megarl.models.spec import ModelSpec
+from megarl.train import algorithms as algo_fns
+from megarl.train.batch import TrainSequence, build_microbatches, per_sequence_matrix, shard_for_data_parallel, split_minibatches
+from megarl.train.workers import DTYPES, ModelWorker, WorkerSettings, is_last_stage
+
+
+class PreemptedError(Exception):
+    """Training stopped on a signal after writing a checkpoint; a requeued job resumes from it."""
+
+
+class PromptStream:
+    """Deterministic, resumable pass over training prompts: shuffled per epoch from the seed."""
+
+    def __init__(self, rows: list[dict], seed: int, shuffle: bool = True):
+        if not rows:
+            raise ValueError("the training set is empty; check data.train")
+        self.rows, self.seed, self.shuffle = rows, seed, shuffle
+        self.epoch, self.position = 0, 0
+        self._order = self._make_order()
+
+    def _make_order(self) -> list[int]:
+        order = list(range(len(self.rows)))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    def take(self, k: int) -> list[dict]:
+        out = []
+        while len(out) < k:
+            if self.position >= len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._make_order()
+            out.append(self.rows[self._order[self.position]])
+            self.position += 1
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._make_order()
+
+
+@dataclasses.dataclass
+class StepTimer:
+    times: dict = dataclasses.field(default_factory=dict)
+
+    def __call__(self, name):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.times[name] = timer.times.get(name, 0.0) + time.perf_counter() - self.t
+
+        return _Ctx()
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        from megatron.core import parallel_state as ps
+
+        from megarl.runtime.distributed import init_runtime
+
+        self.cfg = cfg
+        self.rt = init_runtime(cfg.actor.tp, cfg.actor.pp, seed=cfg.run.seed)
+        validate_semantics(cfg, world_size=self.rt.world_size, check_files=False)
+        if cfg.uses_critic and (cfg.critic.tp, cfg.critic.pp) != (cfg.actor.tp, cfg.actor.pp):
+            raise ValueError(
+                f"critic.tp/pp={cfg.critic.tp}/{cfg.critic.pp} must equal actor.tp/pp={cfg.actor.tp}/{cfg.actor.pp} "
+                "(actor and critic share the ranks); set them equal"
+            )
+        self.run_dir = Path(cfg.run.output_dir)
+        self.is_driver = self.rt.rank == 0
+        self.dp_group = ps.get_data_parallel_group()
+        self.model_dir = self._resolve_model()
+        self.spec = ModelSpec.from_hf(self.model_dir)
+        self.spec.check_layout(cfg.actor.tp, cfg.actor.pp)
+        self.dtype = DTYPES[cfg.model.dtype]
+        self.actor = self._worker("actor", cfg.actor, trainable=True)
+        self.reference = None
+        if cfg.algorithm.kl_coef > 0:
+            self.reference = self._worker("reference", cfg.actor, trainable=False)
+        self.critic = self._worker("critic", cfg.critic, trainable=True) if cfg.uses_critic else None
+        self._load_initial_weights()
+        self.step = 0
+        self.prompts = None
+        self.servers = None
+        self.client = None
+        self.logger = None
+        from megarl.train import checkpointing
+
+        self.checkpoints = checkpointing.CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
+        if self.is_driver:
+            self._setup_driver()
+        if cfg.run.resume:
+            self._maybe_resume()
+
+    # ---- setup --------------------------------------------------------------------------
+    def _resolve_model(self) -> Path:
+        from megarl.config import BUILTIN_PREFIX
+
+        path = self.cfg.model.path
+        if path.startswith(BUILTIN_PREFIX):
+            from megarl.demo.toy_model import build_toy_model
+
+            if self.is_driver:
+                build_toy_model()
+            dist.barrier()
+            return Path(build_toy_model())  # cached: every rank gets the same directory
+        path = Path(path)
+        return path / "hf" if (path / "megarl_checkpoint.json").exists() else path
+
+    def _worker(self, role: str, par, trainable: bool) -> ModelWorker:
+        from megarl.models.training import OptimSettings
+
+        optim = OptimSettings(
+            optimizer="adam", lr=par.lr, min_lr=par.min_lr, weight_decay=par.weight_decay, adam_beta1=par.adam_beta1,
+            adam_beta2=par.adam_beta2, adam_eps=par.adam_eps, clip_grad=par.clip_grad,
+            distributed_optimizer=par.distributed_optimizer,
+        )
+        steps = self.cfg.run.steps * self.cfg.algorithm.epochs * self.cfg.algorithm.mini_batches
+        return ModelWorker(self.spec, WorkerSettings(
+            role=role, dtype=self.dtype, recompute=par.recompute, trainable=trainable, optim=optim,
+            lr_warmup_steps=par.lr_warmup_steps, lr_decay_steps=steps, lr_schedule=par.lr_schedule,
+        ))
+
+    def _load_initial_weights(self) -> None:
+        from megarl.models.hf_io import load_hf_into_model
+
+        for worker in (self.actor, self.reference, self.critic):
+            if worker is not None:
+                load_hf_into_model(worker.model, self.model_dir, self.spec)
+
+    def _setup_driver(self) -> None:
+        from transformers import AutoTokenizer
+
+        from megarl.data import load_prompts, check_no_overlap
+        from megarl.data.templates import get_template
+        from megarl.monitoring.metrics import MetricsLogger
+        from megarl.rewards.schemes import RewardConfig
+
+        cfg = self.cfg
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or self.model_dir)
+        rows = []
+        for item in cfg.data.train:
+            rows.extend(load_prompts(item, levels=cfg.data.levels))
+        if cfg.data.eval_sets:
+            check_no_overlap(rows, [r for name in cfg.data.eval_sets for r in load_prompts(name)])
+        self.prompts = PromptStream(rows, cfg.run.seed, cfg.data.shuffle)
+        self.template = get_template(cfg.data.template)
+        self.reward_config = RewardConfig(
+            scheme=cfg.reward.scheme, format_weight=cfg.reward.format_weight, timeout=cfg.reward.timeout_s,
+            reward_function=cfg.reward.custom,
+        )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
+        self._start_servers()
+        self.logger = MetricsLogger(
+            self.run_dir, cfg.model_dump(), wandb_mode=cfg.logging.wandb, project=cfg.logging.project, run_name=cfg.run.name,
+        )
+
+    def _start_servers(self) -> None:
+        from megarl.rollout.client import RolloutClient
+        from megarl.train import servers
+
+        rc = self.cfg.rollout
+        self.server_token = None
+        if rc.servers:
+            urls, generation_urls = list(rc.servers), list(rc.servers)
+        elif rc.engine == "builtin":
+            self.servers = servers.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs", seed=self.cfg.run.seed)
+            urls = generation_urls = self.servers.urls
+            self.server_token = self.servers.token
+        else:
+            self.servers = servers.start_sglang_servers(
+                self.model_dir, rc.num_servers, rc.server_tp, self.run_dir / "logs", colocate=rc.colocate, router=rc.router,
+                seed=self.cfg.run.seed,
+            )
+            urls, generation_urls = self.servers.server_urls, self.servers.generation_urls
+        self.server_urls = urls
+        from megarl.rollout.weight_sync import WeightPusher
+
+        self.pusher = WeightPusher(urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20, token=self.server_token)
+        self.client = RolloutClient(generation_urls, max_concurrency=rc.max_concurrency, request_timeout_s=rc.request_timeout_s)
+        self.client.wait_until_healthy(timeout_s=300)
+
+    # ---- the loop -----------------------------------------------------------------------
+    def train(self) -> list[dict]:
+        history = []
+        self.sync_weights()
+        evaluated_at = None
+        if self.cfg.eval.every and self.step == 0:
+            self.evaluate(0)
+            evaluated_at = 0
+        while self.step < self.cfg.run.steps:
+            metrics = self.train_step()
+            self.step += 1
+            if self.cfg.eval.every and self.step % self.cfg.eval.every == 0:
+                metrics.update(self.evaluate(self.step))
+                evaluated_at = self.step
+            if self.is_driver:
+                self.logger.log(self.step, metrics, samples=self._samples)
+            history.append(metrics)
+            if self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0:
+                self.save_checkpoint()
+            if self.cfg.checkpoint.hf_export_every and self.step % self.cfg.checkpoint.hf_export_every == 0:
+                self.export_hf(self.run_dir / "hf" / f"step_{self.step:06d}")
+            if self._stop_requested():
+                self.save_checkpoint()
+                if self.is_driver:
+                    self.logger.console.print(f"stop requested (signal): checkpointed at step {self.step}; exiting")
+                raise PreemptedError(self.step)
+        if self.cfg.eval.every and evaluated_at != self.step and self.step > 0:
+            final = self.evaluate(self.step)
+            if self.is_driver:
+                self.logger.log(self.step, final)
+        return history
+
+    def _stop_requested(self) -> bool:
+        """True on every rank once any rank received SIGUSR1/SIGTERM (see megarl.train.cli)."""
+        flag = torch.tensor([1.0 if getattr(self, "stop_flag", {}).get("requested") else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def train_step(self) -> dict:
+        timer = StepTimer()
+        start = time.perf_counter()
+        with timer("rollout"):
+            seqs, metrics = self.rollout()  # driver: generate + grade; broadcast to all ranks
+        mine = shard_for_data_parallel(seqs, self.rt.dp_rank, self.rt.dp)
+        with timer("logprobs"):
+            extra = self.compute_logprobs(mine)
+        with timer("advantages"):
+            self.compute_advantages(mine, extra)
+        with timer("update"):
+            metrics.update(self.update(mine, extra))
+        with timer("sync"):
+            self.sync_weights()
+        step_s = time.perf_counter() - start
+        tokens = sum(s.length for s in seqs)
+        metrics.update({f"perf/{k}_s": v for k, v in timer.times.items()})
+        metrics.update({"perf/step_s": step_s, "perf/tokens_per_s": tokens / step_s, "perf/tokens": tokens})
+        return metrics
+
+    # ---- rollout + reward (driver) ---------------------------------------------------------
+    def rollout(self) -> tuple[list[TrainSequence], dict]:
+        payload = [None]
+        if self.is_driver:
+            payload = [self._rollout_on_driver()]
+        dist.broadcast_object_list(payload, src=0)
+        seqs, metrics = payload[0]
+        return seqs, metrics
+
+    def _encode_prompt(self, problem: str) -> list[int]:
+        text = self.template.render(problem, self.tokenizer)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > self.cfg.data.max_prompt_tokens:
+            ids = ids[-self.cfg.data.max_prompt_tokens:]
+            self._truncated_prompts += 1
+        return ids
+
+    def _rollout_on_driver(self):
+        from megarl.monitoring.reflection import reflection_rates
+        from megarl.rewards.schemes import compute_rewards
+        from megarl.rollout.client import SamplingParams
+
+        cfg, rc = self.cfg, self.cfg.rollout
+        want = cfg.data.prompts_per_step
+        groups, filtered, rounds, all_samples = [], 0, 0, []
+        self._truncated_prompts = 0
+        while len(groups) < want:
+            rounds += 1
+            if rounds > cfg.algorithm.dynamic_sampling_max_rounds + (0 if cfg.algorithm.dynamic_sampling else 1):
+                raise RuntimeError(
+                    f"dynamic sampling could not fill {want} prompt groups in {rounds - 1} rounds "
+                    f"({filtered} groups had identical rewards); raise algorithm.dynamic_sampling_max_rounds, "
+                    "use harder/easier data, or turn dynamic_sampling off"
+                )
+            rows = self.prompts.take(want - len(groups))
+            prompt_ids = [self._encode_prompt(r["problem"]) for r in rows]
+            sampling = SamplingParams(
+                max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
+                stop=list(self.template.stop), sampling_seed=cfg.run.seed * 100_003 + self.step * 101 + rounds,
+            )
+            outputs = self.client.generate(prompt_ids, sampling, n=rc.n)
+            flat = [s for group in outputs for s in group]
+            golds = [rows[s.prompt_index]["answer"] for s in flat]
+            grades = compute_rewards(
+                [s.text for s in flat], golds, self.reward_config, template=cfg.data.template,
+                finish_reasons=[s.finish_reason for s in flat],
+            )
+            for p, (row, ids, group) in enumerate(zip(rows, prompt_ids, outputs)):
+                g = grades[p * rc.n:(p + 1) * rc.n]
+                rewards = [r.reward for r in g]
+                all_samples.append((row, group, g))
+                if cfg.algorithm.dynamic_sampling and max(rewards) == min(rewards):
+                    filtered += 1
+                    continue
+                groups.append((row, ids, group, g))
+        seqs = []
+        for gi, (row, ids, group, g) in enumerate(groups):
+            for sample, grade in zip(group, g):
+                truncated = sample.finish_reason == "length"
+                seqs.append(TrainSequence(
+                    prompt_ids=ids, response_ids=list(sample.output_ids), reward=float(grade.reward), group=gi,
+                    behaviour_logp=sample.logprobs, truncated=truncated, correct=bool(grade.correct),
+                    loss_weight=0.0 if (cfg.algorithm.overlong_filter and truncated) else 1.0,
+                ))
+        if cfg.algorithm.name in algo_fns.GROUP_MODE:
+            advs = algo_fns.sequence_advantages([s.reward for s in seqs], [s.group for s in seqs], cfg.algorithm.name, cfg.algorithm.group_eps)
+            for s, a in zip(seqs, advs):
+                s.advantage = a
+        texts = [s.text for _, group, _ in all_samples for s in group]
+        correct = [bool(x.correct) for _, _, g in all_samples for x in g]
+        lengths = [len(s.response_ids) for s in seqs]
+        metrics = {
+            "reward/mean": sum(s.reward for s in seqs) / len(seqs),
+            "reward/accuracy": sum(s.correct for s in seqs) / len(seqs),
+            "reward/accuracy_all_sampled": sum(correct) / len(correct),
+            "reward/has_answer": sum(bool(x.has_answer) for _, _, g in all_samples for x in g) / len(correct),
+            "response/length_mean": sum(lengths) / len(lengths),
+            "response/length_max": max(lengths),
+            "response/length_correct": _mean([len(s.response_ids) for s in seqs if s.correct]),
+            "response/length_incorrect": _mean([len(s.response_ids) for s in seqs if not s.correct]),
+            "response/truncated": sum(s.truncated for s in seqs) / len(seqs),
+            "data/filtered_groups": filtered,
+            "data/sampling_rounds": rounds,
+            "data/truncated_prompts": self._truncated_prompts,
+            "data/epoch": self.prompts.epoch,
+            "advantage/mean": _mean([s.advantage for s in seqs]),
+            "advantage/abs_mean": _mean([abs(s.advantage) for s in seqs]),
+        }
+        rates = reflection_rates(texts, correct, self.cfg.logging.reflection_words)
+        metrics.update({f"response/{k}": v for k, v in rates.items()})
+        k = self.cfg.logging.samples_per_step
+        self._samples = [
+            {"prompt": self.tokenizer.decode(groups[i][1]), "response": groups[i][2][0].text, "gold": groups[i][0]["answer"],
+             "reward": groups[i][3][0].reward}
+            for i in range(min(k, len(groups)))
+        ]
+        return seqs, metrics
+
+    # ---- log-probs, values, advantages ----------------------------------------------------
+    def _microbatches(self, seqs: list[TrainSequence]) -> list[dict]:
+        from megarl.models.build import layer_impl
+
+        return build_microbatches(seqs, self.cfg.actor.micro_batch_tokens, self.rt.device, packed_seq_params=layer_impl() == "te")
+
+    def _temperature(self) -> float:
+        t = self.cfg.rollout.temperature
+        return t if t > 1e-5 else 1.0
+
+    def compute_logprobs(self, seqs: list[TrainSequence]) -> list[dict]:
+        """Per-sequence tensors on the last stage: old_logp, entropy, ref_logp, old_values."""
+        extra = [dict() for _ in seqs]
+        mbs = self._microbatches(seqs)
+        if not mbs:
+            return extra
+        temperature = self._temperature()
+
+        def scatter(stats, key, out_key):
+            for mb, st in zip(mbs, stats):
+                for b, i in enumerate(mb["seq_ids"]):
+                    n = len(seqs[i].response_ids)
+                    extra[i][out_key] = st[key][b, :n].detach().float().cpu()
+
+        stats = self.actor.logprobs(mbs, temperature)
+        if is_last_stage():
+            scatter(stats, "logp", "old_logp")
+            scatter(stats, "entropy", "entropy")
+        if self.reference is not None:
+            ref = self.reference.logprobs(mbs, temperature)
+            if is_last_stage():
+                scatter(ref, "logp", "ref_logp")
+        if self.critic is not None:
+            vals = self.critic.values(mbs)
+            if is_last_stage():
+                scatter(vals, "values", "old_values")
+        return extra
+
+    def compute_advantages(self, seqs: list[TrainSequence], extra: list[dict]) -> None:
+        """Token-level advantages (and returns for PPO) on the last stage."""
+        if not is_last_stage():
+            return
+        a = self.cfg.algorithm
+        for s, e in zip(seqs, extra):
+            if s.behaviour_logp is not None and "old_logp" in e and len(s.behaviour_logp) == len(s.response_ids):
+                e["behaviour_logp"] = torch.tensor(s.behaviour_logp, dtype=torch.float32)
+        if a.name in algo_fns.GROUP_MODE:
+            for s, e in zip(seqs, extra):
+                e["advantages"] = torch.full((len(s.response_ids),), s.advantage, dtype=torch.float32)
+            return
+        kls = [
+            algo_fns.kl_penalty(e["old_logp"], e["ref_logp"], a.kl_type) if (a.kl_in_reward and "ref_logp" in e) else None
+            for e in extra
+        ]
+        rewards = [algo_fns.token_rewards(s.reward, len(s.response_ids), kl, a.kl_coef) for s, kl in zip(seqs, kls)]
+        if a.name == "ppo":
+            adv, ret = algo_fns.gae_advantages(rewards, [e["old_values"] for e in extra], a.gamma, a.lam)
+            adv = algo_fns.whiten_across_ranks(adv, self.dp_group)
+            for e, ad, rt in zip(extra, adv, ret):
+                e["advantages"], e["returns"] = ad, rt
+        else:  # reinforce_pp
+            ret = algo_fns.discounted_returns(rewards, a.gamma)
+            adv = algo_fns.whiten_across_ranks(ret, self.dp_group)
+            for e, ad in zip(extra, adv):
+                e["advantages"] = ad
+
+    # ---- update -----------------------------------------------------------------------------
+    def _attach(self, mbs: list[dict], seqs: list[TrainSequence], extra: list[dict], keys) -> None:
+        for mb in mbs:
+            t_max = mb["resp_mask"].shape[1]
+            rows = mb["seq_ids"]
+            for key in keys:
+                if all(key in extra[i] for i in rows):
+                    mb[key] = per_sequence_matrix([extra[i][key].tolist() for i in rows], t_max, self.rt.device)
+            weight = torch.tensor([seqs[i].loss_weight > 0 for i in rows], device=self.rt.device).unsqueeze(1)
+            mb["loss_mask"] = mb["resp_mask"] & weight
+            if self.cfg.algorithm.importance_correction == "tis" and "behaviour_logp" in mb:
+                ratio = torch.exp(mb["old_logp"] - mb["behaviour_logp"]).clamp(max=self.cfg.algorithm.importance_cap)
+                mb["is_weights"] = ratio * mb["resp_mask"]
+
+    def _normalizer(self, seqs: list[TrainSequence], num_microbatches: int) -> dict:
+        local = torch.tensor([sum(len(s.response_ids) for s in seqs if s.loss_weight > 0), sum(s.loss_weight > 0 for s in seqs)],
+                             dtype=torch.float64)
+        dist.all_reduce(local, group=self.dp_group)
+        return {"tokens": float(local[0]), "sequences": float(local[1]), "num_microbatches": num_microbatches, "dp": self.rt.dp}
+
+    def update(self, seqs: list[TrainSequence], extra: list[dict]) -> dict:
+        a = self.cfg.algorithm
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        grad_norms, critic_norms, lrs = [], [], []
+        order = list(range(len(seqs)))
+        keys = ("old_logp", "ref_logp", "advantages", "returns", "old_values", "behaviour_logp")
+        for epoch in range(a.epochs):
+            random.Random(self.cfg.run.seed * 7919 + self.step * 31 + epoch).shuffle(order)
+            # Every DP rank takes the same number of mini-batches (possibly empty) so optimizer
+            # steps stay in lockstep.
+            for part in split_minibatches(order, a.mini_batches):
+                sub = [seqs[i] for i in part if seqs[i].loss_weight > 0]
+                sub_extra = [extra[i] for i in part if seqs[i].loss_weight > 0]
+                mbs = self._microbatches(sub) if sub else []
+                if not mbs:
+                    mbs = self._empty_microbatch()
+                else:
+                    self._attach(mbs, sub, sub_extra, keys)
+                norm = self._normalizer(sub, len(mbs))
+
+                def actor_step(output, mb, norm=norm):
+                    from megarl.train.workers import response_logprobs
+
+                    if mb.get("empty"):
+                        return output.sum() * 0.0, {}
+                    logp, entropy = response_logprobs(output, mb, self.spec, self._temperature())
+                    return algo_fns.actor_loss(logp, entropy, mb, a, norm)
+
+                stats, gnorm, lr, _ = self.actor.train_step(mbs, actor_step)
+                grad_norms.append(gnorm)
+                lrs.append(lr)
+                _accumulate(stats, sums, counts, prefix="actor/")
+                if self.critic is not None:
+                    def critic_step(output, mb, norm=norm):
+                        from megarl.train.workers import response_values
+
+                        if mb.get("empty"):
+                            return output.sum() * 0.0, {}
+                        return algo_fns.value_loss(response_values(output, mb), mb, self.cfg.critic.value_clip, norm)
+
+                    cstats, cnorm, _, _ = self.critic.train_step(mbs, critic_step)
+                    critic_norms.append(cnorm)
+                    _accumulate(cstats, sums, counts, prefix="critic/")
+        metrics = self._reduce_stats(sums, counts)
+        metrics["actor/grad_norm"] = max(grad_norms) if grad_norms else 0.0
+        metrics["actor/lr"] = lrs[-1] if lrs else 0.0
+        if critic_norms:
+            metrics["critic/grad_norm"] = max(critic_norms)
+        metrics.update(self._mismatch_stats(seqs, extra))
+        return metrics
+
+    def _empty_microbatch(self) -> list[dict]:
+        mb = build_microbatches([TrainSequence(prompt_ids=[0], response_ids=[0], reward=0.0, group=0)], 8, self.rt.device)[0]
+        mb["empty"] = True
+        return [mb]
+
+    _STAT_KEYS = ("actor/pg_loss", "actor/kl_loss", "actor/entropy", "actor/clipfrac", "actor/ppo_kl", "actor/dual_clipfrac",
+                  "critic/vf_loss", "critic/values")
+
+    def _reduce_stats(self, sums: dict, counts: dict) -> dict:
+        """Token-weighted means of last-stage stats over all ranks."""
+        vec = torch.tensor([[sums.get(k, 0.0), counts.get(k, 0.0)] for k in self._STAT_KEYS], dtype=torch.float64)
+        if not is_last_stage():
+            vec.zero_()
+        from megatron.core import parallel_state as ps
+
+        if ps.get_tensor_model_parallel_rank() != 0:
+            vec.zero_()
+        dist.all_reduce(vec)
+        out = {k: float(vec[i, 0] / vec[i, 1]) for i, k in enumerate(self._STAT_KEYS) if vec[i, 1] > 0}
+        if "actor/kl_loss" in out:
+            out["actor/kl"] = out.pop("actor/kl_loss")
+        return out
+
+    def _mismatch_stats(self, seqs, extra) -> dict:
+        """Train/inference mismatch: |actor's recomputed log-prob - server's behaviour log-prob|."""
+        vec = torch.zeros(3, dtype=torch.float64)
+        from megatron.core import parallel_state as ps
+
+        if is_last_stage() and ps.get_tensor_model_parallel_rank() == 0:
+            for e in extra:
+                if "behaviour_logp" in e and "old_logp" in e:
+                    d = (e["old_logp"] - e["behaviour_logp"]).double()
+                    vec += torch.tensor([d.abs().sum().item(), d.numel(), d.abs().max().item() if d.numel() else 0.0])
+        maxv = vec[2].clone()
+        dist.all_reduce(vec[:2])
+        dist.all_reduce(maxv, op=dist.ReduceOp.MAX)
+        if vec[1] == 0:
+            return {}
+        return {"mismatch/logp_abs_mean": float(vec[0] / vec[1]), "mismatch/logp_abs_max": float(maxv)}
+
+    # ---- weight sync, evaluation, checkpoints ---------------------------------------------------
+    def sync_weights(self) -> None:
+        """Gather the actor into HF tensors on the driver and push them to every server."""
+        from megarl.models.export import gather_hf_tensors
+
+        version = str(self.step)
+        tensors = gather_hf_tensors(self.actor.module, dst=0, spec=self.spec)
+        if self.is_driver:
+            report = self.pusher.push(tensors, weight_version=version)
+            self.client.expected_weight_version = version
+            self.last_sync = report
+        else:
+            for _ in tensors:
+                pass
+
+    def evaluate(self, step: int) -> dict:
+        """Accuracy on the configured benchmarks through the rollout servers (driver)."""
+        payload = [{}]
+        if self.is_driver and self.cfg.eval.benchmarks:
+            from megarl.evaluation.harness import EvalSettings, evaluate_benchmarks
+
+            ev = self.cfg.eval
+            settings = EvalSettings(
+                benchmarks=ev.benchmarks, template=self.cfg.data.template, n=ev.n, temperature=ev.temperature,
+                max_new_tokens=ev.max_new_tokens, limit=ev.limit, seed=self.cfg.run.seed,
+            )
+            result = evaluate_benchmarks(self.client, self.tokenizer, settings, out_dir=self.run_dir / "eval" / f"step_{step:06d}")
+            payload = [{f"eval/{name}/accuracy": row["accuracy"] for name, row in result.items()}]
+        dist.broadcast_object_list(payload, src=0)
+        return payload[0]
+
+    def save_checkpoint(self) -> None:
+        state = {"step": self.step}
+        if self.is_driver:
+            state["prompts"] = self.prompts.state()
+        self.checkpoints.save(self.step, self._workers(), state)
+
+    def _workers(self) -> dict:
+        return {k: w for k, w in (("actor", self.actor), ("critic", self.critic)) if w is not None}
+
+    def _maybe_resume(self) -> None:
+        found = self.checkpoints.load_latest(self._workers())
+        if found is None:
+            return
+        self.step = found["step"]
+        if self.is_driver:
+            self.prompts.restore(found["prompts"])
+            self.logger._truncate_after(self.step)
+            self.logger.console.print(f"resumed from checkpoint at step {self.step}")
+
+    def export_hf(self, out_dir: Path) -> None:
+        from megarl.checkpoint.hf_export import export_model_to_hf
+
+        export_model_to_hf(self.actor.module, self.spec, self.model_dir, out_dir)
+
+    def close(self) -> None:
+        if self.is_driver:
+            self.pusher.close()
+            if self.servers is not None:
+                self.servers.stop()
+            if self.logger is not None:
+                self.logger.close()
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def _accumulate(stats: list[dict], sums: dict, counts: dict, prefix: str) -> None:
+    for st in stats:
+        tokens = float(st.get("tokens", 0.0))
+        for k, v in st.items():
+            if k == "tokens":
+                continue
+            key = prefix + k
+            sums[key] = sums.get(key, 0.0) + float(v) * tokens
+            counts[key] = counts.get(key, 0.0) + tokens

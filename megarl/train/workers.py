@@ -1,0 +1,134 @@
+"""Model workers: the actor, critic and frozen reference as Megatron models on this rank, with
+the three operations the RL step needs: per-token log-probs, values, and a training step.
+
+Per-token outputs exist only on the last pipeline stage (where the loss is computed); other
+stages get empty results and take part in the pipeline schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+
+from megarl.models.build import build_model
+from megarl.models.pipeline import run_pipeline
+from megarl.models.spec import ModelSpec
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def tp_group_if_sharded():
+    from megatron.core import parallel_state as ps
+
+    return ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
+
+
+def is_last_stage() -> bool:
+    from megatron.core import parallel_state as ps
+
+    return ps.is_pipeline_last_stage()
+
+
+def response_logprobs(logits: torch.Tensor, mb: dict, spec: ModelSpec, temperature: float):
+    """Log-probs and entropy of each response token, [B, T] float32 (fused vocab-parallel kernel)."""
+    from kernels import logprobs_and_entropy
+
+    logp, entropy = logprobs_and_entropy(
+        logits, mb["labels"], temperature=temperature, tp_group=tp_group_if_sharded(), vocab_size=spec.vocab_size
+    )
+    idx = mb["resp_index"]
+    return logp[0][idx], entropy[0][idx]
+
+
+def response_values(values: torch.Tensor, mb: dict) -> torch.Tensor:
+    """Critic values of the states before each response token, [B, T] float32."""
+    return values[0, :, 0].float()[mb["resp_index"]]
+
+
+@dataclasses.dataclass
+class WorkerSettings:
+    role: str  # actor | critic | reference
+    dtype: torch.dtype
+    recompute: str | None = None
+    trainable: bool = True
+    optim: object | None = None  # megarl.models.training.OptimSettings
+    lr_warmup_steps: int = 0
+    lr_decay_steps: int | None = None
+    lr_schedule: str = "constant"
+
+
+class ModelWorker:
+    def __init__(self, spec: ModelSpec, settings: WorkerSettings):
+        from megarl.models.training import wrap_for_training
+
+        self.spec = spec
+        self.settings = settings
+        role = "critic" if settings.role == "critic" else "actor"
+        self.model = build_model(spec, role=role, dtype=settings.dtype, recompute=settings.recompute)
+        self.ddp = self.optimizer = self.scheduler = None
+        if settings.trainable:
+            self.ddp, self.optimizer = wrap_for_training(self.model, settings.optim)
+            self.scheduler = _scheduler(self.optimizer, settings)
+        else:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+
+    @property
+    def module(self):
+        return self.ddp if self.ddp is not None else self.model
+
+    # ---- forward-only -------------------------------------------------------------------
+    @torch.no_grad()
+    def logprobs(self, microbatches: list[dict], temperature: float) -> list[dict]:
+        self.model.eval()
+
+        def step(output, mb):
+            logp, entropy = response_logprobs(output, mb, self.spec, temperature)
+            return output.new_zeros(()), {"logp": logp, "entropy": entropy}
+
+        return run_pipeline([self.module], microbatches, step, forward_only=True)
+
+    @torch.no_grad()
+    def values(self, microbatches: list[dict]) -> list[dict]:
+        self.model.eval()
+
+        def step(output, mb):
+            return output.new_zeros(()), {"values": response_values(output, mb)}
+
+        return run_pipeline([self.module], microbatches, step, forward_only=True)
+
+    # ---- training ---------------------------------------------------------------------
+    def train_step(self, microbatches: list[dict], loss_fn: Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict]]):
+        """One optimizer step over `microbatches`; returns (stats per micro-batch, grad_norm, lr)."""
+        from megarl.models.training import zero_grads
+
+        self.model.train()
+        zero_grads(self.ddp, self.optimizer)
+        stats = run_pipeline([self.ddp], microbatches, loss_fn, forward_only=False)
+        ok, grad_norm, _ = self.optimizer.step()
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scheduler is not None:
+            self.scheduler.step(increment=1)
+        return stats, float(grad_norm) if grad_norm is not None else 0.0, lr, bool(ok)
+
+
+def _scheduler(optimizer, settings: WorkerSettings):
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    optim = settings.optim
+    decay_steps = max(settings.lr_decay_steps or 1, settings.lr_warmup_steps + 1)
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if settings.lr_warmup_steps else optim.lr,
+        max_lr=optim.lr,
+        min_lr=optim.min_lr if settings.lr_schedule != "constant" else optim.lr,
+        lr_warmup_steps=settings.lr_warmup_steps,
+        lr_decay_steps=decay_steps,
+        lr_decay_style=settings.lr_schedule,
+        start_wd=optim.weight_decay,
+        end_wd=optim.weight_decay,
+        wd_incr_steps=decay_steps,
+        wd_incr_style="constant",
+    )
