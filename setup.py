@@ -36,7 +36,10 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # Everything the CPU tests need beyond the runtime deps.
-    "dev": ["pytest>=8", "pytest-timeout>=2.3", "psutil>=5.9"],
+    # pyarrow/datasets: Parquet and HF `save_to_disk` prompt sets; msgspec: loads SGLang's published
+    # API schema in the protocol-conformance tests (sglang itself is installed with --no-deps there).
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "psutil>=5.9", "pyarrow>=14", "datasets>=2.18", "msgspec>=0.18"],
+    "data": ["pyarrow>=14", "datasets>=2.18"],
     # GPU clusters. NVIDIA apex is not on PyPI (the PyPI "apex" is unrelated): build it from
     # source, see README "GPU clusters".
     "gpu": ["transformer-engine[pytorch]>=2.0", "sglang>=0.5", "sglang-router>=0.1", "flash-attn>=2.6"],

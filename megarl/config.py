@@ -287,6 +287,16 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
         raise ConfigError(
             "algorithm.name=drgrpo needs algorithm.loss_agg=seq-sum-constant and loss_constant (Dr. GRPO's unbiased loss)"
         )
+    if cfg.checkpoint.every and (cfg.actor.distributed_optimizer or (cfg.uses_critic and cfg.critic.distributed_optimizer)):
+        raise ConfigError(
+            "checkpoint.every>0 with distributed_optimizer=true: checkpointing the distributed optimizer's sharded "
+            "state is not supported yet; set actor.distributed_optimizer=false (or checkpoint.every=0)"
+        )
+    if cfg.algorithm.kl_in_reward and cfg.algorithm.name not in ("ppo", "reinforce_pp"):
+        raise ConfigError(
+            f"algorithm.kl_in_reward=true needs token-level rewards (ppo or reinforce_pp), not {cfg.algorithm.name}; "
+            "use the KL loss (kl_in_reward=false) with group algorithms"
+        )
     if cfg.algorithm.name in ("grpo", "drgrpo", "rloo") and cfg.rollout.n < 2:
         raise ConfigError(f"rollout.n={cfg.rollout.n}: group baselines need at least 2 samples per prompt")
     if not check_files:
@@ -316,7 +326,7 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
 
 
 def _data_exists(item: str) -> bool:
-    if Path(item).exists():
+    if Path(item).exists() or item.startswith("toy-arith:"):
         return True
     try:
         from megarl.datasets import dataset_path

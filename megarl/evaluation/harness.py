@@ -36,8 +36,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path | None = None, progress: bool = True) -> dict:
     """Run every benchmark; returns {benchmark: summary row}. Writes samples.jsonl and summary.json."""
-    from megarl.data import load_prompts
-    from megarl.data.templates import get_template
+    from megarl.data import get_template, load_prompts, render_prompt, stop_strings
     from megarl.rewards.grading import grade_batch
     from megarl.rewards.schemes import RewardConfig
     from megarl.rollout.client import SamplingParams
@@ -53,16 +52,16 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
         if settings.limit:
             rows = rows[: settings.limit]
         started = time.perf_counter()
-        prompts = [tokenizer(template.render(r["problem"], tokenizer), add_special_tokens=False)["input_ids"] for r in rows]
+        prompts = [tokenizer(render_prompt(template, r.problem, tokenizer), add_special_tokens=False)["input_ids"] for r in rows]
         sampling = SamplingParams(
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
-            stop=list(template.stop), sampling_seed=settings.seed,
+            stop=stop_strings(template, tokenizer), sampling_seed=settings.seed,
         )
         outputs = client.generate(prompts, sampling, n=settings.n)
         gen_s = time.perf_counter() - started
         flat = [s for group in outputs for s in group]
         grades = grade_batch(
-            [s.text for s in flat], [rows[s.prompt_index]["answer"] for s in flat], template=settings.template,
+            [s.text for s in flat], [rows[s.prompt_index].answer for s in flat], template=settings.template,
             timeout=settings.grade_timeout, finish_reasons=[s.finish_reason for s in flat],
             reward_config=RewardConfig(scheme="binary"),
         )
@@ -71,8 +70,8 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
             correct_per_prompt[s.prompt_index] += int(g.correct)
             if out_dir is not None:
                 samples_file.write(json.dumps({
-                    "benchmark": name, "id": rows[s.prompt_index].get("id"), "sample": s.sample_index, "response": s.text,
-                    "answer": rows[s.prompt_index]["answer"], "extracted": g.extracted, "correct": bool(g.correct),
+                    "benchmark": name, "id": rows[s.prompt_index].id, "sample": s.sample_index, "response": s.text,
+                    "answer": rows[s.prompt_index].answer, "extracted": g.extracted, "correct": bool(g.correct),
                     "finish_reason": s.finish_reason, "completion_tokens": s.completion_tokens,
                 }) + "\n")
         total = len(flat)

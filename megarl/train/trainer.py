@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from megarl.config import Config, validate_semantics
+from megarl.data import render_prompt, stop_strings
 from megarl.models.spec import ModelSpec
 from megarl.train import algorithms as algo_fns
 from megarl.train.batch import TrainSequence, build_microbatches, per_sequence_matrix, shard_for_data_parallel, split_minibatches
@@ -164,8 +165,7 @@ class Trainer:
     def _setup_driver(self) -> None:
         from transformers import AutoTokenizer
 
-        from megarl.data import load_prompts, check_no_overlap
-        from megarl.data.templates import get_template
+        from megarl.data import check_no_overlap, get_template, load_prompts
         from megarl.monitoring.metrics import MetricsLogger
         from megarl.rewards.schemes import RewardConfig
 
@@ -175,9 +175,10 @@ class Trainer:
         for item in cfg.data.train:
             rows.extend(load_prompts(item, levels=cfg.data.levels))
         if cfg.data.eval_sets:
-            check_no_overlap(rows, [r for name in cfg.data.eval_sets for r in load_prompts(name)])
+            check_no_overlap(rows, {name: load_prompts(name) for name in cfg.data.eval_sets})
         self.prompts = PromptStream(rows, cfg.run.seed, cfg.data.shuffle)
         self.template = get_template(cfg.data.template)
+        self.stops = stop_strings(self.template, self.tokenizer)
         self.reward_config = RewardConfig(
             scheme=cfg.reward.scheme, format_weight=cfg.reward.format_weight, timeout=cfg.reward.timeout_s,
             reward_function=cfg.reward.custom,
@@ -282,7 +283,7 @@ class Trainer:
         return seqs, metrics
 
     def _encode_prompt(self, problem: str) -> list[int]:
-        text = self.template.render(problem, self.tokenizer)
+        text = render_prompt(self.template, problem, self.tokenizer)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > self.cfg.data.max_prompt_tokens:
             ids = ids[-self.cfg.data.max_prompt_tokens:]
@@ -307,14 +308,14 @@ class Trainer:
                     "use harder/easier data, or turn dynamic_sampling off"
                 )
             rows = self.prompts.take(want - len(groups))
-            prompt_ids = [self._encode_prompt(r["problem"]) for r in rows]
+            prompt_ids = [self._encode_prompt(r.problem) for r in rows]
             sampling = SamplingParams(
                 max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
-                stop=list(self.template.stop), sampling_seed=cfg.run.seed * 100_003 + self.step * 101 + rounds,
+                stop=self.stops, sampling_seed=cfg.run.seed * 100_003 + self.step * 101 + rounds,
             )
             outputs = self.client.generate(prompt_ids, sampling, n=rc.n)
             flat = [s for group in outputs for s in group]
-            golds = [rows[s.prompt_index]["answer"] for s in flat]
+            golds = [rows[s.prompt_index].answer for s in flat]
             grades = compute_rewards(
                 [s.text for s in flat], golds, self.reward_config, template=cfg.data.template,
                 finish_reasons=[s.finish_reason for s in flat],
@@ -364,7 +365,7 @@ class Trainer:
         metrics.update({f"response/{k}": v for k, v in rates.items()})
         k = self.cfg.logging.samples_per_step
         self._samples = [
-            {"prompt": self.tokenizer.decode(groups[i][1]), "response": groups[i][2][0].text, "gold": groups[i][0]["answer"],
+            {"prompt": self.tokenizer.decode(groups[i][1]), "response": groups[i][2][0].text, "gold": groups[i][0].answer,
              "reward": groups[i][3][0].reward}
             for i in range(min(k, len(groups)))
         ]

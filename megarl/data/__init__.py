@@ -1,0 +1,50 @@
+"""Math prompt data: loading (JSONL/Parquet/HF datasets/shipped sets), templates, difficulty
+presets, train/eval overlap checks, pass-rate filtering, and prompt loaders (torch default, DALI optional)."""
+
+from megarl.data.difficulty import DIFFICULTY_PRESETS, load_difficulty_preset, select_by_level
+from megarl.data.loading import PromptRecord, load_records
+from megarl.data.overlap import TrainEvalOverlapError, check_no_overlap, drop_overlapping, find_overlap
+from megarl.data.templates import TEMPLATES, get_template, render_prompt, stop_strings
+
+__all__ = [
+    "DIFFICULTY_PRESETS",
+    "PromptRecord",
+    "TEMPLATES",
+    "TrainEvalOverlapError",
+    "check_no_overlap",
+    "drop_overlapping",
+    "find_overlap",
+    "get_template",
+    "load_difficulty_preset",
+    "load_records",
+    "render_prompt",
+    "select_by_level",
+    "stop_strings",
+]
+
+
+TOY_PREFIX = "toy-arith:"
+
+
+def load_prompts(source: str, levels: list[int] | None = None) -> list[PromptRecord]:
+    """Prompt records for training or evaluation from a shipped set name, a path, or the CPU
+    demo's generated sets (`toy-arith:rl_train`, `toy-arith:heldout[:N]`, see megarl.demo).
+
+    `levels`: keep only MATH problems whose level is in the list (difficulty control)."""
+    if source.startswith(TOY_PREFIX):
+        from megarl.demo.toy_task import format_prompt, toy_problems
+
+        parts = source[len(TOY_PREFIX):].split(":")
+        split, count = parts[0], int(parts[1]) if len(parts) > 1 else 1000
+        rows = toy_problems(split, count, seed=0)
+        # The toy model's prompt is the problem plus one newline (template "none").
+        records = [PromptRecord(id=r["id"], problem=format_prompt(r["problem"]), answer=r["answer"], source=source)
+                   for r in rows]
+    else:
+        records = load_records(source)
+    if levels:
+        wanted = set(levels)
+        records = [r for r in records if r.level in wanted]
+        if not records:
+            raise ValueError(f"{source}: no problems with level in {sorted(wanted)}; check data.levels")
+    return records

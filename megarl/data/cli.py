@@ -1,0 +1,136 @@
+"""`megarl data`: list shipped sets, select by difficulty, check train/eval overlap, tokenize shards.
+
+`megarl data filter` (pass-rate filtering through a model) needs the rollout engine; the
+library side is megarl.data.pass_rate.measure_pass_rates / filter_by_pass_rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXAMPLE = """examples:
+  megarl data list
+  megarl data select hard --out train.jsonl                 # SimpleRL-Zoo preset (easy|medium|hard)
+  megarl data select math_lvl1to4_train --levels 3-4 --out lvl34.jsonl
+  megarl data overlap my_train.jsonl --drop-out my_train_clean.jsonl
+  megarl data tokenize train.jsonl --tokenizer ./qwen-tokenizer --template qwen-boxed --out shards/
+"""
+
+
+def _levels(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    try:
+        return int(low), int(high or low)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--levels {text!r}: write a range like 3-5 or a single level like 1") from error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megarl data", description=__doc__.splitlines()[0], epilog=EXAMPLE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="shipped data sets with row counts and checksum status")
+    select = commands.add_parser("select", help="write prompts of a preset (easy/medium/hard) or a source, by MATH level")
+    select.add_argument("source", help="preset name (easy, medium, hard), shipped set, file or folder")
+    select.add_argument("--levels", type=_levels, help="keep MATH levels in this range, e.g. 3-5")
+    select.add_argument("--out", required=True, help="output JSON Lines file")
+    select.add_argument("--allow-eval-overlap", action="store_true", help="do not refuse prompts found in evaluation sets")
+    overlap = commands.add_parser("overlap", help="find training prompts that appear in the shipped evaluation sets")
+    overlap.add_argument("source", help="training data: shipped set, file or folder")
+    overlap.add_argument("--drop-out", help="write the training data without the overlapping prompts here")
+    tokenize = commands.add_parser("tokenize", help="render a template and write tokenized prompt shards (torch/DALI loaders)")
+    tokenize.add_argument("source")
+    tokenize.add_argument("--tokenizer", required=True, help="HF tokenizer folder")
+    tokenize.add_argument("--template", default="qwen-boxed")
+    tokenize.add_argument("--out", required=True, help="new shard folder")
+    tokenize.add_argument("--max-prompt-tokens", type=int, default=None)
+    commands.add_parser("filter", help="keep prompts whose measured pass rate lies in a range (needs the rollout engine)")
+    return parser
+
+
+def _load(source: str):
+    from megarl.data.difficulty import DIFFICULTY_PRESETS, load_difficulty_preset
+    from megarl.data.loading import load_records
+
+    return load_difficulty_preset(source) if source in DIFFICULTY_PRESETS else load_records(source)
+
+
+FILTER_NOT_WIRED = (
+    "megarl data filter: needs the rollout engine to sample answers from a model, and it is not wired into this "
+    "command yet. From Python: megarl.data.pass_rate.measure_pass_rates(records, sample_fn, k) with a sample_fn "
+    "from the rollout client, then filter_by_pass_rate(...) and write_pass_rates(...)."
+)
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "filter":
+        print(FILTER_NOT_WIRED, file=sys.stderr)
+        return 3
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
+        print(f"megarl data {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "list":
+        from rich.console import Console
+        from rich.table import Table
+
+        from megarl.datasets import EVAL_SETS, dataset_path, list_datasets, verify_checksums
+
+        checks = verify_checksums()
+        table = Table(title="megarl shipped data sets (megarl/datasets/README.md has sources and licenses)")
+        for column in ("name", "use", "rows", "md5"):
+            table.add_column(column)
+        for name in list_datasets():
+            rows = sum(1 for line in dataset_path(name).open(encoding="utf-8") if line.strip())
+            ok = checks.get(f"{name}.jsonl")
+            table.add_row(name, "eval" if name in EVAL_SETS else "train", str(rows), "ok" if ok else "MISMATCH")
+        Console().print(table)
+        return 0 if all(checks.values()) else 1
+    if args.command == "select":
+        from megarl.data.difficulty import select_by_level
+        from megarl.data.overlap import check_no_overlap
+        from megarl.data.pass_rate import record_to_row, write_jsonl_atomic
+
+        records = _load(args.source)
+        if args.levels:
+            records = select_by_level(records, *args.levels)
+        if not args.allow_eval_overlap:
+            check_no_overlap(records)
+        write_jsonl_atomic(args.out, [record_to_row(r) for r in records])
+        print(f"wrote {len(records)} prompts to {args.out}", file=sys.stderr)
+        return 0
+    if args.command == "overlap":
+        from megarl.data.overlap import drop_overlapping, find_overlap
+        from megarl.data.pass_rate import record_to_row, write_jsonl_atomic
+
+        records = _load(args.source)
+        found = find_overlap(records)
+        for item in found[:20]:
+            print(f"{item.train_id}\t{item.eval_set}\t{item.eval_id}")
+        print(f"{len(found)} of {len(records)} training prompts appear in evaluation sets", file=sys.stderr)
+        if args.drop_out:
+            kept = drop_overlapping(records)
+            write_jsonl_atomic(args.drop_out, [record_to_row(r) for r in kept])
+            print(f"wrote {len(kept)} prompts to {args.drop_out}", file=sys.stderr)
+            return 0
+        return 1 if found else 0
+    if args.command == "tokenize":
+        from transformers import AutoTokenizer
+
+        from megarl.data.token_shards import write_token_shards
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        out = write_token_shards(_load(args.source), tokenizer, args.template, args.out, args.max_prompt_tokens)
+        print(f"wrote token shards to {out}", file=sys.stderr)
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,85 @@
+"""Reward schemes (SimpleRL rule, binary, r1, format weight) and pluggable reward functions."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+from megarl.rewards import GradeResult, RewardConfig, apply_reward, compute_rewards
+
+
+def grade(correct: bool, has_answer: bool = True, truncated: bool = False, format_ok=None, source="boxed") -> GradeResult:
+    return GradeResult(extracted="1" if has_answer else None, correct=correct, has_answer=has_answer, truncated=truncated,
+                       format_ok=format_ok, answer_source=source if has_answer else "none")
+
+
+def test_simplerl_rule():
+    config = RewardConfig(scheme="simplerl")
+    assert apply_reward(grade(True), config) == 1.0
+    assert apply_reward(grade(False), config) == -0.5
+    assert apply_reward(grade(False, has_answer=False), config) == -1.0
+    # SimpleRL's rule does not special-case truncation: a truncated response has no box.
+    assert apply_reward(grade(False, has_answer=False, truncated=True), config) == -1.0
+
+
+def test_binary_dr_grpo_truncated_is_zero():
+    config = RewardConfig(scheme="binary")
+    assert apply_reward(grade(True), config) == 1.0
+    assert apply_reward(grade(False), config) == 0.0
+    assert apply_reward(grade(False, has_answer=False), config) == 0.0
+    assert apply_reward(grade(True, truncated=True), config) == 0.0
+
+
+def test_r1_needs_format_and_correctness():
+    config = RewardConfig(scheme="r1")
+    assert apply_reward(grade(True, format_ok=True, source="r1_answer"), config) == 1.0
+    assert apply_reward(grade(True, format_ok=False, source="r1_answer"), config) == 0.0
+    assert apply_reward(grade(False, format_ok=True, source="r1_answer"), config) == 0.0
+
+
+def test_format_weight_is_added_only_when_followed():
+    config = RewardConfig(scheme="binary", format_weight=0.2)
+    assert apply_reward(grade(False), config) == pytest.approx(0.2)  # boxed answer, wrong
+    assert apply_reward(grade(False, has_answer=False), config) == 0.0
+    assert apply_reward(grade(True, format_ok=True, source="r1_answer"), config) == pytest.approx(1.2)
+    assert apply_reward(grade(True, format_ok=False, source="r1_answer"), config) == pytest.approx(1.0)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="reward.scheme='dapo'"):
+        RewardConfig(scheme="dapo")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="format_weight"):
+        RewardConfig(format_weight=-1)
+    with pytest.raises(ValueError, match="module:function"):
+        RewardConfig(reward_function="no_colon")
+    with pytest.raises(ValueError, match="cannot import module"):
+        RewardConfig(reward_function="surely_not_a_module_xyz:score")
+
+
+def test_end_to_end_rewards_through_grading():
+    responses = ["\\boxed{4}", "\\boxed{5}", "I think 4", "\\boxed{4}"]
+    results = compute_rewards(responses, ["4"] * 4, RewardConfig(scheme="simplerl"),
+                              finish_reasons=[None, None, None, {"type": "length"}])
+    assert [r.reward for r in results] == [1.0, -0.5, -1.0, 1.0]
+    results = compute_rewards(responses, ["4"] * 4, RewardConfig(scheme="binary"),
+                              finish_reasons=[None, None, None, {"type": "length"}])
+    assert [r.reward for r in results] == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_pluggable_reward_function(tmp_path, monkeypatch):
+    module = tmp_path / "user_task_rewards.py"
+    module.write_text(textwrap.dedent('''
+        def exact_length(response, gold, metadata):
+            return float(len(response) == int(gold)) * metadata.get("scale", 1.0)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = RewardConfig(reward_function="user_task_rewards:exact_length", extra={"scale": 2.0})
+    results = compute_rewards(["abc", "abcd"], ["3", "3"], config, finish_reasons=["stop", "length"])
+    assert [r.reward for r in results] == [2.0, 0.0]
+    assert [r.correct for r in results] == [True, False]
+    assert [r.truncated for r in results] == [False, True]
+    with pytest.raises(ValueError, match="has no attribute"):
+        RewardConfig(reward_function="user_task_rewards:missing")
+    sys.modules.pop("user_task_rewards", None)
