@@ -1,0 +1,108 @@
+"""PPO clipped policy loss (clip-higher, dual clip, four aggregation modes) and KL estimators.
+
+Plain torch on purpose: these are a handful of elementwise ops over [B, T] plus one reduction,
+which torch (or torch.compile) already fuses well; the expensive inputs (log-probs) come from
+the fused kernels in `kernels.logprob`.
+
+policy_loss, per token with ratio = exp(logp - old_logp) and advantage A:
+    clipped = max(-A * ratio, -A * clamp(ratio, 1 - clip_low, 1 + clip_high))
+    with dual_clip = c > 1 and A < 0: loss = min(clipped, -A * c)   (Ye et al. 2020)
+aggregation over masked tokens of [B, T]:
+    token-mean           sum(loss * mask) / sum(mask)                          (DAPO, verl default)
+    seq-mean-token-sum   mean over sequences of sum over tokens
+    seq-mean-token-mean  mean over sequences of (token sum / sequence length)  (GRPO paper)
+    seq-sum-constant     mean over sequences of (token sum / constant)         (Dr. GRPO; constant =
+                         the max generation length, the same for every batch)
+Sequences with no unmasked token count as 0 in the seq-mean modes (and still count in the mean).
+
+KL estimators of KL(pi || ref) per token from log-probs (Schulman, "Approximating KL divergence"):
+    k1 = logp - ref_logp;  k2 = 0.5 * (logp - ref_logp)^2;  k3 = exp(ref - logp) - (ref - logp) - 1;
+    low_var_kl = k3 with the log-ratio clamped to [-20, 20] and the result to [-10, 10] (verl's form).
+"""
+
+from __future__ import annotations
+
+import torch
+
+AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-sum-constant")
+KL_KINDS = ("k1", "k2", "k3", "low_var_kl")
+
+
+def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean", constant: float | None = None) -> torch.Tensor:
+    """Reduce a per-token [B, T] matrix to a scalar with one of AGG_MODES."""
+    if agg not in AGG_MODES:
+        raise ValueError(f"agg={agg!r} is not one of {AGG_MODES}.")
+    mask = mask.to(loss_mat.dtype)
+    masked = loss_mat * mask
+    if agg == "token-mean":
+        return masked.sum() / mask.sum().clamp(min=1)
+    token_sum = masked.sum(dim=-1)
+    if agg == "seq-mean-token-sum":
+        return token_sum.mean()
+    if agg == "seq-mean-token-mean":
+        return (token_sum / mask.sum(dim=-1).clamp(min=1)).mean()
+    if constant is None or not constant > 0:
+        raise ValueError(f"agg='seq-sum-constant' needs constant > 0 (Dr. GRPO uses the max generation length), got {constant}.")
+    return (token_sum / constant).mean()
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    agg: str = "token-mean",
+    constant: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate loss (scalar) and detached stats: clipfrac, dual_clipfrac, ppo_kl, ratio_mean."""
+    if not (logp.shape == old_logp.shape == advantages.shape == mask.shape):
+        raise ValueError(
+            f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)}, advantages {tuple(advantages.shape)} "
+            f"and mask {tuple(mask.shape)} must share one [B, T] shape (broadcast sequence advantages first)."
+        )
+    if clip_low < 0 or clip_high < 0:
+        raise ValueError(f"clip_low={clip_low} and clip_high={clip_high} must be >= 0.")
+    if dual_clip is not None and not dual_clip > 1.0:
+        raise ValueError(f"dual_clip={dual_clip} must be > 1 (typically 3.0) or None.")
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped_ratio = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    loss_mat = torch.maximum(unclipped, clipped_ratio)
+    dual_hit = torch.zeros_like(loss_mat, dtype=torch.bool)
+    if dual_clip is not None:
+        lower = -advantages * dual_clip
+        dual_hit = (advantages < 0) & (loss_mat > lower)
+        loss_mat = torch.where(advantages < 0, torch.minimum(loss_mat, lower), loss_mat)
+    loss = aggregate(loss_mat, mask, agg, constant)
+    with torch.no_grad():
+        fmask = mask.to(loss_mat.dtype)
+        denom = fmask.sum().clamp(min=1)
+        stats = {
+            "clipfrac": ((clipped_ratio > unclipped).to(fmask.dtype) * fmask).sum() / denom,
+            "dual_clipfrac": (dual_hit.to(fmask.dtype) * fmask).sum() / denom,
+            "ppo_kl": (-log_ratio * fmask).sum() / denom,
+            "ratio_mean": (ratio * fmask).sum() / denom,
+        }
+    return loss, stats
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "low_var_kl") -> torch.Tensor:
+    """Per-token KL estimate between the policy and the reference policy."""
+    if kind not in KL_KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {KL_KINDS}.")
+    if logp.shape != ref_logp.shape:
+        raise ValueError(f"logp {tuple(logp.shape)} and ref_logp {tuple(ref_logp.shape)} must have one shape.")
+    diff = logp - ref_logp
+    if kind == "k1":
+        return diff
+    if kind == "k2":
+        return 0.5 * diff.pow(2)
+    log_ratio = -diff  # log(ref / pi)
+    if kind == "k3":
+        return torch.exp(log_ratio) - log_ratio - 1.0
+    log_ratio = log_ratio.clamp(-20.0, 20.0)
+    return (torch.exp(log_ratio) - log_ratio - 1.0).clamp(-10.0, 10.0)

@@ -1,0 +1,17 @@
+"""Checkpoints: megarl's Megatron checkpoint format, streaming HF <-> Megatron conversion and
+TP/PP resharding (offline, no torch.distributed), and the trainer's per-rank save/load."""
+
+from megarl.checkpoint.convert import ConversionReport, hf_to_megatron, iter_hf_tensors, megatron_to_hf, reshard
+from megarl.checkpoint.format import MegatronCheckpoint, MegatronCheckpointMeta
+from megarl.checkpoint.safetensors_stream import CheckpointFormatError
+
+__all__ = [
+    "CheckpointFormatError",
+    "ConversionReport",
+    "MegatronCheckpoint",
+    "MegatronCheckpointMeta",
+    "hf_to_megatron",
+    "iter_hf_tensors",
+    "megatron_to_hf",
+    "reshard",
+]

@@ -1,0 +1,283 @@
+"""On-disk layouts megarl reads and writes: its Megatron checkpoint directory and HF model directories.
+
+A megarl Megatron checkpoint is a directory:
+
+    megarl_checkpoint.json              format version, tp, pp, dtype, role, the HF config.json
+                                        content, and every file with its tensor names and shapes
+    mp_rank_{tp:02d}_{pp:03d}/model.safetensors
+                                        one file per (TP rank, PP stage); tensor names are the
+                                        Megatron parameter names of that stage's state dict with
+                                        the "local" layer names (canonical; TE names are
+                                        translated on load through the mapping)
+    hf/                                 config.json, generation_config.json and tokenizer files,
+                                        so export and the rollout servers find them
+
+Output directories are written into `<out>.tmp-<pid>` and renamed into place at the end, so an
+interrupted write never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from megarl.checkpoint.safetensors_stream import (
+    DTYPE_TO_SAFETENSORS,
+    SAFETENSORS_TO_DTYPE,
+    CheckpointFormatError,
+    SafetensorsReader,
+)
+from megarl.models.spec import ModelSpec
+
+FORMAT_NAME = "megarl-megatron"
+FORMAT_VERSION = 1
+META_FILE = "megarl_checkpoint.json"
+HF_ASSETS_DIR = "hf"
+HF_INDEX_FILE = "model.safetensors.index.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return DTYPE_TO_SAFETENSORS[dtype]
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """'bf16' / 'fp16' / 'fp32' / 'BF16' (safetensors) / torch dtype -> torch dtype."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if name in DTYPES:
+        return DTYPES[name]
+    if name in SAFETENSORS_TO_DTYPE:
+        return SAFETENSORS_TO_DTYPE[name]
+    raise ValueError(f"dtype={name!r}; use one of {', '.join(DTYPES)}")
+
+
+def shard_file_name(tp_rank: int, pp_rank: int) -> str:
+    return f"mp_rank_{tp_rank:02d}_{pp_rank:03d}/model.safetensors"
+
+
+# ---- Megatron checkpoint metadata --------------------------------------------------------------
+@dataclasses.dataclass
+class ShardFile:
+    path: str  # relative to the checkpoint directory
+    tp_rank: int
+    pp_rank: int
+    tensors: dict[str, list[int]]  # name -> shape, in file order
+
+
+@dataclasses.dataclass
+class MegatronCheckpointMeta:
+    tp: int
+    pp: int
+    dtype: str  # safetensors dtype name (BF16, F16, F32)
+    role: str
+    hf_config: dict[str, Any]
+    files: list[ShardFile]
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec.from_hf(self.hf_config)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return SAFETENSORS_TO_DTYPE[self.dtype]
+
+    def file_of(self, tp_rank: int, pp_rank: int) -> ShardFile:
+        for f in self.files:
+            if f.tp_rank == tp_rank and f.pp_rank == pp_rank:
+                return f
+        raise CheckpointFormatError(f"{META_FILE}: no file for tp_rank={tp_rank}, pp_rank={pp_rank}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def read(cls, meg_dir: str | Path) -> "MegatronCheckpointMeta":
+        meg_dir = Path(meg_dir)
+        path = meg_dir / META_FILE
+        if not meg_dir.is_dir():
+            raise CheckpointFormatError(f"{meg_dir}: not a directory; pass a megarl Megatron checkpoint directory")
+        if not path.is_file():
+            raise CheckpointFormatError(
+                f"{path}: missing; {meg_dir} is not a megarl Megatron checkpoint "
+                "(create one with tools/convert_hf_to_megatron.py)"
+            )
+        try:
+            raw = json.loads(path.read_text())
+            files = [ShardFile(**f) for f in raw.pop("files")]
+            meta = cls(files=files, **raw)
+        except (ValueError, TypeError, KeyError) as err:
+            raise CheckpointFormatError(f"{path}: not a valid megarl checkpoint description ({err!r})") from err
+        if meta.format != FORMAT_NAME or meta.format_version != FORMAT_VERSION:
+            raise CheckpointFormatError(
+                f"{path}: format {meta.format!r} version {meta.format_version}; this megarl reads "
+                f"{FORMAT_NAME!r} version {FORMAT_VERSION}"
+            )
+        if meta.dtype not in SAFETENSORS_TO_DTYPE:
+            raise CheckpointFormatError(f"{path}: field 'dtype'={meta.dtype!r} is not a safetensors dtype name")
+        expected = {(t, p) for t in range(meta.tp) for p in range(meta.pp)}
+        listed = {(f.tp_rank, f.pp_rank) for f in meta.files}
+        if listed != expected:
+            raise CheckpointFormatError(
+                f"{path}: field 'files' covers ranks {sorted(listed)}, expected every (tp_rank, pp_rank) of tp={meta.tp} pp={meta.pp}"
+            )
+        return meta
+
+
+class MegatronCheckpoint:
+    """Read side of a megarl Megatron checkpoint: metadata plus lazily opened, validated shard files."""
+
+    def __init__(self, meg_dir: str | Path):
+        self.dir = Path(meg_dir)
+        self.meta = MegatronCheckpointMeta.read(self.dir)
+        self.spec = self.meta.spec
+        self._readers: dict[tuple[int, int], SafetensorsReader] = {}
+
+    def reader(self, tp_rank: int, pp_rank: int) -> SafetensorsReader:
+        key = (tp_rank, pp_rank)
+        if key not in self._readers:
+            listed = self.meta.file_of(tp_rank, pp_rank)
+            path = self.dir / listed.path
+            if not path.is_file():
+                raise CheckpointFormatError(f"{path}: shard file listed in {META_FILE} is missing")
+            reader = SafetensorsReader(path)
+            found = {name: list(reader.shape(name)) for name in reader.names()}
+            if found != listed.tensors:
+                diff = sorted(set(found) ^ set(listed.tensors)) or [
+                    n for n in found if found[n] != listed.tensors[n]
+                ]
+                raise CheckpointFormatError(f"{path}: tensors do not match {META_FILE} (differences: {diff[:3]}); the file is corrupt")
+            self._readers[key] = reader
+        return self._readers[key]
+
+    def hf_assets(self) -> Path:
+        return self.dir / HF_ASSETS_DIR
+
+
+# ---- HF model directories ----------------------------------------------------------------------
+class HFSafetensorsDir:
+    """An HF model directory's safetensors weights (single file or index), validated on open."""
+
+    def __init__(self, hf_dir: str | Path):
+        self.dir = Path(hf_dir)
+        if not self.dir.is_dir():
+            raise CheckpointFormatError(f"{self.dir}: not a directory; pass a Hugging Face model directory")
+        index = self.dir / HF_INDEX_FILE
+        single = self.dir / "model.safetensors"
+        self.readers: dict[str, SafetensorsReader] = {}
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise CheckpointFormatError(f"{index}: not a valid safetensors index ({err!r})") from err
+            for file in sorted(set(weight_map.values())):
+                if not (self.dir / file).is_file():
+                    raise CheckpointFormatError(f"{index}: lists shard file {file!r}, which does not exist in {self.dir}")
+                self.readers[file] = SafetensorsReader(self.dir / file)
+            for name, file in weight_map.items():
+                if name not in self.readers[file]:
+                    raise CheckpointFormatError(f"{index}: maps tensor {name!r} to {file}, which does not contain it")
+            self.weight_map: dict[str, str] = dict(weight_map)
+        elif single.is_file():
+            self.readers[single.name] = SafetensorsReader(single)
+            self.weight_map = {name: single.name for name in self.readers[single.name].names()}
+        else:
+            has_bin = any(self.dir.glob("*.bin"))
+            raise CheckpointFormatError(
+                f"{self.dir}: no model.safetensors or {HF_INDEX_FILE}"
+                + (" (found .bin weights: re-save with transformers' save_pretrained to get safetensors)" if has_bin else "")
+            )
+
+    def names(self) -> list[str]:
+        return list(self.weight_map)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def _reader(self, name: str) -> SafetensorsReader:
+        if name not in self.weight_map:
+            raise CheckpointFormatError(f"{self.dir}: tensor {name!r} is not in the checkpoint")
+        return self.readers[self.weight_map[name]]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._reader(name).shape(name)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._reader(name).dtype(name)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._reader(name).get(name)
+
+
+def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
+    path = Path(hf_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointFormatError(f"{path}: missing; an HF model directory needs its config.json")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise CheckpointFormatError(f"{path}: not valid JSON ({err})") from err
+
+
+def copy_hf_assets(src_dir: str | Path, dst_dir: str | Path) -> list[str]:
+    """Copy the non-weight files (config, generation config, tokenizer, chat template, license) of an
+    HF directory; returns the copied names."""
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for path in sorted(src_dir.iterdir()):
+        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name != HF_INDEX_FILE:
+            shutil.copy2(path, dst_dir / path.name)
+            copied.append(path.name)
+    return copied
+
+
+def config_with_dtype(config: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """The HF config with its dtype field(s) set to `dtype` (transformers 5 writes `dtype`, 4.x `torch_dtype`)."""
+    name = str(dtype).removeprefix("torch.")
+    out = dict(config)
+    keys = [k for k in ("dtype", "torch_dtype") if k in out] or ["torch_dtype"]
+    for k in keys:
+        out[k] = name
+    return out
+
+
+# ---- atomic output directories -----------------------------------------------------------------
+def check_output_dir(out: str | Path) -> Path:
+    """Refuse an output directory that exists and is not empty (or is a file)."""
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"{out}: exists and is not a directory; choose another --out")
+        if any(out.iterdir()):
+            raise FileExistsError(f"{out}: output directory exists and is not empty; remove it or choose another --out")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | Path, tag: str | int | None = None) -> Iterator[Path]:
+    """Yield a temporary directory `<out>.tmp-<pid>`; on success it replaces `out`, on error it is removed."""
+    out = check_output_dir(out)
+    tmp = out.parent / f"{out.name}.tmp-{tag if tag is not None else os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    check_output_dir(out)
+    if out.exists():
+        out.rmdir()  # empty (checked), so the rename can take its place
+    os.replace(tmp, out)

@@ -1,0 +1,55 @@
+"""Shared command-line plumbing for the checkpoint tools in tools/: error reporting and result tables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from megarl.checkpoint.convert import ConversionReport
+
+# Errors that describe bad input: printed as one line (no traceback), exit status 1.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileExistsError, FileNotFoundError)
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '2GiB', '1000000' -> bytes."""
+    units = {"gib": 2**30, "mib": 2**20, "kib": 2**10, "gb": 10**9, "mb": 10**6, "kb": 10**3, "b": 1}
+    low = text.strip().lower()
+    for unit, factor in units.items():
+        if low.endswith(unit):
+            return int(float(low[: -len(unit)]) * factor)
+    return int(low)
+
+
+def print_report(report: ConversionReport, verify=None) -> None:
+    table = Table(title=f"{report.kind}: {report.source} -> {report.output}")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    table.add_row("layout", f"tp={report.tp} pp={report.pp}")
+    table.add_row("dtype", report.dtype)
+    table.add_row("tensors read / written", f"{report.tensors_read} / {report.tensors_written}")
+    table.add_row("GB read / written", f"{report.bytes_read / 1e9:.3f} / {report.bytes_written / 1e9:.3f}")
+    table.add_row("files written", str(report.files_written))
+    table.add_row("seconds", f"{report.seconds:.2f}")
+    table.add_row("GB/s (written)", f"{report.gb_per_s:.2f}")
+    for note in report.notes:
+        table.add_row("note", note)
+    if verify is not None:
+        table.add_row("verify: max |logit diff|", f"{verify.max_abs_logit_diff:.3e} ({verify.tokens} tokens, fp32)")
+        table.add_row("verify: reference", verify.reference)
+    Console().print(table)
+
+
+def run_tool(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    try:
+        return body(args)
+    except USER_ERRORS as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1

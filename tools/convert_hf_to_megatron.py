@@ -1,0 +1,53 @@
+"""Convert a Hugging Face model directory (safetensors) into a megarl Megatron checkpoint at a TP/PP layout.
+
+Streams tensor by tensor (peak memory does not grow with the model) through megarl's one mapping
+declaration (megarl/models/mapping.py). The output directory is written under a temporary name
+and renamed when complete.
+
+Example:
+    python tools/convert_hf_to_megatron.py --hf-dir ~/models/Qwen2.5-1.5B --out ckpt/qwen1.5b_tp2pp1 --tp 2 --dtype bf16 --verify
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from megarl.checkpoint.convert import hf_to_megatron
+from megarl.checkpoint.tool_cli import print_report, run_tool
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hf-dir", type=Path, required=True, help="HF model directory (config.json + safetensors)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (must not exist or be empty)")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size (divides heads and KV heads)")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (divides the layers)")
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="storage dtype (default: as in the HF files)")
+    parser.add_argument("--verify", action="store_true", help="forward a few tokens through megarl and transformers; report max logit diff")
+    parser.add_argument("--verify-tol", type=float, default=1e-3, help="fail (exit 2) when the verify logit diff exceeds this")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    report = hf_to_megatron(args.hf_dir, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype, progress=not args.no_progress)
+    verify = None
+    if args.verify:
+        from megarl.checkpoint.verify import verify_megatron_against_hf
+
+        verify = verify_megatron_against_hf(args.out, args.hf_dir)
+    print_report(report, verify)
+    if verify is not None and not verify.max_abs_logit_diff <= args.verify_tol:
+        print(f"verify failed: max |logit diff| {verify.max_abs_logit_diff:.3e} > {args.verify_tol}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
