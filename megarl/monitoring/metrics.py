@@ -19,14 +19,13 @@ CONSOLE_KEYS = (
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, config: dict, *, wandb_mode: str = "offline", project: str = "megarl",
-                 run_name: str = "run", resume_step: int = 0):
+                 run_name: str = "run"):
         from rich.console import Console
 
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
         self.console = Console(stderr=False)
-        self._truncate_after(resume_step)
         self.wandb = None
         if wandb_mode != "disabled":
             try:
@@ -40,7 +39,7 @@ class MetricsLogger:
             except Exception as err:  # wandb is optional; the JSONL file is the record
                 self.console.print(f"[yellow]wandb disabled ({err}); metrics still go to {self.path}[/]")
 
-    def _truncate_after(self, step: int) -> None:
+    def truncate_after(self, step: int) -> None:
         """On resume, drop lines for steps after the checkpoint (they will be recomputed)."""
         if not self.path.exists():
             return

@@ -89,7 +89,7 @@ class CheckpointManager:
         shard = {"format": FORMAT_VERSION, "layout": _layout(), "rng": _rng_state()}
         for name, worker in workers.items():
             shard[name] = {
-                "model": {k: v.detach().cpu() for k, v in worker.model.state_dict().items()},
+                "model": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in worker.model.state_dict().items()},
                 "optimizer": worker.optimizer.state_dict(),
                 "scheduler": worker.scheduler.state_dict() if worker.scheduler is not None else None,
             }

@@ -13,6 +13,17 @@ from pathlib import Path
 from megarl.runtime.distributed import free_port
 
 
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the process that started it dies (even by SIGKILL)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class ServerGroup:
     def __init__(self, urls: list[str], procs: list[subprocess.Popen], token: str | None, logs: list[Path]):
         self.urls, self.procs, self.token, self.logs = urls, procs, token, logs
@@ -44,7 +55,7 @@ def start_builtin_servers(model_dir: str | Path, count: int, log_dir: Path, *, s
         cmd = [sys.executable, "-m", "megarl.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
                "--port", str(port), "--token", token, "--seed", str(seed + i)]
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("MEGARL_SERVER_THREADS", "1"))
-        procs.append(subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env))
+        procs.append(subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent))
         urls.append(f"http://127.0.0.1:{port}")
         logs.append(log)
     group = ServerGroup(urls, procs, token, logs)

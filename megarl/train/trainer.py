@@ -355,6 +355,8 @@ class Trainer:
             "response/length_incorrect": _mean([len(s.response_ids) for s in seqs if not s.correct]),
             "response/truncated": sum(s.truncated for s in seqs) / len(seqs),
             "data/filtered_groups": filtered,
+            "batch/sequences": len(seqs),
+            "batch/prompts": len(groups),
             "data/sampling_rounds": rounds,
             "data/truncated_prompts": self._truncated_prompts,
             "data/epoch": self.prompts.epoch,
@@ -596,7 +598,7 @@ class Trainer:
         self.step = found["step"]
         if self.is_driver:
             self.prompts.restore(found["prompts"])
-            self.logger._truncate_after(self.step)
+            self.logger.truncate_after(self.step)
             self.logger.console.print(f"resumed from checkpoint at step {self.step}")
 
     def export_hf(self, out_dir: Path) -> None:
