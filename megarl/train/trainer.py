@@ -221,8 +221,10 @@ class Trainer:
         self.sync_weights()
         evaluated_at = None
         if self.cfg.eval.every and self.step == 0:
-            self.evaluate(0)
+            baseline = self.evaluate(0)
             evaluated_at = 0
+            if self.is_driver:
+                self.logger.log(0, baseline)
         while self.step < self.cfg.run.steps:
             metrics = self.train_step()
             self.step += 1
@@ -245,7 +247,32 @@ class Trainer:
             final = self.evaluate(self.step)
             if self.is_driver:
                 self.logger.log(self.step, final)
+        if self.is_driver and self.cfg.eval.every:
+            self.print_eval_summary()
         return history
+
+    def print_eval_summary(self) -> None:
+        """Held-out accuracy before training (step 0) and at the last evaluation, as a table."""
+        from rich.table import Table
+
+        from megarl.monitoring.metrics import read_metrics
+
+        rows = [r for r in read_metrics(self.run_dir) if any(k.startswith("eval/") for k in r)]
+        if not rows:
+            return
+        first, last = rows[0], rows[-1]
+        table = Table(title=f"held-out accuracy: step {first['step']} -> step {last['step']}")
+        for col in ("benchmark", "before", "after", "change (points)"):
+            table.add_column(col, justify="right" if col != "benchmark" else "left")
+        summary = {}
+        for key in sorted(k for k in last if k.startswith("eval/") and k.endswith("/accuracy")):
+            before, after = first.get(key), last[key]
+            name = key[len("eval/"):-len("/accuracy")]
+            summary[name] = {"before": before, "after": after, "step_before": first["step"], "step_after": last["step"]}
+            delta = "" if before is None else f"{100 * (after - before):+.1f}"
+            table.add_row(name, "" if before is None else f"{100 * before:.1f}%", f"{100 * after:.1f}%", delta)
+        self.logger.console.print(table)
+        (self.run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2))
 
     def _stop_requested(self) -> bool:
         """True on every rank once any rank received SIGUSR1/SIGTERM (see megarl.train.cli)."""

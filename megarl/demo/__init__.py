@@ -1,0 +1,25 @@
+"""The built-in CPU demo's pieces: the toy arithmetic task and the toy base model it trains.
+
+Names are imported lazily, so `python -m megarl.demo.toy_model` runs without importing the
+module twice.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "toy_problems": "megarl.demo.toy_task",
+    "format_prompt": "megarl.demo.toy_task",
+    "worked_solution": "megarl.demo.toy_task",
+    "ToyModelSettings": "megarl.demo.toy_model",
+    "build_toy_model": "megarl.demo.toy_model",
+    "evaluate_toy_model": "megarl.demo.toy_model",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'megarl.demo' has no attribute {name!r}")
