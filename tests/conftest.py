@@ -24,3 +24,15 @@ def tiny_hf_models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny_hf")
     return {arch: make_tiny_hf(arch, root / arch) for arch in TINY_CONFIGS}
+
+
+@pytest.fixture(scope="session")
+def toy_model(tmp_path_factory):
+    """A small toy base model with a tokenizer (quick pretraining; for mechanics, not accuracy)."""
+    from megarl.demo.toy_model import build_toy_model
+
+    return build_toy_model(
+        tmp_path_factory.mktemp("toy_cache"), steps=40, hidden_size=64, intermediate_size=128, show_progress=False
+    )
+
+

@@ -1,7 +1,8 @@
 """`megarl data`: list shipped sets, select by difficulty, check train/eval overlap, tokenize shards.
 
-`megarl data filter` (pass-rate filtering through a model) needs the rollout engine; the
-library side is megarl.data.pass_rate.measure_pass_rates / filter_by_pass_rate.
+`megarl data filter` samples k answers per prompt from a model through the rollout engine
+(megarl's built-in servers for a model directory, or a running SGLang/megarl server URL),
+grades them, and keeps the prompts whose pass rate lies in a range.
 """
 
 from __future__ import annotations
@@ -45,28 +46,31 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--template", default="qwen-boxed")
     tokenize.add_argument("--out", required=True, help="new shard folder")
     tokenize.add_argument("--max-prompt-tokens", type=int, default=None)
-    commands.add_parser("filter", help="keep prompts whose measured pass rate lies in a range (needs the rollout engine)")
+    filt = commands.add_parser("filter", help="keep prompts whose measured pass rate lies in a range (samples through the rollout engine)")
+    filt.add_argument("source", help="prompts: shipped set, preset (easy/medium/hard), file or folder")
+    filt.add_argument("--model", required=True, help="HF model directory (megarl starts rollout servers) or a server URL")
+    filt.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory; required with a URL)")
+    filt.add_argument("--template", default="qwen-boxed")
+    filt.add_argument("--k", type=int, default=8, help="samples per prompt")
+    filt.add_argument("--min", dest="min_rate", type=float, default=0.0, help="lowest pass rate kept")
+    filt.add_argument("--max", dest="max_rate", type=float, default=1.0, help="highest pass rate kept")
+    filt.add_argument("--temperature", type=float, default=1.0)
+    filt.add_argument("--max-new-tokens", type=int, default=1024)
+    filt.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    filt.add_argument("--servers", type=int, default=1, help="built-in servers to start for a model directory")
+    filt.add_argument("--out", required=True, help="JSONL of the kept prompts")
+    filt.add_argument("--rates-out", default=None, help="JSONL of every prompt's pass rate (default: OUT with .pass_rates.jsonl)")
     return parser
 
 
 def _load(source: str):
+    from megarl.data import load_prompts
     from megarl.data.difficulty import DIFFICULTY_PRESETS, load_difficulty_preset
-    from megarl.data.loading import load_records
 
-    return load_difficulty_preset(source) if source in DIFFICULTY_PRESETS else load_records(source)
-
-
-FILTER_NOT_WIRED = (
-    "megarl data filter: needs the rollout engine to sample answers from a model, and it is not wired into this "
-    "command yet. From Python: megarl.data.pass_rate.measure_pass_rates(records, sample_fn, k) with a sample_fn "
-    "from the rollout client, then filter_by_pass_rate(...) and write_pass_rates(...)."
-)
+    return load_difficulty_preset(source) if source in DIFFICULTY_PRESETS else load_prompts(source)
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "filter":
-        print(FILTER_NOT_WIRED, file=sys.stderr)
-        return 3
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
@@ -75,7 +79,57 @@ def main(argv: list[str]) -> int:
         return 2
 
 
+def _filter(args: argparse.Namespace) -> int:
+    """Sample k responses per prompt through rollout servers, grade, keep a pass-rate band."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from megarl.data.pass_rate import filter_by_pass_rate, measure_pass_rates, record_to_row, write_jsonl_atomic, write_pass_rates
+    from megarl.data.templates import stop_strings
+    from megarl.rollout.client import RolloutClient, SamplingParams
+
+    records = _load(args.source)
+    if args.limit:
+        records = records[: args.limit]
+    group = None
+    if args.model.startswith(("http://", "https://")):
+        if not args.tokenizer:
+            raise ValueError("--tokenizer DIR is required when --model is a server URL")
+        urls = [args.model]
+    else:
+        from megarl.train.servers import start_builtin_servers
+
+        group = start_builtin_servers(args.model, args.servers, Path(args.out).parent / "filter_logs")
+        urls = group.urls
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+        client = RolloutClient(urls)
+        client.wait_until_healthy()
+        sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  stop=stop_strings(args.template, tokenizer), sampling_seed=0)
+
+        def sample_fn(prompts: list[str], k: int):
+            ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+            return [[(s.text, s.finish_reason) for s in group] for group in client.generate(ids, sampling, n=k)]
+
+        rates = measure_pass_rates(records, sample_fn, args.k, template=args.template, tokenizer=tokenizer)
+    finally:
+        if group is not None:
+            group.stop()
+    kept = filter_by_pass_rate(records, rates, args.min_rate, args.max_rate)
+    rates_out = args.rates_out or str(Path(args.out).with_suffix("")) + ".pass_rates.jsonl"
+    write_pass_rates(rates_out, rates)
+    write_jsonl_atomic(args.out, [record_to_row(r) for r in kept])
+    mean = sum(r.pass_rate for r in rates) / len(rates) if rates else 0.0
+    print(f"kept {len(kept)} of {len(records)} prompts with pass rate in [{args.min_rate}, {args.max_rate}] "
+          f"(mean pass rate {mean:.3f}); wrote {args.out} and {rates_out}", file=sys.stderr)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "filter":
+        return _filter(args)
     if args.command == "list":
         from rich.console import Console
         from rich.table import Table

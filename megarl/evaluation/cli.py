@@ -6,7 +6,6 @@ example: megarl eval --model runs/tiny_cpu/hf/step_000020 --benchmarks math500,g
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +35,7 @@ def main(argv: list[str]) -> int:
     from megarl.evaluation.harness import EvalSettings, evaluate_benchmarks, results_table
     from megarl.rollout.client import RolloutClient
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     group = None
     if args.model.startswith(("http://", "https://")):
         if not args.tokenizer:
@@ -77,5 +76,4 @@ def main(argv: list[str]) -> int:
     console.print(results_table(results, title=f"megarl eval: {args.model}"))
     if args.out:
         console.print(f"per-sample results: {Path(args.out) / 'samples.jsonl'}")
-    print(json.dumps(results), file=sys.stderr) if False else None
     return 0

@@ -136,5 +136,3 @@ def test_data_cli(tmp_path, capsys):
     assert "appear in evaluation sets" in capsys.readouterr().err
     assert data_main(["overlap", str(polluted), "--drop-out", str(tmp_path / "clean.jsonl")]) == 0
     assert len((tmp_path / "clean.jsonl").read_text().splitlines()) == len(rows)
-    assert data_main(["filter", "--k", "8"]) == 3
-    assert "needs the rollout engine" in capsys.readouterr().err

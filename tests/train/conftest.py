@@ -1,17 +1,7 @@
-"""Fixtures for trainer tests: a small toy base model (quick pretraining, cached per session)
-and a recipe writer."""
+"""Fixtures for trainer tests: a recipe writer around the session's small toy model."""
 
 import pytest
 import yaml
-
-
-@pytest.fixture(scope="session")
-def toy_model(tmp_path_factory):
-    from megarl.demo.toy_model import build_toy_model
-
-    return build_toy_model(
-        tmp_path_factory.mktemp("toy_cache"), steps=40, hidden_size=64, intermediate_size=128, show_progress=False
-    )
 
 
 @pytest.fixture
