@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from megarl.checkpoint.convert import hf_to_megatron
-from megarl.checkpoint.tool_cli import print_report, run_tool
+from megarl.checkpoint.tool_cli import add_common_flags, finish, run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,10 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="output directory (must not exist or be empty)")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size (divides heads and KV heads)")
     parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (divides the layers)")
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="storage dtype (default: as in the HF files)")
-    parser.add_argument("--verify", action="store_true", help="forward a few tokens through megarl and transformers; report max logit diff")
-    parser.add_argument("--verify-tol", type=float, default=1e-3, help="fail (exit 2) when the verify logit diff exceeds this")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common_flags(parser, verify_help="forward a few tokens through megarl and transformers; report max logit diff")
     return parser
 
 
@@ -38,11 +35,7 @@ def _run(args: argparse.Namespace) -> int:
         from megarl.checkpoint.verify import verify_megatron_against_hf
 
         verify = verify_megatron_against_hf(args.out, args.hf_dir)
-    print_report(report, verify)
-    if verify is not None and not verify.max_abs_logit_diff <= args.verify_tol:
-        print(f"verify failed: max |logit diff| {verify.max_abs_logit_diff:.3e} > {args.verify_tol}", file=sys.stderr)
-        return 2
-    return 0
+    return finish(report, verify, args.verify_tol)
 
 
 def main(argv: list[str] | None = None) -> int:

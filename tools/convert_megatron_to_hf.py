@@ -16,18 +16,15 @@ import sys
 from pathlib import Path
 
 from megarl.checkpoint.convert import DEFAULT_HF_SHARD_BYTES, megatron_to_hf
-from megarl.checkpoint.tool_cli import parse_size, print_report, run_tool
+from megarl.checkpoint.tool_cli import parse_size, add_common_flags, finish, run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--megatron-dir", type=Path, required=True, help="megarl Megatron checkpoint directory")
     parser.add_argument("--out", type=Path, required=True, help="output HF directory (must not exist or be empty)")
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="output dtype (default: the checkpoint's)")
+    add_common_flags(parser, verify_help="forward a few tokens through megarl and transformers; report max logit diff")
     parser.add_argument("--max-shard-size", type=parse_size, default=DEFAULT_HF_SHARD_BYTES, help="bytes per safetensors file, e.g. 2GB, 5GB (default 4GB)")
-    parser.add_argument("--verify", action="store_true", help="forward a few tokens through megarl and transformers; report max logit diff")
-    parser.add_argument("--verify-tol", type=float, default=1e-3, help="fail (exit 2) when the verify logit diff exceeds this")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -38,11 +35,7 @@ def _run(args: argparse.Namespace) -> int:
         from megarl.checkpoint.verify import verify_megatron_against_hf
 
         verify = verify_megatron_against_hf(args.megatron_dir, args.out)
-    print_report(report, verify)
-    if verify is not None and not verify.max_abs_logit_diff <= args.verify_tol:
-        print(f"verify failed: max |logit diff| {verify.max_abs_logit_diff:.3e} > {args.verify_tol}", file=sys.stderr)
-        return 2
-    return 0
+    return finish(report, verify, args.verify_tol)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from megarl.checkpoint.convert import reshard
-from megarl.checkpoint.tool_cli import print_report, run_tool
+from megarl.checkpoint.tool_cli import add_common_flags, finish, run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,10 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="output directory (must not exist or be empty)")
     parser.add_argument("--tp", type=int, required=True, help="new tensor-parallel size")
     parser.add_argument("--pp", type=int, required=True, help="new pipeline-parallel size")
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="storage dtype (default: the source's)")
-    parser.add_argument("--verify", action="store_true", help="compare megarl's logits from the source and the result")
-    parser.add_argument("--verify-tol", type=float, default=1e-3, help="fail (exit 2) when the verify logit diff exceeds this")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common_flags(parser, verify_help="compare megarl's logits from the source and the result")
     return parser
 
 
@@ -38,11 +35,7 @@ def _run(args: argparse.Namespace) -> int:
         from megarl.checkpoint.verify import verify_megatron_pair
 
         verify = verify_megatron_pair(args.in_dir, args.out)
-    print_report(report, verify)
-    if verify is not None and not verify.max_abs_logit_diff <= args.verify_tol:
-        print(f"verify failed: max |logit diff| {verify.max_abs_logit_diff:.3e} > {args.verify_tol}", file=sys.stderr)
-        return 2
-    return 0
+    return finish(report, verify, args.verify_tol)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,23 @@ def print_report(report: ConversionReport, verify=None) -> None:
     Console().print(table)
 
 
+def add_common_flags(parser: argparse.ArgumentParser, verify_help: str) -> None:
+    """--dtype, --verify, --verify-tol and --no-progress, shared by the conversion tools."""
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="storage dtype (default: the source's)")
+    parser.add_argument("--verify", action="store_true", help=verify_help)
+    parser.add_argument("--verify-tol", type=float, default=1e-3, help="fail (exit 2) when the verify logit diff exceeds this")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def finish(report: ConversionReport, verify, tolerance: float) -> int:
+    """Print the report (and verify result); exit status 2 when the logit check fails."""
+    print_report(report, verify)
+    if verify is not None and not verify.max_abs_logit_diff <= tolerance:
+        print(f"verify failed: max |logit diff| {verify.max_abs_logit_diff:.3e} > {tolerance}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run_tool(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")

@@ -14,9 +14,9 @@ never on GPUs. What it covers, and how:
    under TP use it).
 3. Tensor methods that assume CUDA inside three Megatron functions: type checks that require
    `torch.cuda.FloatTensor` (grad clipping, the distributed optimizer's parameter groups) and
-   `weight.data.cuda()` (syncing tied embeddings between the first and last pipeline stage).
-   Those functions run with CPU tensors reporting the CUDA type names and `.cuda()` returning
-   the tensor itself, only for the duration of the call.
+   moving `weight.data` to the GPU (syncing tied embeddings between the first and last pipeline
+   stage). Those functions run with CPU tensors reporting the CUDA type names and the
+   move-to-GPU method returning the tensor itself, only for the duration of the call.
 """
 
 from __future__ import annotations
