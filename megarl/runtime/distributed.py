@@ -48,16 +48,13 @@ def free_port() -> int:
 def launcher_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun, else Slurm (srun), else a single process.
 
-    Sets MASTER_ADDR/MASTER_PORT defaults for the single-process case; under Slurm the sbatch
-    scripts export MASTER_ADDR (first node of the job) and MASTER_PORT.
+    Under Slurm the sbatch scripts export MASTER_ADDR (first trainer node) and MASTER_PORT.
     """
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "MASTER_ADDR" in env:
         return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
-    env.setdefault("MASTER_ADDR", "127.0.0.1")
-    env.setdefault("MASTER_PORT", str(free_port()))
     return 0, 1, 0
 
 
@@ -87,8 +84,12 @@ def init_runtime(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: in
         megatron_on_cpu.apply()
     dev.set_current_device(local_rank)
     if not torch.distributed.is_initialized():
+        # A single process rendezvous on a fresh local port (never on inherited MASTER_* values,
+        # which may belong to a parent process's own group).
+        init_method = f"tcp://127.0.0.1:{free_port()}" if world_size == 1 and "RANK" not in os.environ else "env://"
         torch.distributed.init_process_group(
             backend=dev.backend(),
+            init_method=init_method,
             rank=rank,
             world_size=world_size,
             timeout=datetime.timedelta(minutes=timeout_minutes),

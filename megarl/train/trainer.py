@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -196,8 +197,13 @@ class Trainer:
 
         rc = self.cfg.rollout
         self.server_token = None
+        master_address = "127.0.0.1"
         if rc.servers:
             urls, generation_urls = list(rc.servers), list(rc.servers)
+            # Servers started by the Slurm job (or by hand) share its token; for the distributed
+            # transport they connect back to this node.
+            self.server_token = os.environ.get("MEGARL_SERVE_TOKEN")
+            master_address = os.environ.get("MASTER_ADDR", "127.0.0.1")
         elif rc.engine == "builtin":
             self.servers = servers.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs", seed=self.cfg.run.seed)
             urls = generation_urls = self.servers.urls
@@ -211,7 +217,8 @@ class Trainer:
         self.server_urls = urls
         from megarl.rollout.weight_sync import WeightPusher
 
-        self.pusher = WeightPusher(urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20, token=self.server_token)
+        self.pusher = WeightPusher(urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20, token=self.server_token,
+                                   master_address=master_address)
         self.client = RolloutClient(generation_urls, max_concurrency=rc.max_concurrency, request_timeout_s=rc.request_timeout_s)
         self.client.wait_until_healthy(timeout_s=300)
 

@@ -1,0 +1,168 @@
+"""Run one node's rollout servers in a megarl Slurm job (started by slurm/node_role.sh).
+
+    python -m megarl.launch.node_servers --plan RUN/launch.json --node-index K --log-dir DIR
+
+Reads the job's launch plan (written by `megarl submit`), builds this node's server commands
+(SGLang's `sglang.launch_server` on GPUs, megarl's built-in `megarl serve` on CPU), starts each
+with its own log file, and keeps running while at least one of them is alive: a server that
+dies is logged, not fatal, because the trainer's rollout client fails over to the remaining
+servers. SIGTERM/SIGINT stop all of them (SIGTERM to each process group, SIGKILL after 30 s).
+The admin token for weight updates comes from $MEGARL_SERVE_TOKEN (never written to disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TOKEN_ENV = "MEGARL_SERVE_TOKEN"
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerPlan:
+    """The rollout-server part of a job's launch plan (the `servers` object of launch.json)."""
+
+    engine: str  # builtin | sglang
+    model: str  # HF model directory
+    dtype: str  # fp32 | bf16 | fp16
+    server_tp: int
+    servers_per_node: int
+    base_port: int
+    colocate: bool
+    seed: int
+    first_gpu: int = 0  # partitioned nodes: the servers' GPUs start after the trainer's
+
+
+    def port(self, node_index: int, server_index: int) -> int:
+        return self.base_port + node_index * self.servers_per_node + server_index
+
+
+def server_commands(plan: ServerPlan, node_index: int, python: str, token: str | None) -> list[tuple[int, list[str]]]:
+    """(port, argv) of every server on server node `node_index`. Built-in servers read the token
+    from the environment; SGLang takes it as --admin-api-key."""
+    commands = []
+    for i in range(plan.servers_per_node):
+        port = plan.port(node_index, i)
+        seed = plan.seed + node_index * plan.servers_per_node + i
+        if plan.engine == "sglang":
+            from megarl.rollout.sglang_launcher import SGLangServerSpec, sglang_server_command
+
+            spec = SGLangServerSpec(model_path=plan.model, host="0.0.0.0", port=port, tp_size=plan.server_tp,
+                                    base_gpu_id=plan.first_gpu + i * plan.server_tp, enable_memory_saver=plan.colocate,
+                                    random_seed=seed, dtype=DTYPE_NAMES[plan.dtype], admin_token=token)
+            argv = sglang_server_command(spec, python=python)
+        else:
+            argv = [python, "-m", "megarl.cli", "serve", "--model", plan.model, "--host", "0.0.0.0",
+                    "--port", str(port), "--seed", str(seed), "--dtype", DTYPE_NAMES[plan.dtype]]
+        commands.append((port, argv))
+    return commands
+
+
+def load_plan(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM it when this manager dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class NodeServers:
+    def __init__(self, commands: list[tuple[int, list[str]]], log_dir: Path, node_name: str):
+        self.commands, self.log_dir, self.node_name = commands, log_dir, node_name
+        self.procs: list[subprocess.Popen] = []
+        self.stopping = False
+
+    def log(self, message: str) -> None:
+        print(f"[megarl {time.strftime('%F %T')} {self.node_name}] {message}", flush=True)
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for i, (port, argv) in enumerate(self.commands):
+            log_path = self.log_dir / f"server_{self.node_name}_{i}.log"
+            out = open(log_path, "ab")
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_terminate_with_parent)
+            out.close()
+            self.procs.append(proc)
+            shown = " ".join("<token>" if a == os.environ.get(TOKEN_ENV) else a for a in argv)
+            self.log(f"server {i} (port {port}, pid {proc.pid}): {shown}; log {log_path}")
+
+    def wait(self) -> int:
+        """Block while any server runs; log each exit. 0 when stopped or all exited cleanly.
+        If this process is orphaned (the node script was killed), it stops the servers and returns."""
+        reported = set()
+        parent = os.getppid()
+        while True:
+            if not self.stopping and os.getppid() != parent:
+                self.log("the node script is gone; stopping the servers")
+                self.stop()
+            alive = 0
+            for i, proc in enumerate(self.procs):
+                code = proc.poll()
+                if code is None:
+                    alive += 1
+                elif i not in reported:
+                    reported.add(i)
+                    if not self.stopping:
+                        self.log(f"server {i} (pid {proc.pid}) exited with code {code}; "
+                                 f"{sum(p.poll() is None for p in self.procs)} server(s) left on this node "
+                                 "(the trainer fails over to the remaining servers)")
+            if not alive:
+                return 0 if self.stopping or all(p.returncode == 0 for p in self.procs) else 1
+            time.sleep(1.0)
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        self.stopping = True
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace_s
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m megarl.launch.node_servers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plan", required=True, help="the job's launch.json (written by megarl submit)")
+    parser.add_argument("--node-index", type=int, required=True, help="this node's index among the server nodes")
+    parser.add_argument("--node-name", default=os.environ.get("SLURMD_NODENAME", "node"))
+    parser.add_argument("--log-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    plan = ServerPlan(**load_plan(args.plan)["servers"])
+    commands = server_commands(plan, args.node_index, sys.executable, os.environ.get(TOKEN_ENV))
+    servers = NodeServers(commands, args.log_dir, args.node_name)
+
+    def on_signal(signum, frame):
+        servers.log(f"{signal.Signals(signum).name}: stopping {len(servers.procs)} server(s)")
+        servers.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    servers.start()
+    return servers.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+# slurm/env.sh: the environment every megarl Slurm script shares. Source it (bash), don't run it.
+#
+# 1. Site setup hook: $MEGARL_SETUP (shell commands, e.g. "module load cuda/12.4") is evaluated,
+#    then $MEGARL_SETUP_FILE is sourced when set. megarl submit fills MEGARL_SETUP from the
+#    recipe's slurm.setup.
+# 2. Python: $MEGARL_VENV/bin/activate is sourced when set; $MEGARL_PYTHON (default: python3 on
+#    PATH after the hook) runs megarl.
+# 3. Network: $MEGARL_NET_IFNAME (e.g. ib0, eth0) sets NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME
+#    unless they are already set; without it NCCL and Gloo pick an interface themselves.
+# 4. Node addresses: `megarl_node_addr NODE` prints a node's NodeAddr from `scontrol show node`
+#    (not its hostname: NodeAddr is what the nodes reach each other at, and on test clusters
+#    several emulated nodes share one host at 127.0.0.1). `megarl_job_nodes` lists the job's
+#    nodes in order. `megarl_master_port` derives a port from the job id.
+
+if [ -n "${MEGARL_SETUP:-}" ]; then
+  eval "$MEGARL_SETUP"
+fi
+if [ -n "${MEGARL_SETUP_FILE:-}" ]; then
+  # shellcheck disable=SC1090
+  source "$MEGARL_SETUP_FILE"
+fi
+if [ -n "${MEGARL_VENV:-}" ] && [ -f "$MEGARL_VENV/bin/activate" ]; then
+  # shellcheck disable=SC1091
+  source "$MEGARL_VENV/bin/activate"
+fi
+export MEGARL_PYTHON="${MEGARL_PYTHON:-$(command -v python3)}"
+
+if [ -n "${MEGARL_NET_IFNAME:-}" ]; then
+  export NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME:-$MEGARL_NET_IFNAME}"
+  export GLOO_SOCKET_IFNAME="${GLOO_SOCKET_IFNAME:-$MEGARL_NET_IFNAME}"
+fi
+export PYTHONUNBUFFERED=1
+
+megarl_job_nodes() {
+  scontrol show hostnames "${SLURM_JOB_NODELIST:?not inside a Slurm job}"
+}
+
+megarl_node_addr() {
+  local addr
+  addr=$(scontrol show node -o "$1" 2>/dev/null | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p')
+  echo "${addr:-$1}"
+}
+
+megarl_master_port() {
+  echo $(( 20000 + ${SLURM_JOB_ID:-0} % 20000 ))
+}
+
+megarl_log() {
+  echo "[megarl $(date '+%F %T') ${SLURMD_NODENAME:-$(hostname -s)}] $*"
+}

@@ -1,0 +1,260 @@
+"""`megarl submit --dry-run` rendering and the checks made before anything is submitted.
+
+No Slurm needed: the rendered scripts are checked for their layout, then parsed by `bash -n`.
+GPU-shaped recipes (configs/simplerl_zoo_qwen2.5_7b.yaml and _32b.yaml) are rendered against
+model directories holding the real Qwen2.5 config.json shapes, so the TP checks run too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs import write_cpu_recipe
+from megarl.config import load_config
+from megarl.launch import LaunchOptions, plan_layout
+from megarl.launch.layout import LaunchError, parse_slurm_time
+from megarl.launch.node_servers import ServerPlan, server_commands
+from megarl.launch.render import RunPaths, render_train_sbatch, server_plan, write_run_files
+from megarl.launch.submit import main as submit_main
+
+REPO = Path(__file__).resolve().parents[2]
+QWEN25 = {  # the published config.json shapes of Qwen2.5-7B and Qwen2.5-32B
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4),
+    "32b": dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64, num_attention_heads=40,
+                num_key_value_heads=8),
+}
+
+
+def qwen_dir(root: Path, size: str) -> Path:
+    path = root / f"Qwen2.5-{size.upper()}"
+    path.mkdir(parents=True, exist_ok=True)
+    config = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_size=152064, max_position_embeddings=131072,
+                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, hidden_act="silu",
+                  torch_dtype="bfloat16", **QWEN25[size])
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def run_submit(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = submit_main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def bash_syntax_ok(script: str) -> None:
+    proc = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture
+def cpu_recipe(tmp_path, tiny_server_model):
+    return write_cpu_recipe(tmp_path / "cpu.yaml", tiny_server_model, tmp_path / "run_cpu", actor={"tp": 2})
+
+
+def test_cpu_two_node_dry_run_prints_a_readable_script_and_writes_nothing(cpu_recipe, tmp_path):
+    code, script, err = run_submit([str(cpu_recipe), "--dry-run", "--nodes", "2", "--rollout-nodes", "1",
+                                    "--gpus-per-node", "0", "--requeue", "--time", "01:00:00", "--partition", "debug", "run.steps=3"])
+    assert code == 0, err
+    assert script.startswith("#!/bin/bash\n")
+    assert "trainer: 1 node(s) x 2 process(es) = world 2 = TP 2 x PP 1 x DP 1" in script
+    assert "node 1, port 30000: $MEGARL_PYTHON -m megarl.cli serve --model" in script
+    for directive in ("--nodes=2", "--ntasks-per-node=1", "--time=01:00:00", "--partition=debug", "--requeue",
+                      "--signal=B:USR1@600", "--open-mode=append", f"--output={tmp_path / 'run_cpu'}/logs/job_%j.out"):
+        assert f"#SBATCH {directive}\n" in script, directive
+    assert "--gpus-per-node" not in script and "--exclusive" not in script
+    assert "export MEGARL_NPROC_PER_NODE=2" in script
+    assert 'node_role.sh" rollout &' in script
+    assert 'node_role.sh" trainer -- megarl.cli train "$RECIPE" "$SERVERS_OVERRIDE" &' in script
+    assert "scontrol requeue" in script and "megarl_node_addr" in script
+    bash_syntax_ok(script)
+    assert not (tmp_path / "run_cpu").exists()  # a dry run writes nothing
+
+
+def test_gpu_7b_recipe_two_nodes_trainer_tp4_dp2_and_eight_servers(tmp_path):
+    model = qwen_dir(tmp_path, "7b")
+    code, script, err = run_submit([
+        str(REPO / "configs/simplerl_zoo_qwen2.5_7b.yaml"), "--dry-run", "--nodes", "2", "--rollout-nodes", "1", "--partition", "gpu",
+        "--account", "rl", "--requeue", f"model.path={model}", "rollout.server_tp=1", f"run.output_dir={tmp_path}/run7b"])
+    assert code == 0, err
+    assert "trainer: 1 node(s) x 8 GPU(s) = world 8 = TP 4 x PP 1 x DP 2" in script
+    assert "rollout: 8 sglang server(s) per rollout node (1 GPU(s) each, TP 1) = 8 server(s)" in script
+    for directive in ("--nodes=2", "--gpus-per-node=8", "--exclusive", "--time=48:00:00", "--partition=gpu",
+                      "--account=rl", "--requeue"):
+        assert f"#SBATCH {directive}\n" in script, directive
+    assert "STEP_CPUS=$SLURM_CPUS_ON_NODE" in script
+    assert "--tp-size 1 --random-seed 8 --dtype bfloat16 --base-gpu-id 7 --admin-api-key $MEGARL_SERVE_TOKEN" in script
+    assert script.count("-m sglang.launch_server") == 8
+    bash_syntax_ok(script)
+
+
+def test_gpu_32b_recipe_eight_nodes(tmp_path):
+    model = qwen_dir(tmp_path, "32b")
+    code, script, err = run_submit([str(REPO / "configs/simplerl_zoo_qwen2.5_32b.yaml"), "--dry-run", "--requeue",
+                                    f"model.path={model}", f"run.output_dir={tmp_path}/run32b"])
+    assert code == 0, err
+    assert "nodes 0-3: trainer; nodes 4-7: rollout servers" in script
+    assert "trainer: 4 node(s) x 8 GPU(s) = world 32 = TP 8 x PP 2 x DP 2" in script
+    assert "rollout: 2 sglang server(s) per rollout node (4 GPU(s) each, TP 4) = 8 server(s)" in script
+    assert "--tp-size 4" in script and "--base-gpu-id 4" in script
+    bash_syntax_ok(script)
+
+
+def test_colocated_gpu_layout_shares_the_gpus(tmp_path):
+    model = qwen_dir(tmp_path, "7b")
+    code, script, err = run_submit([
+        str(REPO / "configs/simplerl_zoo_qwen2.5_7b.yaml"), "--dry-run", "--nodes", "2", "--rollout-nodes", "0",
+        "--colocate", f"model.path={model}", "rollout.transport=tensor", f"run.output_dir={tmp_path}/colo"])
+    assert code == 0, err
+    assert "mode=colocated" in script and "TP 4 x PP 1 x DP 4" in script
+    assert "--enable-memory-saver" in script
+    assert 'node_role.sh" both -- megarl.cli train' in script
+    bash_syntax_ok(script)
+
+
+def test_partitioned_single_node_05b_recipe(tmp_path):
+    """configs/simplerl_zoo_qwen2.5_0.5b.yaml: one 8-GPU node, 4 trainer GPUs + 4 SGLang servers."""
+    model = qwen_dir(tmp_path, "7b")  # only the layout matters here; 28 heads allow tp=1
+    code, script, err = run_submit([str(REPO / "configs/simplerl_zoo_qwen2.5_0.5b.yaml"), "--dry-run",
+                                    f"model.path={model}", f"run.output_dir={tmp_path}/r05"])
+    assert code == 0, err
+    assert "every node: GPUs 0-3 trainer, GPUs 4-7 rollout servers" in script
+    assert "trainer: 1 node(s) x 4 GPU(s) = world 4 = TP 1 x PP 1 x DP 4" in script
+    assert "--base-gpu-id 4" in script and "--base-gpu-id 7" in script and "--enable-memory-saver" not in script
+    assert "export MEGARL_NPROC_PER_NODE=4" in script and 'node_role.sh" both --' in script
+    bash_syntax_ok(script)
+
+
+@pytest.mark.parametrize("flags, overrides, message", [
+    (["--nodes", "2", "--rollout-nodes", "2"], [], "leaves no trainer node"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--gpus-per-node", "6"], [], "actor.tp=4 must divide --gpus-per-node=6"),
+    (["--nodes", "2", "--rollout-nodes", "1"], ["rollout.server_tp=3"], "rollout.server_tp=3 must divide --gpus-per-node=8"),
+    (["--nodes", "2", "--rollout-nodes", "1"], ["rollout.transport=tensor"], "set rollout.transport=distributed"),
+    (["--nodes", "2", "--rollout-nodes", "0"], [], "leaves no GPU for the trainer"),
+    (["--nodes", "3", "--rollout-nodes", "0"], [], "rollout.num_servers=8 does not split evenly over --nodes=3"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--colocate"], [], "drop --rollout-nodes or the colocation"),
+    (["--nodes", "2", "--rollout-nodes", "1"], ["rollout.servers=[http://h:1]"], "remove rollout.servers"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--gpus-per-node", "0"], [], "rollout.engine=sglang needs GPUs"),
+    (["--nodes", "3", "--rollout-nodes", "1"], ["actor.pp=7"], "16 ranks is not a multiple of actor.tp*actor.pp = 4*7 = 28"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--time", "1:2:3:4"], [], "is not a Slurm time limit"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--time", "10", "--preempt-notice", "900"], [], "must be positive and shorter"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--requeue"], ["run.resume=false"], "--requeue needs run.resume=true"),
+    (["--nodes", "2", "--rollout-nodes", "1"], ["actor.tp=3"], "actor.tp=3"),
+    (["--nodes", "2", "--rollout-nodes", "1"], ["model.path=/does/not/exist"], "model.path='/does/not/exist' does not exist"),
+])
+def test_invalid_layouts_fail_with_one_line_errors(tmp_path, flags, overrides, message):
+    model = qwen_dir(tmp_path, "7b")
+    argv = [str(REPO / "configs/simplerl_zoo_qwen2.5_7b.yaml"), "--dry-run", *flags, f"model.path={model}",
+            f"run.output_dir={tmp_path}/run", *overrides]
+    code, out, err = run_submit(argv)
+    assert code == 2 and out == ""
+    assert message in err, err
+    assert err.count("\n") == 1 and err.startswith("megarl submit: "), err
+
+
+def test_no_path_checks_needs_dry_run(tmp_path):
+    code, _, err = run_submit([str(REPO / "configs/simplerl_zoo_qwen2.5_7b.yaml"), "--no-path-checks"])
+    assert code == 2 and "only works with --dry-run" in err
+
+
+def test_without_sbatch_submit_says_where_to_run(cpu_recipe, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    code, _, err = run_submit([str(cpu_recipe), "--nodes", "2", "--rollout-nodes", "1", "--gpus-per-node", "0"])
+    assert code == 2 and "sbatch is not on PATH" in err
+
+
+@pytest.mark.parametrize("text, seconds", [("30", 1800), ("10:30", 630), ("24:00:00", 86400), ("2-00", 172800),
+                                           ("1-02:03", 93780), ("1-00:00:05", 86405)])
+def test_parse_slurm_time(text, seconds):
+    assert parse_slurm_time(text) == seconds
+
+
+def test_preempt_notice_defaults_to_a_quarter_of_short_limits(cpu_recipe):
+    cfg = load_config(cpu_recipe)
+    layout = plan_layout(cfg, LaunchOptions(nodes=2, rollout_nodes=1, gpus_per_node=0, time="00:20:00"))
+    assert layout.preempt_notice_s == 300
+    with pytest.raises(LaunchError, match="--procs-per-node=3 on GPU nodes"):
+        plan_layout(cfg, LaunchOptions(nodes=2, rollout_nodes=1, gpus_per_node=8, procs_per_node=3))
+
+
+def test_run_files_are_complete_and_the_frozen_recipe_loads(cpu_recipe, tmp_path, tiny_server_model):
+    cfg = load_config(cpu_recipe, ["run.steps=3"])
+    opts = LaunchOptions(nodes=2, rollout_nodes=1, gpus_per_node=0, requeue=True, time="01:00:00")
+    layout = plan_layout(cfg, opts)
+    paths = RunPaths(Path(cfg.run.output_dir))
+    script = render_train_sbatch(cfg, layout, opts, paths, recipe_source=str(cpu_recipe), model_dir=str(tiny_server_model),
+                                 submit_dir=REPO)
+    plan = server_plan(cfg, layout, str(tiny_server_model), opts.server_port)
+    write_run_files(cfg, layout, plan, paths, script)
+    assert paths.sbatch_file.read_text() == script and os.access(paths.sbatch_file, os.X_OK)
+    assert os.access(paths.slurm_dir / "node_role.sh", os.X_OK)
+    frozen = load_config(paths.recipe_file, ['rollout.servers=["http://127.0.0.1:30000"]'])
+    assert frozen.run.steps == 3 and frozen.run.output_dir == str(paths.run_dir) and frozen.actor.tp == 2
+    launch = json.loads(paths.plan_file.read_text())
+    assert launch["layout"]["mode"] == "split" and ServerPlan(**launch["servers"]) == plan
+    assert not list(paths.run_dir.rglob(".*.tmp*"))  # nothing half-written left behind
+
+
+def test_server_commands_builtin_and_sglang():
+    builtin = ServerPlan(engine="builtin", model="/m", dtype="fp32", server_tp=1, servers_per_node=2, base_port=31000,
+                         colocate=False, seed=5)
+    (port0, argv0), (port1, argv1) = server_commands(builtin, 1, "py", None)
+    assert (port0, port1) == (31002, 31003)
+    assert argv1 == ["py", "-m", "megarl.cli", "serve", "--model", "/m", "--host", "0.0.0.0", "--port", "31003",
+                     "--seed", "8", "--dtype", "float32"]
+    sglang = ServerPlan(engine="sglang", model="/m", dtype="bf16", server_tp=4, servers_per_node=2, base_port=30000,
+                        colocate=True, seed=1)
+    (_, first), (_, second) = server_commands(sglang, 0, "py", "tok")
+    assert second[:3] == ["py", "-m", "sglang.launch_server"]
+    assert "--enable-memory-saver" in second and second[second.index("--base-gpu-id") + 1] == "4"
+    assert second[second.index("--admin-api-key") + 1] == "tok" and "--base-gpu-id" not in first
+
+
+def test_rank_wrapper_records_exit_codes(tmp_path):
+    script = tmp_path / "exits.py"
+    script.write_text("import sys\nprint('args', sys.argv[1:])\nsys.exit(int(sys.argv[1]))\n")
+    for code in (75, 0, 3):
+        env = dict(os.environ, MEGARL_EXIT_CODE_DIR=str(tmp_path), RANK="4")
+        proc = subprocess.run([sys.executable, "-m", "megarl.launch.rank", str(script), str(code)], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == code, proc.stderr
+        assert (tmp_path / "rank_4.code").read_text() == f"{code}\n"
+    crash = tmp_path / "crash.py"
+    crash.write_text("raise RuntimeError('boom')\n")
+    proc = subprocess.run([sys.executable, "-m", "megarl.launch.rank", str(crash)], capture_output=True, text=True,
+                          env=dict(os.environ, MEGARL_EXIT_CODE_DIR=str(tmp_path), RANK="4"), timeout=60)
+    assert proc.returncode == 1 and "boom" in proc.stderr and (tmp_path / "rank_4.code").read_text() == "1\n"
+
+
+def test_health_gives_up_when_no_server_answers():
+    from megarl.launch.health import main as health_main
+
+    assert health_main(["--timeout", "1", "--poll", "0.2", "http://127.0.0.1:9"]) == 1
+
+
+def test_shipped_scripts_parse():
+    for path in sorted((REPO / "slurm").glob("*.sh")) + sorted((REPO / "slurm").glob("*.sbatch")):
+        bash_syntax_ok(path.read_text())
+
+
+def test_recipes_slurm_sections_validate(tmp_path):
+    """Every GPU recipe in configs/ lays out with its own slurm section."""
+    for recipe in sorted((REPO / "configs").glob("*.yaml")):
+        data = yaml.safe_load(recipe.read_text())
+        if data.get("rollout", {}).get("engine") != "sglang":
+            continue
+        cfg = load_config(recipe, check_files=False)
+        s = cfg.slurm
+        layout = plan_layout(cfg, LaunchOptions(nodes=s.nodes, rollout_nodes=s.rollout_nodes, gpus_per_node=s.gpus_per_node,
+                                                time=s.time))
+        assert layout.world_size == layout.tp * layout.pp * layout.dp, recipe.name
