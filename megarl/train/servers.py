@@ -90,3 +90,25 @@ def start_sglang_servers(model_dir: str | Path, count: int, tp: int, log_dir: Pa
         for i in range(count)
     ]
     return SGLangFleet(specs, router_port=free_port() if router and count > 1 else None, log_dir=str(log_dir)).start()
+
+
+def post_to_servers(urls: list[str], path: str, body: dict | None = None, token: str | None = None, timeout_s: float = 300.0) -> list[dict]:
+    """POST the same JSON to every server (admin endpoints such as /release_memory_occupation)."""
+    import json
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(url: str) -> dict:
+        request = urllib.request.Request(url + path, data=json.dumps(body or {}).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            text = response.read().decode() or "{}"
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return {"text": text}
+
+    with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
+        return list(pool.map(post, urls))

@@ -281,6 +281,17 @@ class Trainer:
         self.logger.console.print(table)
         (self.run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2))
 
+    def _server_memory(self, action: str) -> None:
+        """Colocated mode: servers release their GPU memory (weights, KV cache) while the trainer
+        computes, and take it back before the weight sync (SGLang --enable-memory-saver)."""
+        if not self.cfg.rollout.colocate:
+            return
+        if self.is_driver:
+            from megarl.train.servers import post_to_servers
+
+            post_to_servers(self.server_urls, f"/{action}_memory_occupation", {}, token=self.server_token)
+        dist.barrier()
+
     def _stop_requested(self) -> bool:
         """True on every rank once any rank received SIGUSR1/SIGTERM (see megarl.train.cli)."""
         flag = torch.tensor([1.0 if getattr(self, "stop_flag", {}).get("requested") else 0.0])
@@ -293,12 +304,14 @@ class Trainer:
         with timer("rollout"):
             seqs, metrics = self.rollout()  # driver: generate + grade; broadcast to all ranks
         mine = shard_for_data_parallel(seqs, self.rt.dp_rank, self.rt.dp)
+        self._server_memory("release")  # colocated: give the GPUs to training
         with timer("logprobs"):
             extra = self.compute_logprobs(mine)
         with timer("advantages"):
             self.compute_advantages(mine, extra)
         with timer("update"):
             metrics.update(self.update(mine, extra))
+        self._server_memory("resume")
         with timer("sync"):
             self.sync_weights()
         step_s = time.perf_counter() - start
@@ -636,9 +649,24 @@ class Trainer:
             self.logger.console.print(f"resumed from checkpoint at step {self.step}")
 
     def export_hf(self, out_dir: Path) -> None:
-        from megarl.checkpoint.hf_export import export_model_to_hf
+        """Write the actor as a standard HF directory (what `megarl eval` and SGLang load), through
+        the conversion tools: a Megatron checkpoint of the live model, then Megatron -> HF."""
+        import shutil
 
-        export_model_to_hf(self.actor.module, self.spec, self.model_dir, out_dir)
+        from megarl.checkpoint.convert import megatron_to_hf
+        from megarl.checkpoint.live import save_megatron_checkpoint
+
+        megatron_dir = out_dir.with_name(out_dir.name + ".megatron")
+        if self.is_driver and megatron_dir.exists():
+            shutil.rmtree(megatron_dir)
+        dist.barrier()
+        save_megatron_checkpoint(self.actor.module, megatron_dir, hf_assets_dir=self.model_dir)
+        if self.is_driver:
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            megatron_to_hf(megatron_dir, out_dir, progress=False)
+            shutil.rmtree(megatron_dir)
+        dist.barrier()
 
     def close(self) -> None:
         if self.is_driver:

@@ -109,3 +109,24 @@ def test_dynamic_sampling_never_returns_a_short_batch(write_recipe):
     assert all(r["batch/sequences"] == 4 * 4 and r["batch/prompts"] == 4 for r in rows)
     assert sum(r["data/filtered_groups"] for r in rows) > 0  # some groups were uniform and were replaced
     assert all(r["advantage/abs_mean"] > 0 for r in rows)
+
+
+def test_rloo_colocated_with_hf_export(write_recipe):
+    recipe, run_dir = write_recipe("rloo", run={"steps": 2}, algorithm={"name": "rloo"}, reward={"custom": "toy_rewards:mentions_seven"},
+                                   rollout={"colocate": True}, checkpoint={"hf_export_every": 2})
+    _train(recipe)
+    rows = _metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["actor/grad_norm"] > 0 for r in rows)
+    exported = run_dir / "hf" / "step_000002"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(exported)
+    assert AutoTokenizer.from_pretrained(exported) is not None and model.config.model_type == "qwen2"
+
+
+def test_reinforce_pp_with_kl_in_reward(write_recipe):
+    recipe, run_dir = write_recipe("rpp", run={"steps": 2}, reward={"custom": "toy_rewards:mentions_seven"},
+                                   algorithm={"name": "reinforce_pp", "kl_coef": 0.05, "kl_in_reward": True, "gamma": 1.0})
+    _train(recipe)
+    rows = _metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["actor/grad_norm"] > 0 for r in rows)
