@@ -38,7 +38,8 @@ def run_pipeline(
 
     def forward_step(data_iterator, module):
         mb = next(data_iterator)
-        output = module(mb["input_ids"], mb["position_ids"], mb.get("attention_mask"))
+        extra = {"packed_seq_params": mb["packed_seq_params"]} if "packed_seq_params" in mb else {}
+        output = module(mb["input_ids"], mb["position_ids"], mb.get("attention_mask"), **extra)
 
         def loss_func(output_tensor):
             loss, stats = step_fn(output_tensor, mb)
