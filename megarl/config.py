@@ -117,7 +117,7 @@ class RolloutConfig(Section):
 class DataConfig(Section):
     train: list[str] = Field(..., min_length=1)
     template: Literal["qwen-boxed", "qwen25-math-cot", "abel", "r1", "none"] = "qwen-boxed"
-    prompts_per_step: int = Field(8, ge=1)
+    prompts_per_step: int = Field(8, ge=1, le=4096)
     max_prompt_tokens: int = Field(1024, ge=1)
     levels: list[int] | None = None
     shuffle: bool = True

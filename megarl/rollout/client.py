@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import aiohttp
@@ -210,6 +210,10 @@ class RolloutClient:
 
     async def _one_prompt(self, session: aiohttp.ClientSession, semaphore: asyncio.Semaphore, index: int,
                           prompt: list[int], sampling: SamplingParams, n: int, results: list) -> None:
+        if sampling.sampling_seed is not None:
+            # Distinct random streams per prompt: prompt i of a call samples with seed + i (the
+            # server then offsets by sample index), so no two prompts share their randomness.
+            sampling = replace(sampling, sampling_seed=sampling.sampling_seed + index)
         body = self.request_body(prompt, sampling, n)
         tried: set[str] = set()
         errors: list[str] = []

@@ -337,6 +337,12 @@ class Trainer:
             self._truncated_prompts += 1
         return ids
 
+    def _rollout_seed(self, round_: int) -> int:
+        """Base sampling seed of one rollout round; the client adds the prompt index (< 4096) and
+        the server the sample index, so every sample of a run has its own random stream and a
+        resumed run samples exactly what the uninterrupted one did."""
+        return ((self.cfg.run.seed * 100_003 + self.step) * 32 + round_) * 4096
+
     def _rollout_on_driver(self):
         from megarl.monitoring.reflection import reflection_rates
         from megarl.rewards.schemes import compute_rewards
@@ -358,7 +364,7 @@ class Trainer:
             prompt_ids = [self._encode_prompt(r.problem) for r in rows]
             sampling = SamplingParams(
                 max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
-                stop=self.stops, sampling_seed=cfg.run.seed * 100_003 + self.step * 101 + rounds,
+                stop=self.stops, sampling_seed=self._rollout_seed(rounds),
             )
             outputs = self.client.generate(prompt_ids, sampling, n=rc.n)
             flat = [s for group in outputs for s in group]
