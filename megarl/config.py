@@ -49,6 +49,7 @@ class ParallelConfig(Section):
     tp: int = Field(1, ge=1)
     pp: int = Field(1, ge=1)
     micro_batch_tokens: int = Field(8192, ge=16, description="token budget per packed micro-batch")
+    row_tokens: int | None = Field(None, ge=16, description="split micro-batches into packed rows of this many tokens (CPU); null: one row")
     recompute: Literal["selective", "full"] | None = None
     distributed_optimizer: bool = False
     lr: float = Field(1e-6, gt=0)

@@ -378,8 +378,22 @@ class GenerationEngine:
         """One token per row under that row's temperature/top-k/top-p/min-p."""
         batch, vocab = logits.shape
         tokens = torch.zeros(batch, dtype=torch.long, device=logits.device)
+        plain = [row for row, req in enumerate(requests)
+                 if finish[row] is None and not req.sampling.greedy and req.sampling.top_k in (-1, vocab)
+                 and req.sampling.top_p >= 1.0 and req.sampling.min_p <= 0.0]
+        if plain:
+            # Pure temperature sampling, batched: inverse-CDF with one uniform draw per row from
+            # that row's own generator (so seeds stay per sequence).
+            rows = torch.tensor(plain, device=logits.device)
+            temps = torch.tensor([requests[r].sampling.temperature for r in plain], device=logits.device, dtype=logits.dtype)
+            probs = torch.softmax(logits[rows] / temps.unsqueeze(1), -1)
+            cdf = probs.cumsum(-1)
+            u = torch.cat([torch.rand(1, generator=generators[r]) for r in plain]).to(logits.device, cdf.dtype)
+            picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).squeeze(1).clamp(max=vocab - 1)
+            tokens[rows] = picked
+        done = set(plain)
         for row, req in enumerate(requests):
-            if finish[row] is not None:
+            if finish[row] is not None or row in done:
                 continue
             s = req.sampling
             row_logits = logits[row]

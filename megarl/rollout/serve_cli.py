@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "/update_weights_from_tensor is disabled without one (default: $MEGARL_SERVE_TOKEN)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="model dtype (default float32)")
-    parser.add_argument("--max-batch-sequences", type=int, default=64,
-                        help="most sequences generated together in one batch (default 64)")
+    parser.add_argument("--max-batch-sequences", type=int, default=256,
+                        help="most sequences generated together in one batch (default 256)")
     parser.add_argument("--weight-version", default="default", help="initial weight_version (default 'default')")
     parser.add_argument("--seed", type=int, default=0, help="seed for requests without sampling_seed")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")

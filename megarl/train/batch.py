@@ -1,12 +1,13 @@
 """Rollout samples as training sequences, split over data-parallel ranks and packed into
 micro-batches by a token budget.
 
-A packed micro-batch is one row of up to `micro_batch_tokens` tokens holding several
-prompt+response sequences back to back. Attention stays within each sequence (block-diagonal
+A packed row holds several prompt+response sequences back to back; a micro-batch is one row of
+`micro_batch_tokens` (GPU, varlen attention) or several shorter rows (CPU, where attention over a
+row with a dense block mask costs its length squared). Attention stays within each sequence (block-diagonal
 causal mask; on Transformer Engine, `packed_seq_params` with cumulative sequence lengths) and
 positions restart at 0 for each sequence, so a packed row computes exactly what separate rows
-would, without padding waste. `resp_index[b, t]` is the row position whose logits predict
-response token t of sequence b; per-sequence tensors are [B, T] with `resp_mask`.
+would, without padding waste. `resp_index[b, t]` is the flat [rows x row_length] position whose
+logits predict response token t of sequence b; per-sequence tensors are [B, T] with `resp_mask`.
 """
 
 from __future__ import annotations
@@ -74,51 +75,63 @@ def build_microbatches(
     budget: int,
     device: torch.device,
     *,
+    row_tokens: int | None = None,
     packed_seq_params: bool = False,
     pad_multiple: int = 8,
 ) -> list[dict]:
-    """Pack `seqs` into micro-batches of one row each, all padded to one length (pipeline
-    stages exchange fixed shapes). Each dict has the model inputs and per-sequence tensors."""
+    """Pack `seqs` into micro-batches of about `budget` tokens: rows of at most `row_tokens`
+    (default: one row of `budget`), `budget // row_tokens` rows per micro-batch, every row padded
+    to one length and every micro-batch to one row count (pipeline stages exchange fixed shapes).
+    Each dict has the model inputs and per-sequence tensors."""
     if not seqs:
         return []
-    rows = pack_rows(seqs, budget)
+    row_tokens = min(row_tokens or budget, budget)
+    rows_per_mb = 1 if packed_seq_params else max(1, budget // row_tokens)
+    rows = pack_rows(seqs, row_tokens)
     row_len = max(sum(seqs[i].length for i in row) for row in rows)
     row_len = -(-row_len // pad_multiple) * pad_multiple
     out = []
-    for row in rows:
-        ids = torch.zeros(row_len, dtype=torch.long)
-        labels = torch.zeros(row_len, dtype=torch.long)
-        pos = torch.zeros(row_len, dtype=torch.long)
+    for first in range(0, len(rows), rows_per_mb):
+        group = rows[first:first + rows_per_mb]
+        group += [[] for _ in range(rows_per_mb - len(group))]  # empty rows keep the shape fixed
+        ids = torch.zeros(rows_per_mb, row_len, dtype=torch.long)
+        labels = torch.zeros(rows_per_mb, row_len, dtype=torch.long)
+        pos = torch.zeros(rows_per_mb, row_len, dtype=torch.long)
         # True = masked out (Megatron's convention); padding attends only to itself.
-        mask = torch.ones(row_len, row_len, dtype=torch.bool)
-        t_max = max(len(seqs[i].response_ids) for i in row)
-        resp_index = torch.zeros(len(row), t_max, dtype=torch.long)
-        resp_mask = torch.zeros(len(row), t_max, dtype=torch.bool)
+        mask = torch.ones(rows_per_mb, row_len, row_len, dtype=torch.bool)
+        seq_ids = [i for row in group for i in row]
+        t_max = max(len(seqs[i].response_ids) for i in seq_ids)
+        resp_index = torch.zeros(len(seq_ids), t_max, dtype=torch.long)
+        resp_mask = torch.zeros(len(seq_ids), t_max, dtype=torch.bool)
         cu = [0]
-        start = 0
-        for b, i in enumerate(row):
-            s = seqs[i]
-            tokens = s.prompt_ids + s.response_ids
-            n, p, r = len(tokens), len(s.prompt_ids), len(s.response_ids)
-            ids[start:start + n] = torch.tensor(tokens)
-            labels[start:start + n - 1] = torch.tensor(tokens[1:])
-            pos[start:start + n] = torch.arange(n)
-            mask[start:start + n, start:start + n] = ~torch.ones(n, n, dtype=torch.bool).tril()
-            resp_index[b, :r] = torch.arange(start + p - 1, start + p - 1 + r)
-            resp_mask[b, :r] = True
-            start += n
-            cu.append(start)
-        pad = torch.arange(start, row_len)
-        mask[pad, pad] = False
+        b = 0
+        for r, row in enumerate(group):
+            start = 0
+            for i in row:
+                s = seqs[i]
+                tokens = s.prompt_ids + s.response_ids
+                n, p, k = len(tokens), len(s.prompt_ids), len(s.response_ids)
+                ids[r, start:start + n] = torch.tensor(tokens)
+                labels[r, start:start + n - 1] = torch.tensor(tokens[1:])
+                pos[r, start:start + n] = torch.arange(n)
+                mask[r, start:start + n, start:start + n] = ~torch.ones(n, n, dtype=torch.bool).tril()
+                # flat index into [rows, row_len] of the position predicting each response token
+                resp_index[b, :k] = r * row_len + torch.arange(start + p - 1, start + p - 1 + k)
+                resp_mask[b, :k] = True
+                b += 1
+                start += n
+                cu.append(start)
+            pad = torch.arange(start, row_len)
+            mask[r, pad, pad] = False
         mb = {
-            "input_ids": ids.unsqueeze(0).to(device),
-            "position_ids": pos.unsqueeze(0).to(device),
-            "labels": labels.unsqueeze(0).to(device),
-            "attention_mask": mask.view(1, 1, row_len, row_len).to(device),
+            "input_ids": ids.to(device),
+            "position_ids": pos.to(device),
+            "labels": labels.to(device),
+            "attention_mask": mask.unsqueeze(1).to(device),
             "resp_index": resp_index.to(device),
             "resp_mask": resp_mask.to(device),
-            "seq_ids": row,
-            "num_tokens": start,
+            "seq_ids": seq_ids,
+            "num_tokens": sum(seqs[i].length for i in seq_ids),
         }
         if packed_seq_params:
             mb["packed_seq_params"] = _packed_seq_params(cu, device)

@@ -430,7 +430,8 @@ class Trainer:
     def _microbatches(self, seqs: list[TrainSequence]) -> list[dict]:
         from megarl.models.build import layer_impl
 
-        return build_microbatches(seqs, self.cfg.actor.micro_batch_tokens, self.rt.device, packed_seq_params=layer_impl() == "te")
+        return build_microbatches(seqs, self.cfg.actor.micro_batch_tokens, self.rt.device, row_tokens=self.cfg.actor.row_tokens,
+                                  packed_seq_params=layer_impl() == "te")
 
     def _temperature(self) -> float:
         t = self.cfg.rollout.temperature

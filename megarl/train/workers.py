@@ -39,12 +39,12 @@ def response_logprobs(logits: torch.Tensor, mb: dict, spec: ModelSpec, temperatu
         logits, mb["labels"], temperature=temperature, tp_group=tp_group_if_sharded(), vocab_size=spec.vocab_size
     )
     idx = mb["resp_index"]
-    return logp[0][idx], entropy[0][idx]
+    return logp.reshape(-1)[idx], entropy.reshape(-1)[idx]
 
 
 def response_values(values: torch.Tensor, mb: dict) -> torch.Tensor:
     """Critic values of the states before each response token, [B, T] float32."""
-    return values[0, :, 0].float()[mb["resp_index"]]
+    return values[..., 0].float().reshape(-1)[mb["resp_index"]]
 
 
 @dataclasses.dataclass

@@ -46,7 +46,7 @@ def test_split_minibatches():
 def test_microbatch_indices_point_at_response_predictions():
     seqs = _seqs([(4, 3), (2, 5)])
     (mb,) = build_microbatches(seqs, budget=64, device=torch.device("cpu"))
-    ids, labels = mb["input_ids"][0], mb["labels"][0]
+    labels = mb["labels"].reshape(-1)
     for b, i in enumerate(mb["seq_ids"]):
         r = len(seqs[i].response_ids)
         idx = mb["resp_index"][b, :r]
@@ -81,6 +81,15 @@ def test_packed_row_equals_separate_rows(tiny_hf_models):
         (alone,) = build_microbatches([seqs[i]], budget=64, device=torch.device("cpu"))
         r = len(seqs[i].response_ids)
         torch.testing.assert_close(packed_lp[b, :r], logps(alone)[0, :r], atol=1e-5, rtol=0)
+    # Several shorter rows per micro-batch (the CPU layout), including an empty padding row.
+    multi = build_microbatches(seqs, budget=48, device=torch.device("cpu"), row_tokens=16)
+    assert all(mb["input_ids"].shape == multi[0]["input_ids"].shape for mb in multi) and multi[0]["input_ids"].shape[0] == 3
+    for mb in multi:
+        lp = logps(mb)
+        for b, i in enumerate(mb["seq_ids"]):
+            (alone,) = build_microbatches([seqs[i]], budget=64, device=torch.device("cpu"))
+            r = len(seqs[i].response_ids)
+            torch.testing.assert_close(lp[b, :r], logps(alone)[0, :r], atol=1e-5, rtol=0)
     # And against transformers on the unpacked sequence.
     from transformers import AutoModelForCausalLM
 
