@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hmac
 import logging
 import pickle
@@ -44,6 +45,7 @@ from aiohttp import web
 from megarl.rollout.engine import GenerationEngine, SamplingParamsError, SequenceRequest, SequenceSampling
 from megarl.rollout.update_group import UpdateGroup
 from megarl.rollout.weight_buckets import layout_metadata, unpack
+from megarl.runtime.device import is_gpu_device, synchronize
 
 log = logging.getLogger("megarl.rollout.server")
 
@@ -82,6 +84,12 @@ class RolloutServer:
         self.holding = 0  # a dequeued job waiting for /continue_generation
         self.batch_sizes: list[int] = []  # sequences per batch, most recent last (bounded)
         self.update_groups: dict[str, UpdateGroup] = {}
+        # Kept between the buckets of one update and dropped by /continue_generation: the mappings of
+        # the sender's most recent shared-memory buckets (a sender that reuses its buffers then costs
+        # no new mapping and no page faults per bucket) and the distributed transport's receive buffer.
+        self.update_lock = threading.Lock()
+        self.held_buckets: collections.deque = collections.deque(maxlen=4)
+        self.receive_buffer: torch.Tensor | None = None
         self.worker = threading.Thread(target=self._worker_loop, name="megarl-generation", daemon=True)
         self.stopping = False
         self.app = self._build_app()
@@ -151,9 +159,20 @@ class RolloutServer:
             self.abort_running = False
 
     def _continue(self) -> None:
+        with self.update_lock:  # the update is over: let go of the sender's buffers and the receive buffer
+            self.held_buckets.clear()
+            self.receive_buffer = None
         with self.state:
             self.paused = False
             self.state.notify_all()
+
+    def _receive_buffer(self, nbytes: int, device: torch.device) -> torch.Tensor:
+        """A uint8 buffer of `nbytes` for a broadcast bucket, reused until /continue_generation."""
+        buffer = self.receive_buffer
+        if buffer is None or buffer.numel() < nbytes or buffer.device != device:
+            buffer = self.receive_buffer = None  # free the old one before making a larger one
+            buffer = self.receive_buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        return buffer[:nbytes]
 
     # ---- HTTP plumbing -----------------------------------------------------------------
     def _build_app(self) -> web.Application:
@@ -418,16 +437,19 @@ class RolloutServer:
             raise HTTPError(400, f"load_format {load_format!r} is not supported; use null, 'direct' or 'flattened_bucket'")
 
         def load() -> int:
-            data = pickle.loads(base64.b64decode(payloads[0]))  # tensors arrive as shared-memory handles
-            if load_format == "flattened_bucket":
-                if not isinstance(data, dict) or "flattened_tensor" not in data or "metadata" not in data:
-                    raise ValueError("a flattened_bucket payload must be {'flattened_tensor': uint8 tensor, 'metadata': [...]}")
-                named = unpack(data["flattened_tensor"], data["metadata"])
-            else:
-                named = list(data)
-            count = self.engine.load_weights(named)
-            del data, named  # drop the shared-memory mappings before answering
-            return count
+            with self.update_lock:
+                data = pickle.loads(base64.b64decode(payloads[0]))  # tensors arrive as shared-memory handles
+                if load_format == "flattened_bucket":
+                    if not isinstance(data, dict) or "flattened_tensor" not in data or "metadata" not in data:
+                        raise ValueError("a flattened_bucket payload must be {'flattened_tensor': uint8 tensor, 'metadata': [...]}")
+                    named = unpack(data["flattened_tensor"], data["metadata"])
+                    # Keep the mapping (not the bytes: the copy below is done before we answer) so the
+                    # sender's next bucket in the same buffer maps for free; dropped by /continue_generation.
+                    if data["flattened_tensor"].device.type == "cpu":
+                        self.held_buckets.append(data["flattened_tensor"])
+                else:
+                    named = list(data)
+                return self.engine.load_weights(named)
 
         count = await self._in_thread(load)
         return self._finish_update(count, body, "from tensor")
@@ -472,17 +494,21 @@ class RolloutServer:
         metadata = layout_metadata(names, dtypes, shapes)
 
         def receive() -> int:
-            if body.get("load_format") == "flattened_bucket":
-                buffer = torch.empty(metadata[-1].end_idx, dtype=torch.uint8, device=group.device)
-                group.broadcast(buffer)
-                named = unpack(buffer, metadata)
-            else:
-                named = []
-                for meta in metadata:
-                    tensor = torch.empty(meta.shape, dtype=meta.dtype, device=group.device)
-                    group.broadcast(tensor)
-                    named.append((meta.name, tensor))
-            return self.engine.load_weights(named)
+            with self.update_lock:
+                if body.get("load_format") == "flattened_bucket":
+                    buffer = self._receive_buffer(metadata[-1].end_idx, group.device)
+                    group.broadcast(buffer)
+                    named = unpack(buffer, metadata)
+                else:
+                    named = []
+                    for meta in metadata:
+                        tensor = torch.empty(meta.shape, dtype=meta.dtype, device=group.device)
+                        group.broadcast(tensor)
+                        named.append((meta.name, tensor))
+                count = self.engine.load_weights(named)
+                if is_gpu_device(group.device):
+                    synchronize()  # the copy out of the receive buffer is done before it is reused
+                return count
 
         count = await self._in_thread(receive)
         return self._finish_update(count, body, "from distributed")

@@ -14,10 +14,16 @@ flattened buckets and sends every bucket to every server by one of three transpo
   temporary name, then renamed whole), loaded through `/update_weights_from_disk`.
 
 Around the update the servers are paused (`/pause_generation`) and resumed; afterwards their
-cache is flushed and their `weight_version` set (`/update_weight_version`). A bucket buffer is
-never reused: each bucket gets a new allocation, kept alive until every server has answered for
-it, and on GPUs (where the receiver's copy may still be queued on its stream when it answers)
-until the next push has paused the servers.
+cache is flushed and their `weight_version` set (`/update_weight_version`).
+
+Bucket buffers. On CPU a fresh buffer costs more than the copy itself (a new shared-memory file
+and a page fault on every 4 KB page when it is first written), so the pusher keeps a
+`BucketPool` of at most two buffers, reused across buckets and pushes: bucket k+1 is packed into
+one while bucket k is on the wire from the other, and a buffer goes back to the pool only after
+every server has answered for its bucket (CPU servers copy before they answer). On GPUs (where
+the receiver's copy may still be queued on its stream when it answers) every bucket gets a new
+allocation from the caching allocator, kept alive until the next push has paused the servers;
+no buffer is ever reused there.
 """
 
 from __future__ import annotations
@@ -125,6 +131,53 @@ def _new_bucket_buffer(nbytes: int, *, shared: bool) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(storage)
 
 
+class BucketPool:
+    """Reusable CPU bucket buffers (shared memory for `tensor`, private memory for `distributed`).
+
+    `acquire(nbytes)` returns a 1-D uint8 view of exactly `nbytes` over a pooled buffer; the caller
+    gives it back with `release` once no server can still read it. A free buffer that is too small
+    for a bucket (a tensor larger than the bucket size travels alone) is replaced by a larger one,
+    so the pool holds at most `max_buffers` buffers of at most max(bucket size, largest tensor).
+    Each buffer is written all over when it is made, so its page faults are paid once, not on
+    every bucket.
+    """
+
+    def __init__(self, *, shared: bool, min_bytes: int, max_buffers: int = 2):
+        self.shared, self.min_bytes, self.max_buffers = shared, int(min_bytes), max_buffers
+        self.free: list[torch.Tensor] = []
+        self.lent: dict[int, torch.Tensor] = {}  # data_ptr of a view -> its whole buffer
+        self.allocations = 0  # buffers made so far (tests and benchmarks read it)
+
+    def acquire(self, nbytes: int) -> torch.Tensor:
+        fitting = [i for i, b in enumerate(self.free) if b.numel() >= nbytes]
+        if fitting:
+            buffer = self.free.pop(min(fitting, key=lambda i: self.free[i].numel()))
+        else:
+            if self.free and len(self.free) + len(self.lent) >= self.max_buffers:
+                # too small: make room for a larger one
+                self.free.pop(min(range(len(self.free)), key=lambda i: self.free[i].numel()))
+            buffer = _new_bucket_buffer(max(nbytes, self.min_bytes), shared=self.shared)
+            buffer.zero_()  # touch every page now, once
+            self.allocations += 1
+        view = buffer[:nbytes]
+        self.lent[view.data_ptr()] = buffer
+        return view
+
+    def release(self, view: torch.Tensor) -> None:
+        buffer = self.lent.pop(view.data_ptr(), None)
+        if buffer is None:
+            raise ValueError("BucketPool.release got a buffer this pool did not lend (or released it twice)")
+        self.free.append(buffer)
+
+    def clear(self) -> None:
+        self.free.clear()
+        self.lent.clear()
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(b.numel() for b in self.free) + sum(b.numel() for b in self.lent.values())
+
+
 def serialize_bucket(buffer: torch.Tensor, metadata: list[FlattenedTensorMetadata]) -> str:
     """SGLang's flattened-bucket payload: a base64 ForkingPickler pickle of handles, not data."""
     from multiprocessing.reduction import ForkingPickler
@@ -168,7 +221,9 @@ class WeightPusher:
                  token: str | None = None, server_tp_size: int = 1, pause_mode: str = "abort",
                  request_timeout_s: float = 600.0, master_address: str = "127.0.0.1", master_port: int | None = None,
                  group_name: str = "megarl_weight_update", group_backend: str | None = None,
-                 disk_dir: str | None = None):
+                 disk_dir: str | None = None, reuse_buffers: bool | None = None):
+        """`reuse_buffers`: pool bucket buffers across buckets and pushes (default: on CPU only, where
+        servers finish copying before they answer; never on GPUs, whose copies are asynchronous)."""
         if transport not in TRANSPORTS:
             raise ValueError(f"transport {transport!r} is unknown; choose one of {TRANSPORTS}")
         if not servers:
@@ -190,6 +245,12 @@ class WeightPusher:
         self.disk_dir = disk_dir
         self.group = None
         self.retired: list[torch.Tensor] = []  # GPU buffers kept until the servers passed a sync point
+        if reuse_buffers is None:
+            reuse_buffers = not on_gpu()
+        if reuse_buffers and on_gpu():
+            raise ValueError("reuse_buffers=True is unsafe on GPUs: a server's copy may still be queued when it "
+                             "answers; leave reuse_buffers unset")
+        self.buffer_pool = BucketPool(shared=transport == "tensor", min_bytes=self.bucket_bytes) if reuse_buffers else None
         self.pool = ThreadPoolExecutor(max_workers=max(4, 2 * len(self.servers)), thread_name_prefix="weight-sync")
 
     # ---- HTTP ----------------------------------------------------------------------------
@@ -259,28 +320,53 @@ class WeightPusher:
         return report
 
     def _send_tensor(self, buckets: Iterator[list], report: WeightSyncReport) -> None:
-        in_flight: tuple[list[Future], torch.Tensor] | None = None
-        for bucket in buckets:
-            nbytes = sum(tensor_nbytes(t) for _, t in bucket)
-            buffer = _new_bucket_buffer(nbytes, shared=True)
-            metadata = pack_into(buffer, bucket)
-            synchronize()
-            payload = serialize_bucket(buffer, metadata)
-            if in_flight is not None:  # one bucket on the wire while the next one is packed
-                self._wait(in_flight[0])
-                self._retire(in_flight[1])
-            body = tensor_update_body(payload, self.server_tp_size)
-            in_flight = (self._post_all("/update_weights_from_tensor", body), buffer)
-            report.num_buckets += 1
-            report.num_tensors += len(bucket)
-            report.total_bytes += nbytes
-        if in_flight is not None:
-            self._wait(in_flight[0])
-            self._retire(in_flight[1])
+        in_flight: tuple[list[Future], torch.Tensor] | None = None  # one bucket on the wire ...
+        packed: torch.Tensor | None = None  # ... while the next one is packed
+        try:
+            for bucket in buckets:
+                nbytes = sum(tensor_nbytes(t) for _, t in bucket)
+                packed = self._acquire(nbytes, shared=True)
+                metadata = pack_into(packed, bucket)
+                synchronize()
+                payload = serialize_bucket(packed, metadata)
+                if in_flight is not None:
+                    sent, in_flight = in_flight, None
+                    self._finish(sent)
+                body = tensor_update_body(payload, self.server_tp_size)
+                in_flight, packed = (self._post_all("/update_weights_from_tensor", body), packed), None
+                report.num_buckets += 1
+                report.num_tensors += len(bucket)
+                report.total_bytes += nbytes
+            if in_flight is not None:
+                sent, in_flight = in_flight, None
+                self._finish(sent)
+        finally:  # after a failure: no buffer goes back to the pool while a server may still read it
+            if in_flight is not None:
+                try:
+                    self._finish(in_flight)
+                except WeightSyncError:
+                    pass  # the original error is being raised
+            if packed is not None:
+                self._retire(packed)
+
+    def _finish(self, in_flight: tuple[list[Future], torch.Tensor]) -> None:
+        """Wait until every server answered for a bucket (raising their errors), then retire its buffer."""
+        futures, buffer = in_flight
+        try:
+            self._wait(futures)  # waits for every future, even when one failed
+        finally:
+            self._retire(buffer)
+
+    def _acquire(self, nbytes: int, *, shared: bool) -> torch.Tensor:
+        if self.buffer_pool is not None:
+            return self.buffer_pool.acquire(nbytes)
+        return _new_bucket_buffer(nbytes, shared=shared)
 
     def _retire(self, buffer: torch.Tensor) -> None:
-        # CPU servers copy before answering; a GPU server's copy may still be queued on its stream.
-        if on_gpu():
+        """Every server has answered for this buffer's bucket (or it was never sent)."""
+        if self.buffer_pool is not None:  # CPU servers copy before answering: reuse it
+            self.buffer_pool.release(buffer)
+        elif on_gpu():  # a GPU server's copy may still be queued on its stream: keep it until the next pause
             self.retired.append(buffer)
 
     def _init_group(self) -> None:
@@ -302,17 +388,20 @@ class WeightPusher:
     def _send_distributed(self, buckets: Iterator[list], report: WeightSyncReport) -> None:
         for bucket in buckets:
             nbytes = sum(tensor_nbytes(t) for _, t in bucket)
-            buffer = _new_bucket_buffer(nbytes, shared=False)
-            pack_into(buffer, bucket)
-            body = distributed_update_body(bucket, self.group_name)
-            futures = self._post_all("/update_weights_from_distributed", body)
+            buffer = self._acquire(nbytes, shared=False)
             try:
-                self.group.broadcast(buffer)
-            except Exception as err:
-                detail = [str(f.exception()) for f in futures if f.done() and f.exception()]
-                raise WeightSyncError(f"broadcast of a {nbytes}-byte bucket failed: {err}; servers: {detail}") from err
-            self._wait(futures)
-            self._retire(buffer)
+                pack_into(buffer, bucket)
+                synchronize()
+                body = distributed_update_body(bucket, self.group_name)
+                futures = self._post_all("/update_weights_from_distributed", body)
+                try:
+                    self.group.broadcast(buffer)
+                except Exception as err:
+                    detail = [str(f.exception()) for f in futures if f.done() and f.exception()]
+                    raise WeightSyncError(f"broadcast of a {nbytes}-byte bucket failed: {err}; servers: {detail}") from err
+                self._wait(futures)
+            finally:
+                self._retire(buffer)  # the broadcast has returned: the buffer's bytes are out
             report.num_buckets += 1
             report.num_tensors += len(bucket)
             report.total_bytes += nbytes
@@ -350,6 +439,8 @@ class WeightPusher:
                 self.group.close()
                 self.group = None
         self.retired.clear()
+        if self.buffer_pool is not None:
+            self.buffer_pool.clear()
         self.pool.shutdown(wait=True)
 
     def __enter__(self) -> "WeightPusher":
