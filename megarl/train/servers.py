@@ -14,7 +14,10 @@ from megarl.runtime.distributed import free_port
 
 
 def _die_with_parent() -> None:
-    """Linux: the server gets SIGTERM when the process that started it dies (even by SIGKILL)."""
+    """Linux: the server gets SIGTERM when the process that started it dies (even by SIGKILL).
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the server exits: start servers from
+    the main thread (or a thread that lives as long as they should)."""
     try:
         import ctypes
         import signal
