@@ -130,3 +130,10 @@ def test_reinforce_pp_with_kl_in_reward(write_recipe):
     _train(recipe)
     rows = _metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2] and all(r["actor/grad_norm"] > 0 for r in rows)
+
+
+def test_cli_relaunches_itself_under_torchrun_for_tp2(write_recipe):
+    recipe, run_dir = write_recipe("relaunch", run={"steps": 1})
+    proc = _train(recipe, "actor.tp=2")  # plain `megarl train`, no launcher
+    assert "launching 2 processes" in proc.stderr
+    assert [r["step"] for r in _metrics(run_dir)] == [1]
