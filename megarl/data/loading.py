@@ -33,20 +33,23 @@ class PromptRecord:
     extra: dict[str, Any] = field(default_factory=dict)  # any other fields of the row
 
 
+def iter_json_objects(lines, name: str, error=ValueError):
+    """(line number, object) for each non-blank JSON Lines row; `error` names the bad line."""
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise error(f"{name}: line {line_number}: not valid JSON ({err.msg} at column {err.colno})") from err
+        if not isinstance(row, dict):
+            raise error(f"{name}: line {line_number}: expected a JSON object, got {type(row).__name__}")
+        yield line_number, row
+
+
 def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
     with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}: line {line_number}: not valid JSON ({error.msg})") from error
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {line_number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+        return [row for _, row in iter_json_objects(handle, str(path))]
 
 
 def _read_json(path: Path) -> list[dict]:

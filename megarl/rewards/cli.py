@@ -17,6 +17,7 @@ import tempfile
 import time
 from typing import Any
 
+from megarl.data.loading import iter_json_objects
 from megarl.data.templates import TEMPLATES
 from megarl.rewards.grading import DEFAULT_TIMEOUT_S, GradingPool
 from megarl.rewards.schemes import SCHEMES, RewardConfig, compute_rewards
@@ -39,15 +40,7 @@ def read_rows(path: str, default_template: str) -> list[dict[str, Any]]:
     handle = sys.stdin if path == "-" else open(path, encoding="utf-8")
     rows = []
     try:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path}: line {line_number}: not valid JSON ({error.msg} at column {error.colno})") from error
-            if not isinstance(row, dict):
-                raise InputError(f"{path}: line {line_number}: expected a JSON object, got {type(row).__name__}")
+        for line_number, row in iter_json_objects(handle, path, InputError):
             missing = [field for field in REQUIRED_FIELDS if field not in row]
             if missing:
                 raise InputError(
