@@ -437,8 +437,15 @@ class Trainer:
         t = self.cfg.rollout.temperature
         return t if t > 1e-5 else 1.0
 
+    def _single_pass(self) -> bool:
+        """One epoch, one mini-batch, no importance correction: the update's own forward pass sees
+        the rollout's weights, so the old log-probs are its log-probs (ratio 1) and the separate
+        old-log-prob pass is skipped (not with KL in the reward, which needs them before the update)."""
+        a = self.cfg.algorithm
+        return a.epochs == 1 and a.mini_batches == 1 and a.importance_correction == "none" and not (a.kl_in_reward and a.kl_coef)
+
     def compute_logprobs(self, seqs: list[TrainSequence]) -> list[dict]:
-        """Per-sequence tensors on the last stage: old_logp, entropy, ref_logp, old_values."""
+        """Per-sequence tensors on the last stage: old_logp (unless single pass), ref_logp, old_values."""
         extra = [dict() for _ in seqs]
         mbs = self._microbatches(seqs)
         if not mbs:
@@ -451,10 +458,10 @@ class Trainer:
                     n = len(seqs[i].response_ids)
                     extra[i][out_key] = st[key][b, :n].detach().float().cpu()
 
-        stats = self.actor.logprobs(mbs, temperature)
-        if is_last_stage():
-            scatter(stats, "logp", "old_logp")
-            scatter(stats, "entropy", "entropy")
+        if not self._single_pass():
+            stats = self.actor.logprobs(mbs, temperature)
+            if is_last_stage():
+                scatter(stats, "logp", "old_logp")
         if self.reference is not None:
             ref = self.reference.logprobs(mbs, temperature)
             if is_last_stage():
@@ -471,7 +478,7 @@ class Trainer:
             return
         a = self.cfg.algorithm
         for s, e in zip(seqs, extra):
-            if s.behaviour_logp is not None and "old_logp" in e and len(s.behaviour_logp) == len(s.response_ids):
+            if s.behaviour_logp is not None and len(s.behaviour_logp) == len(s.response_ids):
                 e["behaviour_logp"] = torch.tensor(s.behaviour_logp, dtype=torch.float32)
         if a.name in algo_fns.GROUP_MODE:
             for s, e in zip(seqs, extra):
@@ -518,6 +525,7 @@ class Trainer:
         sums: dict[str, float] = {}
         counts: dict[str, float] = {}
         grad_norms, critic_norms, lrs = [], [], []
+        self._mismatch = torch.zeros(3, dtype=torch.float64)  # |diff| sum, count, max (single pass)
         order = list(range(len(seqs)))
         keys = ("old_logp", "ref_logp", "advantages", "returns", "old_values", "behaviour_logp")
         for epoch in range(a.epochs):
@@ -540,6 +548,10 @@ class Trainer:
                     if mb.get("empty"):
                         return output.sum() * 0.0, {}
                     logp, entropy = response_logprobs(output, mb, self.spec, self._temperature())
+                    if "old_logp" not in mb:  # single pass: these are the rollout weights
+                        mb["old_logp"] = logp.detach()
+                        if "behaviour_logp" in mb:
+                            self._record_mismatch(logp.detach(), mb["behaviour_logp"], mb["resp_mask"])
                     return algo_fns.actor_loss(logp, entropy, mb, a, norm)
 
                 stats, gnorm, lr, _ = self.actor.train_step(mbs, actor_step)
@@ -588,16 +600,22 @@ class Trainer:
             out["actor/kl"] = out.pop("actor/kl_loss")
         return out
 
+    def _record_mismatch(self, logp: torch.Tensor, behaviour: torch.Tensor, mask: torch.Tensor) -> None:
+        d = (logp - behaviour).abs().double()[mask]
+        if d.numel():
+            self._mismatch += torch.tensor([d.sum().item(), d.numel(), 0.0])
+            self._mismatch[2] = max(float(self._mismatch[2]), d.max().item())
+
     def _mismatch_stats(self, seqs, extra) -> dict:
         """Train/inference mismatch: |actor's recomputed log-prob - server's behaviour log-prob|."""
-        vec = torch.zeros(3, dtype=torch.float64)
         from megatron.core import parallel_state as ps
 
-        if is_last_stage() and ps.get_tensor_model_parallel_rank() == 0:
+        reporter = is_last_stage() and ps.get_tensor_model_parallel_rank() == 0
+        if reporter and not self._single_pass():
             for e in extra:
                 if "behaviour_logp" in e and "old_logp" in e:
-                    d = (e["old_logp"] - e["behaviour_logp"]).double()
-                    vec += torch.tensor([d.abs().sum().item(), d.numel(), d.abs().max().item() if d.numel() else 0.0])
+                    self._record_mismatch(e["old_logp"], e["behaviour_logp"], torch.ones_like(e["old_logp"], dtype=torch.bool))
+        vec = self._mismatch.clone() if reporter else torch.zeros(3, dtype=torch.float64)
         maxv = vec[2].clone()
         dist.all_reduce(vec[:2])
         dist.all_reduce(maxv, op=dist.ReduceOp.MAX)
