@@ -32,13 +32,8 @@ from megarl.checkpoint.format import (
     shard_file_name,
 )
 from megarl.checkpoint.safetensors_stream import CheckpointFormatError, SafetensorsWriter
+from megarl.models.export import unwrap_model
 from megarl.models.mapping import stage_mappings
-
-
-def _unwrap(model):
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def _layout():
@@ -65,7 +60,7 @@ def _canonical_to_live_names(spec, pp_rank: int, pp: int, role: str) -> dict[str
 @torch.no_grad()
 def load_megatron_checkpoint(model, meg_dir: str | Path) -> dict[str, int]:
     """Fill this rank's model from a megarl Megatron checkpoint. Returns {"params": n, "bytes": b}."""
-    module = _unwrap(model)
+    module = unwrap_model(model)
     spec, role = module.megarl_spec, getattr(module, "megarl_role", "actor")
     tp, pp, tp_rank, pp_rank, _ = _layout()
     ckpt = MegatronCheckpoint(meg_dir)
@@ -111,7 +106,7 @@ def save_megatron_checkpoint(model, out_dir: str | Path, hf_assets_dir: str | Pa
     `hf_assets_dir` holds config.json and tokenizer files (the base HF model directory, or the
     `hf/` directory of the checkpoint training started from). Every rank must call this.
     """
-    module = _unwrap(model)
+    module = unwrap_model(model)
     spec, role = module.megarl_spec, getattr(module, "megarl_role", "actor")
     tp, pp, tp_rank, pp_rank, dp_rank = _layout()
     out_dir = Path(out_dir)

@@ -16,7 +16,8 @@ from megarl.models.mapping import OUTPUT_TIED, hf_tensor_shapes, stage_mappings
 from megarl.models.spec import ModelSpec
 
 
-def _unwrap(model):
+def unwrap_model(model):
+    """The Megatron model inside DDP / Float16Module wrappers."""
     while hasattr(model, "module"):
         model = model.module
     return model
@@ -29,7 +30,7 @@ def gather_hf_tensors(model, dst: int = 0, spec: ModelSpec | None = None) -> Ite
 
     from megarl.models.build import layer_impl
 
-    module = _unwrap(model)
+    module = unwrap_model(model)
     spec = spec or module.megarl_spec
     role = getattr(module, "megarl_role", "actor")
     tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()

@@ -33,7 +33,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 import urllib.error
@@ -47,6 +46,7 @@ import torch
 
 from megarl.rollout.weight_buckets import FlattenedTensorMetadata, dtype_name, pack_into, tensor_nbytes
 from megarl.runtime.device import backend as collective_backend
+from megarl.runtime.distributed import free_port
 from megarl.runtime.device import get_device, is_gpu_device, on_gpu, synchronize
 
 TRANSPORTS = ("tensor", "distributed", "disk")
@@ -94,12 +94,6 @@ def iter_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes
     for items, _ in pending.values():
         if items:
             yield items
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

@@ -151,12 +151,12 @@ def _packed_seq_params(cu: list[int], device):
     )
 
 
-def per_sequence_matrix(values: Sequence[Sequence[float]], t_max: int, device) -> torch.Tensor:
-    """Right-pad ragged per-token lists to [B, t_max] float32."""
+def per_sequence_matrix(values: Sequence, t_max: int, device) -> torch.Tensor:
+    """Right-pad ragged per-token values (tensors or lists) to [B, t_max] float32."""
     out = torch.zeros(len(values), t_max, dtype=torch.float32)
     for b, v in enumerate(values):
         if len(v):
-            out[b, : len(v)] = torch.tensor(list(v), dtype=torch.float32)
+            out[b, : len(v)] = torch.as_tensor(v, dtype=torch.float32)
     return out.to(device)
 
 

@@ -29,12 +29,10 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    from megarl.config import ConfigError, load_config
+    from megarl.config import load_config_for_cli
 
-    try:
-        cfg = load_config(argv[0], argv[1:])
-    except ConfigError as err:
-        print(f"megarl: config error: {err}", file=sys.stderr)
+    cfg = load_config_for_cli(argv)
+    if cfg is None:
         return 2
     procs = cfg.actor.tp * cfg.actor.pp
     if procs > 1 and not _under_launcher():

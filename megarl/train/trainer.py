@@ -507,7 +507,7 @@ class Trainer:
             rows = mb["seq_ids"]
             for key in keys:
                 if all(key in extra[i] for i in rows):
-                    mb[key] = per_sequence_matrix([extra[i][key].tolist() for i in rows], t_max, self.rt.device)
+                    mb[key] = per_sequence_matrix([extra[i][key] for i in rows], t_max, self.rt.device)
             weight = torch.tensor([seqs[i].loss_weight > 0 for i in rows], device=self.rt.device).unsqueeze(1)
             mb["loss_mask"] = mb["resp_mask"] & weight
             if self.cfg.algorithm.importance_correction == "tis" and "behaviour_logp" in mb:
