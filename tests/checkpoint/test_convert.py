@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import ARCHS, TOKENIZER_FILES, assert_same_tensors, load_hf_weights, load_megatron_files
+from ckpt_helpers import ARCHS, TOKENIZER_FILES, assert_same_tensors, load_hf_weights, load_megatron_files
 
 from megarl.checkpoint import hf_to_megatron, megatron_to_hf, reshard
 from megarl.models.mapping import stage_mappings

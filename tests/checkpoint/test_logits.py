@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ARCHS, assert_same_tensors, load_megatron_files
+from ckpt_helpers import ARCHS, assert_same_tensors, load_megatron_files
 from dist_utils import torchrun
 
 from megarl.checkpoint import hf_to_megatron, megatron_to_hf, reshard

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from conftest import SERVER_TOKEN, ServerProcess, http_json
+from rollout_helpers import SERVER_TOKEN, ServerProcess, http_json
 
 from megarl.rollout.client import RolloutClient, RolloutError, SamplingParams, WeightVersionMismatch
 

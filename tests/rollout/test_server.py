@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import SERVER_TOKEN, ServerProcess, http_json
+from rollout_helpers import SERVER_TOKEN, ServerProcess, http_json
 
 
 @pytest.fixture(scope="module")

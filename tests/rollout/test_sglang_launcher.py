@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ServerProcess
+from rollout_helpers import ServerProcess
 
 from megarl.rollout.sglang_launcher import (SGLangFleet, SGLangServerSpec, sglang_router_command, sglang_server_command,
                                             wait_for_health)

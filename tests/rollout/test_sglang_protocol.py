@@ -16,7 +16,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ServerProcess, http_json
+from rollout_helpers import ServerProcess, http_json
 
 from megarl.rollout.client import RolloutClient, SamplingParams
 from megarl.rollout.weight_sync import disk_update_body, distributed_update_body, init_group_body, tensor_update_body

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SERVER_TOKEN, http_json
+from rollout_helpers import SERVER_TOKEN, http_json
 
 from megarl.rollout.weight_buckets import pack_into, unpack
 from megarl.rollout.weight_sync import WeightPusher, WeightSyncError, iter_buckets, push_weights
