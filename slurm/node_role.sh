@@ -11,7 +11,7 @@
 #              background, waited for, then the trainer.
 #
 # Signals: SIGUSR1 (time limit near, forwarded by the batch script through srun) and SIGTERM
-# are passed on to the trainer ranks themselves (torchrun would otherwise die on SIGUSR1), and
+# are passed on to the trainer ranks themselves (torchrun and the servers ignore SIGUSR1), and
 # re-sent every 30 s until they exit, so a rank still starting up hears it too. The trainer then
 # checkpoints after its current step and exits with code 75; this script exits 75 when any rank
 # of this node did, so the batch script knows to requeue.
@@ -54,6 +54,9 @@ on_stop_signal() {  # $1: USR1 or TERM
 }
 
 run_servers() {  # run as `run_servers &`: exec makes $! the server manager itself, so signals reach it
+  # The time-limit SIGUSR1 is for the trainer: servers (and their children) ignore it and keep
+  # serving the trainer's last step; they stop on SIGTERM.
+  trap '' USR1
   exec "$MEGARL_PYTHON" -m megarl.launch.node_servers --plan "$MEGARL_RUN_DIR/launch.json" \
     --node-index "$index" --node-name "$node" --log-dir "$logdir"
 }
@@ -62,16 +65,21 @@ run_trainer() {  # "$@": ENTRY ARGS...; returns the node's trainer exit code
   local exit_dir="$logdir/exit_codes" rc waited=0
   mkdir -p "$exit_dir"
   export MEGARL_EXIT_CODE_DIR=$exit_dir
+  if [ -n "$stop_signal" ]; then  # told to stop while this node's servers were starting
+    megarl_log "SIG$stop_signal before the trainer started: not starting it; exiting $PREEMPTED_EXIT_CODE to requeue"
+    return "$PREEMPTED_EXIT_CODE"
+  fi
   megarl_log "torchrun: ${MEGARL_TRAINER_NODES} node(s) x ${MEGARL_NPROC_PER_NODE} ranks, node rank $index," \
     "rendezvous $MASTER_ADDR:$MASTER_PORT; entry: $*"
-  "$MEGARL_PYTHON" -m torch.distributed.run \
+  # SIGUSR1 is ignored by torchrun itself (Slurm's proctrack signals every process of the step, and
+  # torchrun has no handler for it: it would die and orphan ranks that are still checkpointing);
+  # megarl.launch.rank installs the ranks' own handler.
+  ( trap '' USR1; exec "$MEGARL_PYTHON" -m torch.distributed.run \
     --nnodes "$MEGARL_TRAINER_NODES" --node-rank "$index" --nproc-per-node "$MEGARL_NPROC_PER_NODE" \
     --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
     --log-dir "$logdir/torchrun_$node" --tee 3 \
-    -m megarl.launch.rank "$@" &
+    -m megarl.launch.rank "$@" ) &
   torchrun_pid=$!
-  trap 'on_stop_signal USR1' USR1
-  trap 'on_stop_signal TERM' TERM
   while kill -0 "$torchrun_pid" 2>/dev/null; do
     if [ -n "$stop_signal" ]; then  # poll, re-sending the stop signal every 30 s
       sleep 1
@@ -83,7 +91,6 @@ run_trainer() {  # "$@": ENTRY ARGS...; returns the node's trainer exit code
   done
   wait "$torchrun_pid"
   rc=$?
-  trap - USR1 TERM
   if grep -qx "$PREEMPTED_EXIT_CODE" "$exit_dir"/rank_*.code 2>/dev/null; then
     megarl_log "trainer ranks checkpointed and exited $PREEMPTED_EXIT_CODE (preempted; torchrun rc $rc)"
     return "$PREEMPTED_EXIT_CODE"
@@ -97,6 +104,13 @@ stop_servers() {
   kill -TERM "$servers_pid" 2>/dev/null || true
   wait "$servers_pid" 2>/dev/null || true
 }
+
+case "$role" in
+  trainer | both)
+    trap 'on_stop_signal USR1' USR1
+    trap 'on_stop_signal TERM' TERM
+    ;;
+esac
 
 case "$role" in
   trainer)
@@ -121,8 +135,8 @@ case "$role" in
     for ((i = 0; i < MEGARL_SERVERS_PER_NODE; i++)); do
       local_urls+=("http://127.0.0.1:$((MEGARL_SERVER_BASE_PORT + index * MEGARL_SERVERS_PER_NODE + i))")
     done
-    if ! "$MEGARL_PYTHON" -m megarl.launch.health --timeout "$MEGARL_HEALTH_TIMEOUT" --watch-pid "$servers_pid" \
-        "${local_urls[@]}"; then
+    if ! ( trap '' USR1; exec "$MEGARL_PYTHON" -m megarl.launch.health --timeout "$MEGARL_HEALTH_TIMEOUT" \
+        --watch-pid "$servers_pid" "${local_urls[@]}" ); then
       megarl_log "this node's rollout servers did not come up; the trainer continues with the other nodes' servers"
     fi
     run_trainer "$@"
