@@ -36,7 +36,11 @@ def layer_spec():
 
     if layer_impl() == "te":
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
-    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    from megarl.models.attention import SDPAttention
+
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = SDPAttention  # torch's fused attention on CPU
+    return spec
 
 
 def transformer_config(

@@ -79,55 +79,64 @@ def build_microbatches(
     packed_seq_params: bool = False,
     pad_multiple: int = 8,
 ) -> list[dict]:
-    """Pack `seqs` into micro-batches of about `budget` tokens: rows of at most `row_tokens`
-    (default: one row of `budget`), `budget // row_tokens` rows per micro-batch, every row padded
-    to one length and every micro-batch to one row count (pipeline stages exchange fixed shapes).
+    """Pack `seqs` into micro-batches of at most `budget` tokens: rows of at most `row_tokens`
+    (default: one row of `budget`), at most `budget // row_tokens` rows per micro-batch, every row
+    padded to one length and every micro-batch to one row count (pipeline stages exchange fixed
+    shapes).
     Each dict has the model inputs and per-sequence tensors."""
     if not seqs:
         return []
     row_tokens = min(row_tokens or budget, budget)
-    rows_per_mb = 1 if packed_seq_params else max(1, budget // row_tokens)
     rows = pack_rows(seqs, row_tokens)
+    rows_per_mb = 1 if packed_seq_params else max(1, budget // row_tokens)
+    # As few micro-batches as the budget allows, with the rows spread evenly over them (fewer
+    # all-padding rows than filling each to the budget and padding the last).
+    num_mbs = -(-len(rows) // rows_per_mb)
+    rows_per_mb = -(-len(rows) // num_mbs)
     row_len = max(sum(seqs[i].length for i in row) for row in rows)
     row_len = -(-row_len // pad_multiple) * pad_multiple
     out = []
     for first in range(0, len(rows), rows_per_mb):
         group = rows[first:first + rows_per_mb]
         group += [[] for _ in range(rows_per_mb - len(group))]  # empty rows keep the shape fixed
-        ids = torch.zeros(rows_per_mb, row_len, dtype=torch.long)
-        labels = torch.zeros(rows_per_mb, row_len, dtype=torch.long)
-        pos = torch.zeros(rows_per_mb, row_len, dtype=torch.long)
-        # True = masked out (Megatron's convention); padding attends only to itself.
-        mask = torch.ones(rows_per_mb, row_len, row_len, dtype=torch.bool)
         seq_ids = [i for row in group for i in row]
         t_max = max(len(seqs[i].response_ids) for i in seq_ids)
-        resp_index = torch.zeros(len(seq_ids), t_max, dtype=torch.long)
-        resp_mask = torch.zeros(len(seq_ids), t_max, dtype=torch.bool)
+        # Built as Python lists (one tensor per field, not per sequence): token ids, next-token
+        # labels, positions restarting at 0, and the segment id of every position (each sequence
+        # its own; padding positions each their own, negative) for the mask below.
+        ids, labels, pos, segment = [], [], [], []
+        resp_index, resp_len = [], []
         cu = [0]
         b = 0
         for r, row in enumerate(group):
-            start = 0
+            row_ids, row_labels, row_pos, row_seg = [], [], [], []
             for i in row:
                 s = seqs[i]
                 tokens = s.prompt_ids + s.response_ids
                 n, p, k = len(tokens), len(s.prompt_ids), len(s.response_ids)
-                ids[r, start:start + n] = torch.tensor(tokens)
-                labels[r, start:start + n - 1] = torch.tensor(tokens[1:])
-                pos[r, start:start + n] = torch.arange(n)
-                mask[r, start:start + n, start:start + n] = ~torch.ones(n, n, dtype=torch.bool).tril()
+                start = len(row_ids)
                 # flat index into [rows, row_len] of the position predicting each response token
-                resp_index[b, :k] = r * row_len + torch.arange(start + p - 1, start + p - 1 + k)
-                resp_mask[b, :k] = True
+                at = r * row_len + start + p - 1
+                resp_index.append(list(range(at, at + k)) + [0] * (t_max - k))
+                resp_len.append(k)
+                row_ids += tokens
+                row_labels += tokens[1:] + [0]
+                row_pos += range(n)
+                row_seg += [b] * n
                 b += 1
-                start += n
-                cu.append(start)
-            pad = torch.arange(start, row_len)
-            mask[r, pad, pad] = False
+                cu.append(start + n)
+            pad = row_len - len(row_ids)
+            ids.append(row_ids + [0] * pad)
+            labels.append(row_labels + [0] * pad)
+            pos.append(row_pos + [0] * pad)
+            segment.append(row_seg + list(range(-(r * row_len + 1), -(r * row_len + 1) - pad, -1)))
+        ids, labels, pos, segment = (torch.tensor(x, dtype=torch.long) for x in (ids, labels, pos, segment))
+        resp_index = torch.tensor(resp_index, dtype=torch.long)
+        resp_mask = torch.arange(t_max).unsqueeze(0) < torch.tensor(resp_len).unsqueeze(1)
         mb = {
             "input_ids": ids.to(device),
             "position_ids": pos.to(device),
             "labels": labels.to(device),
-            "attention_mask": mask.unsqueeze(1).to(device),
             "resp_index": resp_index.to(device),
             "resp_mask": resp_mask.to(device),
             "seq_ids": seq_ids,
@@ -135,7 +144,11 @@ def build_microbatches(
         }
         if packed_seq_params:
             mb["packed_seq_params"] = _packed_seq_params(cu, device)
-            mb.pop("attention_mask")
+        else:  # True = masked out (Megatron's convention): other sequences, the future; padding
+            # attends only to itself.
+            causal = torch.ones(row_len, row_len, dtype=torch.bool).tril_()
+            mask = (segment.unsqueeze(2) != segment.unsqueeze(1)) | ~causal
+            mb["attention_mask"] = mask.unsqueeze(1).to(device)
         out.append(mb)
     return out
 

@@ -447,6 +447,8 @@ class Trainer:
     def compute_logprobs(self, seqs: list[TrainSequence]) -> list[dict]:
         """Per-sequence tensors on the last stage: old_logp (unless single pass), ref_logp, old_values."""
         extra = [dict() for _ in seqs]
+        if self._single_pass() and self.reference is None and self.critic is None:
+            return extra  # nothing to compute before the update
         mbs = self._microbatches(seqs)
         if not mbs:
             return extra

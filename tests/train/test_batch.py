@@ -54,6 +54,32 @@ def test_microbatch_indices_point_at_response_predictions():
         assert mb["resp_mask"][b].sum() == r
 
 
+def test_rows_spread_evenly_over_the_fewest_micro_batches():
+    seqs = _seqs([(6, 4)] * 9)  # nine rows of one sequence each
+    mbs = build_microbatches(seqs, budget=64, device=torch.device("cpu"), row_tokens=10)  # <= 6 rows per micro-batch
+    assert [mb["input_ids"].shape[0] for mb in mbs] == [5, 5]
+    assert sorted(i for mb in mbs for i in mb["seq_ids"]) == list(range(9))
+
+
+def test_attention_mask_is_block_diagonal_causal_with_self_attending_padding():
+    """The vectorized mask against one built block by block (True = masked out)."""
+    seqs = _seqs([(4, 3), (2, 5), (3, 3), (1, 2)])
+    mbs = build_microbatches(seqs, budget=32, device=torch.device("cpu"), row_tokens=16)
+    for mb in mbs:
+        rows, length = mb["input_ids"].shape
+        expected = torch.ones(rows, length, length, dtype=torch.bool)
+        for r in range(rows):
+            start, used = 0, torch.zeros(length, dtype=torch.bool)
+            for i in [i for i in mb["seq_ids"] if (mb["resp_index"][mb["seq_ids"].index(i), 0] // length) == r]:
+                n = seqs[i].length
+                expected[r, start:start + n, start:start + n] = ~torch.ones(n, n, dtype=torch.bool).tril()
+                used[start:start + n] = True
+                start += n
+            for j in torch.nonzero(~used).flatten().tolist():
+                expected[r, j, j] = False
+        assert torch.equal(mb["attention_mask"][:, 0], expected)
+
+
 def test_packed_row_equals_separate_rows(tiny_hf_models):
     """A Megatron actor on a packed row gives each sequence the log-probs it gets alone."""
     from megarl.models.build import build_model
@@ -82,8 +108,10 @@ def test_packed_row_equals_separate_rows(tiny_hf_models):
         r = len(seqs[i].response_ids)
         torch.testing.assert_close(packed_lp[b, :r], logps(alone)[0, :r], atol=1e-5, rtol=0)
     # Several shorter rows per micro-batch (the CPU layout), including an empty padding row.
-    multi = build_microbatches(seqs, budget=48, device=torch.device("cpu"), row_tokens=16)
-    assert all(mb["input_ids"].shape == multi[0]["input_ids"].shape for mb in multi) and multi[0]["input_ids"].shape[0] == 3
+    # (three rows of 12 -> two micro-batches of two rows, the second with an all-padding row)
+    multi = build_microbatches(seqs, budget=24, device=torch.device("cpu"), row_tokens=12)
+    assert all(mb["input_ids"].shape == multi[0]["input_ids"].shape for mb in multi) and multi[0]["input_ids"].shape[0] == 2
+    assert [len(mb["seq_ids"]) for mb in multi] == [2, 1]
     for mb in multi:
         lp = logps(mb)
         for b, i in enumerate(mb["seq_ids"]):
