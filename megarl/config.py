@@ -111,6 +111,9 @@ class RolloutConfig(Section):
     transport: Literal["tensor", "distributed", "disk"] = "tensor"
     bucket_mb: int = Field(512, ge=1)
     colocate: bool = False
+    overlap: bool = Field(False, description=(
+        "generate the next step's batch on the servers while this step trains (one step off-policy: "
+        "the PPO ratio is taken against the servers' behaviour log-probs)"))
     request_timeout_s: float = 600.0
     max_concurrency: int = 256
 
@@ -297,6 +300,11 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
         raise ConfigError(
             f"algorithm.kl_in_reward=true needs token-level rewards (ppo or reinforce_pp), not {cfg.algorithm.name}; "
             "use the KL loss (kl_in_reward=false) with group algorithms"
+        )
+    if cfg.rollout.overlap and cfg.rollout.colocate:
+        raise ConfigError(
+            "rollout.overlap=true needs the servers to keep generating while the trainer computes, but "
+            "rollout.colocate=true gives their GPUs to training; set one of them to false"
         )
     if cfg.algorithm.name in ("grpo", "drgrpo", "rloo") and cfg.rollout.n < 2:
         raise ConfigError(f"rollout.n={cfg.rollout.n}: group baselines need at least 2 samples per prompt")

@@ -1,6 +1,6 @@
 """Throughput of megarl's GRPO demo step against TRL's GRPOTrainer on the same toy model, prompts and settings.
 
-Runs, one after the other in fresh processes with the same thread count:
+Runs, one after the other in fresh processes pinned to the same --threads cores:
   1. megarl: `megarl train CONFIG run.steps=W+S eval.every=0 logging.wandb=disabled run.output_dir=TMP`,
      reading perf/* (seconds per step, tokens per step, time per stage) from TMP/metrics.jsonl;
   2. TRL: GRPOTrainer on the same cached toy model (`build_toy_model()`), the same prompts
@@ -51,9 +51,24 @@ def load_recipe(config: Path, overrides: list[str]):
     return cfg
 
 
-def thread_env(threads: int) -> dict:
-    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                MEGARL_SERVER_THREADS=str(threads), WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
+def thread_env(threads: int, overlap: bool = False) -> dict:
+    """Thread counts for one side on `threads` cores. megarl with rollout.overlap runs its trainer
+    and its server at the same time, so they split the cores (as `megarl train` does by itself);
+    otherwise every process gets all of them (megarl's trainer and server take turns)."""
+    trainer, server = threads, threads
+    if overlap:
+        server = max(1, threads // 2)
+        trainer = max(1, threads - server)
+    return dict(os.environ, OMP_NUM_THREADS=str(trainer), MKL_NUM_THREADS=str(trainer),
+                MEGARL_SERVER_THREADS=str(server), WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
+
+
+def pinned_cores(threads: int) -> set[int]:
+    """The first `threads` cores this process may use: both sides are pinned to the same ones."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if threads > len(allowed):
+        raise SystemExit(f"bench_trl: --threads {threads} but only {len(allowed)} cores are available")
+    return set(allowed[:threads])
 
 
 def git_commit() -> str | None:
@@ -78,12 +93,15 @@ def count_lines(path: Path) -> int:
         return 0
 
 
-def run_child(label: str, cmd: list[str], env: dict, log: Path, steps_file: Path, total_steps: int, progress, count_fn) -> tuple[int, float]:
-    """Run one side as a subprocess (output to `log`), advancing a progress bar as steps are recorded."""
+def run_child(label: str, cmd: list[str], env: dict, log: Path, steps_file: Path, total_steps: int, progress, count_fn,
+              cores: set[int]) -> tuple[int, float]:
+    """Run one side as a subprocess pinned to `cores` (its children inherit the pinning; output to
+    `log`), advancing a progress bar as steps are recorded."""
     task = progress.add_task(label, total=total_steps)
     start = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                preexec_fn=lambda: os.sched_setaffinity(0, cores))
         while proc.poll() is None:
             progress.update(task, completed=count_fn(steps_file))
             time.sleep(0.5)
@@ -111,7 +129,7 @@ def summarize(rows: list[dict], stage_keys: list[str]) -> dict:
 
 
 # ---- megarl side ------------------------------------------------------------------------
-MEGARL_STAGES = ["rollout_s", "logprobs_s", "advantages_s", "update_s", "sync_s"]
+MEGARL_STAGES = ["rollout_s", "logprobs_s", "advantages_s", "update_s", "rollout_wait_s", "sync_s"]
 
 
 def megarl_metric_steps(path: Path) -> int:
@@ -134,7 +152,9 @@ def run_megarl(args, work: Path, progress, tag: str) -> dict:
     metrics = out_dir / "metrics.jsonl"
     log = work / f"megarl_{tag}.log"
     load = load_average()
-    rc, wall = run_child(f"megarl ({tag})", cmd, thread_env(args.threads), log, metrics, total, progress, megarl_metric_steps)
+    overlap = load_recipe(args.config, args.set).rollout.overlap
+    rc, wall = run_child(f"megarl ({tag})", cmd, thread_env(args.threads, overlap), log, metrics, total, progress,
+                         megarl_metric_steps, pinned_cores(args.threads))
     if rc != 0:
         raise SystemExit(f"bench_trl: megarl train exited with {rc}; see {log}:\n{log.read_text()[-3000:]}")
     rows = []
@@ -165,7 +185,8 @@ def run_trl(args, work: Path, progress, tag: str) -> dict:
            *[f"--set={kv}" for kv in args.set]]
     log = work / f"trl_{tag}.log"
     load = load_average()
-    rc, wall = run_child(f"TRL GRPOTrainer ({tag})", cmd, thread_env(args.threads), log, steps_file, total, progress, count_lines)
+    rc, wall = run_child(f"TRL GRPOTrainer ({tag})", cmd, thread_env(args.threads), log, steps_file, total, progress, count_lines,
+                         pinned_cores(args.threads))
     if rc != 0:
         raise SystemExit(f"bench_trl: the TRL run exited with {rc}; see {log}:\n{log.read_text()[-3000:]}")
     rows = [json.loads(x) for x in steps_file.read_text().splitlines() if x.strip()]
@@ -322,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="measured steps per side (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up steps left out (default 2)")
     parser.add_argument("--rounds", type=int, default=1, help="repeat megarl + TRL this many times, alternating which goes first (default 1)")
-    parser.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads for every process of both sides (default 2)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="cores for each side (default 2): both sides are pinned to the same cores; every process "
+                             "gets that many torch threads, except megarl with rollout.overlap, whose trainer and "
+                             "server compute at once and split them")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override for both sides (repeatable), e.g. --set actor.micro_batch_tokens=512")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -374,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_before, "load_average_after": load_after,
         "settings": {
             "config": str(args.config), "model_dir": str(model_dir), "steps": args.steps, "warmup": args.warmup,
-            "rounds": args.rounds, "threads": args.threads, "n": cfg.rollout.n, "prompts_per_step": cfg.data.prompts_per_step,
+            "rounds": args.rounds, "threads": args.threads, "overlap": cfg.rollout.overlap, "n": cfg.rollout.n, "prompts_per_step": cfg.data.prompts_per_step,
             "max_new_tokens": cfg.rollout.max_new_tokens, "temperature": cfg.rollout.temperature, "lr": cfg.actor.lr,
             "data": list(cfg.data.train), "overrides": list(args.set), "micro_batch_tokens": cfg.actor.micro_batch_tokens,
         },

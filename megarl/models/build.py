@@ -170,6 +170,10 @@ def build_model(
     if role == "critic" and post:
         # The LM head Megatron just built (V/tp x H) is dropped here; the value head replaces it.
         model.output_layer = ValueHead(spec.hidden_size, dtype, get_device(), seed=value_head_seed)
+    elif post:
+        from megarl.models import logit_positions
+
+        logit_positions.install(model)  # logits at response positions only, when asked
     model.megarl_spec = spec
     model.megarl_role = role
     return model.to(get_device())

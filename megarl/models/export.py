@@ -1,12 +1,14 @@
-"""Gathers a TP/PP-sharded Megatron model back into full Hugging Face tensors, one at a time.
+"""Gathers a TP/PP-sharded Megatron model back into full Hugging Face tensors, chunk by chunk.
 
 Used by weight sync (push to rollout servers), HF export of checkpoints and parity tests. Every
 rank must iterate `gather_hf_tensors` to the end (it runs collectives); only `dst` receives
-the tensors. Peak extra memory is one full parameter (plus its TP shards).
+the tensors. Peak extra memory is one chunk (`chunk_bytes`, default 256 MB) of flattened shards
+and its TP-gathered copies.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import torch
@@ -23,9 +25,20 @@ def unwrap_model(model):
     return model
 
 
+DEFAULT_CHUNK_BYTES = 256 << 20
+
+
 @torch.no_grad()
-def gather_hf_tensors(model, dst: int = 0, spec: ModelSpec | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (hf_name, full tensor) on global rank `dst`; other ranks yield nothing."""
+def gather_hf_tensors(model, dst: int = 0, spec: ModelSpec | None = None,
+                      chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (hf_name, full tensor) on global rank `dst`; other ranks yield nothing.
+
+    Parameters travel in chunks of about `chunk_bytes` (of full HF tensors): one TP all-gather of
+    the chunk's flattened shards, and one send from a later pipeline stage to `dst`, instead of
+    one collective per parameter (hundreds of small NCCL/gloo calls per sync otherwise).
+    Replicated parameters (norms) are not gathered. Yielded tensors may be views of the chunk's
+    buffers or of the live parameters: copy them before the next one is requested.
+    """
     from megatron.core import parallel_state as ps
 
     from megarl.models.build import layer_impl
@@ -45,23 +58,53 @@ def gather_hf_tensors(model, dst: int = 0, spec: ModelSpec | None = None) -> Ite
     for stage in range(pp):
         # Global rank of (this stage, TP rank 0, DP rank 0): the sender for this stage.
         src = _stage_source_rank(stage)
-        for name, mapping in stage_mappings(spec, stage, pp, layer_impl=layer_impl(), role=role):
-            if mapping is OUTPUT_TIED:
-                continue  # the tied output layer is the embedding, exported once
-            tensors = None
+        items = [(name, m) for name, m in stage_mappings(spec, stage, pp, layer_impl=layer_impl(), role=role)
+                 if m is not OUTPUT_TIED]  # the tied output layer is the embedding, exported once
+        # Chunk boundaries from the HF shapes, which every rank knows (sender and receiver agree).
+        for chunk in _chunks(items, shapes, dtype, chunk_bytes):
+            out = None
             if my_stage == stage and holds_stage_copy:
-                local = params[name].detach()
-                if tp > 1:
-                    shards = [torch.empty_like(local) for _ in range(tp)]
-                    dist.all_gather(shards, local.contiguous(), group=tp_group)
-                else:
-                    shards = [local]
+                shards = _gather_chunk([params[name].detach() for name, _ in chunk], [m for _, m in chunk], tp, tp_group)
                 if rank == src:
-                    tensors = mapping.to_hf(shards, spec)
+                    out = [t for (_, m), parts in zip(chunk, shards) for t in m.to_hf(parts, spec)]
             if src != dst:
-                tensors = _route(tensors, mapping, shapes, src, dst, device, dtype)
+                out = _route(out, [hf for _, m in chunk for hf in m.hf], shapes, src, dst, device, dtype)
             if rank == dst:
-                yield from zip(mapping.hf, tensors)
+                yield from zip([hf for _, m in chunk for hf in m.hf], out)
+
+
+def _chunks(items, shapes, dtype, chunk_bytes: int):
+    """Consecutive groups of (name, mapping) of about `chunk_bytes` of HF tensors each."""
+    size = torch.empty((), dtype=dtype).element_size()
+    chunk, used = [], 0
+    for item in items:
+        nbytes = sum(math.prod(shapes[hf]) for hf in item[1].hf) * size
+        if chunk and used + nbytes > chunk_bytes:
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(item)
+        used += nbytes
+    if chunk:
+        yield chunk
+
+
+def _gather_chunk(local: list[torch.Tensor], mappings, tp: int, group) -> list[list[torch.Tensor]]:
+    """Every TP rank's shard of each parameter ([shard per TP rank] per parameter), with one
+    all-gather of the flattened sharded ones."""
+    if tp == 1:
+        return [[t] for t in local]
+    sharded = [i for i, m in enumerate(mappings) if m.kind != "replicated"]
+    out = [[t] for t in local]  # replicated: every rank holds the whole tensor
+    if not sharded:
+        return out
+    flat = torch.cat([local[i].reshape(-1) for i in sharded])
+    gathered = [torch.empty_like(flat) for _ in range(tp)]
+    dist.all_gather(gathered, flat, group=group)
+    sizes = [local[i].numel() for i in sharded]
+    per_rank = [g.split(sizes) for g in gathered]
+    for j, i in enumerate(sharded):
+        out[i] = [per_rank[r][j].view(local[i].shape) for r in range(tp)]
+    return out
 
 
 _FIRST_PP_RANKS: list[int] | None = None
@@ -79,18 +122,15 @@ def _stage_source_rank(stage: int) -> int:
     return _FIRST_PP_RANKS[stage]
 
 
-def _route(tensors, mapping, shapes, src, dst, device, dtype):
-    """Send the HF tensors of one mapping from `src` to `dst` (point-to-point)."""
+def _route(tensors, names, shapes, src, dst, device, dtype):
+    """Send one chunk of HF tensors from `src` to `dst` as one flat message."""
     rank = dist.get_rank()
     if rank == src:
-        for t in tensors:
-            dist.send(t.contiguous(), dst=dst)
+        dist.send(torch.cat([t.reshape(-1) for t in tensors]), dst=dst)
         return None
     if rank == dst:
-        out = []
-        for name in mapping.hf:
-            buf = torch.empty(shapes[name], dtype=dtype, device=device)
-            dist.recv(buf, src=src)
-            out.append(buf)
-        return tuple(out)
+        sizes = [math.prod(shapes[name]) for name in names]
+        buf = torch.empty(sum(sizes), dtype=dtype, device=device)
+        dist.recv(buf, src=src)
+        return [part.view(shapes[name]) for part, name in zip(buf.split(sizes), names)]
     return None

@@ -20,7 +20,9 @@ def run_pipeline(
     forward_only: bool,
 ) -> list[dict]:
     """Forward every micro-batch; `step_fn(output, microbatch) -> (loss, stats)` runs on the last
-    stage (output: logits [b, s, V/tp] for the actor, values [b, s, 1] for the critic).
+    stage (output: logits [b, s, V/tp] for the actor, or [1, n, V/tp] at the micro-batch's
+    `logit_index` positions when it has one (then `mb["logits_selected"]` is True); values
+    [b, s, 1] for the critic).
 
     Returns the stats dicts of the last stage's micro-batches (empty on other stages). Megatron
     divides each loss by the number of micro-batches before backward; `step_fn` returns the
@@ -36,10 +38,16 @@ def run_pipeline(
             raise ValueError(f"micro-batch {i} has shape {tuple(mb['input_ids'].shape)}, expected {shape}; pad to one shape")
     micro_batch_size, seq_length = shape
 
+    from megarl.models.logit_positions import only_positions, supports_position_selection
+
     def forward_step(data_iterator, module):
         mb = next(data_iterator)
         extra = {"packed_seq_params": mb["packed_seq_params"]} if "packed_seq_params" in mb else {}
-        output = module(mb["input_ids"], mb["position_ids"], mb.get("attention_mask"), **extra)
+        # Actor: logits only at the positions the step reads (mb["logit_index"]), when the model can.
+        select = mb.get("logit_index") if supports_position_selection(module) else None
+        with only_positions(select):
+            output = module(mb["input_ids"], mb["position_ids"], mb.get("attention_mask"), **extra)
+        mb["logits_selected"] = select is not None
 
         def loss_func(output_tensor):
             loss, stats = step_fn(output_tensor, mb)

@@ -172,6 +172,7 @@ class GenerationEngine:
         self.weight_version = weight_version
         self.default_generator = torch.Generator(device="cpu").manual_seed(seed)
         self.eos_token_ids = self._eos_token_ids()
+        self._special_stop_ids: dict[tuple[str, bool], int | None] = {}  # see _stop_plan
         self.pad_token_id = self._pad_token_id()
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         # Name -> tensor, including aliases of tied weights (lm_head.weight and embed_tokens.weight).
@@ -309,6 +310,15 @@ class GenerationEngine:
             else:
                 generators.append(self.default_generator)
 
+        # Uniform draws of the batched temperature sampler, per row from that row's generator,
+        # drawn once for the whole generation (not one generator call per row per token).
+        horizon = max((r.sampling.max_new_tokens for r in requests), default=0)
+        uniforms = torch.zeros(batch, max(horizon, 1))
+        for row, req in enumerate(requests):
+            if self._plain_sampling(req.sampling) and req.sampling.max_new_tokens:
+                uniforms[row, :req.sampling.max_new_tokens] = torch.rand(req.sampling.max_new_tokens, generator=generators[row])
+        stop_plans = [self._stop_plan(req.sampling) for req in requests]
+
         outputs: list[list[int]] = [[] for _ in range(batch)]
         out_logprobs: list[list[float]] = [[] for _ in range(batch)]
         finish: list[dict | None] = [None] * batch
@@ -318,14 +328,16 @@ class GenerationEngine:
                 finish[row] = {"type": "length", "length": 0}
         next_logits = logits[:, -1, :]
         last_pos = positions[:, -1]
+        step = -1
         while not all(f is not None for f in finish):
+            step += 1
             if should_abort():
                 for row in range(batch):
                     if finish[row] is None:
                         finish[row] = {"type": "abort", "message": "generation aborted by /pause_generation (mode=abort)",
                                        "status_code": 503, "err_type": None}
                 break
-            tokens = self._sample(next_logits, requests, generators, finish)
+            tokens = self._sample(next_logits, requests, generators, finish, uniforms[:, step])
             step_logprobs = torch.log_softmax(next_logits / temperatures, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
             for row, req in enumerate(requests):
                 if finish[row] is not None:
@@ -333,7 +345,7 @@ class GenerationEngine:
                 token = int(tokens[row])
                 outputs[row].append(token)
                 out_logprobs[row].append(float(step_logprobs[row]))
-                finish[row], texts[row] = self._check_finish(req, outputs[row])
+                finish[row], texts[row] = self._check_finish(req, outputs[row], stop_plans[row])
             if all(f is not None for f in finish):
                 break
             mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
@@ -356,17 +368,49 @@ class GenerationEngine:
                 input_logprobs=input_logprobs[row], weight_version=version, prompt_tokens=lengths[row]))
         return results
 
-    def _check_finish(self, req: SequenceRequest, output: list[int]) -> tuple[dict | None, str | None]:
+    @staticmethod
+    def _plain_sampling(s: SequenceSampling) -> bool:
+        """Pure temperature sampling (the batched inverse-CDF path of `_sample`)."""
+        return not s.greedy and s.top_k == -1 and s.top_p >= 1.0 and s.min_p <= 0.0
+
+    def _stop_plan(self, sampling: SequenceSampling) -> tuple[dict[int, str], list[str]]:
+        """Split the stop strings into ({token id: string} for strings that are one special token,
+        which decoding with skip_special_tokens never shows, so they are matched by id) and the
+        strings matched in the decoded text."""
+        by_id: dict[int, str] = {}
+        text: list[str] = []
+        for stop in sampling.stop:
+            key = (stop, sampling.skip_special_tokens)
+            if key not in self._special_stop_ids:
+                tid = None
+                if self.tokenizer is not None:
+                    ids = self.tokenizer.encode(stop, add_special_tokens=False)
+                    if (len(ids) == 1 and self.decode(ids, False) == stop
+                            and self.decode(ids, sampling.skip_special_tokens) == ""):
+                        tid = ids[0]
+                self._special_stop_ids[key] = tid
+            tid = self._special_stop_ids[key]
+            if tid is None:
+                text.append(stop)
+            else:
+                by_id[tid] = stop
+        return by_id, text
+
+    def _check_finish(self, req: SequenceRequest, output: list[int],
+                      plan: tuple[dict[int, str], list[str]] | None = None) -> tuple[dict | None, str | None]:
         """(finish_reason or None, trimmed text when a stop string matched)."""
         sampling = req.sampling
         token = output[-1]
         if token in sampling.stop_token_ids:
             return {"type": "stop", "matched": token}, None
+        stop_ids, stop_texts = plan if plan is not None else self._stop_plan(sampling)
+        if token in stop_ids:
+            return {"type": "stop", "matched": stop_ids[token]}, None
         if not sampling.ignore_eos and token in self.eos_token_ids:
             return {"type": "stop", "matched": token}, None
-        if sampling.stop and self.tokenizer is not None:
+        if stop_texts and self.tokenizer is not None:
             text = self.decode(output, sampling.skip_special_tokens)
-            hits = [(text.find(s), s) for s in sampling.stop if s in text]
+            hits = [(text.find(s), s) for s in stop_texts if s in text]
             if hits:
                 index, matched = min(hits)
                 return {"type": "stop", "matched": matched}, (text if sampling.no_stop_trim else text[:index])
@@ -374,13 +418,13 @@ class GenerationEngine:
             return {"type": "length", "length": sampling.max_new_tokens}, None
         return None, None
 
-    def _sample(self, logits: torch.Tensor, requests: list[SequenceRequest], generators, finish) -> torch.Tensor:
-        """One token per row under that row's temperature/top-k/top-p/min-p."""
+    def _sample(self, logits: torch.Tensor, requests: list[SequenceRequest], generators, finish,
+                uniforms: torch.Tensor) -> torch.Tensor:
+        """One token per row under that row's temperature/top-k/top-p/min-p. `uniforms[row]` is
+        the row's uniform draw for this step (pure temperature sampling)."""
         batch, vocab = logits.shape
         tokens = torch.zeros(batch, dtype=torch.long, device=logits.device)
-        plain = [row for row, req in enumerate(requests)
-                 if finish[row] is None and not req.sampling.greedy and req.sampling.top_k in (-1, vocab)
-                 and req.sampling.top_p >= 1.0 and req.sampling.min_p <= 0.0]
+        plain = [row for row, req in enumerate(requests) if finish[row] is None and self._plain_sampling(req.sampling)]
         if plain:
             # Pure temperature sampling, batched: inverse-CDF with one uniform draw per row from
             # that row's own generator (so seeds stay per sequence).
@@ -388,7 +432,7 @@ class GenerationEngine:
             temps = torch.tensor([requests[r].sampling.temperature for r in plain], device=logits.device, dtype=logits.dtype)
             probs = torch.softmax(logits[rows] / temps.unsqueeze(1), -1)
             cdf = probs.cumsum(-1)
-            u = torch.cat([torch.rand(1, generator=generators[r]) for r in plain]).to(logits.device, cdf.dtype)
+            u = uniforms[plain].to(logits.device, cdf.dtype)
             picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).squeeze(1).clamp(max=vocab - 1)
             tokens[rows] = picked
         done = set(plain)

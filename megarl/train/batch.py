@@ -48,16 +48,18 @@ def shard_for_data_parallel(seqs: Sequence[TrainSequence], dp_rank: int, dp: int
     return [seqs[i] for i in range(len(seqs)) if owner[i] == dp_rank]
 
 
-def pack_rows(seqs: Sequence[TrainSequence], budget: int) -> list[list[int]]:
-    """First-fit-decreasing packing of sequence indices into rows of at most `budget` tokens."""
+def pack_rows(seqs: Sequence[TrainSequence], budget: int, limit: int | None = None) -> list[list[int]]:
+    """First-fit-decreasing packing of sequence indices into rows of at most `budget` tokens; a
+    sequence longer than `budget` but within `limit` (the micro-batch budget) gets a row of its own."""
+    limit = budget if limit is None else limit
     rows: list[list[int]] = []
     loads: list[int] = []
     for i in sorted(range(len(seqs)), key=lambda i: (-seqs[i].length, i)):
         n = seqs[i].length
-        if n > budget:
+        if n > limit:
             raise ValueError(
                 f"a sequence of {n} tokens (prompt {len(seqs[i].prompt_ids)} + response {len(seqs[i].response_ids)}) "
-                f"exceeds actor.micro_batch_tokens={budget}; raise micro_batch_tokens to at least {n}"
+                f"exceeds actor.micro_batch_tokens={limit}; raise micro_batch_tokens to at least {n}"
             )
         for r, load in enumerate(loads):
             if load + n <= budget:
@@ -87,14 +89,14 @@ def build_microbatches(
     if not seqs:
         return []
     row_tokens = min(row_tokens or budget, budget)
-    rows = pack_rows(seqs, row_tokens)
-    rows_per_mb = 1 if packed_seq_params else max(1, budget // row_tokens)
+    rows = pack_rows(seqs, row_tokens, limit=budget)
+    row_len = max(sum(seqs[i].length for i in row) for row in rows)
+    row_len = -(-row_len // pad_multiple) * pad_multiple
+    rows_per_mb = 1 if packed_seq_params else max(1, budget // row_len)
     # As few micro-batches as the budget allows, with the rows spread evenly over them (fewer
     # all-padding rows than filling each to the budget and padding the last).
     num_mbs = -(-len(rows) // rows_per_mb)
     rows_per_mb = -(-len(rows) // num_mbs)
-    row_len = max(sum(seqs[i].length for i in row) for row in rows)
-    row_len = -(-row_len // pad_multiple) * pad_multiple
     out = []
     for first in range(0, len(rows), rows_per_mb):
         group = rows[first:first + rows_per_mb]
@@ -133,12 +135,19 @@ def build_microbatches(
         ids, labels, pos, segment = (torch.tensor(x, dtype=torch.long) for x in (ids, labels, pos, segment))
         resp_index = torch.tensor(resp_index, dtype=torch.long)
         resp_mask = torch.arange(t_max).unsqueeze(0) < torch.tensor(resp_len).unsqueeze(1)
+        # The response-predicting positions alone: `resp_flat` (into [B * T]), their flat
+        # position in Megatron's s-major [s, b] layout (`logit_index`) and their labels.
+        resp_flat = resp_mask.reshape(-1).nonzero().squeeze(1)
+        flat = resp_index.reshape(-1)[resp_flat]  # into [rows, row_len]
         mb = {
             "input_ids": ids.to(device),
             "position_ids": pos.to(device),
             "labels": labels.to(device),
             "resp_index": resp_index.to(device),
             "resp_mask": resp_mask.to(device),
+            "resp_flat": resp_flat.to(device),
+            "logit_index": ((flat % row_len) * rows_per_mb + flat // row_len).to(device),
+            "logit_labels": labels.reshape(-1)[flat].to(device),
             "seq_ids": seq_ids,
             "num_tokens": sum(seqs[i].length for i in seq_ids),
         }
@@ -166,11 +175,13 @@ def _packed_seq_params(cu: list[int], device):
 
 def per_sequence_matrix(values: Sequence, t_max: int, device) -> torch.Tensor:
     """Right-pad ragged per-token values (tensors or lists) to [B, t_max] float32."""
-    out = torch.zeros(len(values), t_max, dtype=torch.float32)
-    for b, v in enumerate(values):
-        if len(v):
-            out[b, : len(v)] = torch.as_tensor(v, dtype=torch.float32)
-    return out.to(device)
+    rows = [torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in values]
+    if not rows:
+        return torch.zeros(0, t_max, dtype=torch.float32, device=device)
+    padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)[:, :t_max]
+    if padded.shape[1] < t_max:
+        padded = torch.nn.functional.pad(padded, (0, t_max - padded.shape[1]))
+    return padded.to(device)
 
 
 def split_minibatches(seqs: Sequence[TrainSequence], k: int) -> list[list[TrainSequence]]:

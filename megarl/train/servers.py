@@ -44,9 +44,28 @@ class ServerGroup:
         self.procs = []
 
 
+def builtin_thread_split(num_servers: int, overlap: bool) -> tuple[int | None, int]:
+    """CPU threads for (this trainer process, each built-in server) on one machine.
+
+    Without rollout.overlap the trainer and the servers take turns: the trainer keeps torch's
+    default and each server gets $MEGARL_SERVER_THREADS (default 1). With overlap they compute at
+    the same time, so the cores are split (half to the servers, the rest to the trainer) instead
+    of oversubscribed, which on CPU costs more than the overlap gains. $OMP_NUM_THREADS (trainer)
+    and $MEGARL_SERVER_THREADS (servers), when set, win.
+    """
+    server = os.environ.get("MEGARL_SERVER_THREADS")
+    if not overlap:
+        return None, int(server or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_server = int(server) if server else max(1, cores // (2 * num_servers))
+    trainer = None if os.environ.get("OMP_NUM_THREADS") else max(1, cores - per_server * num_servers)
+    return trainer, per_server
+
+
 def start_builtin_servers(model_dir: str | Path, count: int, log_dir: Path, *, seed: int = 0,
-                          timeout_s: float = 180.0) -> ServerGroup:
-    """Start `count` built-in rollout servers on 127.0.0.1 and wait until /health answers."""
+                          timeout_s: float = 180.0, threads: int | None = None) -> ServerGroup:
+    """Start `count` built-in rollout servers on 127.0.0.1 and wait until /health answers
+    (`threads`: torch threads per server; default $MEGARL_SERVER_THREADS or 1)."""
     import urllib.request
 
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +76,7 @@ def start_builtin_servers(model_dir: str | Path, count: int, log_dir: Path, *, s
         log = log_dir / f"rollout_server_{i}.log"
         cmd = [sys.executable, "-m", "megarl.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
                "--port", str(port), "--token", token, "--seed", str(seed + i)]
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("MEGARL_SERVER_THREADS", "1"))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads or os.environ.get("MEGARL_SERVER_THREADS", "1")))
         procs.append(subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent))
         urls.append(f"http://127.0.0.1:{port}")
         logs.append(log)

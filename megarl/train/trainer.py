@@ -115,6 +115,8 @@ class Trainer:
         self.critic = self._worker("critic", cfg.critic, trainable=True) if cfg.uses_critic else None
         self._load_initial_weights()
         self.step = 0
+        self._prefetch = None  # rollout.overlap (driver): Future or (seqs, metrics, samples) of step+1
+        self._prefetch_pool = None
         self.prompts = None
         self.servers = None
         self.client = None
@@ -205,7 +207,11 @@ class Trainer:
             self.server_token = os.environ.get("MEGARL_SERVE_TOKEN")
             master_address = os.environ.get("MASTER_ADDR", "127.0.0.1")
         elif rc.engine == "builtin":
-            self.servers = servers.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs", seed=self.cfg.run.seed)
+            trainer_threads, server_threads = servers.builtin_thread_split(rc.num_servers, rc.overlap)
+            if trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
+                torch.set_num_threads(trainer_threads)
+            self.servers = servers.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs",
+                                                         seed=self.cfg.run.seed, threads=server_threads)
             urls = generation_urls = self.servers.urls
             self.server_token = self.servers.token
         else:
@@ -225,7 +231,7 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------
     def train(self) -> list[dict]:
         history = []
-        self.sync_weights()
+        self.sync_weights(self.step)
         evaluated_at = None
         if self.cfg.eval.every and self.step == 0:
             baseline = self.evaluate(0)
@@ -303,6 +309,10 @@ class Trainer:
         start = time.perf_counter()
         with timer("rollout"):
             seqs, metrics = self.rollout()  # driver: generate + grade; broadcast to all ranks
+        # Optimizer steps between the weights that sampled the batch and the ones it trains
+        # (0 on-policy; 1 with rollout.overlap).
+        metrics["rollout/policy_lag"] = self.step - metrics.pop("rollout/weight_version", self.step)
+        self._start_prefetch()  # rollout.overlap: step+1's batch generates during this update
         mine = shard_for_data_parallel(seqs, self.rt.dp_rank, self.rt.dp)
         self._server_memory("release")  # colocated: give the GPUs to training
         with timer("logprobs"):
@@ -312,8 +322,10 @@ class Trainer:
         with timer("update"):
             metrics.update(self.update(mine, extra))
         self._server_memory("resume")
+        with timer("rollout_wait"):  # rollout.overlap: step+1's batch must finish on the old weights
+            self._finish_prefetch()
         with timer("sync"):
-            self.sync_weights()
+            self.sync_weights(self.step + 1)
         step_s = time.perf_counter() - start
         tokens = sum(s.length for s in seqs)
         metrics.update({f"perf/{k}_s": v for k, v in timer.times.items()})
@@ -324,34 +336,58 @@ class Trainer:
     def rollout(self) -> tuple[list[TrainSequence], dict]:
         payload = [None]
         if self.is_driver:
-            payload = [self._rollout_on_driver()]
+            payload = [self._take_prefetched() or self._rollout_on_driver(self.step)]
         dist.broadcast_object_list(payload, src=0)
-        seqs, metrics = payload[0]
-        return seqs, metrics
+        seqs, metrics, self._samples = payload[0]
+        return seqs, dict(metrics)
 
-    def _encode_prompt(self, problem: str) -> list[int]:
+    def _encode_prompt(self, problem: str) -> tuple[list[int], bool]:
+        """Token ids of the rendered prompt (left-truncated to data.max_prompt_tokens) and whether
+        it was truncated."""
         text = render_prompt(self.template, problem, self.tokenizer)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > self.cfg.data.max_prompt_tokens:
-            ids = ids[-self.cfg.data.max_prompt_tokens:]
-            self._truncated_prompts += 1
-        return ids
+            return ids[-self.cfg.data.max_prompt_tokens:], True
+        return ids, False
 
-    def _rollout_seed(self, round_: int) -> int:
-        """Base sampling seed of one rollout round; the client adds the prompt index (< 4096) and
-        the server the sample index, so every sample of a run has its own random stream and a
-        resumed run samples exactly what the uninterrupted one did."""
-        return ((self.cfg.run.seed * 100_003 + self.step) * 32 + round_) * 4096
+    def _rollout_seed(self, step: int, round_: int) -> int:
+        """Base sampling seed of one rollout round of `step` (0-based); the client adds the prompt
+        index (< 4096) and the server the sample index, so every sample of a run has its own random
+        stream and a resumed run samples exactly what the uninterrupted one did."""
+        return ((self.cfg.run.seed * 100_003 + step) * 32 + round_) * 4096
 
-    def _rollout_on_driver(self):
+    # ---- overlap: the next step's rollout during this step's update (driver) -----------------
+    def _start_prefetch(self) -> None:
+        """rollout.overlap: start generating step+1's batch with the servers' current weights (this
+        step's rollout weights) in a background thread; the update runs meanwhile. The sync waits
+        for it (_finish_prefetch), so the batch is exactly one optimizer step stale."""
+        if not (self.cfg.rollout.overlap and self.is_driver) or self.step + 1 >= self.cfg.run.steps:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._prefetch_pool is None:
+            self._prefetch_pool = ThreadPoolExecutor(1, thread_name_prefix="megarl-rollout")
+        self._prefetch = self._prefetch_pool.submit(self._rollout_on_driver, self.step + 1)
+
+    def _finish_prefetch(self) -> None:
+        """Wait for the prefetched batch (raising its error, if any) before the servers' weights change."""
+        if self._prefetch is not None and not isinstance(self._prefetch, tuple):
+            self._prefetch = self._prefetch.result()
+
+    def _take_prefetched(self):
+        self._finish_prefetch()
+        payload, self._prefetch = self._prefetch, None
+        return payload
+
+    def _rollout_on_driver(self, step: int):
+        """Generate and grade step `step`'s batch: (sequences, metrics, logged samples)."""
         from megarl.monitoring.reflection import reflection_rates
         from megarl.rewards.schemes import compute_rewards
         from megarl.rollout.client import SamplingParams
 
         cfg, rc = self.cfg, self.cfg.rollout
         want = cfg.data.prompts_per_step
-        groups, filtered, rounds, all_samples = [], 0, 0, []
-        self._truncated_prompts = 0
+        groups, filtered, rounds, all_samples, truncated_prompts, versions = [], 0, 0, [], 0, set()
         while len(groups) < want:
             rounds += 1
             if rounds > cfg.algorithm.dynamic_sampling_max_rounds + (0 if cfg.algorithm.dynamic_sampling else 1):
@@ -361,13 +397,16 @@ class Trainer:
                     "use harder/easier data, or turn dynamic_sampling off"
                 )
             rows = self.prompts.take(want - len(groups))
-            prompt_ids = [self._encode_prompt(r.problem) for r in rows]
+            encoded = [self._encode_prompt(r.problem) for r in rows]
+            prompt_ids = [ids for ids, _ in encoded]
+            truncated_prompts += sum(cut for _, cut in encoded)
             sampling = SamplingParams(
                 max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
-                stop=self.stops, sampling_seed=self._rollout_seed(rounds),
+                stop=self.stops, sampling_seed=self._rollout_seed(step, rounds),
             )
             outputs = self.client.generate(prompt_ids, sampling, n=rc.n)
             flat = [s for group in outputs for s in group]
+            versions.update(s.weight_version for s in flat)
             golds = [rows[s.prompt_index].answer for s in flat]
             grades = compute_rewards(
                 [s.text for s in flat], golds, self.reward_config, template=cfg.data.template,
@@ -411,20 +450,23 @@ class Trainer:
             "batch/sequences": len(seqs),
             "batch/prompts": len(groups),
             "data/sampling_rounds": rounds,
-            "data/truncated_prompts": self._truncated_prompts,
+            "data/truncated_prompts": truncated_prompts,
             "data/epoch": self.prompts.epoch,
             "advantage/mean": _mean([s.advantage for s in seqs]),
             "advantage/abs_mean": _mean([abs(s.advantage) for s in seqs]),
         }
+        numeric = [int(v) for v in versions if v is not None and str(v).isdigit()]
+        if numeric:
+            metrics["rollout/weight_version"] = min(numeric)
         rates = reflection_rates(texts, correct, self.cfg.logging.reflection_words)
         metrics.update({f"response/{k}": v for k, v in rates.items()})
         k = self.cfg.logging.samples_per_step
-        self._samples = [
+        samples = [
             {"prompt": self.tokenizer.decode(groups[i][1]), "response": groups[i][2][0].text, "gold": groups[i][0].answer,
              "reward": groups[i][3][0].reward}
             for i in range(min(k, len(groups)))
         ]
-        return seqs, metrics
+        return seqs, metrics, samples
 
     # ---- log-probs, values, advantages ----------------------------------------------------
     def _microbatches(self, seqs: list[TrainSequence]) -> list[dict]:
@@ -482,6 +524,10 @@ class Trainer:
         for s, e in zip(seqs, extra):
             if s.behaviour_logp is not None and len(s.behaviour_logp) == len(s.response_ids):
                 e["behaviour_logp"] = torch.tensor(s.behaviour_logp, dtype=torch.float32)
+                if self.cfg.rollout.overlap and "old_logp" not in e:
+                    # One step off-policy: the ratio is taken against the policy that sampled the
+                    # batch (with importance_correction=tis, old_logp is the recomputed one instead).
+                    e["old_logp"] = e["behaviour_logp"]
         if a.name in algo_fns.GROUP_MODE:
             for s, e in zip(seqs, extra):
                 e["advantages"] = torch.full((len(s.response_ids),), s.advantage, dtype=torch.float32)
@@ -626,11 +672,12 @@ class Trainer:
         return {"mismatch/logp_abs_mean": float(vec[0] / vec[1]), "mismatch/logp_abs_max": float(maxv)}
 
     # ---- weight sync, evaluation, checkpoints ---------------------------------------------------
-    def sync_weights(self) -> None:
-        """Gather the actor into HF tensors on the driver and push them to every server."""
+    def sync_weights(self, version: int) -> None:
+        """Gather the actor into HF tensors on the driver and push them to every server, as
+        weight_version `version` (the number of optimizer steps in these weights)."""
         from megarl.models.export import gather_hf_tensors
 
-        version = str(self.step)
+        version = str(version)
         tensors = gather_hf_tensors(self.actor.module, dst=0, spec=self.spec)
         if self.is_driver:
             report = self.pusher.push(tensors, weight_version=version)
@@ -660,6 +707,10 @@ class Trainer:
         state = {"step": self.step}
         if self.is_driver:
             state["prompts"] = self.prompts.state()
+            self._finish_prefetch()
+            if self._prefetch is not None:  # rollout.overlap: the next step's batch, already sampled
+                seqs, metrics, samples = self._prefetch
+                state["prefetched"] = {"seqs": [dataclasses.asdict(x) for x in seqs], "metrics": metrics, "samples": samples}
         self.checkpoints.save(self.step, self._workers(), state)
 
     def _workers(self) -> dict:
@@ -672,6 +723,9 @@ class Trainer:
         self.step = found["step"]
         if self.is_driver:
             self.prompts.restore(found["prompts"])
+            if "prefetched" in found:
+                pre = found["prefetched"]
+                self._prefetch = ([TrainSequence(**x) for x in pre["seqs"]], pre["metrics"], pre["samples"])
             self.logger.truncate_after(self.step)
             self.logger.console.print(f"resumed from checkpoint at step {self.step}")
 
@@ -696,6 +750,8 @@ class Trainer:
         dist.barrier()
 
     def close(self) -> None:
+        if self._prefetch_pool is not None:
+            self._prefetch_pool.shutdown(wait=True, cancel_futures=True)
         if self.is_driver:
             self.pusher.close()
             if self.servers is not None:

@@ -35,6 +35,15 @@ def response_logprobs(logits: torch.Tensor, mb: dict, spec: ModelSpec, temperatu
     """Log-probs and entropy of each response token, [B, T] float32 (fused vocab-parallel kernel)."""
     from kernels import logprobs_and_entropy
 
+    if mb.get("logits_selected"):  # logits [1, n, V/tp] at the response positions only
+        logp, entropy = logprobs_and_entropy(
+            logits[0], mb["logit_labels"], temperature=temperature, tp_group=tp_group_if_sharded(), vocab_size=spec.vocab_size
+        )
+        flat = mb["resp_flat"]  # where each of the n goes in [B * T]
+        size = mb["resp_mask"].numel()
+        shape = mb["resp_mask"].shape
+        return (logp.new_zeros(size).index_copy(0, flat, logp).view(shape),
+                entropy.new_zeros(size).index_copy(0, flat, entropy).view(shape))
     logp, entropy = logprobs_and_entropy(
         logits, mb["labels"], temperature=temperature, tp_group=tp_group_if_sharded(), vocab_size=spec.vocab_size
     )

@@ -28,6 +28,15 @@ def test_pack_rows_rejects_oversized_sequence():
         pack_rows(_seqs([(10, 10)]), budget=10)
 
 
+def test_sequence_longer_than_a_row_gets_its_own_row_within_the_micro_batch_budget():
+    seqs = _seqs([(10, 8), (3, 3), (2, 2)])
+    rows = pack_rows(seqs, budget=8, limit=32)
+    assert rows[0] == [0] and sorted(i for row in rows for i in row) == [0, 1, 2]
+    mbs = build_microbatches(seqs, budget=32, device=torch.device("cpu"), row_tokens=8)
+    assert all(mb["input_ids"].numel() <= 32 for mb in mbs) and mbs[0]["input_ids"].shape[1] == 24  # 18 padded to 8s
+    assert sorted(i for mb in mbs for i in mb["seq_ids"]) == [0, 1, 2]
+
+
 def test_shard_for_data_parallel_partitions_and_balances():
     seqs = _seqs([(5, 5), (2, 2), (8, 8), (1, 1), (3, 3), (4, 4)])
     parts = [shard_for_data_parallel(seqs, r, 2) for r in range(2)]
@@ -56,7 +65,7 @@ def test_microbatch_indices_point_at_response_predictions():
 
 def test_rows_spread_evenly_over_the_fewest_micro_batches():
     seqs = _seqs([(6, 4)] * 9)  # nine rows of one sequence each
-    mbs = build_microbatches(seqs, budget=64, device=torch.device("cpu"), row_tokens=10)  # <= 6 rows per micro-batch
+    mbs = build_microbatches(seqs, budget=96, device=torch.device("cpu"), row_tokens=16)  # <= 6 rows per micro-batch
     assert [mb["input_ids"].shape[0] for mb in mbs] == [5, 5]
     assert sorted(i for mb in mbs for i in mb["seq_ids"]) == list(range(9))
 
@@ -108,8 +117,8 @@ def test_packed_row_equals_separate_rows(tiny_hf_models):
         r = len(seqs[i].response_ids)
         torch.testing.assert_close(packed_lp[b, :r], logps(alone)[0, :r], atol=1e-5, rtol=0)
     # Several shorter rows per micro-batch (the CPU layout), including an empty padding row.
-    # (three rows of 12 -> two micro-batches of two rows, the second with an all-padding row)
-    multi = build_microbatches(seqs, budget=24, device=torch.device("cpu"), row_tokens=12)
+    # (three rows of 12, padded to 16 -> two micro-batches of two rows, the second with an all-padding row)
+    multi = build_microbatches(seqs, budget=32, device=torch.device("cpu"), row_tokens=12)
     assert all(mb["input_ids"].shape == multi[0]["input_ids"].shape for mb in multi) and multi[0]["input_ids"].shape[0] == 2
     assert [len(mb["seq_ids"]) for mb in multi] == [2, 1]
     for mb in multi:
@@ -130,3 +139,48 @@ def test_packed_row_equals_separate_rows(tiny_hf_models):
     expected = lp[p - 1:-1].gather(-1, torch.tensor(s.response_ids).unsqueeze(1)).squeeze(1)
     b = packed["seq_ids"].index(0)
     torch.testing.assert_close(packed_lp[b, : len(s.response_ids)], expected, atol=1e-4, rtol=0)
+
+
+def test_per_sequence_matrix_right_pads_ragged_values():
+    from megarl.train.batch import per_sequence_matrix
+
+    got = per_sequence_matrix([[1.0, 2.0], torch.tensor([3.0]), [], torch.tensor([4.0, 5.0, 6.0])], 4, torch.device("cpu"))
+    want = torch.tensor([[1, 2, 0, 0], [3, 0, 0, 0], [0, 0, 0, 0], [4, 5, 6, 0]], dtype=torch.float32)
+    assert torch.equal(got, want) and got.dtype == torch.float32
+
+
+def test_logits_at_response_positions_only_give_the_same_logprobs_and_gradients(tiny_hf_models):
+    """The actor's output layer on the selected positions (logit_index) equals the full logits
+    read at resp_index: values and parameter gradients."""
+    from megarl.models.build import build_model
+    from megarl.models.hf_io import load_hf_into_model
+    from megarl.models.logit_positions import only_positions, supports_position_selection
+    from megarl.models.spec import ModelSpec
+    from megarl.runtime.distributed import init_runtime
+    from megarl.train.workers import response_logprobs
+
+    init_runtime(1, 1)
+    path = tiny_hf_models["llama"]
+    spec = ModelSpec.from_hf(path)
+    model = build_model(spec)
+    load_hf_into_model(model, path)
+    assert supports_position_selection(model)
+    seqs = _seqs([(5, 6), (3, 4), (7, 2), (2, 9)])
+    (mb,) = build_microbatches(seqs, budget=64, device=torch.device("cpu"), row_tokens=16)
+    assert mb["input_ids"].shape[0] > 1  # several rows: the s-major index matters
+
+    def run(select):
+        model.zero_grad()
+        with only_positions(mb["logit_index"] if select else None):
+            out = model(mb["input_ids"], mb["position_ids"], mb["attention_mask"])
+        logp, ent = response_logprobs(out, {**mb, "logits_selected": select}, spec, temperature=0.9)
+        ((logp * mb["resp_mask"]).sum() + (ent * mb["resp_mask"]).sum()).backward()
+        return out.shape, logp.detach(), ent.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    full_shape, logp, ent, grads = run(False)
+    sel_shape, logp_s, ent_s, grads_s = run(True)
+    assert sel_shape[:2] == (1, int(mb["resp_mask"].sum())) and full_shape[:2] == tuple(mb["input_ids"].shape)
+    torch.testing.assert_close(logp_s, logp * mb["resp_mask"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(ent_s, ent * mb["resp_mask"], atol=1e-6, rtol=0)
+    for name in grads:
+        torch.testing.assert_close(grads_s[name], grads[name], atol=1e-6, rtol=1e-5)
