@@ -339,21 +339,22 @@ class GenerationEngine:
                 break
             tokens = self._sample(next_logits, requests, generators, finish, uniforms[:, step])
             step_logprobs = torch.log_softmax(next_logits / temperatures, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+            token_list, logprob_list = tokens.tolist(), step_logprobs.tolist()  # one conversion per step, not per row
             for row, req in enumerate(requests):
                 if finish[row] is not None:
                     continue
-                token = int(tokens[row])
+                token = token_list[row]
                 outputs[row].append(token)
-                out_logprobs[row].append(float(step_logprobs[row]))
+                out_logprobs[row].append(logprob_list[row])
                 finish[row], texts[row] = self._check_finish(req, outputs[row], stop_plans[row])
             if all(f is not None for f in finish):
                 break
             mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
             last_pos = last_pos + 1
             feed = tokens.clone()
-            for row in range(batch):
-                if finish[row] is not None:
-                    feed[row] = self.pad_token_id
+            done_rows = [row for row in range(batch) if finish[row] is not None]
+            if done_rows:
+                feed[done_rows] = self.pad_token_id
             logits, cache = self._forward(feed.unsqueeze(-1), mask, last_pos.unsqueeze(-1), cache)
             next_logits = logits[:, -1, :]
 
