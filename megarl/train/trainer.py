@@ -486,10 +486,17 @@ class Trainer:
         a = self.cfg.algorithm
         return a.epochs == 1 and a.mini_batches == 1 and a.importance_correction == "none" and not (a.kl_in_reward and a.kl_coef)
 
+    def _ratio_vs_behaviour(self) -> bool:
+        """rollout.overlap (one step off-policy): the PPO ratio is taken against the policy that
+        sampled the batch, from the servers' log-probs (with importance_correction=tis, against the
+        recomputed log-probs instead, with a capped importance weight toward the behaviour)."""
+        return self.cfg.rollout.overlap and self.cfg.algorithm.importance_correction == "none"
+
     def compute_logprobs(self, seqs: list[TrainSequence]) -> list[dict]:
         """Per-sequence tensors on the last stage: old_logp (unless single pass), ref_logp, old_values."""
         extra = [dict() for _ in seqs]
-        if self._single_pass() and self.reference is None and self.critic is None:
+        if ((self._single_pass() or (self._ratio_vs_behaviour() and not self.cfg.algorithm.kl_in_reward))
+                and self.reference is None and self.critic is None):
             return extra  # nothing to compute before the update
         mbs = self._microbatches(seqs)
         if not mbs:
@@ -502,7 +509,7 @@ class Trainer:
                     n = len(seqs[i].response_ids)
                     extra[i][out_key] = st[key][b, :n].detach().float().cpu()
 
-        if not self._single_pass():
+        if not self._single_pass() and not (self._ratio_vs_behaviour() and not self.cfg.algorithm.kl_in_reward):
             stats = self.actor.logprobs(mbs, temperature)
             if is_last_stage():
                 scatter(stats, "logp", "old_logp")
@@ -524,9 +531,7 @@ class Trainer:
         for s, e in zip(seqs, extra):
             if s.behaviour_logp is not None and len(s.behaviour_logp) == len(s.response_ids):
                 e["behaviour_logp"] = torch.tensor(s.behaviour_logp, dtype=torch.float32)
-                if self.cfg.rollout.overlap and "old_logp" not in e:
-                    # One step off-policy: the ratio is taken against the policy that sampled the
-                    # batch (with importance_correction=tis, old_logp is the recomputed one instead).
+                if self._ratio_vs_behaviour():
                     e["old_logp"] = e["behaviour_logp"]
         if a.name in algo_fns.GROUP_MODE:
             for s, e in zip(seqs, extra):
@@ -659,7 +664,7 @@ class Trainer:
         from megatron.core import parallel_state as ps
 
         reporter = is_last_stage() and ps.get_tensor_model_parallel_rank() == 0
-        if reporter and not self._single_pass():
+        if reporter and not self._single_pass() and not self._ratio_vs_behaviour():
             for e in extra:
                 if "behaviour_logp" in e and "old_logp" in e:
                     self._record_mismatch(e["old_logp"], e["behaviour_logp"], torch.ones_like(e["old_logp"], dtype=torch.bool))

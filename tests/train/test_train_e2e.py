@@ -107,6 +107,24 @@ def test_kill_and_resume_reproduces_uninterrupted_run(write_recipe, tmp_path, ov
                 assert have[key] == value, (want["step"], key, value, have[key])
 
 
+@pytest.mark.parametrize("algorithm", [{"mini_batches": 2}, {"importance_correction": "tis"}], ids=["two-minibatches", "tis"])
+def test_overlap_off_policy_variants(write_recipe, algorithm):
+    """rollout.overlap beyond the single-pass case: ratio against the behaviour log-probs over two
+    optimizer steps, or against recomputed log-probs with a TIS weight."""
+    recipe, run_dir = write_recipe("overlap", run={"steps": 3}, rollout={"overlap": True},
+                                   reward={"custom": "toy_rewards:mentions_seven"}, algorithm={"name": "grpo", **algorithm})
+    _train(recipe)
+    rows = _metrics(run_dir)
+    assert [r["rollout/policy_lag"] for r in rows] == [0, 1, 1]
+    for r in rows:
+        assert r["actor/grad_norm"] > 0 and math.isfinite(r["actor/pg_loss"]) and math.isfinite(r["actor/ppo_kl"])
+    if "importance_correction" in algorithm:  # recomputed log-probs vs the server's (after step 1 they
+        # differ by one optimizer step too)
+        assert all(math.isfinite(r["mismatch/logp_abs_mean"]) for r in rows) and rows[0]["mismatch/logp_abs_mean"] < 1e-3
+    else:  # the ratio's denominator is the server's log-prob itself: no separate mismatch to report
+        assert all("mismatch/logp_abs_mean" not in r for r in rows)
+
+
 def test_dynamic_sampling_never_returns_a_short_batch(write_recipe):
     recipe, run_dir = write_recipe("dyn", run={"steps": 3}, reward={"custom": "toy_rewards:mentions_seven"},
                                    algorithm={"name": "grpo", "dynamic_sampling": True, "dynamic_sampling_max_rounds": 30})
