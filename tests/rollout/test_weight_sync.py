@@ -123,3 +123,26 @@ def test_flattened_bucket_round_trip():
         assert name == got_name and torch.equal(original, got)
     with pytest.raises(ValueError, match="need 108"):
         pack_into(torch.empty(10, dtype=torch.uint8), named)
+
+
+def test_bucket_pool_reuses_touched_buffers_and_bounds_memory():
+    from megarl.rollout.weight_sync import BucketPool
+
+    pool = BucketPool(shared=True, min_bytes=1024, max_buffers=2)
+    a = pool.acquire(600)
+    b = pool.acquire(1000)
+    assert a.numel() == 600 and b.numel() == 1000 and pool.allocations == 2
+    assert a.untyped_storage().is_shared()  # shared memory: a server process can map it
+    pool.release(a)
+    c = pool.acquire(900)  # reuses a's buffer (1024 bytes), no new allocation
+    assert pool.allocations == 2 and c.data_ptr() == a.data_ptr()
+    pool.release(b)
+    pool.release(c)
+    big = pool.acquire(4096)  # a tensor larger than the bucket: the smallest free buffer is replaced
+    assert big.numel() == 4096 and pool.allocations == 3
+    pool.release(big)
+    assert len(pool.free) <= 2 and pool.held_bytes == 1024 + 4096
+    with pytest.raises(ValueError, match="did not lend"):
+        pool.release(big)
+    private = BucketPool(shared=False, min_bytes=64)
+    assert not private.acquire(10).untyped_storage().is_shared()
