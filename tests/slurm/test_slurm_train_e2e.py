@@ -5,6 +5,9 @@ and metrics as the uninterrupted one."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from jobs import free_port_block, job_report, megarl_submit, read_metrics, submitted_job_id
@@ -18,13 +21,21 @@ STEPS = 3
 COMPARED = ("reward/mean", "reward/accuracy", "response/length_mean")
 
 
-def _submit_tiny(cluster, run_dir, extra=()):
+PER_STEP = 4 * 4  # data.prompts_per_step x rollout.n: grading calls per step
+
+
+def _submit_tiny(cluster, run_dir, extra=(), env=None):
+    """Both runs grade with tests/slurm/gated_rewards.py (importable through PYTHONPATH, which the
+    job inherits from sbatch); `env` may close its gate."""
     base = free_port_block(2)
+    job_env = dict(cluster.env, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+                   **(env or {}))
     proc = megarl_submit(["configs/tiny_cpu.yaml", "--nodes", "2", "--rollout-nodes", "1", "--gpus-per-node", "0",
                           "--time", "00:15:00", "--server-port", str(base), "--master-port", str(base + 1), *extra,
                           f"run.steps={STEPS}", "checkpoint.every=1", "eval.every=0", "rollout.transport=distributed",
-                          "data.prompts_per_step=4", "rollout.n=4", f"run.output_dir={run_dir}"],
-                         env=cluster.env, timeout=300)
+                          "data.prompts_per_step=4", "rollout.n=4", "reward.custom=gated_rewards:boxed_gold_gated",
+                          f"run.output_dir={run_dir}"],
+                         env=job_env, timeout=300)
     return submitted_job_id(proc)
 
 
@@ -49,13 +60,20 @@ def test_requeued_training_resumes_to_the_same_result(slurm_cluster, straight_ru
     import time
 
     run_dir = tmp_path / "requeued"
-    job_id = _submit_tiny(slurm_cluster, run_dir, ["--requeue"])
+    # The trainer waits in the grading of the third batch while the gate file exists: by then the
+    # step-1 checkpoint is written (with rollout.overlap the third batch is generated during step 2).
+    gate = tmp_path / "gate"
+    gate.write_text("closed")
+    job_id = _submit_tiny(slurm_cluster, run_dir, ["--requeue"],
+                          env={"MEGARL_TEST_GATE_FILE": str(gate), "MEGARL_TEST_GATE_AFTER_CALLS": str(2 * PER_STEP)})
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while not (run_dir / "checkpoints" / "step_000001" / "COMPLETE").exists():  # mid-run: after the first checkpoint
         assert time.monotonic() < deadline, job_report(run_dir, job_id)
         assert slurm_cluster.job_state(job_id)["JobState"] in ("PENDING", "RUNNING"), job_report(run_dir, job_id)
         time.sleep(0.3)
+    assert not (run_dir / "checkpoints" / f"step_{STEPS:06d}").exists()  # held at the gate, not finished
     slurm_cluster.run(["scontrol", "requeue", job_id], timeout=20)
+    gate.unlink()  # the requeued job (a fresh process) starts counting again and passes freely
     info = slurm_cluster.wait_for_job(job_id, timeout=JOB_TIMEOUT_S * 2)
     assert info["JobState"] == "COMPLETED", f"{info}\n{job_report(run_dir, job_id)}"
     assert info["Restarts"] == "1", info
