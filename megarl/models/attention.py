@@ -4,9 +4,9 @@
 Megatron's local `DotProductAttention` materializes the scores [b, heads, s, s] and runs baddbmm,
 masked_fill, softmax and bmm as separate ops (forward and backward). On CPU, where packed
 micro-batches are rows of a few hundred tokens with a block-diagonal mask, that is most of an
-update step; torch's fused kernel does the same arithmetic 2-3x faster (tools/bench_kernels-style
-figures in docs/benchmarks.md, issue 7). GPUs use Transformer Engine's attention instead and never
-reach this module.
+update step; torch's fused kernel does the same arithmetic 2-3.5x faster, forward and backward
+(measured in isolation; docs/benchmarks.md, trainer throughput section). GPUs use Transformer
+Engine's attention instead and never reach this module.
 
 Same inputs and outputs as `DotProductAttention`: query [sq, b, heads, hn], key/value
 [sk, b, groups, hn], `attention_mask` True = masked out (Megatron's convention), output
