@@ -492,11 +492,17 @@ class Trainer:
         recomputed log-probs instead, with a capped importance weight toward the behaviour)."""
         return self.cfg.rollout.overlap and self.cfg.algorithm.importance_correction == "none"
 
+    def _recompute_old_logprobs(self) -> bool:
+        """Whether the update needs a separate forward pass for old log-probs: not in a single pass
+        (the update's own forward gives them), nor when the ratio is taken against the behaviour
+        log-probs (unless KL in the reward needs them first)."""
+        a = self.cfg.algorithm
+        return not (self._single_pass() or (self._ratio_vs_behaviour() and not a.kl_in_reward))
+
     def compute_logprobs(self, seqs: list[TrainSequence]) -> list[dict]:
         """Per-sequence tensors on the last stage: old_logp (unless single pass), ref_logp, old_values."""
         extra = [dict() for _ in seqs]
-        if ((self._single_pass() or (self._ratio_vs_behaviour() and not self.cfg.algorithm.kl_in_reward))
-                and self.reference is None and self.critic is None):
+        if not self._recompute_old_logprobs() and self.reference is None and self.critic is None:
             return extra  # nothing to compute before the update
         mbs = self._microbatches(seqs)
         if not mbs:
@@ -509,7 +515,7 @@ class Trainer:
                     n = len(seqs[i].response_ids)
                     extra[i][out_key] = st[key][b, :n].detach().float().cpu()
 
-        if not self._single_pass() and not (self._ratio_vs_behaviour() and not self.cfg.algorithm.kl_in_reward):
+        if self._recompute_old_logprobs():
             stats = self.actor.logprobs(mbs, temperature)
             if is_last_stage():
                 scatter(stats, "logp", "old_logp")
