@@ -205,7 +205,7 @@ def masked_whiten(x, mask, shift_mean: bool = True, eps: float = 1e-8, impl: str
     if count < 2:
         raise ValueError(f"masked_whiten needs at least 2 unmasked elements, got {count}; skip whitening for such batches.")
     if resolve_impl(impl, x) == "torch":
-        return masked_whiten_reference(x, mask, shift_mean, eps)
+        return masked_whiten_reference(x, keep, shift_mean, eps)
     xf = _as_f32(x)
     numel, block = xf.numel(), 4096
     n_blocks = triton.cdiv(numel, block)

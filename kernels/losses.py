@@ -4,7 +4,9 @@ Plain torch on purpose: these are a handful of elementwise ops over [B, T] plus 
 which torch (or torch.compile) already fuses well; the expensive inputs (log-probs) come from
 the fused kernels in `kernels.logprob`.
 
-policy_loss, per token with ratio = exp(logp - old_logp) and advantage A:
+policy_loss, per token with ratio = exp(clamp(logp - old_logp, -20, 20)) and advantage A (the clamp,
+as in verl, OpenRLHF and slime, keeps one far-off-policy token from overflowing exp to inf and
+poisoning the loss or its gradient with NaN; ppo_kl is taken from the unclamped log-ratio):
     clipped = max(-A * ratio, -A * clamp(ratio, 1 - clip_low, 1 + clip_high))
     with dual_clip = c > 1 and A < 0: loss = min(clipped, -A * c)   (Ye et al. 2020)
 aggregation over masked tokens of [B, T]:
@@ -26,6 +28,7 @@ import torch
 
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-sum-constant")
 KL_KINDS = ("k1", "k2", "k3", "low_var_kl")
+LOG_RATIO_LIMIT = 20.0  # |logp - old_logp| before exp in the PPO ratio (the peers' value)
 
 
 def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean", constant: float | None = None) -> torch.Tensor:
@@ -68,7 +71,7 @@ def policy_loss(
     if dual_clip is not None and not dual_clip > 1.0:
         raise ValueError(f"dual_clip={dual_clip} must be > 1 (typically 3.0) or None.")
     log_ratio = logp - old_logp
-    ratio = torch.exp(log_ratio)
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
     unclipped = -advantages * ratio
     clipped_ratio = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     loss_mat = torch.maximum(unclipped, clipped_ratio)

@@ -105,3 +105,13 @@ def test_masked_whiten(impl, shift_mean):
     torch.testing.assert_close(y, masked_whiten_reference(x, mask, shift_mean), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="at least 2"):
         masked_whiten(x, torch.zeros_like(mask), impl=impl)
+
+
+def test_masked_whiten_without_mask_on_the_torch_path():
+    """mask=None means every element (as on the Triton path); the torch path raised
+    AttributeError on None.to (fails before the fix)."""
+    from kernels.advantages import masked_whiten
+
+    x = torch.tensor([1.0, 2.0, 4.0, 7.0])
+    expected = (x - x.mean()) / x.std()
+    torch.testing.assert_close(masked_whiten(x, None, impl="torch"), expected, rtol=1e-6, atol=1e-6)

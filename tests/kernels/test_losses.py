@@ -84,3 +84,19 @@ def test_kl_estimators():
     torch.testing.assert_close(weighted, exact)
     with pytest.raises(ValueError, match="kind"):
         kl_penalty(logp, ref, "k4")
+
+
+def test_far_off_policy_token_keeps_loss_and_gradient_finite():
+    """One token with logp - old_logp > 88.7 overflowed exp to inf: the loss was inf/NaN and the
+    gradient NaN for the whole batch (fails before the clamp: loss inf, grad NaN). Peers clamp the
+    log-ratio to +-20 before exp; ppo_kl stays the unclamped statistic."""
+    logp = torch.tensor([[-1.0, -0.5, -2.0]], requires_grad=True)
+    old = torch.tensor([[-100.0, -0.6, -2.1]])
+    adv = torch.tensor([[-1.0, 1.0, 1.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    loss, stats = policy_loss(logp, old, adv, mask, dual_clip=None)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
+    expected = (-(-1.0) * math.exp(20.0) - 1.0 * math.exp(0.1) - 1.0 * min(math.exp(0.1), 1.2)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert stats["ppo_kl"].item() == pytest.approx(-(99.0 + 0.1 + 0.1) / 3, rel=1e-6)
