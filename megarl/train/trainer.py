@@ -534,6 +534,12 @@ class Trainer:
         if not is_last_stage():
             return
         a = self.cfg.algorithm
+        # KL in the reward is the actor's (recomputed) log-probs against the reference, taken before
+        # old_logp may be replaced by the servers' behaviour log-probs for the ratio below.
+        kls = [
+            algo_fns.kl_penalty(e["old_logp"], e["ref_logp"], a.kl_type) if (a.kl_in_reward and "ref_logp" in e) else None
+            for e in extra
+        ]
         for s, e in zip(seqs, extra):
             if s.behaviour_logp is not None and len(s.behaviour_logp) == len(s.response_ids):
                 e["behaviour_logp"] = torch.tensor(s.behaviour_logp, dtype=torch.float32)
@@ -543,10 +549,6 @@ class Trainer:
             for s, e in zip(seqs, extra):
                 e["advantages"] = torch.full((len(s.response_ids),), s.advantage, dtype=torch.float32)
             return
-        kls = [
-            algo_fns.kl_penalty(e["old_logp"], e["ref_logp"], a.kl_type) if (a.kl_in_reward and "ref_logp" in e) else None
-            for e in extra
-        ]
         rewards = [algo_fns.token_rewards(s.reward, len(s.response_ids), kl, a.kl_coef) for s, kl in zip(seqs, kls)]
         if a.name == "ppo":
             adv, ret = algo_fns.gae_advantages(rewards, [e["old_values"] for e in extra], a.gamma, a.lam)
