@@ -37,10 +37,24 @@ def layer_spec():
     if layer_impl() == "te":
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     from megarl.models.attention import SDPAttention
+    from megarl.models.norms import RMSNorm
 
     spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
     spec.submodules.self_attention.submodules.core_attention = SDPAttention  # torch's fused attention on CPU
+    spec.submodules.input_layernorm = spec.submodules.pre_mlp_layernorm = RMSNorm  # sequence-parallel capable
     return spec
+
+
+def block_spec(config):
+    """This PP stage's transformer block: its layers, and (local spec) megarl's RMSNorm as the final norm."""
+    spec = layer_spec()
+    if layer_impl() == "te":
+        return spec
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+
+    from megarl.models.norms import RMSNorm
+
+    return TransformerBlockSubmodules(layer_specs=[spec] * get_num_layers_to_build(config), layer_norm=RMSNorm)
 
 
 def transformer_config(
@@ -154,7 +168,7 @@ def build_model(
     tied = spec.tie_word_embeddings and role == "actor"
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(),
+        transformer_layer_spec=block_spec(config),
         vocab_size=spec.padded_vocab_size(tp),
         max_sequence_length=spec.max_position_embeddings,
         pre_process=pre,

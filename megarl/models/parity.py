@@ -2,6 +2,7 @@
 
 Run under torchrun (one process per rank):
     torchrun --nproc-per-node 4 -m megarl.models.parity --hf-dir MODEL --tp 2 --pp 2 --out parity.json
+    torchrun --nproc-per-node 2 -m megarl.models.parity --hf-dir MODEL --tp 2 --sequence-parallel --out sp.json
 
 It reports the max |logit difference| against transformers' model (fp32), and with
 `--train-out DIR` also takes one SGD step through Megatron DDP + optimizer and saves the updated
@@ -31,7 +32,7 @@ def _gather_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
     return tensor_parallel.gather_from_tensor_model_parallel_region(logits)[..., :vocab]
 
 
-def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16) -> dict:
+def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_parallel: bool = False) -> dict:
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
 
@@ -43,7 +44,7 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16) -> dict:
     from megarl.models.training import OptimSettings, wrap_for_training, zero_grads
 
     spec = ModelSpec.from_hf(hf_dir)
-    model = build_model(spec)
+    model = build_model(spec, sequence_parallel=sequence_parallel)
     load_hf_into_model(model, hf_dir)
     model.eval()
     batches = _batch(spec.vocab_size, micro_batches=2, micro_batch_size=2, seq=seq)
@@ -99,12 +100,13 @@ def main(argv=None) -> int:
     parser.add_argument("--pp", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
     parser.add_argument("--train-out", type=Path, default=None, help="also take one SGD step; save weights here")
+    parser.add_argument("--sequence-parallel", action="store_true", help="Megatron sequence parallelism (with tp > 1)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     from megarl.runtime.distributed import init_runtime, shutdown_runtime
 
     rt = init_runtime(tp=args.tp, pp=args.pp, seed=1234)
-    results = [check_one(Path(d), args.train_out) for d in args.hf_dir]
+    results = [check_one(Path(d), args.train_out, sequence_parallel=args.sequence_parallel) for d in args.hf_dir]
     gathered = [None] * rt.world_size
     torch.distributed.all_gather_object(gathered, results)
     if rt.is_main:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import time
@@ -154,7 +155,8 @@ class Trainer:
         )
         steps = self.cfg.run.steps * self.cfg.algorithm.epochs * self.cfg.algorithm.mini_batches
         return ModelWorker(self.spec, WorkerSettings(
-            role=role, dtype=self.dtype, recompute=par.recompute, trainable=trainable, optim=optim,
+            role=role, dtype=self.dtype, recompute=par.recompute, sequence_parallel=par.sequence_parallel,
+            trainable=trainable, optim=optim,
             lr_warmup_steps=par.lr_warmup_steps, lr_decay_steps=steps, lr_schedule=par.lr_schedule,
         ))
 
@@ -472,8 +474,9 @@ class Trainer:
     def _microbatches(self, seqs: list[TrainSequence]) -> list[dict]:
         from megarl.models.build import layer_impl
 
+        # Sequence parallelism splits every row over the TP ranks: rows pad to a multiple of tp too.
         return build_microbatches(seqs, self.cfg.actor.micro_batch_tokens, self.rt.device, row_tokens=self.cfg.actor.row_tokens,
-                                  packed_seq_params=layer_impl() == "te")
+                                  packed_seq_params=layer_impl() == "te", pad_multiple=math.lcm(8, self.rt.tp))
 
     def _temperature(self) -> float:
         t = self.cfg.rollout.temperature

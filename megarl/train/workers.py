@@ -61,6 +61,7 @@ class WorkerSettings:
     role: str  # actor | critic | reference
     dtype: torch.dtype
     recompute: str | None = None
+    sequence_parallel: bool = False
     trainable: bool = True
     optim: object | None = None  # megarl.models.training.OptimSettings
     lr_warmup_steps: int = 0
@@ -75,7 +76,8 @@ class ModelWorker:
         self.spec = spec
         self.settings = settings
         role = "critic" if settings.role == "critic" else "actor"
-        self.model = build_model(spec, role=role, dtype=settings.dtype, recompute=settings.recompute)
+        self.model = build_model(spec, role=role, dtype=settings.dtype, recompute=settings.recompute,
+                                 sequence_parallel=settings.sequence_parallel)
         self.ddp = self.optimizer = self.scheduler = None
         if settings.trainable:
             self.ddp, self.optimizer = wrap_for_training(self.model, settings.optim)

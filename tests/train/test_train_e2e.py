@@ -59,15 +59,18 @@ def test_three_steps_at_tp2_pp2(write_recipe, algorithm, extra):
 
 
 def test_layout_parity_first_step(write_recipe):
-    """The same first step at TP=1 and TP2xPP2: identical rollouts, matching losses and grad norm."""
+    """The same first step at TP=1, TP2xPP2 and TP=2 with sequence parallelism: identical rollouts,
+    matching losses and grad norm."""
     recipe, run_dir = write_recipe("parity1", run={"steps": 1})
     _train(recipe)
-    recipe2, run_dir2 = write_recipe("parity4", run={"steps": 1}, actor={"tp": 2, "pp": 2})
-    _train(recipe2, nproc=4)
-    a, b = _metrics(run_dir)[0], _metrics(run_dir2)[0]
-    assert a["reward/mean"] == b["reward/mean"] and a["response/length_mean"] == b["response/length_mean"]
-    for key in ("actor/pg_loss", "actor/entropy", "actor/grad_norm", "actor/ppo_kl"):
-        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    a = _metrics(run_dir)[0]
+    for name, actor, nproc in [("parity4", {"tp": 2, "pp": 2}, 4), ("parity_sp", {"tp": 2, "sequence_parallel": True}, 2)]:
+        recipe2, run_dir2 = write_recipe(name, run={"steps": 1}, actor=actor)
+        _train(recipe2, nproc=nproc)
+        b = _metrics(run_dir2)[0]
+        assert a["reward/mean"] == b["reward/mean"] and a["response/length_mean"] == b["response/length_mean"]
+        for key in ("actor/pg_loss", "actor/entropy", "actor/grad_norm", "actor/ppo_kl"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (name, key)
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["on-policy", "overlap"])
