@@ -57,6 +57,7 @@ class ParallelConfig(Section):
     lr: float = Field(1e-6, gt=0)
     min_lr: float = 0.0
     lr_warmup_steps: int = Field(0, ge=0)
+    lr_warmup_ratio: float = Field(0.0, ge=0, lt=1, description="warmup as a fraction of all optimizer steps (used when lr_warmup_steps=0)")
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
@@ -110,6 +111,7 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = -1
     max_new_tokens: int = Field(1024, ge=1)
+    stop_token_ids: list[int] = Field(default_factory=list, description="token ids that end a response (a recipe's model-specific stops)")
     transport: Literal["tensor", "distributed", "disk"] = "tensor"
     bucket_mb: int = Field(512, ge=1)
     colocate: bool = False
@@ -132,6 +134,8 @@ class DataConfig(Section):
 
 class RewardConfig(Section):
     scheme: Literal["simplerl", "binary"] = "binary"
+    extraction: Literal["boxed", "qwen-math", "answer_is", "last_number"] = Field(
+        "boxed", description="answer extraction: boxed (strict) or qwen-math (Qwen2.5-Math's order, SimpleRL's); see megarl.rewards.extraction")
     format_weight: float = 0.0
     timeout_s: float = Field(5.0, gt=0)
     custom: str | None = Field(None, description="'module:function' returning rewards for your own task")
@@ -140,8 +144,11 @@ class RewardConfig(Section):
 class EvalConfig(Section):
     every: int = Field(0, ge=0, description="evaluate every k steps (0: never)")
     benchmarks: list[str] = Field(default_factory=list)
+    protocol: Literal["custom", "simplerl-zoo", "greedy"] = Field(
+        "custom", description="a paper's sampling and scoring (megarl.evaluation.protocols); custom: n/temperature/top_p/max_new_tokens below")
     n: int = Field(1, ge=1)
     temperature: float = 0.0
+    top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = 1024
     limit: int | None = None
 
@@ -254,19 +261,38 @@ def _format_validation_error(err: ValidationError, data: dict) -> str:
     return f"{loc}={value!r}: {msg}"
 
 
+def _merge(base: dict, delta: dict) -> dict:
+    """`delta` over `base`, section by section (a list or a value replaces the base's)."""
+    merged = dict(base)
+    for key, value in delta.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A recipe's YAML as a dict, with `base: other.yaml` (relative to the recipe) merged under it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist; see configs/ for the shipped recipes")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself ({' -> '.join(p.name for p in _seen)}); remove one base")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (run, model, actor, ...)")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base={base!r} must be a recipe file name, e.g. base: simplerl_zoo_base.yaml")
+    return _merge(read_recipe(path.parent / base, (*_seen, path.resolve())), data)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None, *, check_files: bool = True) -> Config:
-    """Load a YAML recipe, apply `key=value` overrides, validate. Raises ConfigError."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe {path} does not exist; see configs/ for the shipped recipes")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections (run, model, actor, ...)")
+    """Load a YAML recipe (and its `base:` chain), apply `key=value` overrides, validate. Raises ConfigError."""
+    data: dict = read_recipe(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     _check_keys(data, Config)
     try:
@@ -337,7 +363,9 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
 
 
 def _data_exists(item: str) -> bool:
-    if Path(item).exists() or item.startswith("toy-arith:"):
+    from megarl.data.difficulty import DIFFICULTY_PRESETS
+
+    if Path(item).exists() or item.startswith("toy-arith:") or item in DIFFICULTY_PRESETS:
         return True
     try:
         from megarl.datasets import dataset_path

@@ -23,12 +23,16 @@ __all__ = [
 ]
 
 
+from pathlib import Path  # noqa: E402
+
 TOY_PREFIX = "toy-arith:"
 
 
 def load_prompts(source: str, levels: list[int] | None = None) -> list[PromptRecord]:
     """Prompt records for training or evaluation from a shipped set name, a path, or the CPU
-    demo's generated sets (`toy-arith:rl_train`, `toy-arith:heldout[:N]`, see megarl.demo).
+    demo's generated sets (`toy-arith:rl_train`, `toy-arith:heldout[:N]`, see megarl.demo), or a
+    SimpleRL-Zoo difficulty level by name: `easy` (GSM8K train + MATH level 1), `medium` (MATH
+    1-4), `hard` (MATH 3-5).
 
     `levels`: keep only MATH problems whose level is in the list (difficulty control)."""
     if source.startswith(TOY_PREFIX):
@@ -40,6 +44,8 @@ def load_prompts(source: str, levels: list[int] | None = None) -> list[PromptRec
         # The toy model's prompt is the problem plus one newline (template "none").
         records = [PromptRecord(id=r["id"], problem=format_prompt(r["problem"]), answer=r["answer"], source=source)
                    for r in rows]
+    elif source in DIFFICULTY_PRESETS and not Path(source).exists():
+        records = load_difficulty_preset(source)
     else:
         records = load_records(source)
     if levels:

@@ -1,7 +1,10 @@
 """Difficulty control as in SimpleRL-Zoo: MATH level ranges and the easy/medium/hard presets.
 
 easy = GSM8K train + MATH level 1, medium = MATH levels 1-4, hard = MATH levels 3-5 (the
-zero-RL default). Finer control by measured pass rate lives in megarl.data.pass_rate.
+zero-RL default). The paper's level per model (SimpleRL-Zoo, arXiv 2503.18892 and the README
+of hkust-nlp/simpleRL-reason): easy for Llama-3.1-8B, Mistral-7B and DeepSeek-Math-7B, medium
+for Qwen2.5-0.5B, hard for the rest. Recipes name a level in `data.train` (`[easy]`), and
+`megarl.data.load_prompts` loads it. Finer control by measured pass rate lives in megarl.data.pass_rate.
 """
 
 from __future__ import annotations

@@ -1,9 +1,18 @@
 """Prompt templates for math reasoning (qwen-boxed, qwen25-math-cot, abel, r1, none) and their stops.
 
-Chat templates (qwen-boxed, qwen25-math-cot) go through the tokenizer's own chat template, so
-the same recipe works for Qwen, Llama or Mistral tokenizers; plain templates (abel, r1, none)
-are format strings. Each template also names how its answers are graded: "boxed" (the last
-`\\boxed{}`) or "r1" (the `<answer>` block).
+Every template is the literal string its paper's code builds, never the checkpoint's chat
+template (which would swap in the tokenizer's default system prompt, repeat the boxed
+instruction, or fail on a base tokenizer without one). Sources, with the rendered prompts
+checked byte for byte in tests/data/test_templates.py:
+- qwen-boxed, qwen25-math-cot, abel: hkust-nlp/simpleRL-reason
+  `examples/simplelr_math_eval/utils.py` `PROMPT_TEMPLATES` (SimpleRL-Zoo; the training data
+  carries the same strings).
+- qwen25-math-cot is also Dr. GRPO's `qwen_math` and r1 its `r1`: sail-sg/understand-r1-zero
+  `train_zero_math.py` `apply_qwen_math_template`, `apply_r1_template`.
+Each template also names how its answers are graded: "boxed" (the last `\\boxed{}`) or "r1"
+(the `<answer>` block). Stop strings are only those upstream stops on: the ChatML turn end for
+the ChatML templates (a string, so it matches however a non-Qwen tokenizer splits it) and
+`</answer>` for r1; per-model stop tokens go in a recipe's `rollout.stop_token_ids`.
 """
 
 from __future__ import annotations
@@ -12,6 +21,18 @@ from dataclasses import dataclass
 from typing import Any
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+CHATML_TURN_END = "<|im_end|>"
+QWEN_BOXED_PROMPT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n{question}\n" + BOXED_INSTRUCTION + "<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+QWEN_MATH_COT_PROMPT = (
+    "<|im_start|>system\n" + BOXED_INSTRUCTION + "<|im_end|>\n"
+    "<|im_start|>user\n{question}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+ABEL_PROMPT = "Question:\n{question}\nAnswer:\nLet's think step by step.\n"
 R1_PROMPT = (
     "A conversation between User and Assistant. The User asks a question, and the Assistant solves it. "
     "The Assistant first thinks about the reasoning process in the mind and then provides the User with the answer. "
@@ -23,31 +44,23 @@ R1_PROMPT = (
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """One prompt format: how a question becomes the model's input, and when generation stops."""
+    """One prompt format: the literal prompt around a question, and when generation stops."""
 
     name: str
-    chat: bool  # rendered through tokenizer.apply_chat_template
-    system: str | None = None  # chat: the system message (None: the tokenizer's default, if any)
-    user_suffix: str = ""  # chat: appended to the question in the user turn
-    plain_format: str = "{question}"  # non-chat: the whole prompt
+    prompt_format: str  # the whole prompt; "{question}" marks the question
     stop: tuple[str, ...] = ()  # stop strings besides the tokenizer's end-of-sequence token
     answer_format: str = "boxed"  # how responses are graded: "boxed" or "r1"
 
 
 TEMPLATES: dict[str, PromptTemplate] = {
-    "qwen-boxed": PromptTemplate("qwen-boxed", chat=True, user_suffix="\n" + BOXED_INSTRUCTION),
-    "qwen25-math-cot": PromptTemplate("qwen25-math-cot", chat=True, system=BOXED_INSTRUCTION),
-    "abel": PromptTemplate(
-        "abel", chat=False, plain_format="Question:\n{question}\nAnswer:\nLet's think step by step.\n", stop=("\nQuestion:",)
-    ),
+    "qwen-boxed": PromptTemplate("qwen-boxed", QWEN_BOXED_PROMPT, stop=(CHATML_TURN_END,)),
+    "qwen25-math-cot": PromptTemplate("qwen25-math-cot", QWEN_MATH_COT_PROMPT, stop=(CHATML_TURN_END,)),
+    "abel": PromptTemplate("abel", ABEL_PROMPT),
     # The prompt ends inside <think>; generation stops at </answer> (kept with no_stop_trim, or
     # trimmed: the grader accepts both).
-    "r1": PromptTemplate("r1", chat=False, plain_format=R1_PROMPT, stop=("</answer>",), answer_format="r1"),
-    "none": PromptTemplate("none", chat=False, plain_format="{question}"),
+    "r1": PromptTemplate("r1", R1_PROMPT, stop=("</answer>",), answer_format="r1"),
+    "none": PromptTemplate("none", "{question}"),
 }
-# Stop strings that end an assistant turn in common chat templates, for tokenizers whose EOS
-# token is not the end-of-turn token (Qwen base models: EOS <|endoftext|>, turn end <|im_end|>).
-CHAT_TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "</s>", "<|end|>")
 
 
 def get_template(name: str) -> PromptTemplate:
@@ -57,34 +70,17 @@ def get_template(name: str) -> PromptTemplate:
 
 
 def render_prompt(template: str | PromptTemplate, question: str, tokenizer: Any = None) -> str:
-    """The prompt text for one question. Chat templates need a tokenizer with a chat template."""
+    """The prompt text for one question: the template's literal string (the tokenizer is not used;
+    it is accepted so callers need not care)."""
     spec = get_template(template) if isinstance(template, str) else template
-    if not spec.chat:
-        return spec.plain_format.format(question=question)
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        have = "no tokenizer" if tokenizer is None else f"tokenizer {type(tokenizer).__name__} without a chat_template"
-        raise ValueError(
-            f"template {spec.name!r} renders through the tokenizer's chat template, but got {have}; "
-            "pass the model's tokenizer (a base model's tokenizer_config.json usually has one) or use "
-            "template 'abel', 'r1' or 'none'"
-        )
-    messages = []
-    if spec.system is not None:
-        messages.append({"role": "system", "content": spec.system})
-    messages.append({"role": "user", "content": question + spec.user_suffix})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return spec.prompt_format.replace("{question}", question)
 
 
 def stop_strings(template: str | PromptTemplate, tokenizer: Any = None) -> list[str]:
-    """Stop strings for a template: its own, plus for chat templates the end-of-turn markers that
-    the tokenizer knows, plus the tokenizer's EOS token."""
+    """Stop strings for a template: its own plus the tokenizer's EOS token."""
     spec = get_template(template) if isinstance(template, str) else template
     stops = list(spec.stop)
-    if tokenizer is not None:
-        if spec.chat:
-            vocabulary = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-            stops.extend(end for end in CHAT_TURN_ENDS if end in vocabulary)
-        eos = getattr(tokenizer, "eos_token", None)
-        if eos:
-            stops.append(eos)
+    eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
+    if eos:
+        stops.append(eos)
     return list(dict.fromkeys(stops))  # unique, in order

@@ -1,6 +1,7 @@
 """`megarl eval`: evaluate a model (HF directory or running server URL) on math benchmarks.
 
 example: megarl eval --model runs/tiny_cpu/hf/step_000020 --benchmarks math500,gsm8k --template qwen-boxed --n 1 --temperature 0
+         megarl eval --model /models/Qwen2.5-7B --template qwen-boxed --protocol simplerl-zoo --extraction qwen-math
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+
+from megarl.evaluation.protocols import PROTOCOL_NAMES
+from megarl.rewards.extraction import EXTRACTION_MODES
 
 
 def main(argv: list[str]) -> int:
@@ -22,6 +26,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--protocol", default="custom", choices=PROTOCOL_NAMES,
+                        help="a paper's sampling (simplerl-zoo: T=1, top-p 0.95, 16000 tokens, avg@32 on aime24; greedy: Dr. GRPO's), "
+                             "or custom: --n/--temperature/--top-p/--max-new-tokens (default %(default)s)")
+    parser.add_argument("--extraction", default="boxed", choices=EXTRACTION_MODES, help="answer extraction (default %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems of each benchmark")
     parser.add_argument("--servers", type=int, default=1, help="built-in servers to start for a model directory")
     parser.add_argument("--engine", choices=["builtin", "sglang"], default=None, help="default: sglang on GPUs, builtin on CPU")
@@ -65,6 +73,7 @@ def main(argv: list[str]) -> int:
         settings = EvalSettings(
             benchmarks=[b for b in args.benchmarks.split(",") if b], template=args.template, n=args.n,
             temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed,
+            protocol=args.protocol, extraction=args.extraction,
         )
         results = evaluate_benchmarks(client, tokenizer, settings, out_dir=Path(args.out) if args.out else None)
     except (FileNotFoundError, ValueError) as err:

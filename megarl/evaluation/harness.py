@@ -2,7 +2,8 @@
 
 Metrics per benchmark: accuracy (mean over all samples = avg@n), pass@k (unbiased estimator,
 k = n), mean response length in tokens, truncation rate, answers/s. Per-sample rows go to
-JSON Lines so results can be inspected and compared.
+JSON Lines so results can be inspected and compared. A named protocol (`protocol`, see
+megarl.evaluation.protocols) replaces n, temperature, top-p and the token limit with a paper's.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ class EvalSettings:
     limit: int | None = None  # first `limit` problems of each benchmark (quick checks)
     seed: int = 0
     grade_timeout: float = 5.0
+    protocol: str = "custom"  # "simplerl-zoo", "greedy", or "custom" (the values above)
+    extraction: str = "boxed"  # answer extraction (megarl.rewards.extraction), as the recipe's reward
+    stop_token_ids: list[int] = dataclasses.field(default_factory=list)
+
+    def sampling_for(self, benchmark: str, template: str) -> tuple[int, float, float, int, tuple[str, ...]]:
+        """(n, temperature, top_p, max_new_tokens, extra stop strings) for one benchmark."""
+        from megarl.evaluation.protocols import get_protocol
+
+        protocol = get_protocol(self.protocol)
+        if protocol is None:
+            return self.n, self.temperature, self.top_p, self.max_new_tokens, ()
+        n = protocol.n_per_benchmark.get(benchmark, protocol.n)
+        return n, protocol.temperature, protocol.top_p, protocol.max_new_tokens, protocol.extra_stops.get(template, ())
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -53,17 +67,20 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
             rows = rows[: settings.limit]
         started = time.perf_counter()
         prompts = [tokenizer(render_prompt(template, r.problem, tokenizer), add_special_tokens=False)["input_ids"] for r in rows]
+        n, temperature, top_p, max_new_tokens, extra_stops = settings.sampling_for(name, settings.template)
         sampling = SamplingParams(
-            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
-            stop=stop_strings(template, tokenizer), sampling_seed=settings.seed,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            stop=list(dict.fromkeys([*stop_strings(template, tokenizer), *extra_stops])),
+            stop_token_ids=list(settings.stop_token_ids), sampling_seed=settings.seed,
         )
-        outputs = client.generate(prompts, sampling, n=settings.n)
+        outputs = client.generate(prompts, sampling, n=n)
         gen_s = time.perf_counter() - started
         flat = [s for group in outputs for s in group]
         grades = grade_batch(
             [s.text for s in flat], [rows[s.prompt_index].answer for s in flat], template=settings.template,
             timeout=settings.grade_timeout, finish_reasons=[s.finish_reason for s in flat],
-            reward_config=RewardConfig(scheme="binary"),
+            reward_config=RewardConfig(scheme="binary", extraction_mode=settings.extraction),
+            extraction_mode=settings.extraction,
         )
         correct_per_prompt = [0] * len(rows)
         for s, g in zip(flat, grades):
@@ -79,7 +96,7 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
             "problems": len(rows),
             "samples": total,
             "accuracy": sum(int(g.correct) for g in grades) / total if total else 0.0,
-            f"pass@{settings.n}": sum(pass_at_k(settings.n, c, settings.n) for c in correct_per_prompt) / len(rows) if rows else 0.0,
+            f"pass@{n}": sum(pass_at_k(n, c, n) for c in correct_per_prompt) / len(rows) if rows else 0.0,
             "mean_length": sum(s.completion_tokens for s in flat) / total if total else 0.0,
             "truncation_rate": sum(s.finish_reason == "length" for s in flat) / total if total else 0.0,
             "seconds": time.perf_counter() - started,

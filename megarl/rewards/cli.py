@@ -19,6 +19,7 @@ from typing import Any
 
 from megarl.data.loading import iter_json_objects
 from megarl.data.templates import TEMPLATES
+from megarl.rewards.extraction import EXTRACTION_MODES
 from megarl.rewards.grading import DEFAULT_TIMEOUT_S, GradingPool
 from megarl.rewards.schemes import SCHEMES, RewardConfig, compute_rewards
 
@@ -27,6 +28,7 @@ CHUNK_ROWS = 1024
 
 EXAMPLE = """example:
   megarl grade rollouts.jsonl --out graded.jsonl --timeout 5 --template qwen-boxed
+  megarl grade rollouts.jsonl --extraction qwen-math   # grade as SimpleRL-Zoo's reward does
   echo '{"id": 1, "response": "so \\\\boxed{\\\\frac12}", "answer": "0.5"}' | megarl grade -
 """
 
@@ -148,8 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="hard limit per answer in seconds (default %(default)s)")
     parser.add_argument("--template", default="qwen-boxed", choices=list(TEMPLATES), help="template for rows without one (default %(default)s)")
     parser.add_argument("--scheme", default="binary", choices=SCHEMES, help="reward scheme (default %(default)s)")
-    parser.add_argument("--extraction", default="boxed", choices=("boxed", "answer_is", "last_number"),
-                        help="fallbacks after \\boxed{}: none, 'the answer is', or also the last number (default %(default)s)")
+    parser.add_argument("--extraction", default="boxed", choices=EXTRACTION_MODES,
+                        help="answer extraction: 'boxed' (strict, the last \\boxed{}), 'qwen-math' (Qwen2.5-Math's order: "
+                             "last box, 'the answer is', last number; SimpleRL-Zoo's reward), or megarl's 'answer_is' / "
+                             "'last_number' fallbacks after the box (default %(default)s)")
     parser.add_argument("--workers", type=int, default=None, help="grading worker processes (default min(4, cores))")
     return parser
 

@@ -1,5 +1,17 @@
 """Final-answer extraction from model responses: `\\boxed{}`, "the answer is", last number, r1 tags.
 
+Extraction modes (`reward.extraction`, `megarl grade --extraction`):
+- "boxed": the last `\\boxed{}` only (strict: no box, no answer). Dr. GRPO's `boxed_reward_fn`
+  (sail-sg/oat `oat/utils/math_grader.py`) and the CPU demo use it.
+- "qwen-math": Qwen2.5-Math's `extract_answer` order (QwenLM/Qwen2.5-Math
+  `evaluation/parser.py`, used with `data_name="math"` by SimpleRL-Zoo's reward
+  `verl/utils/reward_score/hf_math_verify.py` and SimpleRL v0's `experience_maker.py`):
+  Minerva's "final answer is $...$. I hope", else the last box (an unclosed box runs to the
+  end), else everything after the last "the answer is" / "final answer is", else the last
+  number (a GSM8K-style `#### 72` ends on its number).
+- "answer_is", "last_number": megarl's own fallbacks after the box (the sentence after "the
+  answer is", then the last number).
+
 Every function here is linear in the length of the response (no backtracking regexes over
 the whole text), so a 1 MB response or deeply nested braces cost milliseconds, not minutes.
 """
@@ -10,9 +22,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from megarl.rewards.normalization import normalize_answer
+
 # Which fallbacks to try after `\boxed{}`: "boxed" only (SimpleRL's rule: no box, no answer),
 # "answer_is" adds "the answer is ...", "last_number" adds the last number in the text.
-ExtractionMode = Literal["boxed", "answer_is", "last_number"]
+ExtractionMode = Literal["boxed", "qwen-math", "answer_is", "last_number"]
+EXTRACTION_MODES: tuple[str, ...] = ("boxed", "qwen-math", "answer_is", "last_number")
 FallbackOrder: dict[str, tuple[str, ...]] = {
     "boxed": ("boxed",),
     "answer_is": ("boxed", "answer_is"),
@@ -104,10 +119,72 @@ def last_number(text: str) -> str | None:
     return found.replace(",", "") if found else None
 
 
+# Qwen2.5-Math's extraction: the phrases it looks for, its number pattern, and the end-of-text
+# markers SimpleRL cuts the response at before extracting.
+QWEN_MINERVA_OPEN, QWEN_MINERVA_CLOSE = "final answer is $", "$. I hope"
+QWEN_ANSWER_PHRASES = ("he answer is", "final answer is")
+QWEN_CHINESE_PHRASE = "答案是"
+QWEN_NUMBER_PATTERN = re.compile(r"-?\d*\.?\d+")
+QWEN_END_MARKERS = ("</s>", "<|im_end|>", "<|endoftext|>")
+QWEN_NEWLINE_RUN = re.compile(r"\n\s*")
+
+
+def _qwen_box_content(after_box: str) -> str:
+    """What follows the last "boxed": the brace group (to the end of the text when unclosed), or
+    for `\\boxed 7$` the text up to the next `$`."""
+    if not after_box.startswith("{"):
+        return after_box.split("$", 1)[0].strip()
+    depth, end = 1, len(after_box)
+    for index in range(1, len(after_box)):
+        char = after_box[index]
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                end = index
+                break
+    return after_box[1:end]
+
+
+def qwen_math_answer(text: str) -> ExtractedAnswer:
+    """Qwen2.5-Math's answer extraction (`evaluation/parser.py` `extract_answer`, data_name="math").
+
+    The source says which rule fired: "minerva", "boxed", "answer_is", "last_number" or "none".
+    An empty box is an empty answer (no fallback), as upstream.
+    """
+    for marker in QWEN_END_MARKERS:
+        if marker in text:
+            text = text.split(marker, 1)[0].strip()
+    text = text.replace("\u043a\u0438", "")
+    if QWEN_MINERVA_OPEN in text and QWEN_MINERVA_CLOSE in text:
+        found, source = text.split(QWEN_MINERVA_OPEN, 1)[1].split(QWEN_MINERVA_CLOSE, 1)[0].strip(), "minerva"
+    elif "boxed" in text:
+        found, source = _qwen_box_content(text[text.rindex("boxed") + len("boxed"):]), "boxed"
+    elif any(phrase in text for phrase in QWEN_ANSWER_PHRASES):
+        phrase = next(phrase for phrase in QWEN_ANSWER_PHRASES if phrase in text)
+        found, source = text[text.rindex(phrase) + len(phrase):].strip(), "answer_is"
+    elif QWEN_CHINESE_PHRASE in text:
+        found, source = text.split(QWEN_CHINESE_PHRASE, 2)[1].strip().split("\n\n", 1)[0].strip(), "answer_is"
+    else:
+        numbers = QWEN_NUMBER_PATTERN.findall(text.replace(",", ""))
+        found, source = (numbers[-1], "last_number") if numbers else ("", "none")
+    found = QWEN_NEWLINE_RUN.sub("", found)
+    found = found[1:] if found.startswith(":") else found
+    found = found[:-1] if found.endswith(".") else found
+    found = found[:-1] if found.endswith("/") else found
+    # Upstream normalizes the prediction (`strip_string`: units, `\\text`, spaces removed) before
+    # comparing, so "42. Let me check" stays one token and is wrong, as it is there.
+    found = normalize_answer(found) if found.strip() else ""
+    return ExtractedAnswer(found or None, source)
+
+
 def extract_answer(text: str, mode: ExtractionMode = "boxed") -> ExtractedAnswer:
     """Final answer of a plain or boxed response, trying the fallbacks that `mode` allows."""
+    if mode == "qwen-math":
+        return qwen_math_answer(text)
     if mode not in FallbackOrder:
-        raise ValueError(f"unknown extraction mode {mode!r}; use one of {sorted(FallbackOrder)}")
+        raise ValueError(f"unknown extraction mode {mode!r}; use one of {', '.join(EXTRACTION_MODES)}")
     for source in FallbackOrder[mode]:
         if source == "boxed":
             found = last_boxed_content(text)

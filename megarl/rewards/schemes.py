@@ -1,7 +1,9 @@
 """Reward schemes: turn a grade into a scalar reward, and user reward functions by import path.
 
 Schemes (`RewardConfig.scheme`):
-- "simplerl": SimpleRL's rule, +1 correct, -0.5 answered but wrong, -1 no boxed answer.
+- "simplerl": SimpleRL's rule, +1 correct, -0.5 answered but wrong, -1 no boxed answer (also when
+  another extraction rule found a correct unboxed answer: SimpleRL v0's `experience_maker.py`
+  gives -1 to every response without "boxed").
 - "binary": 1 correct, 0 otherwise (Dr. GRPO); truncated responses get `truncated_reward` (0).
 - "r1": 1 when the answer is correct and the r1 format (<think>...</think><answer>...</answer>)
   holds, else 0 (the r1-template recipe of Dr. GRPO / understand-r1-zero).
@@ -19,7 +21,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
-from megarl.rewards.extraction import is_truncated
+from megarl.rewards.extraction import EXTRACTION_MODES, ExtractionMode, is_truncated
 from megarl.rewards.grading import DEFAULT_TIMEOUT_S, GradeResult, GradingPool, grade_batch
 
 RewardFunction = Callable[[str, Any, dict], float]
@@ -38,7 +40,7 @@ class RewardConfig:
     format_weight: float = 0.0  # added when the format is followed (r1 shape, or a \boxed{} answer)
     reward_function: str | None = None  # "module:function" replaces math grading (user tasks)
     timeout: float = DEFAULT_TIMEOUT_S  # seconds per symbolic comparison
-    extraction_mode: Literal["boxed", "answer_is", "last_number"] = "boxed"
+    extraction_mode: ExtractionMode = "boxed"  # see megarl.rewards.extraction: "boxed" or "qwen-math" (the papers')
     extra: dict = field(default_factory=dict)  # passed to a custom reward function as metadata
 
     def __post_init__(self) -> None:
@@ -46,6 +48,8 @@ class RewardConfig:
             raise ValueError(f"reward.scheme={self.scheme!r} is not a known scheme; use one of {', '.join(SCHEMES)}")
         if self.timeout <= 0:
             raise ValueError(f"reward.timeout={self.timeout} must be > 0 seconds")
+        if self.extraction_mode not in EXTRACTION_MODES:
+            raise ValueError(f"reward.extraction={self.extraction_mode!r} is not a known mode; use one of {', '.join(EXTRACTION_MODES)}")
         if self.format_weight < 0:
             raise ValueError(f"reward.format_weight={self.format_weight} must be >= 0 (0 turns the format reward off)")
         if self.reward_function is not None:
@@ -68,6 +72,8 @@ def apply_reward(result: GradeResult, config: RewardConfig) -> float:
     wrong, no_answer, truncated = config.resolved()
     if result.truncated and truncated is not None:
         reward = truncated
+    elif config.scheme == "simplerl" and result.answer_source not in ("boxed", "r1_answer"):
+        reward = no_answer
     elif config.scheme == "r1":
         reward = config.correct_reward if (result.correct and result.format_ok) else (wrong if result.has_answer else no_answer)
     elif result.correct:

@@ -157,7 +157,8 @@ class Trainer:
         return ModelWorker(self.spec, WorkerSettings(
             role=role, dtype=self.dtype, recompute=par.recompute, sequence_parallel=par.sequence_parallel,
             trainable=trainable, optim=optim,
-            lr_warmup_steps=par.lr_warmup_steps, lr_decay_steps=steps, lr_schedule=par.lr_schedule,
+            lr_warmup_steps=par.lr_warmup_steps or math.ceil(par.lr_warmup_ratio * steps), lr_decay_steps=steps,
+            lr_schedule=par.lr_schedule,
         ))
 
     def _load_initial_weights(self) -> None:
@@ -186,7 +187,7 @@ class Trainer:
         self.stops = stop_strings(self.template, self.tokenizer)
         self.reward_config = RewardConfig(
             scheme=cfg.reward.scheme, format_weight=cfg.reward.format_weight, timeout=cfg.reward.timeout_s,
-            reward_function=cfg.reward.custom,
+            reward_function=cfg.reward.custom, extraction_mode=cfg.reward.extraction,
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
@@ -404,7 +405,7 @@ class Trainer:
             truncated_prompts += sum(cut for _, cut in encoded)
             sampling = SamplingParams(
                 max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
-                stop=self.stops, sampling_seed=self._rollout_seed(step, rounds),
+                stop=self.stops, stop_token_ids=list(rc.stop_token_ids), sampling_seed=self._rollout_seed(step, rounds),
             )
             outputs = self.client.generate(prompt_ids, sampling, n=rc.n)
             flat = [s for group in outputs for s in group]
@@ -712,7 +713,8 @@ class Trainer:
             ev = self.cfg.eval
             settings = EvalSettings(
                 benchmarks=ev.benchmarks, template=self.cfg.data.template, n=ev.n, temperature=ev.temperature,
-                max_new_tokens=ev.max_new_tokens, limit=ev.limit, seed=self.cfg.run.seed,
+                max_new_tokens=ev.max_new_tokens, limit=ev.limit, seed=self.cfg.run.seed, top_p=ev.top_p,
+                protocol=ev.protocol, extraction=self.cfg.reward.extraction, stop_token_ids=list(self.cfg.rollout.stop_token_ids),
             )
             result = evaluate_benchmarks(self.client, self.tokenizer, settings, out_dir=self.run_dir / "eval" / f"step_{step:06d}")
             payload = [{f"eval/{name}/accuracy": row["accuracy"] for name, row in result.items()}]
