@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from jobs import write_cpu_recipe
-from megarl.config import load_config
+from megarl.config import load_config, read_recipe
 from megarl.launch import LaunchOptions, plan_layout
 from megarl.launch.layout import LaunchError, parse_slurm_time
 from megarl.launch.node_servers import ServerPlan, server_commands
@@ -250,7 +249,7 @@ def test_shipped_scripts_parse():
 def test_recipes_slurm_sections_validate(tmp_path):
     """Every GPU recipe in configs/ lays out with its own slurm section."""
     for recipe in sorted((REPO / "configs").glob("*.yaml")):
-        data = yaml.safe_load(recipe.read_text())
+        data = read_recipe(recipe)  # with its base merged in
         if data.get("rollout", {}).get("engine") != "sglang":
             continue
         cfg = load_config(recipe, check_files=False)
