@@ -54,6 +54,9 @@ class ParallelConfig(Section):
     sequence_parallel: bool = Field(False, description=(
         "Megatron sequence parallelism (tp > 1): norms and dropout see 1/tp of the sequence, cutting activation memory"))
     distributed_optimizer: bool = False
+    optimizer_offload: bool = Field(False, description=(
+        "keep the optimizer state (fp32 master weights, Adam moments) in CPU memory and step it there "
+        "(Megatron's HybridDeviceOptimizer; needs distributed_optimizer; on a CPU runtime the state is in host memory already)"))
     lr: float = Field(1e-6, gt=0)
     min_lr: float = 0.0
     lr_warmup_steps: int = Field(0, ge=0)
@@ -64,6 +67,12 @@ class ParallelConfig(Section):
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
+
+    @model_validator(mode="after")
+    def _check_offload(self):
+        if self.optimizer_offload and not self.distributed_optimizer:
+            raise ValueError("optimizer_offload=true needs distributed_optimizer=true; set both")
+        return self
 
 
 class CriticConfig(ParallelConfig):

@@ -22,6 +22,7 @@ class OptimSettings:
     sgd_momentum: float = 0.0
     clip_grad: float = 1.0
     distributed_optimizer: bool = False
+    optimizer_offload: bool = False  # optimizer state and step on the CPU (Megatron's HybridDeviceOptimizer)
     grad_reduce_in_fp32: bool = True
 
 
@@ -32,7 +33,10 @@ def wrap_for_training(model, settings: OptimSettings):
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+    from megarl.runtime.device import on_gpu
+
     config = model.config
+    offload = settings.optimizer_offload and on_gpu()
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=settings.grad_reduce_in_fp32,
         overlap_grad_reduce=False,
@@ -56,6 +60,10 @@ def wrap_for_training(model, settings: OptimSettings):
         fp16=dtype == torch.float16,
         params_dtype=dtype,
         use_distributed_optimizer=settings.distributed_optimizer,
+        # On a CPU runtime the optimizer state is in host memory already (Megatron's hybrid
+        # optimizer moves CUDA parameters only), so the switch changes nothing there.
+        optimizer_cpu_offload=offload,
+        optimizer_offload_fraction=1.0 if offload else 0.0,
     )
     optimizer = get_megatron_optimizer(opt_config, [ddp])
     return ddp, optimizer

@@ -151,7 +151,7 @@ class Trainer:
         optim = OptimSettings(
             optimizer="adam", lr=par.lr, min_lr=par.min_lr, weight_decay=par.weight_decay, adam_beta1=par.adam_beta1,
             adam_beta2=par.adam_beta2, adam_eps=par.adam_eps, clip_grad=par.clip_grad,
-            distributed_optimizer=par.distributed_optimizer,
+            distributed_optimizer=par.distributed_optimizer, optimizer_offload=par.optimizer_offload,
         )
         steps = self.cfg.run.steps * self.cfg.algorithm.epochs * self.cfg.algorithm.mini_batches
         return ModelWorker(self.spec, WorkerSettings(
