@@ -25,7 +25,7 @@ def test_dry_run_checks_every_step(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((out / "gpu_check.json").read_text())
     names = [s["step"] for s in result["steps"]]
-    assert names == ["files", "imports", "kernel_tests_collect", "bench_kernels_args", "grpo_recipe", "bench_sync_args"]
+    assert names == ["files", "imports", "kernel_tests_collect", "bench_kernels_args", "grpo_recipe", "offload_recipe", "bench_sync_args"]
     assert result["ok"] and all(s["rc"] == 0 for s in result["steps"])
     assert "| grpo_recipe | 0 |" in (out / "gpu_check.md").read_text()
 

@@ -86,6 +86,10 @@ cd "$REPO" || exit 1
 RUN_DIR="$(mktemp -d)/gpu_check_run"
 TRAIN_ARGS=(configs/tiny_cpu.yaml run.steps=3 run.name=gpu_check "run.output_dir=$RUN_DIR" run.resume=false
             rollout.transport=tensor rollout.overlap=false eval.every=0 logging.wandb=disabled)
+# One more step with the distributed optimizer's state offloaded to the CPU (Megatron's hybrid optimizer).
+OFFLOAD_ARGS=(configs/tiny_cpu.yaml run.steps=1 run.name=gpu_check_offload "run.output_dir=$RUN_DIR-offload" run.resume=false
+              rollout.overlap=false eval.every=0 logging.wandb=disabled checkpoint.every=0
+              actor.distributed_optimizer=true actor.optimizer_offload=true)
 
 step() {  # step NAME TIMEOUT_S CMD... : run one step under a timeout, log it, record rc and seconds
   local name="$1" limit="$2"; shift 2
@@ -106,6 +110,7 @@ if [ "$DRY" = 1 ]; then
   step kernel_tests_collect 120 "$PY" -m pytest -q --collect-only -p no:cacheprovider tests/kernels/test_gpu_compiled.py
   step bench_kernels_args 60 "$PY" tools/bench_kernels.py --help
   step grpo_recipe 60 "$PY" -m megarl.cli config "${TRAIN_ARGS[@]}"
+  step offload_recipe 60 "$PY" -m megarl.cli config "${OFFLOAD_ARGS[@]}"
   step bench_sync_args 60 "$PY" tools/bench_sync.py --help
 else
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
@@ -116,6 +121,7 @@ else
   step bench_kernels 150 "$PY" tools/bench_kernels.py --tokens 4096,16384 --reps 5 --json "$OUT_DIR/bench_kernels.json"
   step grpo_3_steps 180 "$PY" -m megarl.cli train "${TRAIN_ARGS[@]}"
   cp "$RUN_DIR/metrics.jsonl" "$OUT_DIR/grpo_metrics.jsonl" 2>/dev/null
+  step grpo_offload_1_step 120 "$PY" -m megarl.cli train "${OFFLOAD_ARGS[@]}"
   step bench_sync 120 "$PY" tools/bench_sync.py --shape qwen2.5-0.5b --tp 1 --bucket-mb 256 --repeats 2 --json "$OUT_DIR/bench_sync.json"
 fi
 
