@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-GPU check of megarl's GPU path: compiled Triton kernels, kernel benchmark rows, three GRPO
 # steps on CUDA + NCCL with the built-in rollout server on the same GPU syncing weights by the
-# `tensor` transport (CUDA IPC handles), and weight-sync benchmark rows. About 8 minutes at most on
+# `tensor` transport (CUDA IPC handles), one step with the optimizer offloaded, and weight-sync
+# benchmark rows. Each step has a time limit; together at most 8 minutes on
 # one H100/H200 with no network. Results: gpu_check.json and gpu_check.md (plus the benchmarks'
 # own JSON and one log) in --out.
 #
@@ -117,12 +118,12 @@ else
     || { echo "gpu_check: torch sees no CUDA GPU here; use --dry-run on CPU machines" >&2; exit 2; }
   unset TRITON_INTERPRET MEGARL_DEVICE
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$LOG" 2>&1
-  step kernel_tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/kernels/test_gpu_compiled.py
-  step bench_kernels 150 "$PY" tools/bench_kernels.py --tokens 4096,16384 --reps 5 --json "$OUT_DIR/bench_kernels.json"
-  step grpo_3_steps 180 "$PY" -m megarl.cli train "${TRAIN_ARGS[@]}"
+  step kernel_tests 90 "$PY" -m pytest -q -p no:cacheprovider tests/kernels/test_gpu_compiled.py
+  step bench_kernels 120 "$PY" tools/bench_kernels.py --tokens 4096,16384 --reps 5 --json "$OUT_DIR/bench_kernels.json"
+  step grpo_3_steps 120 "$PY" -m megarl.cli train "${TRAIN_ARGS[@]}"
   cp "$RUN_DIR/metrics.jsonl" "$OUT_DIR/grpo_metrics.jsonl" 2>/dev/null
-  step grpo_offload_1_step 120 "$PY" -m megarl.cli train "${OFFLOAD_ARGS[@]}"
-  step bench_sync 120 "$PY" tools/bench_sync.py --shape qwen2.5-0.5b --tp 1 --bucket-mb 256 --repeats 2 --json "$OUT_DIR/bench_sync.json"
+  step grpo_offload_1_step 60 "$PY" -m megarl.cli train "${OFFLOAD_ARGS[@]}"
+  step bench_sync 90 "$PY" tools/bench_sync.py --shape qwen2.5-0.5b --tp 1 --bucket-mb 256 --repeats 2 --json "$OUT_DIR/bench_sync.json"
 fi
 
 "$PY" - "$OUT_DIR" "$DRY" <<'EOF'
