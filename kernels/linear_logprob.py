@@ -24,7 +24,6 @@ Megatron's ColumnParallelLinear does for its input).
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from kernels.dispatch import resolve_impl
 from kernels.logprob import (
@@ -39,6 +38,7 @@ from kernels.logprob import (
     shard_stats,
     vocab_layout,
 )
+from megarl.runtime import collectives
 
 DEFAULT_VOCAB_CHUNK = 4096
 
@@ -103,7 +103,7 @@ class _LinearLogprobEntropy(torch.autograd.Function):
             if grad_w_acc is not None:
                 grad_weight[v0:v1] = grad_w_acc
         if need_h and group is not None:
-            dist.all_reduce(grad_hidden, op=dist.ReduceOp.SUM, group=group)
+            collectives.all_reduce(grad_hidden, op="sum", group=group)
         if need_h:
             grad_hidden = grad_hidden.to(hidden.dtype)
         return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from kernels.dispatch import HAS_TRITON, autotune_configs, resolve_impl
+from megarl.runtime import collectives
 from megarl.runtime.device import is_gpu_device
 
 DEFAULT_CHUNK_ELEMS = 1 << 18  # float32 temporaries of the torch path: 1 MiB each (cache-resident)
@@ -186,10 +187,10 @@ def merge_stats(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def combine_stats_over_group(stats: torch.Tensor, group) -> torch.Tensor:
     """Merge every rank's vocabulary-shard statistics across `group` (two all-reduces)."""
     m = stats[0].clone()
-    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+    collectives.all_reduce(m, op="max", group=group)
     scale = torch.exp(stats[0] - m)
     summed = torch.stack([stats[1] * scale, scale * (stats[2] + (stats[0] - m) * stats[1]), stats[3]])
-    dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=group)
+    collectives.all_reduce(summed, op="sum", group=group)
     return torch.cat([m.unsqueeze(0), summed])
 
 

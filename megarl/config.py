@@ -49,7 +49,6 @@ class ParallelConfig(Section):
     tp: int = Field(1, ge=1)
     pp: int = Field(1, ge=1)
     micro_batch_tokens: int = Field(8192, ge=16, description="token budget per packed micro-batch")
-    row_tokens: int | None = Field(None, ge=16, description="split micro-batches into packed rows of this many tokens (CPU); null: one row")
     recompute: Literal["selective", "full"] | None = None
     sequence_parallel: bool = Field(False, description=(
         "Megatron sequence parallelism (tp > 1): norms and dropout see 1/tp of the sequence, cutting activation memory"))

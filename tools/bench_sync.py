@@ -206,6 +206,7 @@ def actor_worker(args) -> int:
     from megarl.models.export import gather_hf_tensors
     from megarl.models.spec import ModelSpec
     from megarl.rollout.weight_sync import WeightPusher
+    from megarl.runtime import collectives
     from megarl.runtime.distributed import init_runtime, shutdown_runtime
 
     rt = init_runtime(tp=args.tp_worker, pp=1, seed=1234)
@@ -228,7 +229,7 @@ def actor_worker(args) -> int:
     gather_best, copy_best = float("inf"), float("inf")
     for _ in range(args.repeats):
         copy_best = min(copy_best, plain_copy())
-        dist.barrier()
+        collectives.barrier()
         start = time.perf_counter()
         for _ in gathered():
             pass
@@ -244,7 +245,7 @@ def actor_worker(args) -> int:
                                   disk_dir=os.path.join(args.work_dir, "disk")) if rank0 else None
             best = None
             for repeat in range(args.repeats):
-                dist.barrier()
+                collectives.barrier()
                 with PeakRSS(os.getpid()) as me, PeakRSS(args.server_pid) as server:
                     start = time.perf_counter()
                     tensors = gathered()
@@ -257,12 +258,11 @@ def actor_worker(args) -> int:
                         buckets = None
                     seconds = time.perf_counter() - start
                 mine = (seconds, buckets, me.growth_gb, server.growth_gb)
-                everyone = [None] * dist.get_world_size()
-                dist.all_gather_object(everyone, mine)
+                everyone = collectives.all_gather_objects(mine)
                 total = (everyone[0][0], everyone[0][1], [e[2] for e in everyone], everyone[0][3])
                 if best is None or total[0] < best[0]:
                     best = total
-                dist.barrier()
+                collectives.barrier()
             if rank0:
                 pusher.close()
                 print(f"{transport} {bucket_mb} MB: {best[0]:.3f} s", flush=True)

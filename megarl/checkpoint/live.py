@@ -34,6 +34,7 @@ from megarl.checkpoint.format import (
 from megarl.checkpoint.safetensors_stream import CheckpointFormatError, SafetensorsWriter
 from megarl.models.export import unwrap_model
 from megarl.models.mapping import stage_mappings
+from megarl.runtime import collectives
 
 
 def _layout():
@@ -118,8 +119,8 @@ def save_megatron_checkpoint(model, out_dir: str | Path, hf_assets_dir: str | Pa
         except FileExistsError as err:
             failure[0] = str(err)
     tag = [str(os.getpid()) if rank == 0 else None]
-    dist.broadcast_object_list(tag, src=0)
-    dist.broadcast_object_list(failure, src=0)
+    collectives.broadcast_objects(tag, src=0)
+    collectives.broadcast_objects(failure, src=0)
     if failure[0]:
         raise FileExistsError(failure[0])
     tmp = out_dir.parent / f"{out_dir.name}.tmp-{tag[0]}"
@@ -139,8 +140,7 @@ def save_megatron_checkpoint(model, out_dir: str | Path, hf_assets_dir: str | Pa
                     writer.write(t.name, params[live].detach())
         except Exception as err:  # reported collectively below so no rank hangs at the barrier
             error = f"rank {rank} ({path}): {err}"
-    errors = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, error)
+    errors = collectives.all_gather_objects(error)
     errors = [e for e in errors if e]
     if not errors and rank == 0:
         try:
@@ -155,7 +155,7 @@ def save_megatron_checkpoint(model, out_dir: str | Path, hf_assets_dir: str | Pa
         except Exception as err:
             errors.append(f"rank 0: {err}")
     final = [errors]
-    dist.broadcast_object_list(final, src=0)
+    collectives.broadcast_objects(final, src=0)
     if final[0]:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)

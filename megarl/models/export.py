@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from megarl.models.mapping import OUTPUT_TIED, hf_tensor_shapes, stage_mappings
 from megarl.models.spec import ModelSpec
+from megarl.runtime import collectives
 
 
 def unwrap_model(model):
@@ -100,8 +101,7 @@ def _gather_chunk(local: list[torch.Tensor], mappings, tp: int, group) -> list[l
     if not sharded:
         return out
     flat = torch.cat([local[i].reshape(-1) for i in sharded])
-    gathered = [torch.empty_like(flat) for _ in range(tp)]
-    dist.all_gather(gathered, flat, group=group)
+    gathered = collectives.all_gather(flat, group=group)  # stays on the weights' device under NCCL
     sizes = [local[i].numel() for i in sharded]
     per_rank = [g.split(sizes) for g in gathered]
     for j, i in enumerate(sharded):
@@ -119,7 +119,7 @@ def _stage_source_rank(stage: int) -> int:
         from megatron.core import parallel_state as ps
 
         mine = torch.tensor(dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group()), dtype=torch.int64)
-        dist.broadcast(mine, src=0)
+        collectives.broadcast(mine, src=0)
         _FIRST_PP_RANKS = mine.tolist()
     return _FIRST_PP_RANKS[stage]
 
@@ -128,11 +128,11 @@ def _route(tensors, names, shapes, src, dst, device, dtype):
     """Send one chunk of HF tensors from `src` to `dst` as one flat message."""
     rank = dist.get_rank()
     if rank == src:
-        dist.send(torch.cat([t.reshape(-1) for t in tensors]), dst=dst)
+        collectives.send(torch.cat([t.reshape(-1) for t in tensors]), dst=dst)
         return None
     if rank == dst:
         sizes = [math.prod(shapes[name]) for name in names]
         buf = torch.empty(sum(sizes), dtype=dtype, device=device)
-        dist.recv(buf, src=src)
+        collectives.recv(buf, src=src)
         return [part.view(shapes[name]) for part, name in zip(buf.split(sizes), names)]
     return None

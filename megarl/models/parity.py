@@ -103,12 +103,12 @@ def main(argv=None) -> int:
     parser.add_argument("--sequence-parallel", action="store_true", help="Megatron sequence parallelism (with tp > 1)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    from megarl.runtime import collectives
     from megarl.runtime.distributed import init_runtime, shutdown_runtime
 
     rt = init_runtime(tp=args.tp, pp=args.pp, seed=1234)
     results = [check_one(Path(d), args.train_out, sequence_parallel=args.sequence_parallel) for d in args.hf_dir]
-    gathered = [None] * rt.world_size
-    torch.distributed.all_gather_object(gathered, results)
+    gathered = collectives.all_gather_objects(results)
     if rt.is_main:
         rows = [r for per_rank in gathered for r in per_rank if r]
         for row in rows:

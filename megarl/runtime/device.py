@@ -37,6 +37,14 @@ def get_device(local_rank: int | None = None) -> torch.device:
     return torch.device(GPU_TYPE, local_rank)
 
 
+def current_gpu() -> torch.device:
+    """The GPU this process is bound to (`set_current_device`); on a machine without one, the GPU
+    device type alone (what a GPU-only process group needs; allocating there fails)."""
+    if torch.cuda.is_available():
+        return torch.device(GPU_TYPE, torch.cuda.current_device())
+    return torch.device(GPU_TYPE)
+
+
 def backend() -> str:
     """The torch.distributed backend for trainer collectives: NCCL on GPUs, gloo on CPU."""
     return "nccl" if on_gpu() else "gloo"

@@ -1,8 +1,10 @@
 """Advantage estimation and loss composition for PPO, GRPO, Dr. GRPO, RLOO and REINFORCE++.
 
 Functions on tensors (and lists of per-sequence tensors); the kernels in `kernels/` do the
-arithmetic. Batch-wide statistics (whitening) are reduced over the data-parallel group so every
-layout computes the same numbers.
+arithmetic through their dispatch (`impl="auto"`: the Triton kernels on the training device when
+it is a GPU, the torch references on CPU), with the batch assembled on the training device and
+copied back to the host once. Batch-wide statistics (whitening) are reduced over the
+data-parallel group so every layout computes the same numbers.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import torch
 import torch.distributed as dist
 
 from kernels import gae, group_advantages, kl_penalty, policy_loss
+from megarl.runtime import collectives
+from megarl.runtime.device import get_device
 
 GROUP_MODE = {"grpo": "grpo", "drgrpo": "drgrpo", "rloo": "rloo"}
 
 
-def sequence_advantages(rewards: Sequence[float], groups: Sequence[int], mode: str, eps: float = 1e-6) -> list[float]:
+def sequence_advantages(rewards: Sequence[float], groups: Sequence[int], mode: str, eps: float = 1e-6,
+                        impl: str = "auto") -> list[float]:
     """Group-relative advantage per sequence; sequences of one prompt share a group id.
 
     Groups may differ in size (the kernel masks the missing slots)."""
@@ -34,7 +39,8 @@ def sequence_advantages(rewards: Sequence[float], groups: Sequence[int], mode: s
         mask[row, slot[row]] = True
         where.append((row, slot[row]))
         slot[row] += 1
-    adv = group_advantages(r, mask, mode=GROUP_MODE[mode], eps=eps, impl="torch")
+    device = get_device()
+    adv = group_advantages(r.to(device), mask.to(device), mode=GROUP_MODE[mode], eps=eps, impl=impl).cpu()
     return [float(adv[row, col]) for row, col in where]
 
 
@@ -48,31 +54,41 @@ def token_rewards(reward: float, length: int, kl: torch.Tensor | None, kl_coef: 
     return out
 
 
-def gae_advantages(rewards: list[torch.Tensor], values: list[torch.Tensor], gamma: float, lam: float):
+def _ragged_to_matrix(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded [B, T] float32 values and their mask, on the training device."""
+    t_max = max(len(r) for r in rows)
+    out = torch.zeros(len(rows), t_max)
+    mask = torch.zeros(len(rows), t_max, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        out[b, : len(r)], mask[b, : len(r)] = r.float(), True
+    device = get_device()
+    return out.to(device), mask.to(device)
+
+
+def _split_rows(matrix: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-sequence rows of `matrix`, copied to the host in one transfer."""
+    host = matrix.cpu()
+    return [host[b, : len(r)] for b, r in enumerate(like)]
+
+
+def gae_advantages(rewards: list[torch.Tensor], values: list[torch.Tensor], gamma: float, lam: float,
+                   impl: str = "auto"):
     """GAE per sequence (ragged lists) -> (advantages, returns) lists."""
     if not rewards:
         return [], []
-    t_max = max(len(r) for r in rewards)
-    R = torch.zeros(len(rewards), t_max)
-    V = torch.zeros(len(rewards), t_max)
-    M = torch.zeros(len(rewards), t_max, dtype=torch.bool)
-    for b, (r, v) in enumerate(zip(rewards, values)):
-        R[b, : len(r)], V[b, : len(v)], M[b, : len(r)] = r, v.float(), True
-    adv, ret = gae(R, V, M, gamma, lam, impl="torch")
-    return [adv[b, : len(r)] for b, r in enumerate(rewards)], [ret[b, : len(r)] for b, r in enumerate(rewards)]
+    R, M = _ragged_to_matrix(rewards)
+    V, _ = _ragged_to_matrix([v[: len(r)] for r, v in zip(rewards, values)])
+    adv, ret = gae(R, V, M, gamma, lam, impl=impl)
+    return _split_rows(adv, rewards), _split_rows(ret, rewards)
 
 
-def discounted_returns(rewards: list[torch.Tensor], gamma: float) -> list[torch.Tensor]:
-    """Returns-to-go per sequence (REINFORCE++)."""
-    out = []
-    for r in rewards:
-        ret = torch.zeros_like(r)
-        running = 0.0
-        for t in range(len(r) - 1, -1, -1):
-            running = float(r[t]) + gamma * running
-            ret[t] = running
-        out.append(ret)
-    return out
+def discounted_returns(rewards: list[torch.Tensor], gamma: float, impl: str = "auto") -> list[torch.Tensor]:
+    """Returns-to-go per sequence (REINFORCE++): GAE's scan with values 0 and lambda 1."""
+    if not rewards:
+        return []
+    R, M = _ragged_to_matrix(rewards)
+    ret, _ = gae(R, torch.zeros_like(R), M, gamma, 1.0, impl=impl)
+    return _split_rows(ret, rewards)
 
 
 def whiten_across_ranks(values: list[torch.Tensor], group=None, shift_mean: bool = True, eps: float = 1e-8) -> list[torch.Tensor]:
@@ -80,7 +96,7 @@ def whiten_across_ranks(values: list[torch.Tensor], group=None, shift_mean: bool
     flat = torch.cat([v.double() for v in values]) if values else torch.zeros(0, dtype=torch.float64)
     stats = torch.tensor([flat.numel(), flat.sum().item(), flat.pow(2).sum().item()], dtype=torch.float64)
     if group is not None and dist.is_initialized():
-        dist.all_reduce(stats, group=group)
+        collectives.all_reduce(stats, group=group)
     count, total, total_sq = stats.tolist()
     if count < 2:
         return [v.float() for v in values]

@@ -1,13 +1,16 @@
 """Rollout samples as training sequences, split over data-parallel ranks and packed into
 micro-batches by a token budget.
 
-A packed row holds several prompt+response sequences back to back; a micro-batch is one row of
-`micro_batch_tokens` (GPU, varlen attention) or several shorter rows (CPU, where attention over a
-row with a dense block mask costs its length squared). Attention stays within each sequence (block-diagonal
-causal mask; on Transformer Engine, `packed_seq_params` with cumulative sequence lengths) and
-positions restart at 0 for each sequence, so a packed row computes exactly what separate rows
-would, without padding waste. `resp_index[b, t]` is the flat [rows x row_length] position whose
-logits predict response token t of sequence b; per-sequence tensors are [B, T] with `resp_mask`.
+One packing format on every machine: a micro-batch is one packed row (batch 1) of at most
+`micro_batch_tokens` tokens in Megatron's THD layout, described by `PackedSeqParams` whose
+cumulative lengths cover every token of the row: each sequence is a segment, and the padding that
+gives every micro-batch the same length (pipeline stages exchange fixed shapes) is cut into
+segments of its own, none longer than the row's longest sequence. Megatron's THD RoPE
+(`torch.split` by segment length) and the core attention read those lengths: Transformer Engine's
+varlen attention on GPUs, megarl's SDPA kernel (megarl.models.attention) on CPU. Attention stays
+within each segment and positions restart at 0 for each, so a packed row computes exactly what
+separate rows would. `resp_index[b, t]` is the position in the row whose logits predict response
+token t of sequence b; per-sequence tensors are [B, T] with `resp_mask`.
 """
 
 from __future__ import annotations
@@ -72,105 +75,78 @@ def pack_rows(seqs: Sequence[TrainSequence], budget: int, limit: int | None = No
     return rows
 
 
-def build_microbatches(
-    seqs: Sequence[TrainSequence],
-    budget: int,
-    device: torch.device,
-    *,
-    row_tokens: int | None = None,
-    packed_seq_params: bool = False,
-    pad_multiple: int = 8,
-) -> list[dict]:
-    """Pack `seqs` into micro-batches of at most `budget` tokens: rows of at most `row_tokens`
-    (default: one row of `budget`), at most `budget // row_tokens` rows per micro-batch, every row
-    padded to one length and every micro-batch to one row count (pipeline stages exchange fixed
-    shapes).
-    Each dict has the model inputs and per-sequence tensors."""
+def build_microbatches(seqs: Sequence[TrainSequence], budget: int, device: torch.device, *,
+                       pad_multiple: int = 8) -> list[dict]:
+    """Pack `seqs` into micro-batches of one THD row of at most `budget` tokens each, every row
+    padded to one length (a multiple of `pad_multiple`). Each dict has the model inputs
+    (`input_ids`, `position_ids` [1, L], `packed_seq_params`) and per-sequence tensors."""
     if not seqs:
         return []
-    row_tokens = min(row_tokens or budget, budget)
-    rows = pack_rows(seqs, row_tokens, limit=budget)
+    rows = pack_rows(seqs, budget)
     row_len = max(sum(seqs[i].length for i in row) for row in rows)
     row_len = -(-row_len // pad_multiple) * pad_multiple
-    rows_per_mb = 1 if packed_seq_params else max(1, budget // row_len)
-    # As few micro-batches as the budget allows, with the rows spread evenly over them (fewer
-    # all-padding rows than filling each to the budget and padding the last).
-    num_mbs = -(-len(rows) // rows_per_mb)
-    rows_per_mb = -(-len(rows) // num_mbs)
     out = []
-    for first in range(0, len(rows), rows_per_mb):
-        group = rows[first:first + rows_per_mb]
-        group += [[] for _ in range(rows_per_mb - len(group))]  # empty rows keep the shape fixed
-        seq_ids = [i for row in group for i in row]
-        t_max = max(len(seqs[i].response_ids) for i in seq_ids)
+    for row in rows:
+        t_max = max(len(seqs[i].response_ids) for i in row)
         # Built as Python lists (one tensor per field, not per sequence): token ids, next-token
-        # labels, positions restarting at 0, and the segment id of every position (each sequence
-        # its own; padding positions each their own, negative) for the mask below.
-        ids, labels, pos, segment = [], [], [], []
+        # labels, positions restarting at 0, and the segment lengths.
+        ids, labels, pos, lengths = [], [], [], []
         resp_index, resp_len = [], []
-        cu = [0]
-        b = 0
-        for r, row in enumerate(group):
-            row_ids, row_labels, row_pos, row_seg = [], [], [], []
-            for i in row:
-                s = seqs[i]
-                tokens = s.prompt_ids + s.response_ids
-                n, p, k = len(tokens), len(s.prompt_ids), len(s.response_ids)
-                start = len(row_ids)
-                # flat index into [rows, row_len] of the position predicting each response token
-                at = r * row_len + start + p - 1
-                resp_index.append(list(range(at, at + k)) + [0] * (t_max - k))
-                resp_len.append(k)
-                row_ids += tokens
-                row_labels += tokens[1:] + [0]
-                row_pos += range(n)
-                row_seg += [b] * n
-                b += 1
-                cu.append(start + n)
-            pad = row_len - len(row_ids)
-            ids.append(row_ids + [0] * pad)
-            labels.append(row_labels + [0] * pad)
-            pos.append(row_pos + [0] * pad)
-            segment.append(row_seg + list(range(-(r * row_len + 1), -(r * row_len + 1) - pad, -1)))
-        ids, labels, pos, segment = (torch.tensor(x, dtype=torch.long) for x in (ids, labels, pos, segment))
+        for i in row:
+            s = seqs[i]
+            tokens = s.prompt_ids + s.response_ids
+            n, p, k = len(tokens), len(s.prompt_ids), len(s.response_ids)
+            at = len(ids) + p - 1  # the position predicting the first response token
+            resp_index.append(list(range(at, at + k)) + [0] * (t_max - k))
+            resp_len.append(k)
+            ids += tokens
+            labels += tokens[1:] + [0]
+            pos += range(n)
+            lengths.append(n)
+        pad = row_len - len(ids)
+        lengths += padding_segments(pad, max(lengths))
+        ids, labels, pos = ([x + [0] * pad] for x in (ids, labels, pos))
+        ids, labels, pos = (torch.tensor(x, dtype=torch.long) for x in (ids, labels, pos))
         resp_index = torch.tensor(resp_index, dtype=torch.long)
         resp_mask = torch.arange(t_max).unsqueeze(0) < torch.tensor(resp_len).unsqueeze(1)
-        # The response-predicting positions alone: `resp_flat` (into [B * T]), their flat
-        # position in Megatron's s-major [s, b] layout (`logit_index`) and their labels.
+        # The response-predicting positions alone: `resp_flat` (into [B * T]), their position in
+        # the row (`logit_index`, Megatron's s-major [s, 1] layout) and their labels.
         resp_flat = resp_mask.reshape(-1).nonzero().squeeze(1)
-        flat = resp_index.reshape(-1)[resp_flat]  # into [rows, row_len]
-        mb = {
+        flat = resp_index.reshape(-1)[resp_flat]
+        out.append({
             "input_ids": ids.to(device),
             "position_ids": pos.to(device),
             "labels": labels.to(device),
             "resp_index": resp_index.to(device),
             "resp_mask": resp_mask.to(device),
             "resp_flat": resp_flat.to(device),
-            "logit_index": ((flat % row_len) * rows_per_mb + flat // row_len).to(device),
+            "logit_index": flat.to(device),
             "logit_labels": labels.reshape(-1)[flat].to(device),
-            "seq_ids": seq_ids,
-            "num_tokens": sum(seqs[i].length for i in seq_ids),
-        }
-        if packed_seq_params:
-            mb["packed_seq_params"] = _packed_seq_params(cu, device)
-        else:  # True = masked out (Megatron's convention): other sequences, the future; padding
-            # attends only to itself.
-            causal = torch.ones(row_len, row_len, dtype=torch.bool).tril_()
-            mask = (segment.unsqueeze(2) != segment.unsqueeze(1)) | ~causal
-            mb["attention_mask"] = mask.unsqueeze(1).to(device)
-        out.append(mb)
+            "packed_seq_params": packed_seq_params(lengths, device),
+            "seq_ids": list(row),
+            "num_tokens": sum(seqs[i].length for i in row),
+        })
     return out
 
 
-def _packed_seq_params(cu: list[int], device):
-    """THD packing for Transformer Engine attention (GPU path)."""
+def padding_segments(pad: int, longest: int) -> list[int]:
+    """Lengths of the segments covering `pad` padding tokens, none longer than `longest` (so the
+    padding never raises the row's longest segment, which bounds the attention cost)."""
+    longest = max(longest, 1)
+    return [longest] * (pad // longest) + ([pad % longest] if pad % longest else [])
+
+
+def packed_seq_params(lengths: Sequence[int], device):
+    """THD `PackedSeqParams` for one packed row made of segments of `lengths` tokens (sequences,
+    then padding): the cumulative lengths end at the row's token count."""
     from megatron.core.packed_seq_params import PackedSeqParams
 
-    cu_t = torch.tensor(cu, dtype=torch.int32, device=device)
-    max_len = max(b - a for a, b in zip(cu[:-1], cu[1:]))
-    return PackedSeqParams(
-        qkv_format="thd", cu_seqlens_q=cu_t, cu_seqlens_kv=cu_t, max_seqlen_q=max_len, max_seqlen_kv=max_len
-    )
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"segment lengths {list(lengths)} must be positive and non-empty")
+    cu = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device)
+    longest = max(lengths)
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest,
+                           max_seqlen_kv=longest)
 
 
 def per_sequence_matrix(values: Sequence, t_max: int, device) -> torch.Tensor:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from megarl.runtime import collectives
 
 FORMAT_VERSION = 1
 
@@ -85,7 +86,7 @@ class CheckpointManager:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
-        dist.barrier()
+        collectives.barrier()
         shard = {"format": FORMAT_VERSION, "layout": _layout(), "rng": _rng_state()}
         for name, worker in workers.items():
             shard[name] = {
@@ -96,7 +97,7 @@ class CheckpointManager:
         path = tmp / f"rank_{rank:05d}.pt"
         torch.save(shard, path.with_suffix(".partial"))
         os.replace(path.with_suffix(".partial"), path)
-        dist.barrier()
+        collectives.barrier()
         if rank == 0:
             (tmp / "trainer_state.json").write_text(json.dumps({**driver_state, "layout": _layout()}))
             (tmp / "COMPLETE").write_text("ok\n")
@@ -105,7 +106,7 @@ class CheckpointManager:
             os.replace(tmp, final)
             for old in self._complete()[: -self.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
-        dist.barrier()
+        collectives.barrier()
         return final
 
     def load_latest(self, workers: dict) -> dict | None:
@@ -114,7 +115,7 @@ class CheckpointManager:
         if rank == 0 and self.root.exists():
             for stale in self.root.glob("step_*.tmp"):
                 shutil.rmtree(stale, ignore_errors=True)
-        dist.barrier()
+        collectives.barrier()
         found = self._complete()
         if not found:
             return None

@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from megarl.config import Config, validate_semantics
 from megarl.data import render_prompt, stop_strings
 from megarl.models.spec import ModelSpec
+from megarl.runtime import collectives
 from megarl.train import algorithms as algo_fns
 from megarl.train.batch import TrainSequence, build_microbatches, per_sequence_matrix, shard_for_data_parallel, split_minibatches
 from megarl.train.workers import DTYPES, ModelWorker, WorkerSettings, is_last_stage
@@ -140,7 +140,7 @@ class Trainer:
 
             if self.is_driver:
                 build_toy_model()
-            dist.barrier()
+            collectives.barrier()
             return Path(build_toy_model())  # cached: every rank gets the same directory
         path = Path(path)
         return path / "hf" if (path / "megarl_checkpoint.json").exists() else path
@@ -299,12 +299,12 @@ class Trainer:
             from megarl.train.servers import post_to_servers
 
             post_to_servers(self.server_urls, f"/{action}_memory_occupation", {}, token=self.server_token)
-        dist.barrier()
+        collectives.barrier()
 
     def _stop_requested(self) -> bool:
         """True on every rank once any rank received SIGUSR1/SIGTERM (see megarl.train.cli)."""
         flag = torch.tensor([1.0 if getattr(self, "stop_flag", {}).get("requested") else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        collectives.all_reduce(flag, op="max")
         return bool(flag.item())
 
     def train_step(self) -> dict:
@@ -340,7 +340,7 @@ class Trainer:
         payload = [None]
         if self.is_driver:
             payload = [self._take_prefetched() or self._rollout_on_driver(self.step)]
-        dist.broadcast_object_list(payload, src=0)
+        collectives.broadcast_objects(payload, src=0)
         seqs, metrics, self._samples = payload[0]
         return seqs, dict(metrics)
 
@@ -473,11 +473,8 @@ class Trainer:
 
     # ---- log-probs, values, advantages ----------------------------------------------------
     def _microbatches(self, seqs: list[TrainSequence]) -> list[dict]:
-        from megarl.models.build import layer_impl
-
         # Sequence parallelism splits every row over the TP ranks: rows pad to a multiple of tp too.
-        return build_microbatches(seqs, self.cfg.actor.micro_batch_tokens, self.rt.device, row_tokens=self.cfg.actor.row_tokens,
-                                  packed_seq_params=layer_impl() == "te", pad_multiple=math.lcm(8, self.rt.tp))
+        return build_microbatches(seqs, self.cfg.actor.micro_batch_tokens, self.rt.device, pad_multiple=math.lcm(8, self.rt.tp))
 
     def _temperature(self) -> float:
         t = self.cfg.rollout.temperature
@@ -515,9 +512,9 @@ class Trainer:
 
         def scatter(stats, key, out_key):
             for mb, st in zip(mbs, stats):
+                host = st[key].detach().float().cpu()  # one device-to-host copy per micro-batch
                 for b, i in enumerate(mb["seq_ids"]):
-                    n = len(seqs[i].response_ids)
-                    extra[i][out_key] = st[key][b, :n].detach().float().cpu()
+                    extra[i][out_key] = host[b, :len(seqs[i].response_ids)]
 
         if self._recompute_old_logprobs():
             stats = self.actor.logprobs(mbs, temperature)
@@ -582,7 +579,7 @@ class Trainer:
     def _normalizer(self, seqs: list[TrainSequence], num_microbatches: int) -> dict:
         local = torch.tensor([sum(len(s.response_ids) for s in seqs if s.loss_weight > 0), sum(s.loss_weight > 0 for s in seqs)],
                              dtype=torch.float64)
-        dist.all_reduce(local, group=self.dp_group)
+        collectives.all_reduce(local, group=self.dp_group)
         return {"tokens": float(local[0]), "sequences": float(local[1]), "num_microbatches": num_microbatches, "dp": self.rt.dp}
 
     def update(self, seqs: list[TrainSequence], extra: list[dict]) -> dict:
@@ -643,7 +640,8 @@ class Trainer:
         return metrics
 
     def _empty_microbatch(self) -> list[dict]:
-        mb = build_microbatches([TrainSequence(prompt_ids=[0], response_ids=[0], reward=0.0, group=0)], 8, self.rt.device)[0]
+        mb = build_microbatches([TrainSequence(prompt_ids=[0], response_ids=[0], reward=0.0, group=0)], 8, self.rt.device,
+                                pad_multiple=math.lcm(8, self.rt.tp))[0]
         mb["empty"] = True
         return [mb]
 
@@ -659,7 +657,7 @@ class Trainer:
 
         if ps.get_tensor_model_parallel_rank() != 0:
             vec.zero_()
-        dist.all_reduce(vec)
+        collectives.all_reduce(vec)
         out = {k: float(vec[i, 0] / vec[i, 1]) for i, k in enumerate(self._STAT_KEYS) if vec[i, 1] > 0}
         if "actor/kl_loss" in out:
             out["actor/kl"] = out.pop("actor/kl_loss")
@@ -682,8 +680,8 @@ class Trainer:
                     self._record_mismatch(e["old_logp"], e["behaviour_logp"], torch.ones_like(e["old_logp"], dtype=torch.bool))
         vec = self._mismatch.clone() if reporter else torch.zeros(3, dtype=torch.float64)
         maxv = vec[2].clone()
-        dist.all_reduce(vec[:2])
-        dist.all_reduce(maxv, op=dist.ReduceOp.MAX)
+        collectives.all_reduce(vec[:2])
+        collectives.all_reduce(maxv, op="max")
         if vec[1] == 0:
             return {}
         return {"mismatch/logp_abs_mean": float(vec[0] / vec[1]), "mismatch/logp_abs_max": float(maxv)}
@@ -718,7 +716,7 @@ class Trainer:
             )
             result = evaluate_benchmarks(self.client, self.tokenizer, settings, out_dir=self.run_dir / "eval" / f"step_{step:06d}")
             payload = [{f"eval/{name}/accuracy": row["accuracy"] for name, row in result.items()}]
-        dist.broadcast_object_list(payload, src=0)
+        collectives.broadcast_objects(payload, src=0)
         return payload[0]
 
     def save_checkpoint(self) -> None:
@@ -758,14 +756,14 @@ class Trainer:
         megatron_dir = out_dir.with_name(out_dir.name + ".megatron")
         if self.is_driver and megatron_dir.exists():
             shutil.rmtree(megatron_dir)
-        dist.barrier()
+        collectives.barrier()
         save_megatron_checkpoint(self.actor.module, megatron_dir, hf_assets_dir=self.model_dir)
         if self.is_driver:
             if out_dir.exists():
                 shutil.rmtree(out_dir)
             megatron_to_hf(megatron_dir, out_dir, progress=False)
             shutil.rmtree(megatron_dir)
-        dist.barrier()
+        collectives.barrier()
 
     def close(self) -> None:
         if self._prefetch_pool is not None:

@@ -10,7 +10,7 @@ def write_recipe(tmp_path, toy_model):
         recipe = {
             "run": {"name": name, "steps": 3, "seed": 3, "output_dir": str(tmp_path / name)},
             "model": {"path": str(toy_model), "dtype": "fp32"},
-            "actor": {"tp": 1, "pp": 1, "lr": 1e-4, "micro_batch_tokens": 512, "row_tokens": 128},
+            "actor": {"tp": 1, "pp": 1, "lr": 1e-4, "micro_batch_tokens": 512},
             "algorithm": {"name": "grpo"},
             "rollout": {"engine": "builtin", "n": 4, "temperature": 1.0, "max_new_tokens": 32, "transport": "tensor"},
             "data": {"train": ["toy-arith:rl_train"], "template": "none", "prompts_per_step": 4, "max_prompt_tokens": 96},

@@ -32,8 +32,8 @@ def test_sequence_longer_than_a_row_gets_its_own_row_within_the_micro_batch_budg
     seqs = _seqs([(10, 8), (3, 3), (2, 2)])
     rows = pack_rows(seqs, budget=8, limit=32)
     assert rows[0] == [0] and sorted(i for row in rows for i in row) == [0, 1, 2]
-    mbs = build_microbatches(seqs, budget=32, device=torch.device("cpu"), row_tokens=8)
-    assert all(mb["input_ids"].numel() <= 32 for mb in mbs) and mbs[0]["input_ids"].shape[1] == 24  # 18 padded to 8s
+    mbs = build_microbatches(seqs, budget=24, device=torch.device("cpu"))
+    assert all(mb["input_ids"].numel() <= 24 for mb in mbs) and mbs[0]["input_ids"].shape == (1, 24)  # 18 padded to 8s
     assert sorted(i for mb in mbs for i in mb["seq_ids"]) == [0, 1, 2]
 
 
@@ -63,32 +63,6 @@ def test_microbatch_indices_point_at_response_predictions():
         assert mb["resp_mask"][b].sum() == r
 
 
-def test_rows_spread_evenly_over_the_fewest_micro_batches():
-    seqs = _seqs([(6, 4)] * 9)  # nine rows of one sequence each
-    mbs = build_microbatches(seqs, budget=96, device=torch.device("cpu"), row_tokens=16)  # <= 6 rows per micro-batch
-    assert [mb["input_ids"].shape[0] for mb in mbs] == [5, 5]
-    assert sorted(i for mb in mbs for i in mb["seq_ids"]) == list(range(9))
-
-
-def test_attention_mask_is_block_diagonal_causal_with_self_attending_padding():
-    """The vectorized mask against one built block by block (True = masked out)."""
-    seqs = _seqs([(4, 3), (2, 5), (3, 3), (1, 2)])
-    mbs = build_microbatches(seqs, budget=32, device=torch.device("cpu"), row_tokens=16)
-    for mb in mbs:
-        rows, length = mb["input_ids"].shape
-        expected = torch.ones(rows, length, length, dtype=torch.bool)
-        for r in range(rows):
-            start, used = 0, torch.zeros(length, dtype=torch.bool)
-            for i in [i for i in mb["seq_ids"] if (mb["resp_index"][mb["seq_ids"].index(i), 0] // length) == r]:
-                n = seqs[i].length
-                expected[r, start:start + n, start:start + n] = ~torch.ones(n, n, dtype=torch.bool).tril()
-                used[start:start + n] = True
-                start += n
-            for j in torch.nonzero(~used).flatten().tolist():
-                expected[r, j, j] = False
-        assert torch.equal(mb["attention_mask"][:, 0], expected)
-
-
 def test_packed_row_equals_separate_rows(tiny_hf_models):
     """A Megatron actor on a packed row gives each sequence the log-probs it gets alone."""
     from megarl.models.build import build_model
@@ -107,7 +81,7 @@ def test_packed_row_equals_separate_rows(tiny_hf_models):
 
     def logps(mb):
         with torch.no_grad():
-            out = model(mb["input_ids"], mb["position_ids"], mb.get("attention_mask"))
+            out = model(mb["input_ids"], mb["position_ids"], None, packed_seq_params=mb["packed_seq_params"])
         return response_logprobs(out, mb, spec, temperature=0.7)[0]
 
     (packed,) = build_microbatches(seqs, budget=64, device=torch.device("cpu"))
@@ -116,10 +90,9 @@ def test_packed_row_equals_separate_rows(tiny_hf_models):
         (alone,) = build_microbatches([seqs[i]], budget=64, device=torch.device("cpu"))
         r = len(seqs[i].response_ids)
         torch.testing.assert_close(packed_lp[b, :r], logps(alone)[0, :r], atol=1e-5, rtol=0)
-    # Several shorter rows per micro-batch (the CPU layout), including an empty padding row.
-    # (three rows of 12, padded to 16 -> two micro-batches of two rows, the second with an all-padding row)
-    multi = build_microbatches(seqs, budget=32, device=torch.device("cpu"), row_tokens=12)
-    assert all(mb["input_ids"].shape == multi[0]["input_ids"].shape for mb in multi) and multi[0]["input_ids"].shape[0] == 2
+    # Two micro-batches (23 and 11 tokens, both padded to 24: the second mostly padding segments).
+    multi = build_microbatches(seqs, budget=24, device=torch.device("cpu"))
+    assert all(mb["input_ids"].shape == (1, 24) for mb in multi)
     assert [len(mb["seq_ids"]) for mb in multi] == [2, 1]
     for mb in multi:
         lp = logps(mb)
@@ -166,13 +139,12 @@ def test_logits_at_response_positions_only_give_the_same_logprobs_and_gradients(
     load_hf_into_model(model, path)
     assert supports_position_selection(model)
     seqs = _seqs([(5, 6), (3, 4), (7, 2), (2, 9)])
-    (mb,) = build_microbatches(seqs, budget=64, device=torch.device("cpu"), row_tokens=16)
-    assert mb["input_ids"].shape[0] > 1  # several rows: the s-major index matters
+    (mb,) = build_microbatches(seqs, budget=64, device=torch.device("cpu"))
 
     def run(select):
         model.zero_grad()
         with only_positions(mb["logit_index"] if select else None):
-            out = model(mb["input_ids"], mb["position_ids"], mb["attention_mask"])
+            out = model(mb["input_ids"], mb["position_ids"], None, packed_seq_params=mb["packed_seq_params"])
         logp, ent = response_logprobs(out, {**mb, "logits_selected": select}, spec, temperature=0.9)
         ((logp * mb["resp_mask"]).sum() + (ent * mb["resp_mask"]).sum()).backward()
         return out.shape, logp.detach(), ent.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
