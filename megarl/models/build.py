@@ -31,14 +31,15 @@ def layer_impl() -> str:
     return "te" if transformer_engine_available() else "local"
 
 
-def layer_spec():
+def layer_spec(config):
+    """Megatron's layer spec for `config` (TE or local layers; q/k norms when `config.qk_layernorm`)."""
     from megatron.core.models.gpt import gpt_layer_specs
 
     if layer_impl() == "te":
-        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
     from megarl.models.attention import SDPAttention
 
-    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=config.qk_layernorm)
     spec.submodules.self_attention.submodules.core_attention = SDPAttention  # torch's fused attention on CPU
     return spec
 
@@ -61,10 +62,7 @@ def transformer_config(
     """
     from megatron.core.transformer import TransformerConfig
 
-    extra = {}
-    if spec.sliding_window:
-        # HF: a query attends to itself and the previous sliding_window - 1 keys.
-        extra["window_size"] = (spec.sliding_window - 1, 0)
+    extra = spec.architecture.megatron_config(spec)  # the family's own fields (window, q/k norms)
     if recompute == "full":
         extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     elif recompute == "selective":
@@ -154,7 +152,7 @@ def build_model(
     tied = spec.tie_word_embeddings and role == "actor"
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(),
+        transformer_layer_spec=layer_spec(config),
         vocab_size=spec.padded_vocab_size(tp),
         max_sequence_length=spec.max_position_embeddings,
         pre_process=pre,
@@ -164,8 +162,7 @@ def build_model(
         rotary_base=int(spec.rope_theta),
         rope_scaling=False,
     )
-    if spec.rope_scaling:
-        _apply_llama3_rope_scaling(model, spec)
+    spec.architecture.adapt_model(model, spec)
     _mark_tensor_parallel(model, spec, role, ps.get_pipeline_model_parallel_rank(), pp)
     if role == "critic" and post:
         # The LM head Megatron just built (V/tp x H) is dropped here; the value head replaces it.
@@ -179,9 +176,6 @@ def build_model(
     return model.to(get_device())
 
 
-_PARTITION_DIM = {"column": 0, "vocab": 0, "qkv": 0, "gated_mlp": 0, "row": 1}
-
-
 def _mark_tensor_parallel(model, spec: ModelSpec, role: str, pp_rank: int, pp: int) -> None:
     """Set Megatron's tensor-parallel attributes on every sharded parameter, from the mapping.
 
@@ -193,25 +187,10 @@ def _mark_tensor_parallel(model, spec: ModelSpec, role: str, pp_rank: int, pp: i
 
     params = dict(model.named_parameters())
     for name, mapping in stage_mappings(spec, pp_rank, pp, layer_impl=layer_impl(), role=role):
-        if name in params and mapping.kind in _PARTITION_DIM:
+        if name in params and mapping.partition_dim is not None:
             param = params[name]
             for attr in ("tensor_model_parallel", "partition_dim", "partition_stride"):
                 if hasattr(param, attr):
                     delattr(param, attr)
-            set_tensor_model_parallel_attributes(param, True, _PARTITION_DIM[mapping.kind], 1)
+            set_tensor_model_parallel_attributes(param, True, mapping.partition_dim, 1)
 
-
-def _apply_llama3_rope_scaling(model, spec: ModelSpec) -> None:
-    """Llama 3.1 RoPE scaling with the checkpoint's own parameters (Megatron hard-codes 8192/1/4)."""
-    rope = model.rotary_pos_emb
-    dim = spec.head_dim
-    base = torch.arange(0, dim, 2, dtype=torch.float32, device=rope.inv_freq.device)
-    inv_freq = 1.0 / (spec.rope_theta ** (base / dim))
-    scaling = spec.rope_scaling
-    rope.inv_freq = rope._apply_scaling(
-        inv_freq,
-        factor=scaling["factor"],
-        low_freq_factor=scaling["low_freq_factor"],
-        high_freq_factor=scaling["high_freq_factor"],
-        original_max_position_embeddings=scaling["original_max_position_embeddings"],
-    )
