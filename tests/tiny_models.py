@@ -8,7 +8,8 @@ import torch
 
 # Shapes chosen to exercise the mapping: GQA (2 query groups), a vocab that no TP size divides,
 # tied embeddings (Qwen2.5-0.5B style), llama3 RoPE scaling, Mistral sliding window with an
-# explicit head_dim != hidden / heads (Mistral-Small style).
+# explicit head_dim != hidden / heads (Mistral-Small style), Qwen3 q/k head norms with an explicit
+# head_dim (32, not 64 / 4) and tied embeddings (Qwen3-0.6B style).
 TINY_CONFIGS = {
     "qwen2": dict(
         model_type="qwen2", vocab_size=1001, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
@@ -28,11 +29,16 @@ TINY_CONFIGS = {
         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
         sliding_window=5, rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=10000.0,
     ),
+    "qwen3": dict(
+        model_type="qwen3", vocab_size=1005, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=False,
+    ),
 }
 
 
 def make_tiny_hf(arch: str, out_dir: str | Path, seed: int = 0, **overrides) -> Path:
-    """Save a tiny random model of `arch` (qwen2, llama, mistral) to `out_dir`; returns the path."""
+    """Save a tiny random model of `arch` (a key of TINY_CONFIGS) to `out_dir`; returns the path."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     params = dict(TINY_CONFIGS[arch], **overrides)

@@ -3,8 +3,8 @@
 All three read the one mapping declaration (megarl.models.mapping) and never hold more than the
 tensors of one mapping entry (e.g. q, k, v of one layer plus one output shard) in memory: inputs
 are read one tensor at a time with preadv, outputs are written with SafetensorsWriter, whose
-headers are planned up front from the mapping (shapes come from running the mapping on meta
-tensors). Neither torch.distributed nor Megatron is needed.
+headers are planned up front from the mapping (each mapping kind derives its shapes from the
+config). Neither torch.distributed nor Megatron is needed.
 
 Built-in checks: every HF tensor is consumed exactly once and every Megatron tensor produced
 exactly once, with the shapes the config implies; the numerics-relevant config fields survive the
@@ -79,16 +79,10 @@ class PlannedTensor:
     shape: tuple[int, ...]  # per TP rank
 
 
-def _shard_shape(mapping: ParamMapping, spec: ModelSpec, tp: int, hf_shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
-    meta = [torch.empty(hf_shapes[h], device="meta") for h in mapping.hf]
-    return tuple(mapping.to_megatron_shard(meta, 0, tp, spec).shape)
-
-
 def plan_stage(spec: ModelSpec, pp_rank: int, tp: int, pp: int, role: str = "actor") -> list[PlannedTensor]:
     """The tensors of each (any TP rank, stage `pp_rank`) file, in file order."""
-    hf_shapes = hf_tensor_shapes(spec)
     planned = [
-        PlannedTensor(name, mapping, _shard_shape(mapping, spec, tp, hf_shapes))
+        PlannedTensor(name, mapping, mapping.megatron_shape(spec, tp))
         for name, mapping in stage_mappings(spec, pp_rank, pp, layer_impl="local", role=role)
     ]
     if role == "critic" and pp_rank == pp - 1:

@@ -31,23 +31,28 @@ def layer_impl() -> str:
     return "te" if transformer_engine_available() else "local"
 
 
-def layer_spec():
+def layer_spec(config):
+    """Megatron's layer spec for `config` (TE or local layers; q/k norms when `config.qk_layernorm`)."""
     from megatron.core.models.gpt import gpt_layer_specs
 
     if layer_impl() == "te":
-        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
     from megarl.models.attention import SDPAttention
     from megarl.models.norms import RMSNorm
 
-    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=config.qk_layernorm)
     spec.submodules.self_attention.submodules.core_attention = SDPAttention  # torch's fused attention on CPU
-    spec.submodules.input_layernorm = spec.submodules.pre_mlp_layernorm = RMSNorm  # sequence-parallel capable
+    # megarl's RMSNorm everywhere Megatron's torch fallback would go (it refuses sequence parallelism)
+    spec.submodules.input_layernorm = spec.submodules.pre_mlp_layernorm = RMSNorm
+    if config.qk_layernorm:
+        spec.submodules.self_attention.submodules.q_layernorm = RMSNorm
+        spec.submodules.self_attention.submodules.k_layernorm = RMSNorm
     return spec
 
 
 def block_spec(config):
     """This PP stage's transformer block: its layers, and (local spec) megarl's RMSNorm as the final norm."""
-    spec = layer_spec()
+    spec = layer_spec(config)
     if layer_impl() == "te":
         return spec
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
@@ -75,10 +80,7 @@ def transformer_config(
     """
     from megatron.core.transformer import TransformerConfig
 
-    extra = {}
-    if spec.sliding_window:
-        # HF: a query attends to itself and the previous sliding_window - 1 keys.
-        extra["window_size"] = (spec.sliding_window - 1, 0)
+    extra = spec.architecture.megatron_config(spec)  # the family's own fields (window, q/k norms)
     if recompute == "full":
         extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     elif recompute == "selective":
@@ -178,8 +180,7 @@ def build_model(
         rotary_base=int(spec.rope_theta),
         rope_scaling=False,
     )
-    if spec.rope_scaling:
-        _apply_llama3_rope_scaling(model, spec)
+    spec.architecture.adapt_model(model, spec)
     _mark_tensor_parallel(model, spec, role, ps.get_pipeline_model_parallel_rank(), pp)
     if role == "critic" and post:
         # The LM head Megatron just built (V/tp x H) is dropped here; the value head replaces it.
@@ -193,9 +194,6 @@ def build_model(
     return model.to(get_device())
 
 
-_PARTITION_DIM = {"column": 0, "vocab": 0, "qkv": 0, "gated_mlp": 0, "row": 1}
-
-
 def _mark_tensor_parallel(model, spec: ModelSpec, role: str, pp_rank: int, pp: int) -> None:
     """Set Megatron's tensor-parallel attributes on every sharded parameter, from the mapping.
 
@@ -207,25 +205,10 @@ def _mark_tensor_parallel(model, spec: ModelSpec, role: str, pp_rank: int, pp: i
 
     params = dict(model.named_parameters())
     for name, mapping in stage_mappings(spec, pp_rank, pp, layer_impl=layer_impl(), role=role):
-        if name in params and mapping.kind in _PARTITION_DIM:
+        if name in params and mapping.partition_dim is not None:
             param = params[name]
             for attr in ("tensor_model_parallel", "partition_dim", "partition_stride"):
                 if hasattr(param, attr):
                     delattr(param, attr)
-            set_tensor_model_parallel_attributes(param, True, _PARTITION_DIM[mapping.kind], 1)
+            set_tensor_model_parallel_attributes(param, True, mapping.partition_dim, 1)
 
-
-def _apply_llama3_rope_scaling(model, spec: ModelSpec) -> None:
-    """Llama 3.1 RoPE scaling with the checkpoint's own parameters (Megatron hard-codes 8192/1/4)."""
-    rope = model.rotary_pos_emb
-    dim = spec.head_dim
-    base = torch.arange(0, dim, 2, dtype=torch.float32, device=rope.inv_freq.device)
-    inv_freq = 1.0 / (spec.rope_theta ** (base / dim))
-    scaling = spec.rope_scaling
-    rope.inv_freq = rope._apply_scaling(
-        inv_freq,
-        factor=scaling["factor"],
-        low_freq_factor=scaling["low_freq_factor"],
-        high_freq_factor=scaling["high_freq_factor"],
-        original_max_position_embeddings=scaling["original_max_position_embeddings"],
-    )

@@ -96,7 +96,7 @@ def _gather_chunk(local: list[torch.Tensor], mappings, tp: int, group) -> list[l
     all-gather of the flattened sharded ones."""
     if tp == 1:
         return [[t] for t in local]
-    sharded = [i for i, m in enumerate(mappings) if m.kind != "replicated"]
+    sharded = [i for i, m in enumerate(mappings) if m.partition_dim is not None]
     out = [[t] for t in local]  # replicated: every rank holds the whole tensor
     if not sharded:
         return out

@@ -1,158 +1,220 @@
-"""The one HF <-> Megatron parameter mapping declaration, used by loading, conversion, resharding
-and weight sync.
+"""The kinds of HF <-> Megatron parameter mapping, and the per-stage tables built from an
+architecture's layer table; used by loading, conversion, resharding and weight sync.
 
-An architecture is a table of `ParamMapping`s. Each entry names one Megatron parameter (with
-`{layer}` standing for the global layer index), the Hugging Face tensor(s) it is made from, and
-how it is split over tensor-parallel ranks:
+An architecture (megarl/models/architectures/) declares its parameters as mapping objects. Each
+names one Megatron parameter (with `{layer}` standing for the layer index) and the Hugging Face
+tensor(s) it is made from; its class says how the tensors relate, once for every direction:
 
-  replicated  same tensor on every TP rank (norms)
-  column      split along dim 0 (column-parallel linear: o = x W^T, W rows split)
-  row         split along dim 1 (row-parallel linear)
-  vocab       split along dim 0 after padding the vocab rows to the padded vocab size
-  qkv         q, k, v fused per query group ([q heads of the group, k, v] per group), then dim 0
-  gated_mlp   gate and up: each TP rank holds [gate shard; up shard]
+  Replicated     same tensor on every TP rank (norms)
+  RowParallel    split along dim 1 (row-parallel linear: input features split)
+  VocabParallel  split along dim 0 after padding the vocab rows to the padded vocab size
+  QKV            q, k, v fused per query group ([q heads of the group, k, v] per group), then dim 0
+  GatedMLP       gate and up: each TP rank holds [gate shard; up shard]
 
-`to_megatron_shard` builds one TP rank's tensor from the HF tensors; `to_hf` rebuilds the HF
-tensors from all TP ranks' shards. Both are exact (pure indexing), so a round trip is bitwise.
+Every kind knows its TP partition dimension (`partition_dim`, None when replicated), the HF
+shapes its tensors have (`hf_shapes`, from the ModelSpec) and the shape of one TP rank's
+Megatron tensor (`megatron_shape`). `to_megatron_shard` builds one TP rank's tensor from the HF
+tensors; `to_hf` rebuilds the HF tensors from all TP ranks' shards. Both are exact (pure
+indexing), so a round trip is bitwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Sequence
+from typing import ClassVar, Iterator, Sequence
 
 import torch
 
 from megarl.models.spec import ModelSpec
 
-KINDS = ("replicated", "column", "row", "vocab", "qkv", "gated_mlp")
+Shape = tuple[int, ...]
+# Names a shape may be declared with: ModelSpec's integer fields and derived sizes.
+_SPEC_SIZES = frozenset(
+    {f.name for f in dataclasses.fields(ModelSpec) if f.type in ("int", int)} | {"q_size", "kv_size"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class ParamMapping:
+    """One Megatron parameter and the HF tensor(s) it is made from; subclasses say how."""
+
     megatron: str
     hf: tuple[str, ...]
-    kind: str
+
+    partition_dim: ClassVar[int | None] = None  # the TP split dimension of the Megatron tensor
+    hf_arity: ClassVar[int] = 1  # how many HF tensors make one Megatron tensor
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown mapping kind {self.kind!r}; one of {KINDS}")
+        if isinstance(self.hf, str):
+            object.__setattr__(self, "hf", (self.hf,))
+        if len(self.hf) != self.hf_arity:
+            raise ValueError(f"{type(self).__name__} {self.megatron}: takes {self.hf_arity} HF tensor name(s), got {self.hf}")
 
     def at_layer(self, layer: int) -> "ParamMapping":
-        return ParamMapping(
-            self.megatron.replace("{layer}", str(layer)), tuple(h.replace("{layer}", str(layer)) for h in self.hf), self.kind
+        return dataclasses.replace(
+            self, megatron=self.megatron.replace("{layer}", str(layer)), hf=tuple(h.replace("{layer}", str(layer)) for h in self.hf)
         )
+
+    # ---- shapes (from the spec, no tensors) ---------------------------------------------
+    def hf_shapes(self, spec: ModelSpec) -> tuple[Shape, ...]:
+        """Full shape of each HF tensor, in the order of `hf`."""
+        raise NotImplementedError
+
+    def megatron_shape(self, spec: ModelSpec, tp: int) -> Shape:
+        """Shape of one TP rank's Megatron tensor."""
+        raise NotImplementedError
 
     # ---- HF -> one TP rank ---------------------------------------------------------------
     def to_megatron_shard(self, hf: Sequence[torch.Tensor], tp_rank: int, tp: int, spec: ModelSpec) -> torch.Tensor:
         if len(hf) != len(self.hf):
             raise ValueError(f"{self.megatron}: expected {len(self.hf)} HF tensors ({self.hf}), got {len(hf)}")
-        if self.kind == "replicated":
-            return hf[0]
-        if self.kind == "column":
-            return hf[0].chunk(tp, dim=0)[tp_rank]
-        if self.kind == "row":
-            return hf[0].chunk(tp, dim=1)[tp_rank]
-        if self.kind == "vocab":
-            full = hf[0]
-            padded = spec.padded_vocab_size(tp)
-            rows = padded // tp
-            start, stop = tp_rank * rows, (tp_rank + 1) * rows
-            shard = full.new_zeros((rows,) + tuple(full.shape[1:]))
-            real = full[start:min(stop, full.shape[0])]
-            shard[: real.shape[0]] = real
-            return shard
-        if self.kind == "qkv":
-            return _fuse_qkv(hf[0], hf[1], hf[2], spec).chunk(tp, dim=0)[tp_rank]
-        if self.kind == "gated_mlp":
-            gate, up = hf
-            return torch.cat([gate.chunk(tp, dim=0)[tp_rank], up.chunk(tp, dim=0)[tp_rank]], dim=0)
-        raise AssertionError(self.kind)
+        return self._shard(hf, tp_rank, tp, spec)
+
+    def _shard(self, hf: Sequence[torch.Tensor], tp_rank: int, tp: int, spec: ModelSpec) -> torch.Tensor:
+        raise NotImplementedError
 
     # ---- all TP ranks -> HF -------------------------------------------------------------
     def to_hf(self, shards: Sequence[torch.Tensor], spec: ModelSpec) -> tuple[torch.Tensor, ...]:
-        if self.kind == "replicated":
-            return (shards[0],)
-        if self.kind == "column":
-            return (torch.cat(list(shards), dim=0),)
-        if self.kind == "row":
-            return (torch.cat(list(shards), dim=1),)
-        if self.kind == "vocab":
-            return (torch.cat(list(shards), dim=0)[: spec.vocab_size],)
-        if self.kind == "qkv":
-            return _split_qkv(torch.cat(list(shards), dim=0), spec)
-        if self.kind == "gated_mlp":
-            halves = [s.chunk(2, dim=0) for s in shards]
-            return torch.cat([h[0] for h in halves], dim=0), torch.cat([h[1] for h in halves], dim=0)
-        raise AssertionError(self.kind)
+        raise NotImplementedError
 
 
-def _fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    """[q; k; v] (HF) -> per query group [q_g; k_g; v_g] (Megatron), for weights and biases."""
-    groups, d = spec.num_kv_heads, spec.head_dim
-    tail = tuple(q.shape[1:])
-    q = q.reshape(groups, spec.heads_per_group * d, *tail)
-    k = k.reshape(groups, d, *tail)
-    v = v.reshape(groups, d, *tail)
-    return torch.cat([q, k, v], dim=1).reshape(-1, *tail)
+@dataclasses.dataclass(frozen=True)
+class _DeclaredShape(ParamMapping):
+    """A one-to-one mapping whose HF shape is declared by the names of ModelSpec sizes
+    (e.g. `("hidden_size", "q_size")`), so the table states each shape once."""
+
+    dims: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        super().__post_init__()
+        unknown = [d for d in self.dims if d not in _SPEC_SIZES]
+        if not self.dims or unknown:
+            raise ValueError(f"{self.megatron}: dims={self.dims} must name ModelSpec sizes from {sorted(_SPEC_SIZES)}")
+
+    def hf_shapes(self, spec: ModelSpec) -> tuple[Shape, ...]:
+        return (tuple(int(getattr(spec, d)) for d in self.dims),)
 
 
-def _split_qkv(fused: torch.Tensor, spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    groups, d = spec.num_kv_heads, spec.head_dim
-    tail = tuple(fused.shape[1:])
-    per_group = fused.reshape(groups, (spec.heads_per_group + 2) * d, *tail)
-    q, k, v = per_group.split([spec.heads_per_group * d, d, d], dim=1)
-    return q.reshape(-1, *tail).contiguous(), k.reshape(-1, *tail).contiguous(), v.reshape(-1, *tail).contiguous()
+@dataclasses.dataclass(frozen=True)
+class Replicated(_DeclaredShape):
+    """The same tensor on every TP rank under another name (norms)."""
+
+    def megatron_shape(self, spec: ModelSpec, tp: int) -> Shape:
+        return self.hf_shapes(spec)[0]
+
+    def _shard(self, hf, tp_rank, tp, spec):
+        return hf[0]
+
+    def to_hf(self, shards, spec):
+        return (shards[0],)
 
 
-def _norm_names(layer_impl: str) -> tuple[str, str]:
-    """Megatron names of the two per-layer norms: separate modules (local spec) or fused into the
-    following linear (Transformer Engine spec)."""
-    if layer_impl == "te":
-        return (
-            "decoder.layers.{layer}.self_attention.linear_qkv.layer_norm_weight",
-            "decoder.layers.{layer}.mlp.linear_fc1.layer_norm_weight",
-        )
-    return "decoder.layers.{layer}.input_layernorm.weight", "decoder.layers.{layer}.pre_mlp_layernorm.weight"
+@dataclasses.dataclass(frozen=True)
+class RowParallel(_DeclaredShape):
+    """A row-parallel linear weight: input features (dim 1) split over TP ranks."""
+
+    partition_dim: ClassVar[int] = 1
+
+    def megatron_shape(self, spec: ModelSpec, tp: int) -> Shape:
+        rows, cols = self.hf_shapes(spec)[0]
+        return (rows, cols // tp)
+
+    def _shard(self, hf, tp_rank, tp, spec):
+        return hf[0].chunk(tp, dim=1)[tp_rank]
+
+    def to_hf(self, shards, spec):
+        return (torch.cat(list(shards), dim=1),)
 
 
-def layer_mappings(spec: ModelSpec, layer_impl: str = "local") -> list[ParamMapping]:
-    """Per-layer mappings (with `{layer}` placeholders). Same table for Qwen2, Llama and Mistral."""
-    attn_norm, mlp_norm = _norm_names(layer_impl)
-    hf = "model.layers.{layer}"
-    table = [
-        ParamMapping(attn_norm, (f"{hf}.input_layernorm.weight",), "replicated"),
-        ParamMapping(
-            "decoder.layers.{layer}.self_attention.linear_qkv.weight",
-            (f"{hf}.self_attn.q_proj.weight", f"{hf}.self_attn.k_proj.weight", f"{hf}.self_attn.v_proj.weight"),
-            "qkv",
-        ),
-        ParamMapping("decoder.layers.{layer}.self_attention.linear_proj.weight", (f"{hf}.self_attn.o_proj.weight",), "row"),
-        ParamMapping(mlp_norm, (f"{hf}.post_attention_layernorm.weight",), "replicated"),
-        ParamMapping(
-            "decoder.layers.{layer}.mlp.linear_fc1.weight",
-            (f"{hf}.mlp.gate_proj.weight", f"{hf}.mlp.up_proj.weight"),
-            "gated_mlp",
-        ),
-        ParamMapping("decoder.layers.{layer}.mlp.linear_fc2.weight", (f"{hf}.mlp.down_proj.weight",), "row"),
-    ]
-    if spec.qkv_bias:
-        table.append(
-            ParamMapping(
-                "decoder.layers.{layer}.self_attention.linear_qkv.bias",
-                (f"{hf}.self_attn.q_proj.bias", f"{hf}.self_attn.k_proj.bias", f"{hf}.self_attn.v_proj.bias"),
-                "qkv",
-            )
-        )
-    return table
+@dataclasses.dataclass(frozen=True)
+class VocabParallel(ParamMapping):
+    """Embedding or LM head [vocab, hidden]: rows padded to the padded vocab size, then split."""
+
+    partition_dim: ClassVar[int] = 0
+
+    def hf_shapes(self, spec: ModelSpec) -> tuple[Shape, ...]:
+        return ((spec.vocab_size, spec.hidden_size),)
+
+    def megatron_shape(self, spec: ModelSpec, tp: int) -> Shape:
+        return (spec.padded_vocab_size(tp) // tp, spec.hidden_size)
+
+    def _shard(self, hf, tp_rank, tp, spec):
+        full = hf[0]
+        rows = spec.padded_vocab_size(tp) // tp
+        start, stop = tp_rank * rows, (tp_rank + 1) * rows
+        shard = full.new_zeros((rows,) + tuple(full.shape[1:]))
+        real = full[start:min(stop, full.shape[0])]
+        shard[: real.shape[0]] = real
+        return shard
+
+    def to_hf(self, shards, spec):
+        return (torch.cat(list(shards), dim=0)[: spec.vocab_size],)
 
 
-EMBEDDING = ParamMapping("embedding.word_embeddings.weight", ("model.embed_tokens.weight",), "vocab")
-FINAL_NORM = ParamMapping("decoder.final_layernorm.weight", ("model.norm.weight",), "replicated")
-OUTPUT_UNTIED = ParamMapping("output_layer.weight", ("lm_head.weight",), "vocab")
+@dataclasses.dataclass(frozen=True)
+class QKV(ParamMapping):
+    """q, k, v projections (weights, or biases with `bias=True`) fused by query group: Megatron's
+    `linear_qkv` holds [q heads of group g; k_g; v_g] for each group, split over TP by groups."""
+
+    bias: bool = False
+
+    partition_dim: ClassVar[int] = 0
+    hf_arity: ClassVar[int] = 3
+
+    def _tail(self, spec: ModelSpec) -> Shape:
+        return () if self.bias else (spec.hidden_size,)
+
+    def hf_shapes(self, spec: ModelSpec) -> tuple[Shape, ...]:
+        tail = self._tail(spec)
+        return ((spec.q_size, *tail), (spec.kv_size, *tail), (spec.kv_size, *tail))
+
+    def megatron_shape(self, spec: ModelSpec, tp: int) -> Shape:
+        return ((spec.q_size + 2 * spec.kv_size) // tp, *self._tail(spec))
+
+    def _shard(self, hf, tp_rank, tp, spec):
+        q, k, v = hf
+        groups, d = spec.num_kv_heads, spec.head_dim
+        tail = tuple(q.shape[1:])
+        per_group = [q.reshape(groups, spec.heads_per_group * d, *tail), k.reshape(groups, d, *tail), v.reshape(groups, d, *tail)]
+        return torch.cat(per_group, dim=1).reshape(-1, *tail).chunk(tp, dim=0)[tp_rank]
+
+    def to_hf(self, shards, spec):
+        fused = torch.cat(list(shards), dim=0)
+        groups, d = spec.num_kv_heads, spec.head_dim
+        tail = tuple(fused.shape[1:])
+        per_group = fused.reshape(groups, (spec.heads_per_group + 2) * d, *tail)
+        q, k, v = per_group.split([spec.heads_per_group * d, d, d], dim=1)
+        return q.reshape(-1, *tail).contiguous(), k.reshape(-1, *tail).contiguous(), v.reshape(-1, *tail).contiguous()
+
+
+@dataclasses.dataclass(frozen=True)
+class GatedMLP(ParamMapping):
+    """gate and up projections of a SwiGLU MLP: each TP rank's `linear_fc1` is [gate shard; up shard]."""
+
+    partition_dim: ClassVar[int] = 0
+    hf_arity: ClassVar[int] = 2
+
+    def hf_shapes(self, spec: ModelSpec) -> tuple[Shape, ...]:
+        return ((spec.ffn_hidden_size, spec.hidden_size),) * 2
+
+    def megatron_shape(self, spec: ModelSpec, tp: int) -> Shape:
+        return (2 * spec.ffn_hidden_size // tp, spec.hidden_size)
+
+    def _shard(self, hf, tp_rank, tp, spec):
+        gate, up = hf
+        return torch.cat([gate.chunk(tp, dim=0)[tp_rank], up.chunk(tp, dim=0)[tp_rank]], dim=0)
+
+    def to_hf(self, shards, spec):
+        halves = [s.chunk(2, dim=0) for s in shards]
+        return torch.cat([h[0] for h in halves], dim=0), torch.cat([h[1] for h in halves], dim=0)
+
+
+EMBEDDING = VocabParallel("embedding.word_embeddings.weight", "model.embed_tokens.weight")
+FINAL_NORM = Replicated("decoder.final_layernorm.weight", "model.norm.weight", dims=("hidden_size",))
+OUTPUT_UNTIED = VocabParallel("output_layer.weight", "lm_head.weight")
 # With tied embeddings and PP > 1, the last stage keeps its own copy of the embedding as
 # output_layer.weight (Megatron all-reduces their gradients); it is loaded from the embedding.
-OUTPUT_TIED = ParamMapping("output_layer.weight", ("model.embed_tokens.weight",), "vocab")
+OUTPUT_TIED = VocabParallel("output_layer.weight", "model.embed_tokens.weight")
 
 
 def stage_mappings(
@@ -160,13 +222,14 @@ def stage_mappings(
 ) -> Iterator[tuple[str, ParamMapping]]:
     """(Megatron name in this stage's state dict, mapping with global HF names) for one PP stage.
 
-    Megatron numbers layers locally within a stage; HF names carry the global index.
-    The critic has no output layer mapping (its value head is new, see models.build).
+    Megatron numbers layers locally within a stage; HF names carry the global index. The layer
+    table comes from the spec's architecture. The critic has no output layer mapping (its value
+    head is new, see models.build).
     """
     first, last = pp_rank == 0, pp_rank == pp - 1
     if first:
         yield EMBEDDING.megatron, EMBEDDING
-    templates = layer_mappings(spec, layer_impl)
+    templates = spec.architecture.layer_mappings(spec, layer_impl)
     for local, global_layer in enumerate(spec.layers_of_stage(pp_rank, pp)):
         for template in templates:
             name = template.megatron.replace("{layer}", str(local))
@@ -180,27 +243,11 @@ def stage_mappings(
                 yield OUTPUT_TIED.megatron, OUTPUT_TIED
 
 
-def hf_tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every tensor a complete HF checkpoint of this spec holds, with its shape (lm_head only when untied)."""
-    h, d, f = spec.hidden_size, spec.head_dim, spec.ffn_hidden_size
-    q, kv = spec.num_heads * d, spec.num_kv_heads * d
-    per_layer = {
-        "input_layernorm.weight": (h,),
-        "post_attention_layernorm.weight": (h,),
-        "self_attn.q_proj.weight": (q, h),
-        "self_attn.k_proj.weight": (kv, h),
-        "self_attn.v_proj.weight": (kv, h),
-        "self_attn.o_proj.weight": (h, q),
-        "mlp.gate_proj.weight": (f, h),
-        "mlp.up_proj.weight": (f, h),
-        "mlp.down_proj.weight": (h, f),
+def hf_tensor_shapes(spec: ModelSpec) -> dict[str, Shape]:
+    """Every tensor a complete HF checkpoint of this spec holds, with its shape (lm_head only when
+    untied), in mapping order; derived from the mappings' own shapes."""
+    return {
+        name: shape
+        for _, mapping in stage_mappings(spec, 0, 1)
+        for name, shape in zip(mapping.hf, mapping.hf_shapes(spec))
     }
-    if spec.qkv_bias:
-        per_layer.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,)})
-    shapes = {"model.embed_tokens.weight": (spec.vocab_size, h)}
-    for layer in range(spec.num_layers):
-        shapes.update({f"model.layers.{layer}.{leaf}": shape for leaf, shape in per_layer.items()})
-    shapes["model.norm.weight"] = (h,)
-    if not spec.tie_word_embeddings:
-        shapes["lm_head.weight"] = (spec.vocab_size, h)
-    return shapes

@@ -1,7 +1,9 @@
-"""ModelSpec: the architecture facts megarl needs, read from a Hugging Face config.json.
+"""ModelSpec: the architecture facts megarl needs, read from a Hugging Face config.json, and the
+registry of architecture families that read them.
 
-Supported: Qwen2/Qwen2.5 (incl. Qwen2.5-Math), Llama 3/3.1 (and Llama-architecture models such as
-DeepSeek-Math), Mistral. The spec reads config.json as plain JSON so it does not depend on the
+Each family (megarl/models/architectures/) registers itself for its HF `model_type`s with
+`register_architecture`; `ModelSpec.from_hf` looks the config's model_type up here and lets that
+family parse the config. The spec reads config.json as plain JSON so it does not depend on the
 installed transformers version's config classes (transformers 5 moved `rope_theta` and
 `rope_scaling` into `rope_parameters`; both spellings are accepted).
 """
@@ -12,15 +14,43 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from megarl.models.architectures.base import Architecture
 
 
 class UnsupportedModelError(ValueError):
     """The HF config describes something megarl cannot build (names the field and the fix)."""
 
 
-SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "mistral")
 DEFAULT_VOCAB_MULTIPLE = 128
+
+# HF model_type -> the family that builds it; filled by the modules of megarl.models.architectures
+# (imported by the megarl.models package, so it is complete whenever this module is usable).
+_ARCHITECTURES: dict[str, "Architecture"] = {}
+
+
+def register_architecture(cls: type["Architecture"]) -> type["Architecture"]:
+    """Class decorator: register one architecture family under each of its `model_types`."""
+    for model_type in cls.model_types:
+        if model_type in _ARCHITECTURES:
+            raise ValueError(f"model_type {model_type!r} is registered twice ({_ARCHITECTURES[model_type]!r} and {cls.__name__})")
+        _ARCHITECTURES[model_type] = cls()
+    return cls
+
+
+def supported_model_types() -> dict[str, str]:
+    """{HF model_type: the models it covers}, sorted by model_type."""
+    return {t: _ARCHITECTURES[t].models for t in sorted(_ARCHITECTURES)}
+
+
+def architecture_for(model_type: Any, where: str = "config") -> "Architecture":
+    """The registered family for an HF model_type; a clear error listing the supported ones otherwise."""
+    if model_type not in _ARCHITECTURES:
+        listed = ", ".join(f"{t} ({models})" for t, models in supported_model_types().items())
+        raise UnsupportedModelError(f"{where}: model_type={model_type!r} is not supported; megarl builds {listed}")
+    return _ARCHITECTURES[model_type]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,77 +91,27 @@ class ModelSpec:
             except json.JSONDecodeError as err:
                 raise UnsupportedModelError(f"{path}: not valid JSON ({err}); re-download or fix the file") from err
             where = str(path)
-        return cls._from_dict(cfg, where)
-
-    @classmethod
-    def _from_dict(cls, cfg: dict[str, Any], where: str) -> "ModelSpec":
-        model_type = cfg.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise UnsupportedModelError(
-                f"{where}: model_type={model_type!r} is not supported; megarl builds "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)} (Qwen2/2.5, Llama 3/3.1, Mistral architectures)"
-            )
-        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
-            if key not in cfg:
-                raise UnsupportedModelError(f"{where}: missing field {key!r} required to build the model")
-        act = cfg.get("hidden_act", "silu")
-        if act != "silu":
-            raise UnsupportedModelError(f"{where}: hidden_act={act!r}; megarl's gated MLP supports only 'silu'")
-        if cfg.get("mlp_bias"):
-            raise UnsupportedModelError(f"{where}: mlp_bias=true is not supported (no SimpleRL-Zoo model uses it)")
-
-        rope = dict(cfg.get("rope_parameters") or {})
-        legacy_scaling = cfg.get("rope_scaling")
-        if legacy_scaling:
-            rope.update(legacy_scaling)
-        rope_theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        rope_scaling = None
-        if rope_type not in (None, "default"):
-            if rope_type != "llama3":
-                raise UnsupportedModelError(
-                    f"{where}: rope_type={rope_type!r} is not supported; megarl supports default RoPE and 'llama3' scaling"
-                )
-            rope_scaling = {
-                "factor": float(rope["factor"]),
-                "low_freq_factor": float(rope.get("low_freq_factor", 1.0)),
-                "high_freq_factor": float(rope.get("high_freq_factor", 4.0)),
-                "original_max_position_embeddings": int(rope.get("original_max_position_embeddings", 8192)),
-            }
-
-        num_heads = int(cfg["num_attention_heads"])
-        hidden = int(cfg["hidden_size"])
-        head_dim = cfg.get("head_dim") or hidden // num_heads
-        sliding_window = None
-        if model_type == "mistral":
-            sliding_window = cfg.get("sliding_window")
-        elif model_type == "qwen2" and cfg.get("use_sliding_window"):
-            raise UnsupportedModelError(
-                f"{where}: use_sliding_window=true (Qwen2 per-layer windows) is not supported; set it to false"
-            )
-        qkv_bias = True if model_type == "qwen2" else bool(cfg.get("attention_bias", False))
-        return cls(
-            model_type=model_type,
-            vocab_size=int(cfg["vocab_size"]),
-            hidden_size=hidden,
-            ffn_hidden_size=int(cfg["intermediate_size"]),
-            num_layers=int(cfg["num_hidden_layers"]),
-            num_heads=num_heads,
-            num_kv_heads=int(cfg.get("num_key_value_heads") or num_heads),
-            head_dim=int(head_dim),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_theta=rope_theta,
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=qkv_bias,
-            rope_scaling=rope_scaling,
-            sliding_window=int(sliding_window) if sliding_window else None,
-        )
+        return architecture_for(cfg.get("model_type"), where).spec_from_config(cfg, where)
 
     # ---- derived facts ------------------------------------------------------------------
     @property
+    def architecture(self) -> "Architecture":
+        """The family that parsed this spec: its layer table, Megatron config extras and model hooks."""
+        return architecture_for(self.model_type)
+
+    @property
     def heads_per_group(self) -> int:
         return self.num_heads // self.num_kv_heads
+
+    @property
+    def q_size(self) -> int:
+        """Rows of the query projection: all heads."""
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        """Rows of the key (or value) projection: one head per query group."""
+        return self.num_kv_heads * self.head_dim
 
     def padded_vocab_size(self, tp: int) -> int:
         """Vocab rows in Megatron: padded to a multiple of vocab_multiple * tp (removed again on export)."""
