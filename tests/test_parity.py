@@ -9,7 +9,7 @@ from dist_utils import torchrun
 from safetensors.torch import load_file
 
 LAYOUTS = [(1, 1, False), (2, 1, False), (1, 2, False), (2, 2, False), (2, 1, True)]  # (tp, pp, sequence parallel)
-ARCHS = ("qwen2", "llama", "mistral")
+ARCHS = ("qwen2", "llama", "mistral", "qwen3")
 
 
 @pytest.fixture(scope="module")
