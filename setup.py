@@ -4,7 +4,8 @@ from setuptools import find_packages, setup
 
 # Why each dependency is here:
 #   torch            - tensors, autograd, torch.distributed (gloo on CPU, NCCL on GPU).
-#                      The upper bound keeps pip on the 2.13.0 CPU wheel on CPU machines.
+#                      <2.15 admits torch 2.14.1, which sglang 0.5.23 (the `gpu` extra) pins;
+#                      CPU machines take the CPU wheel (2.13.0+cpu is tested) from the CPU index.
 #   megatron-core    - the actor/critic models with TP/PP and the pipeline schedules.
 #                      0.16.1 is the newest for Python 3.11; clusters on 3.12 may take newer.
 #   transformers     - HF configs/tokenizers, tiny reference models for parity tests,
@@ -17,7 +18,7 @@ from setuptools import find_packages, setup
 #   rich             - progress bars and tables; matplotlib - training/benchmark plots.
 #   wandb            - experiment tracking (offline by default).
 INSTALL_REQUIRES = [
-    "torch>=2.6,<2.14",
+    "torch>=2.6,<2.15",
     "megatron-core==0.16.1; python_version<'3.12'",
     "megatron-core>=0.16.1,<0.18; python_version>='3.12'",
     "transformers>=4.51",
@@ -36,13 +37,16 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # Everything the CPU tests need beyond the runtime deps.
-    # pyarrow/datasets: Parquet and HF `save_to_disk` prompt sets; msgspec: loads SGLang's published
-    # API schema in the protocol-conformance tests (sglang itself is installed with --no-deps there).
-    "dev": ["pytest>=8", "pytest-timeout>=2.3", "psutil>=5.9", "pyarrow>=14", "datasets>=2.18", "msgspec>=0.18"],
+    # pyarrow/datasets: Parquet and HF `save_to_disk` prompt sets. The SGLang conformance tests import
+    # sglang's serializer, process-group helper and ServerArgs with sglang installed --no-deps
+    # (`pip install --no-deps sglang==0.5.23`); these are what those imports need besides torch.
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "psutil>=5.9", "pyarrow>=14", "datasets>=2.18", "msgspec>=0.18",
+            "orjson", "pybase64", "pyzmq", "pillow", "ipython", "requests", "aiohttp>=3.9", "starlette"],
     "data": ["pyarrow>=14", "datasets>=2.18"],
     # GPU clusters. NVIDIA apex is not on PyPI (the PyPI "apex" is unrelated): build it from
     # source, see README "GPU clusters".
-    "gpu": ["transformer-engine[pytorch]>=2.0", "sglang>=0.5", "sglang-router>=0.1", "flash-attn>=2.6"],
+    # sglang==0.5.23 is the version the conformance tests read; it pins torch==2.14.1.
+    "gpu": ["transformer-engine[pytorch]>=2.0", "sglang==0.5.23", "sglang-router>=0.1", "flash-attn>=2.6"],
     # Optional DALI input pipeline for tokenized prompt shards.
     "dali": ["nvidia-dali-cuda120>=1.40"],
     # Comparisons in the benchmark tools.

@@ -123,6 +123,9 @@ class RolloutConfig(Section):
     transport: Literal["tensor", "distributed", "disk"] = "tensor"
     bucket_mb: int = Field(512, ge=1)
     colocate: bool = False
+    mem_fraction_static: float = Field(0.5, gt=0, lt=1, description=(
+        "colocated SGLang servers: fraction of each GPU for their weights and KV cache (--mem-fraction-static); "
+        "the rest is the trainer's"))
     overlap: bool = Field(False, description=(
         "generate the next step's batch on the servers while this step trains (one step off-policy: "
         "the PPO ratio is taken against the servers' behaviour log-probs)"))

@@ -179,10 +179,12 @@ def plan_layout(cfg: Config, opts: LaunchOptions) -> JobLayout:
     if rc.engine == "sglang" and not gpus:
         raise LaunchError("rollout.engine=sglang needs GPUs but --gpus-per-node=0; "
                           "use rollout.engine=builtin on CPU clusters (or set --gpus-per-node)")
-    if mode == "split" and rc.transport == "tensor":
+    if rc.transport == "tensor" and (mode == "split" or (mode in ("colocated", "partitioned") and nodes > 1)):
+        where = "on rollout nodes" if mode == "split" else f"on all {nodes} nodes ({mode})"
         raise LaunchError(
-            "rollout.transport=tensor shares memory handles, which works only with servers on the trainer's node, "
-            "but the servers run on rollout nodes; set rollout.transport=distributed (or disk on a shared filesystem)")
+            "rollout.transport=tensor passes shared-memory / CUDA-IPC handles, which work only with servers on the "
+            f"trainer's node (rank 0 sends every weight), but the servers run {where}; "
+            "set rollout.transport=distributed (or disk on a shared filesystem)")
     trainer_nodes = nodes - rollout_nodes
 
     # ---- trainer processes ------------------------------------------------------------------

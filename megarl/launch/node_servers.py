@@ -7,7 +7,9 @@ Reads the job's launch plan (written by `megarl submit`), builds this node's ser
 with its own log file, and keeps running while at least one of them is alive: a server that
 dies is logged, not fatal, because the trainer's rollout client fails over to the remaining
 servers. SIGTERM/SIGINT stop all of them (SIGTERM to each process group, SIGKILL after 30 s).
-The admin token for weight updates comes from $MEGARL_SERVE_TOKEN (never written to disk).
+The admin token for weight updates comes from $MEGARL_SERVE_TOKEN and never goes on a command
+line: built-in servers inherit the variable; SGLang servers get `--config FILE`, a 0600 YAML file
+with `admin_api_key` in a private temporary directory that is removed when this manager exits.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-TOKEN_ENV = "MEGARL_SERVE_TOKEN"
+from megarl.rollout.admin_token import TOKEN_ENV
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -45,9 +49,10 @@ class ServerPlan:
         return self.base_port + node_index * self.servers_per_node + server_index
 
 
-def server_commands(plan: ServerPlan, node_index: int, python: str, token: str | None) -> list[tuple[int, list[str]]]:
+def server_commands(plan: ServerPlan, node_index: int, python: str,
+                    admin_key_config: str | None) -> list[tuple[int, list[str]]]:
     """(port, argv) of every server on server node `node_index`. Built-in servers read the token
-    from the environment; SGLang takes it as --admin-api-key."""
+    from $MEGARL_SERVE_TOKEN; SGLang reads it from `admin_key_config` (`--config`, a 0600 YAML file)."""
     commands = []
     for i in range(plan.servers_per_node):
         port = plan.port(node_index, i)
@@ -57,8 +62,8 @@ def server_commands(plan: ServerPlan, node_index: int, python: str, token: str |
 
             spec = SGLangServerSpec(model_path=plan.model, host="0.0.0.0", port=port, tp_size=plan.server_tp,
                                     base_gpu_id=plan.first_gpu + i * plan.server_tp, enable_memory_saver=plan.colocate,
-                                    random_seed=seed, dtype=DTYPE_NAMES[plan.dtype], admin_token=token)
-            argv = sglang_server_command(spec, python=python)
+                                    random_seed=seed, dtype=DTYPE_NAMES[plan.dtype])
+            argv = sglang_server_command(spec, python=python, admin_key_config=admin_key_config)
         else:
             argv = [python, "-m", "megarl.cli", "serve", "--model", plan.model, "--host", "0.0.0.0",
                     "--port", str(port), "--seed", str(seed), "--dtype", DTYPE_NAMES[plan.dtype]]
@@ -98,8 +103,7 @@ class NodeServers:
                                     preexec_fn=_terminate_with_parent)
             out.close()
             self.procs.append(proc)
-            shown = " ".join("<token>" if a == os.environ.get(TOKEN_ENV) else a for a in argv)
-            self.log(f"server {i} (port {port}, pid {proc.pid}): {shown}; log {log_path}")
+            self.log(f"server {i} (port {port}, pid {proc.pid}): {' '.join(argv)}; log {log_path}")
 
     def wait(self) -> int:
         """Block while any server runs; log each exit. 0 when stopped or all exited cleanly.
@@ -151,7 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     plan = ServerPlan(**load_plan(args.plan)["servers"])
-    commands = server_commands(plan, args.node_index, sys.executable, os.environ.get(TOKEN_ENV))
+    token = os.environ.get(TOKEN_ENV)
+    key_dir = None
+    if plan.engine == "sglang" and token:
+        from megarl.rollout.admin_token import sglang_admin_key_config
+
+        key_dir = tempfile.mkdtemp(prefix="megarl-sglang-key-")  # mode 0700, removed on exit
+        admin_key_config = str(sglang_admin_key_config(token, key_dir))
+    else:
+        admin_key_config = None
+    commands = server_commands(plan, args.node_index, sys.executable, admin_key_config)
     servers = NodeServers(commands, args.log_dir, args.node_name)
 
     def on_signal(signum, frame):
@@ -160,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    servers.start()
-    return servers.wait()
+    try:
+        servers.start()
+        return servers.wait()
+    finally:
+        if key_dir:
+            shutil.rmtree(key_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

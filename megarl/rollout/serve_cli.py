@@ -1,7 +1,12 @@
 """`megarl serve`: start the built-in rollout server (SGLang protocol subset) on a Hugging Face model.
 
 Example:
-    megarl serve --model /path/to/hf_model --port 30000 --token "$(openssl rand -hex 16)"
+    export MEGARL_SERVE_TOKEN="$(openssl rand -hex 16)"   # or: --token-file FILE (mode 0600)
+    megarl serve --model /path/to/hf_model --port 30000
+
+The admin token (weight updates, pause, flush, ...) comes from $MEGARL_SERVE_TOKEN or --token-file,
+never the command line, where every local user could read it. Without a token those endpoints are
+disabled, and the server refuses to bind anything but loopback.
 
 Prints `megarl serve: listening on http://HOST:PORT` once it accepts requests (with --port 0 the
 line carries the port the system chose), then serves until SIGINT/SIGTERM.
@@ -16,18 +21,34 @@ import os
 import signal
 import sys
 
+from megarl.rollout.admin_token import TOKEN_ENV, read_token_file
+
+
+def admin_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The token from --token-file or $MEGARL_SERVE_TOKEN; --token is refused (argv is public)."""
+    if args.token is not None:
+        parser.error(f"--token would show the admin token to every local user (ps); put it in ${TOKEN_ENV} "
+                     "or in a mode-0600 file passed as --token-file FILE")
+    if args.token_file:
+        try:
+            return read_token_file(args.token_file)
+        except ValueError as err:
+            parser.error(str(err))
+    return os.environ.get(TOKEN_ENV) or None
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megarl serve", description=__doc__.split("\n\n")[0],
-        epilog="example: megarl serve --model runs/tiny_hf --port 30000 --token secret",
+        epilog="example: megarl serve --model runs/tiny_hf --port 30000   (admin token: export MEGARL_SERVE_TOKEN=...)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="Hugging Face model directory (config, weights, tokenizer)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=30000, help="port to bind; 0 picks a free one (default 30000)")
-    parser.add_argument("--token", default=os.environ.get("MEGARL_SERVE_TOKEN"),
-                        help="admin token: weight updates need 'Authorization: Bearer TOKEN'; "
-                             "/update_weights_from_tensor is disabled without one (default: $MEGARL_SERVE_TOKEN)")
+    parser.add_argument("--token-file", default=None,
+                        help=f"file (mode 0600) holding the admin token; default: ${TOKEN_ENV}. Admin endpoints need "
+                             "'Authorization: Bearer TOKEN' and are disabled without a token")
+    parser.add_argument("--token", default=None, help=argparse.SUPPRESS)  # refused with a pointer to the safe ways
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="model dtype (default float32)")
     parser.add_argument("--max-batch-sequences", type=int, default=256,
@@ -39,12 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    token = admin_token(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import torch
 
     from megarl.rollout.engine import GenerationEngine
-    from megarl.rollout.server import serve
+    from megarl.rollout.server import check_bind, serve
+
+    try:
+        check_bind(args.host, token)
+    except ValueError as err:
+        parser.error(str(err))
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,7 +83,7 @@ def main(argv: list[str]) -> int:
         print(f"megarl serve: listening on http://{args.host}:{port}", flush=True)
 
     async def run() -> None:
-        task = asyncio.create_task(serve(engine, host=args.host, port=args.port, token=args.token,
+        task = asyncio.create_task(serve(engine, host=args.host, port=args.port, token=token,
                                          max_batch_sequences=args.max_batch_sequences, ready=ready))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -19,20 +19,21 @@ Endpoints (JSON shapes as SGLang 0.5.x; see DESIGN.md):
   GET|POST /release_memory_occupation, /resume_memory_occupation (no-ops on CPU)
   GET /health, /health_generate, /model_info, /server_info
 
-Admin endpoints (weight updates, pause/continue, flush, memory) require
-`Authorization: Bearer <token>` when the server was started with a token; the tensor endpoint
-unpickles shared-memory handles, so it additionally refuses any peer that is not 127.0.0.1/::1
-and refuses outright when the server has no token.
+Admin endpoints (weight updates and update groups, weight_version, pause/continue, flush,
+memory) require `Authorization: Bearer <token>`; a server started without a token refuses them
+all (403), and a server bound beyond loopback will not start without one. The token comes from
+$MEGARL_SERVE_TOKEN or a 0600 file, never the command line (see docs/security.md). The tensor
+endpoint reads SGLang's wire format through an allow-list unpickler (`weight_buckets.load_payload`)
+and refuses any peer that is not 127.0.0.1/::1. /generate, /health and the info endpoints stay open.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import hmac
+import ipaddress
 import logging
-import pickle
 import queue
 import threading
 import time
@@ -42,9 +43,10 @@ from dataclasses import dataclass, field
 import torch
 from aiohttp import web
 
+from megarl.rollout.admin_token import TOKEN_ENV
 from megarl.rollout.engine import GenerationEngine, SamplingParamsError, SequenceRequest, SequenceSampling
-from megarl.rollout.update_group import UpdateGroup
-from megarl.rollout.weight_buckets import layout_metadata, unpack
+from megarl.rollout.update_group import DEFAULT_GROUP_NAME, UpdateGroup
+from megarl.rollout.weight_buckets import layout_metadata, load_payload, unpack
 from megarl.runtime.device import is_gpu_device, synchronize
 
 log = logging.getLogger("megarl.rollout.server")
@@ -238,12 +240,11 @@ class RolloutServer:
             raise HTTPError(400, "request body must be a JSON object")
         return body
 
-    def _check_token(self, request: web.Request, *, required: bool) -> None:
+    def _check_token(self, request: web.Request) -> None:
+        """Admin endpoints: the server's token or nothing (disabled when the server has none)."""
         if self.token is None:
-            if required:
-                raise HTTPError(403, "this endpoint is disabled: start the server with --token T and send "
-                                     "'Authorization: Bearer T'")
-            return
+            raise HTTPError(403, f"{request.path} is disabled: this server has no admin token; start it with "
+                                 f"${TOKEN_ENV} or --token-file FILE and send 'Authorization: Bearer <token>'")
         header = request.headers.get("Authorization", "")
         given = header[len("Bearer "):] if header.startswith("Bearer ") else ""
         if not hmac.compare_digest(given.encode(), self.token.encode()):
@@ -374,33 +375,33 @@ class RolloutServer:
 
     # ---- control -----------------------------------------------------------------------
     async def handle_flush_cache(self, request: web.Request) -> web.Response:
-        self._check_token(request, required=False)
+        self._check_token(request)
         # No prefix cache survives between batches here, so there is nothing to drop.
         return web.Response(text="Cache flushed.\n")
 
     async def handle_pause(self, request: web.Request) -> web.Response:
-        self._check_token(request, required=False)
+        self._check_token(request)
         body = await self._json(request, optional=True)
         await self._in_thread(self._pause, body.get("mode", "abort"))
         return web.json_response({"message": "Generation paused successfully.", "status": "ok"})
 
     async def handle_continue(self, request: web.Request) -> web.Response:
-        self._check_token(request, required=False)
+        self._check_token(request)
         self._continue()
         return web.json_response({"message": "Generation continued successfully.", "status": "ok"})
 
     async def handle_release_memory(self, request: web.Request) -> web.Response:
-        self._check_token(request, required=False)
+        self._check_token(request)
         await self._json(request, optional=True)
         return web.json_response({"success": True, "message": "no-op: the built-in server keeps its CPU memory"})
 
     async def handle_resume_memory(self, request: web.Request) -> web.Response:
-        self._check_token(request, required=False)
+        self._check_token(request)
         await self._json(request, optional=True)
         return web.json_response({"success": True, "message": "no-op: the built-in server keeps its CPU memory"})
 
     async def handle_update_weight_version(self, request: web.Request) -> web.Response:
-        self._check_token(request, required=False)
+        self._check_token(request)
         body = await self._json(request)
         if "new_version" not in body:
             raise HTTPError(400, "update_weight_version needs new_version")
@@ -418,7 +419,7 @@ class RolloutServer:
                                   "num_paused_requests": 0})
 
     async def handle_update_from_disk(self, request: web.Request) -> web.Response:
-        self._check_token(request, required=False)
+        self._check_token(request)
         body = await self._json(request)
         if not body.get("model_path"):
             raise HTTPError(400, "update_weights_from_disk needs model_path (a directory of *.safetensors files)")
@@ -427,18 +428,21 @@ class RolloutServer:
 
     async def handle_update_from_tensor(self, request: web.Request) -> web.Response:
         self._check_loopback(request)
-        self._check_token(request, required=True)
+        self._check_token(request)
         body = await self._json(request)
         payloads = body.get("serialized_named_tensors")
-        if not isinstance(payloads, list) or not payloads:
+        if not isinstance(payloads, list) or not payloads or not all(isinstance(p, str) for p in payloads):
             raise HTTPError(400, "serialized_named_tensors must be a list with one base64 payload per server TP rank")
+        if len(payloads) != 1:
+            raise HTTPError(400, f"serialized_named_tensors has {len(payloads)} entries but the built-in server has "
+                                 "tp_size 1: send one payload (server_tp_size=1)")
         load_format = body.get("load_format")
         if load_format not in (None, "direct", "flattened_bucket"):
             raise HTTPError(400, f"load_format {load_format!r} is not supported; use null, 'direct' or 'flattened_bucket'")
 
         def load() -> int:
             with self.update_lock:
-                data = pickle.loads(base64.b64decode(payloads[0]))  # tensors arrive as shared-memory handles
+                data = load_payload(payloads[0])  # SGLang's wire format: shared-memory / CUDA-IPC handles
                 if load_format == "flattened_bucket":
                     if not isinstance(data, dict) or "flattened_tensor" not in data or "metadata" not in data:
                         raise ValueError("a flattened_bucket payload must be {'flattened_tensor': uint8 tensor, 'metadata': [...]}")
@@ -455,26 +459,26 @@ class RolloutServer:
         return self._finish_update(count, body, "from tensor")
 
     async def handle_init_group(self, request: web.Request) -> web.Response:
-        self._check_token(request, required=False)
+        self._check_token(request)
         body = await self._json(request)
         missing = [k for k in ("master_address", "master_port", "rank_offset", "world_size") if k not in body]
         if missing:
             raise HTTPError(400, f"init_weights_update_group is missing {missing}")
-        name = body.get("group_name", "weight_update_group")
+        name = body.get("group_name", DEFAULT_GROUP_NAME)
         if name in self.update_groups:
             raise HTTPError(400, f"weight update group {name!r} already exists; destroy it first")
         backend = body.get("backend", "gloo")
         group = await self._in_thread(lambda: UpdateGroup(
             backend=backend, master_address=body["master_address"], master_port=int(body["master_port"]),
-            rank=int(body["rank_offset"]), world_size=int(body["world_size"]),
+            rank=int(body["rank_offset"]), world_size=int(body["world_size"]), group_name=name,
             timeout_s=float(body.get("timeout_s", 120.0))))
         self.update_groups[name] = group
         return web.json_response({"success": True, "message": f"Succeeded to initialize group {name!r} ({backend})."})
 
     async def handle_destroy_group(self, request: web.Request) -> web.Response:
-        self._check_token(request, required=False)
+        self._check_token(request)
         body = await self._json(request, optional=True)
-        name = body.get("group_name", "weight_update_group")
+        name = body.get("group_name", DEFAULT_GROUP_NAME)
         group = self.update_groups.pop(name, None)
         if group is None:
             raise HTTPError(400, f"no weight update group named {name!r}")
@@ -482,9 +486,9 @@ class RolloutServer:
         return web.json_response({"success": True, "message": f"Succeeded to destroy group {name!r}."})
 
     async def handle_update_from_distributed(self, request: web.Request) -> web.Response:
-        self._check_token(request, required=False)
+        self._check_token(request)
         body = await self._json(request)
-        name = body.get("group_name", "weight_update_group")
+        name = body.get("group_name", DEFAULT_GROUP_NAME)
         group = self.update_groups.get(name)
         if group is None:
             raise HTTPError(400, f"weight update group {name!r} does not exist; call /init_weights_update_group first")
@@ -533,9 +537,32 @@ def _per_prompt(value, count: int, key: str) -> list:
     return [value] * count
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether binding `host` listens on loopback only (127.0.0.0/8, ::1, or a name resolving only there)."""
+    import socket
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond loopback without an admin token (one line naming the fix)."""
+    if not token and not is_loopback_host(host):
+        raise ValueError(f"refusing to listen on {host!r} without an admin token: anyone who can reach it could load "
+                         f"weights or pause it; set ${TOKEN_ENV} (or --token-file FILE with mode 0600), or bind 127.0.0.1")
+
+
 async def serve(engine: GenerationEngine, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                 max_batch_sequences: int = 64, ready=None) -> None:
     """Run the server until cancelled; `ready(port)` is called once it listens."""
+    check_bind(host, token)
     server = RolloutServer(engine, token=token, max_batch_sequences=max_batch_sequences)
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()

@@ -6,20 +6,29 @@ the servers' URLs. `SGLangFleet` starts them, waits for each `/health`, and stop
 (SIGTERM to the process group, then SIGKILL). Running servers needs CUDA GPUs and the
 `sglang` package; building commands does not, so the commands are unit-tested on CPU.
 
+Admin token: SGLang reads `admin_api_key` from the command line or from a `--config` YAML
+file. megarl never puts the token on a command line (any local user can read it there):
+`SGLangFleet` writes it into a 0600 YAML file in a private temporary directory, passes
+`--config FILE`, and deletes the directory once the servers have started (they parse it at
+startup). See docs/security.md for what SGLang itself still exposes.
+
 Example (two servers of TP=4 on one 8-GPU node, colocated with training):
     specs = [SGLangServerSpec(model_path="/ckpt/hf", tp_size=4, port=30000 + i, base_gpu_id=4 * i,
-                              enable_memory_saver=True, admin_token=token) for i in range(2)]
+                              enable_memory_saver=True, mem_fraction_static=0.5, admin_token=token)
+             for i in range(2)]
     with SGLangFleet(specs, router_port=30100) as fleet:
         client = RolloutClient(fleet.generation_urls)     # the router when there is one
-        push_weights(weights, fleet.server_urls, transport="tensor", token=token)
+        push_weights(weights, fleet.server_urls, transport="tensor", token=token, server_tp_size=4)
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -43,7 +52,7 @@ class SGLangServerSpec:
     nnodes: int = 1  # >1: one server spans nodes; start one process per node with node_rank
     node_rank: int = 0
     dist_init_addr: str | None = None  # "host:port" of node 0 when nnodes > 1
-    admin_token: str | None = None  # --admin-api-key: weight-update endpoints require it
+    admin_token: str | None = None  # SGLang's admin_api_key, passed in a 0600 --config file (never argv)
     weight_version: str | None = None
     skip_server_warmup: bool = False
     extra_args: list[str] = field(default_factory=list)
@@ -63,9 +72,14 @@ class SGLangServerSpec:
         return f"http://{self.host}:{self.port}"
 
 
-def sglang_server_command(spec: SGLangServerSpec, python: str = sys.executable) -> list[str]:
-    """The argv that starts one SGLang server for `spec`."""
+def sglang_server_command(spec: SGLangServerSpec, python: str = sys.executable,
+                          admin_key_config: str | None = None) -> list[str]:
+    """The argv that starts one SGLang server for `spec`. A spec with an admin token needs
+    `admin_key_config`, the 0600 YAML file holding it (see `sglang_admin_key_config`)."""
     spec.validate()
+    if spec.admin_token and not admin_key_config:
+        raise ValueError("the admin token never goes on a command line: write it with "
+                         "megarl.rollout.admin_token.sglang_admin_key_config and pass admin_key_config=FILE")
     cmd = [python, "-m", "sglang.launch_server", "--model-path", spec.model_path, "--host", spec.host,
            "--port", str(spec.port), "--tp-size", str(spec.tp_size)]
     if spec.mem_fraction_static is not None:
@@ -82,8 +96,8 @@ def sglang_server_command(spec: SGLangServerSpec, python: str = sys.executable) 
         cmd += ["--base-gpu-id", str(spec.base_gpu_id)]
     if spec.nnodes > 1:
         cmd += ["--nnodes", str(spec.nnodes), "--node-rank", str(spec.node_rank), "--dist-init-addr", spec.dist_init_addr]
-    if spec.admin_token:
-        cmd += ["--admin-api-key", spec.admin_token]
+    if admin_key_config:
+        cmd += ["--config", str(admin_key_config)]
     if spec.weight_version:
         cmd += ["--weight-version", spec.weight_version]
     if spec.skip_server_warmup:
@@ -136,6 +150,15 @@ class SGLangFleet:
         self.env = dict(os.environ, **(env or {}))
         self.processes: list[subprocess.Popen] = []
         self.router: subprocess.Popen | None = None
+        self.key_dir: str | None = None  # private directory of the admin-key files, until the servers started
+        tokens = {s.admin_token for s in specs if s.admin_token}
+        if len(tokens) > 1:
+            raise ValueError("SGLangFleet: every server of a fleet takes the same admin token")
+
+    @property
+    def admin_token(self) -> str | None:
+        """The servers' admin token (weight sync sends it as 'Authorization: Bearer ...')."""
+        return next((s.admin_token for s in self.specs if s.admin_token), None)
 
     @property
     def server_urls(self) -> list[str]:
@@ -150,11 +173,16 @@ class SGLangFleet:
     def generation_urls(self) -> list[str]:
         return [self.router_url] if self.router is not None else self.server_urls
 
+    def server_commands(self, admin_key_config: str | None) -> list[list[str]]:
+        """The argv of every server (`admin_key_config`: the 0600 file holding the fleet's admin token)."""
+        return [sglang_server_command(spec, admin_key_config=admin_key_config) for spec in self.specs]
+
     def _spawn(self, cmd: list[str], name: str) -> subprocess.Popen:
         out = None
-        if self.log_dir:
+        if self.log_dir:  # owner-only: SGLang logs its server_args, admin key included
             os.makedirs(self.log_dir, exist_ok=True)
-            out = open(os.path.join(self.log_dir, f"{name}.log"), "ab")
+            out = os.fdopen(os.open(os.path.join(self.log_dir, f"{name}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                                    0o600), "ab")
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, env=self.env,
                                 start_new_session=True)
 
@@ -163,12 +191,19 @@ class SGLangFleet:
 
         if not on_gpu():
             raise RuntimeError("SGLang servers need CUDA GPUs; on CPU use megarl's built-in server (megarl serve)")
+        from megarl.rollout.admin_token import sglang_admin_key_config
+
         try:
-            for i, spec in enumerate(self.specs):
-                self.processes.append(self._spawn(sglang_server_command(spec), f"sglang_{i}_node{spec.node_rank}"))
+            key_config = None
+            if self.admin_token:
+                self.key_dir = tempfile.mkdtemp(prefix="megarl-sglang-key-")  # mode 0700
+                key_config = str(sglang_admin_key_config(self.admin_token, self.key_dir))
+            for i, (spec, cmd) in enumerate(zip(self.specs, self.server_commands(key_config))):
+                self.processes.append(self._spawn(cmd, f"sglang_{i}_node{spec.node_rank}"))
             for spec, process in zip(self.specs, self.processes):
                 if spec.node_rank == 0:
                     wait_for_health(spec.url, self.health_timeout_s, process)
+            self._remove_key_files()  # every server has read its arguments
             if len(self.server_urls) > 1 and self.router_port is not None:
                 self.router = self._spawn(sglang_router_command(self.server_urls, port=self.router_port,
                                                                 policy=self.router_policy), "sglang_router")
@@ -178,7 +213,13 @@ class SGLangFleet:
             raise
         return self
 
+    def _remove_key_files(self) -> None:
+        if self.key_dir:
+            shutil.rmtree(self.key_dir, ignore_errors=True)
+            self.key_dir = None
+
     def stop(self, grace_s: float = 30.0) -> None:
+        self._remove_key_files()
         for process in ([self.router] if self.router else []) + self.processes:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)

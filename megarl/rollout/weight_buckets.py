@@ -6,19 +6,38 @@ tensor; the metadata records `(name, shape, dtype, start_idx, end_idx, numel)` w
 counts bytes. The same layout is used by the `tensor` transport (the buffer travels as a
 shared-memory / CUDA-IPC handle) and by the `distributed` transport (the buffer is broadcast
 once, and the receiver rebuilds the layout from `names`, `dtypes`, `shapes` alone).
+
+Wire format of the `tensor` transport (SGLang's `MultiprocessingSerializer`): a base64
+`ForkingPickler` pickle of `{"flattened_tensor": uint8 tensor, "metadata": [metadata...]}` whose
+metadata objects are global `sglang.srt.weight_sync.tensor_bucket.FlattenedTensorMetadata`, the
+one metadata class SGLang's allow-list unpickler admits. `serialize_payload` writes it (with
+SGLang's own serializer and class when asked and installed, else megarl's identical encoder) and
+`load_payload` reads it through an allow-list unpickler: tensor and storage rebuild functions,
+the shared-memory / CUDA-IPC handle rebuilders of `torch.multiprocessing.reductions`, torch's
+dtypes and `Size`, and the metadata class; any other global is refused before anything runs.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import copyreg
+import io
+import pickle
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
 
+SGLANG_METADATA_GLOBAL = ("sglang.srt.weight_sync.tensor_bucket", "FlattenedTensorMetadata")
+
 
 @dataclass
 class FlattenedTensorMetadata:
-    """Where one named tensor lives inside a flattened bucket (byte offsets)."""
+    """Where one named tensor lives inside a flattened bucket (byte offsets).
+
+    Field for field SGLang's class; in a payload it is written as SGLang's global
+    (`SGLANG_METADATA_GLOBAL`), so SGLang reads it as its own."""
 
     name: str
     shape: torch.Size
@@ -86,3 +105,111 @@ def unpack(buffer: torch.Tensor, metadata: Iterable[FlattenedTensorMetadata]) ->
         dtype = dtype_from_name(meta.dtype)
         out.append((meta.name, buffer[meta.start_idx:meta.end_idx].view(dtype).view(torch.Size(meta.shape))))
     return out
+
+
+# ---- the tensor transport's wire format -------------------------------------------------------------
+
+class UnsafePayloadError(ValueError):
+    """A weight payload names a global outside the allow-list; nothing in it was executed."""
+
+
+def _allowed_globals() -> set[tuple[str, str]]:
+    allowed = {
+        ("torch", "Size"), ("torch", "Tensor"), ("torch", "device"), ("torch", "UntypedStorage"),
+        ("torch.storage", "UntypedStorage"), ("torch.storage", "TypedStorage"),
+        ("torch.nn.parameter", "Parameter"), ("collections", "OrderedDict"),
+        ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+        # what torch.multiprocessing's reducers emit for shared-memory and CUDA-IPC handles
+        ("torch.multiprocessing.reductions", "rebuild_tensor"),
+        ("torch.multiprocessing.reductions", "rebuild_cuda_tensor"),
+        ("torch.multiprocessing.reductions", "rebuild_storage_filename"),
+        ("torch.multiprocessing.reductions", "rebuild_storage_empty"),
+        ("torch.multiprocessing.reductions", "rebuild_typed_storage"),
+        ("torch.multiprocessing.reductions", "rebuild_typed_storage_child"),
+        # SGLang's sender-side patch of the CUDA reducer (device by UUID)
+        ("sglang.srt.utils.patch_torch", "_rebuild_cuda_tensor_modified"),
+    }
+    storages = [n for n in dir(torch) if n.endswith("Storage") and isinstance(getattr(torch, n), type)]
+    allowed.update(("torch", n) for n in storages)
+    return allowed
+
+
+class WeightPayloadUnpickler(pickle.Unpickler):
+    """SGLang-style allow-list unpickler for `tensor`-transport payloads (never plain `pickle.loads`)."""
+
+    ALLOWED = frozenset(_allowed_globals())
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == SGLANG_METADATA_GLOBAL:
+            return FlattenedTensorMetadata
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise UnsafePayloadError(f"Blocked unsafe global ({module}.{name}) in a weight payload: only tensor handles "
+                                 "and FlattenedTensorMetadata may be sent")
+
+
+def load_payload(data: str | bytes):
+    """Read one base64 `tensor`-transport payload through the allow-list unpickler."""
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError, TypeError) as err:
+        raise ValueError(f"a weight payload must be a base64 string: {err}") from None
+    try:
+        return WeightPayloadUnpickler(io.BytesIO(raw)).load()
+    except UnsafePayloadError:
+        raise
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as err:
+        raise ValueError(f"the weight payload is not a valid pickle of tensor handles: {err}") from None
+
+
+class _WirePickler(pickle._Pickler):
+    """`ForkingPickler` semantics (torch's tensor reducers: handles, not data) that writes megarl's
+    `FlattenedTensorMetadata` as SGLang's global, so the bytes read as SGLang's class on the other side."""
+
+    def __init__(self, file):
+        from multiprocessing.reduction import ForkingPickler
+
+        import torch.multiprocessing.reductions  # noqa: F401 - registers the tensor reducers with ForkingPickler
+
+        super().__init__(file, protocol=max(4, pickle.DEFAULT_PROTOCOL))
+        self.dispatch_table = copyreg.dispatch_table.copy()
+        self.dispatch_table.update(ForkingPickler._extra_reducers)
+
+    def save_global(self, obj, name=None):
+        if obj is FlattenedTensorMetadata:
+            module, qualname = SGLANG_METADATA_GLOBAL
+            self.save(module)
+            self.save(qualname)
+            self.write(pickle.STACK_GLOBAL)
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def sglang_wire():
+    """(SGLang's MultiprocessingSerializer, its FlattenedTensorMetadata), or None when sglang is not importable."""
+    try:
+        from sglang.srt.utils.common import MultiprocessingSerializer
+        from sglang.srt.weight_sync.tensor_bucket import FlattenedTensorMetadata as SGLangMetadata
+    except ImportError:
+        return None
+    return MultiprocessingSerializer, SGLangMetadata
+
+
+def serialize_payload(flattened_tensor: torch.Tensor, metadata: Sequence[FlattenedTensorMetadata], *,
+                      use_sglang: bool = False) -> str:
+    """One `serialized_named_tensors` entry: a base64 ForkingPickler pickle of the bucket's handles.
+
+    `use_sglang`: write it with SGLang's own serializer and metadata class (when sglang is importable;
+    otherwise megarl's encoder, which writes the same globals). Callers share CPU tensors by file name
+    (see `weight_sync`)."""
+    wire = sglang_wire() if use_sglang else None
+    if wire is not None:
+        serializer, sglang_metadata = wire
+        metadata = [sglang_metadata(m.name, m.shape, m.dtype, m.start_idx, m.end_idx, m.numel) for m in metadata]
+        return serializer.serialize({"flattened_tensor": flattened_tensor, "metadata": list(metadata)}, output_str=True)
+    out = io.BytesIO()
+    _WirePickler(out).dump({"flattened_tensor": flattened_tensor, "metadata": list(metadata)})
+    return base64.b64encode(out.getvalue()).decode("ascii")

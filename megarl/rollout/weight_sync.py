@@ -28,8 +28,6 @@ no buffer is ever reused there.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import shutil
@@ -44,7 +42,8 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from megarl.rollout.weight_buckets import FlattenedTensorMetadata, dtype_name, pack_into, tensor_nbytes
+from megarl.rollout.weight_buckets import (FlattenedTensorMetadata, dtype_name, pack_into, serialize_payload,
+                                          tensor_nbytes)
 from megarl.runtime.device import backend as collective_backend
 from megarl.runtime.distributed import free_port
 from megarl.runtime.device import get_device, is_gpu_device, on_gpu, synchronize
@@ -172,22 +171,29 @@ class BucketPool:
         return sum(b.numel() for b in self.free) + sum(b.numel() for b in self.lent.values())
 
 
-def serialize_bucket(buffer: torch.Tensor, metadata: list[FlattenedTensorMetadata]) -> str:
-    """SGLang's flattened-bucket payload: a base64 ForkingPickler pickle of handles, not data."""
-    from multiprocessing.reduction import ForkingPickler
-
-    import torch.multiprocessing.reductions  # noqa: F401 - registers the tensor reducers
-
-    out = io.BytesIO()
+def serialize_bucket(buffer: torch.Tensor, metadata: list[FlattenedTensorMetadata], *, use_sglang: bool = False) -> str:
+    """One `serialized_named_tensors` entry in SGLang's wire format: a base64 ForkingPickler pickle of
+    handles (not data) whose metadata are SGLang's `FlattenedTensorMetadata` (see `weight_buckets`)."""
+    if use_sglang and is_gpu_device(buffer.device):
+        _sglang_cuda_reductions()
     with _file_system_sharing():
-        ForkingPickler(out).dump({"flattened_tensor": buffer, "metadata": metadata})
-    return base64.b64encode(out.getvalue()).decode("ascii")
+        return serialize_payload(buffer, metadata, use_sglang=use_sglang)
 
 
-def tensor_update_body(payload: str, server_tp_size: int = 1) -> dict:
-    """`/update_weights_from_tensor` JSON: one payload per server TP rank (all ranks read the same bucket)."""
-    return {"serialized_named_tensors": [payload] * server_tp_size, "load_format": "flattened_bucket",
-            "flush_cache": False}
+def _sglang_cuda_reductions() -> None:
+    """SGLang's receivers read CUDA-IPC handles whose device is a UUID (`monkey_patch_torch_reductions`);
+    with sglang installed, send them that way so each server rank opens the bucket on the right GPU."""
+    try:
+        from sglang.srt.utils.patch_torch import monkey_patch_torch_reductions
+    except ImportError:
+        return
+    monkey_patch_torch_reductions()
+
+
+def tensor_update_body(payloads: Sequence[str]) -> dict:
+    """`/update_weights_from_tensor` JSON: `payloads` holds one entry per server TP rank, each pickled on
+    its own (every rank takes its own CUDA-IPC reference; sharing one entry breaks SGLang's refcounting)."""
+    return {"serialized_named_tensors": list(payloads), "load_format": "flattened_bucket", "flush_cache": False}
 
 
 def distributed_update_body(bucket: Sequence[tuple[str, torch.Tensor]], group_name: str) -> dict:
@@ -215,9 +221,11 @@ class WeightPusher:
                  token: str | None = None, server_tp_size: int = 1, pause_mode: str = "abort",
                  request_timeout_s: float = 600.0, master_address: str = "127.0.0.1", master_port: int | None = None,
                  group_name: str = "megarl_weight_update", group_backend: str | None = None,
-                 disk_dir: str | None = None, reuse_buffers: bool | None = None):
+                 disk_dir: str | None = None, reuse_buffers: bool | None = None, sglang_serializer: bool = False):
         """`reuse_buffers`: pool bucket buffers across buckets and pushes (default: on CPU only, where
-        servers finish copying before they answer; never on GPUs, whose copies are asynchronous)."""
+        servers finish copying before they answer; never on GPUs, whose copies are asynchronous).
+        `sglang_serializer`: write `tensor` payloads with SGLang's own serializer when sglang is importable
+        (the trainer sets it for SGLang servers); megarl's encoder writes the same format without sglang."""
         if transport not in TRANSPORTS:
             raise ValueError(f"transport {transport!r} is unknown; choose one of {TRANSPORTS}")
         if not servers:
@@ -229,7 +237,10 @@ class WeightPusher:
         self.transport = transport
         self.bucket_bytes = int(bucket_bytes)
         self.token = token
+        if server_tp_size < 1:
+            raise ValueError(f"server_tp_size={server_tp_size} must be >= 1 (the servers' tensor-parallel size)")
         self.server_tp_size = server_tp_size
+        self.sglang_serializer = sglang_serializer
         self.pause_mode = pause_mode
         self.timeout = request_timeout_s
         self.master_address = master_address
@@ -322,11 +333,12 @@ class WeightPusher:
                 packed = self._acquire(nbytes, shared=True)
                 metadata = pack_into(packed, bucket)
                 synchronize()
-                payload = serialize_bucket(packed, metadata)
+                payloads = [serialize_bucket(packed, metadata, use_sglang=self.sglang_serializer)
+                            for _ in range(self.server_tp_size)]  # one per server TP rank
                 if in_flight is not None:
                     sent, in_flight = in_flight, None
                     self._finish(sent)
-                body = tensor_update_body(payload, self.server_tp_size)
+                body = tensor_update_body(payloads)
                 in_flight, packed = (self._post_all("/update_weights_from_tensor", body), packed), None
                 report.num_buckets += 1
                 report.num_tensors += len(bucket)
@@ -373,7 +385,7 @@ class WeightPusher:
             for i, server in enumerate(self.servers)]
         try:
             self.group = UpdateGroup(backend=self.group_backend, master_address=self.master_address, master_port=port,
-                                     rank=0, world_size=world_size, timeout_s=self.timeout)
+                                     rank=0, world_size=world_size, group_name=self.group_name, timeout_s=self.timeout)
         except Exception as err:
             detail = [str(f.exception()) for f in futures if f.done() and f.exception()]
             raise WeightSyncError(f"could not form the weight-update group on port {port}: {err}; servers: {detail}") from err

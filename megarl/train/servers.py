@@ -1,15 +1,19 @@
 """Rollout servers for a training run: start megarl's built-in servers (CPU, tests, demo) or
-SGLang servers (GPU clusters), or use URLs given in the recipe; stop what was started."""
+SGLang servers (GPU clusters), or use URLs given in the recipe; stop what was started.
+
+Every server started here gets a fresh per-run admin token that never appears on a command line:
+built-in servers read it from $MEGARL_SERVE_TOKEN in their environment, SGLang servers from a 0600
+`--config` file (see `sglang_launcher`)."""
 
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from megarl.rollout.admin_token import TOKEN_ENV, new_token
 from megarl.runtime.distributed import free_port
 
 
@@ -69,14 +73,15 @@ def start_builtin_servers(model_dir: str | Path, count: int, log_dir: Path, *, s
     import urllib.request
 
     log_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(16)
+    token = new_token()
     urls, procs, logs = [], [], []
     for i in range(count):
         port = free_port()
         log = log_dir / f"rollout_server_{i}.log"
         cmd = [sys.executable, "-m", "megarl.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
-               "--port", str(port), "--token", token, "--seed", str(seed + i)]
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads or os.environ.get("MEGARL_SERVER_THREADS", "1")))
+               "--port", str(port), "--seed", str(seed + i)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads or os.environ.get("MEGARL_SERVER_THREADS", "1")),
+                   **{TOKEN_ENV: token})
         procs.append(subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent))
         urls.append(f"http://127.0.0.1:{port}")
         logs.append(log)
@@ -100,18 +105,27 @@ def start_builtin_servers(model_dir: str | Path, count: int, log_dir: Path, *, s
     return group
 
 
-def start_sglang_servers(model_dir: str | Path, count: int, tp: int, log_dir: Path, *, colocate: bool = False,
-                         router: bool = False, seed: int = 0):
+def sglang_fleet(model_dir: str | Path, count: int, tp: int, log_dir: Path, *, colocate: bool = False,
+                 router: bool = False, seed: int = 0, mem_fraction_static: float | None = None):
     """GPU clusters: `count` SGLang servers on this node (GPUs [i*tp, (i+1)*tp) each), optionally
-    behind sglang-router. Returns the started SGLangFleet (generation_urls, server_urls, stop())."""
+    behind sglang-router, with a fresh admin token (`fleet.admin_token`, never on a command line).
+    `mem_fraction_static` goes to colocated servers, which share their GPUs with training.
+    Returns the SGLangFleet, not yet started."""
     from megarl.rollout.sglang_launcher import SGLangFleet, SGLangServerSpec
 
+    token = new_token()
     specs = [
         SGLangServerSpec(model_path=str(model_dir), port=free_port(), tp_size=tp, base_gpu_id=i * tp,
-                         enable_memory_saver=colocate, random_seed=seed + i)
+                         enable_memory_saver=colocate, random_seed=seed + i, admin_token=token,
+                         mem_fraction_static=mem_fraction_static if colocate else None)
         for i in range(count)
     ]
-    return SGLangFleet(specs, router_port=free_port() if router and count > 1 else None, log_dir=str(log_dir)).start()
+    return SGLangFleet(specs, router_port=free_port() if router and count > 1 else None, log_dir=str(log_dir))
+
+
+def start_sglang_servers(model_dir: str | Path, count: int, tp: int, log_dir: Path, **options):
+    """`sglang_fleet(...)` started: returns it once every server answers /health."""
+    return sglang_fleet(model_dir, count, tp, log_dir, **options).start()
 
 
 def post_to_servers(urls: list[str], path: str, body: dict | None = None, token: str | None = None, timeout_s: float = 300.0) -> list[dict]:

@@ -220,14 +220,16 @@ class Trainer:
         else:
             self.servers = servers.start_sglang_servers(
                 self.model_dir, rc.num_servers, rc.server_tp, self.run_dir / "logs", colocate=rc.colocate, router=rc.router,
-                seed=self.cfg.run.seed,
+                seed=self.cfg.run.seed, mem_fraction_static=rc.mem_fraction_static,
             )
             urls, generation_urls = self.servers.server_urls, self.servers.generation_urls
+            self.server_token = self.servers.admin_token
         self.server_urls = urls
         from megarl.rollout.weight_sync import WeightPusher
 
         self.pusher = WeightPusher(urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20, token=self.server_token,
-                                   master_address=master_address)
+                                   master_address=master_address, server_tp_size=rc.server_tp if rc.engine == "sglang" else 1,
+                                   sglang_serializer=rc.engine == "sglang")
         self.client = RolloutClient(generation_urls, max_concurrency=rc.max_concurrency, request_timeout_s=rc.request_timeout_s)
         self.client.wait_until_healthy(timeout_s=300)
 

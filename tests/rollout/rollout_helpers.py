@@ -18,10 +18,12 @@ class ServerProcess:
 
     def __init__(self, model_dir: str, *, token: str | None = SERVER_TOKEN, extra: list[str] | None = None):
         cmd = [sys.executable, "-m", "megarl.rollout.serve_cli", "--model", model_dir, "--port", "0", "--threads", "1"]
-        if token:
-            cmd += ["--token", token]
         cmd += extra or []
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        env.pop("MEGARL_SERVE_TOKEN", None)
+        if token:
+            env["MEGARL_SERVE_TOKEN"] = token  # the token never goes on the command line
+        self.argv = cmd
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.url = None
         lines = []

@@ -189,8 +189,12 @@ def test_admin_endpoints_need_the_token(server, tiny_model_dir):
 def test_tensor_endpoint_disabled_without_token(tiny_model_dir):
     proc = ServerProcess(tiny_model_dir, token=None)
     try:
-        status, out = http_json(proc.url + "/update_weights_from_tensor", {"serialized_named_tensors": ["AAAA"]})
-        assert status == 403 and "--token" in out["message"]
+        for path, body in [("/update_weights_from_tensor", {"serialized_named_tensors": ["AAAA"]}),
+                           ("/update_weights_from_disk", {"model_path": tiny_model_dir}),
+                           ("/update_weight_version", {"new_version": "x"}), ("/pause_generation", {"mode": "abort"})]:
+            status, out = http_json(proc.url + path, body)
+            assert status == 403 and "MEGARL_SERVE_TOKEN" in out["message"], (path, out)
+        assert http_json(proc.url + "/health")[0] == 200
     finally:
         proc.stop()
 

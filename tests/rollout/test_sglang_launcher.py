@@ -20,12 +20,12 @@ def test_server_command_has_the_right_flags():
     spec = SGLangServerSpec(model_path="/ckpt/hf", port=30001, tp_size=4, mem_fraction_static=0.7, enable_memory_saver=True,
                             deterministic=True, random_seed=1, dtype="bfloat16", base_gpu_id=4, admin_token="tok",
                             weight_version="0")
-    cmd = sglang_server_command(spec, python="python")
-    assert cmd[:3] == ["python", "-m", "sglang.launch_server"]
+    cmd = sglang_server_command(spec, python="python", admin_key_config="/private/key.yaml")
+    assert cmd[:3] == ["python", "-m", "sglang.launch_server"] and "tok" not in cmd
     args = " ".join(cmd[3:])
     for expected in ("--model-path /ckpt/hf", "--port 30001", "--tp-size 4", "--mem-fraction-static 0.7",
                      "--enable-memory-saver", "--enable-deterministic-inference", "--random-seed 1", "--dtype bfloat16",
-                     "--base-gpu-id 4", "--admin-api-key tok", "--weight-version 0", "--host 127.0.0.1"):
+                     "--base-gpu-id 4", "--config /private/key.yaml", "--weight-version 0", "--host 127.0.0.1"):
         assert expected in args
     plain = sglang_server_command(SGLangServerSpec(model_path="m"), python="python")
     assert "--enable-memory-saver" not in plain and "--enable-deterministic-inference" not in plain
@@ -35,6 +35,8 @@ def test_server_command_has_the_right_flags():
 
 
 def test_bad_specs_are_refused():
+    with pytest.raises(ValueError, match="never goes on a command line"):
+        sglang_server_command(SGLangServerSpec(model_path="m", admin_token="tok"))
     with pytest.raises(ValueError, match="dist_init_addr"):
         sglang_server_command(SGLangServerSpec(model_path="m", nnodes=2))
     with pytest.raises(ValueError, match="mem_fraction_static"):
@@ -56,7 +58,8 @@ def test_flags_are_sglang_server_args():
     spec = SGLangServerSpec(model_path="m", mem_fraction_static=0.5, enable_memory_saver=True, deterministic=True,
                             random_seed=1, dtype="bfloat16", base_gpu_id=1, nnodes=2, dist_init_addr="a:1",
                             admin_token="t", weight_version="v", skip_server_warmup=True)
-    flags = [a[2:].replace("-", "_") for a in sglang_server_command(spec)[3:] if a.startswith("--")]
+    flags = [a[2:].replace("-", "_") for a in sglang_server_command(spec, admin_key_config="k.yaml")[3:]
+             if a.startswith("--") and a != "--config"]  # --config: SGLang's config-file flag, not a field
     assert set(flags) <= fields, f"not SGLang server args: {set(flags) - fields}"
 
 

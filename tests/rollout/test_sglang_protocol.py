@@ -113,7 +113,7 @@ def test_generate_request_and_response_validate_with_sglang_schema(server):
 
 @needs_sglang
 @pytest.mark.parametrize("class_name, body", [
-    ("UpdateWeightsFromTensorReqInput", tensor_update_body("payload", 2)),
+    ("UpdateWeightsFromTensorReqInput", tensor_update_body(["payload-rank0", "payload-rank1"])),
     ("UpdateWeightsFromDistributedReqInput", distributed_update_body([("w", torch.zeros(2, 3, dtype=torch.bfloat16))], "g")),
     ("InitWeightsUpdateGroupReqInput", init_group_body("127.0.0.1", 1234, 1, 3, "g", "gloo")),
     ("UpdateWeightFromDiskReqInput", disk_update_body("/tmp/w")),
