@@ -140,7 +140,7 @@ def _server_lines(plan: ServerPlan | None, layout: JobLayout) -> list[str]:
     first_node = layout.trainer_nodes if layout.mode == "split" else 0  # colocated/partitioned: every node
     lines = []
     for k in range(layout.server_nodes):
-        for port, argv in server_commands(plan, k, "$MEGARL_PYTHON", "$MEGARL_SERVE_TOKEN"):
+        for port, argv in server_commands(plan, k, "$MEGARL_PYTHON", "<0600 admin-key file>"):
             lines.append(f"node {first_node + k}, port {port}: {' '.join(argv)}")
     if len(lines) > 12:  # keep the header readable: first node in full, then a summary
         per = layout.servers_per_node
@@ -148,6 +148,8 @@ def _server_lines(plan: ServerPlan | None, layout: JobLayout) -> list[str]:
                                f"ports {plan.base_port + per}..{plan.base_port + layout.num_servers - 1}"]
     if plan.engine == "builtin":
         lines.append("(built-in servers read the admin token from $MEGARL_SERVE_TOKEN)")
+    else:
+        lines.append("(SGLang reads the admin key from a 0600 --config file that the node manager writes and removes on exit)")
     return lines
 
 

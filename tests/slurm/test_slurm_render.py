@@ -92,7 +92,8 @@ def test_gpu_7b_recipe_two_nodes_trainer_tp4_dp2_and_eight_servers(tmp_path):
                       "--account=rl", "--requeue"):
         assert f"#SBATCH {directive}\n" in script, directive
     assert "STEP_CPUS=$SLURM_CPUS_ON_NODE" in script
-    assert "--tp-size 1 --random-seed 8 --dtype bfloat16 --base-gpu-id 7 --admin-api-key $MEGARL_SERVE_TOKEN" in script
+    assert "--tp-size 1 --random-seed 8 --dtype bfloat16 --base-gpu-id 7 --config <0600 admin-key file>" in script
+    assert "--admin-api-key" not in script  # the key never appears on a command line
     assert script.count("-m sglang.launch_server") == 8
     bash_syntax_ok(script)
 
@@ -113,7 +114,7 @@ def test_colocated_gpu_layout_shares_the_gpus(tmp_path):
     model = qwen_dir(tmp_path, "7b")
     code, script, err = run_submit([
         str(REPO / "configs/simplerl_zoo_qwen2.5_7b.yaml"), "--dry-run", "--nodes", "2", "--rollout-nodes", "0",
-        "--colocate", f"model.path={model}", "rollout.transport=tensor", f"run.output_dir={tmp_path}/colo"])
+        "--colocate", f"model.path={model}", "rollout.transport=distributed", f"run.output_dir={tmp_path}/colo"])
     assert code == 0, err
     assert "mode=colocated" in script and "TP 4 x PP 1 x DP 4" in script
     assert "--enable-memory-saver" in script
@@ -213,10 +214,11 @@ def test_server_commands_builtin_and_sglang():
                      "--seed", "8", "--dtype", "float32"]
     sglang = ServerPlan(engine="sglang", model="/m", dtype="bf16", server_tp=4, servers_per_node=2, base_port=30000,
                         colocate=True, seed=1)
-    (_, first), (_, second) = server_commands(sglang, 0, "py", "tok")
+    (_, first), (_, second) = server_commands(sglang, 0, "py", "/run/key.yaml")
     assert second[:3] == ["py", "-m", "sglang.launch_server"]
     assert "--enable-memory-saver" in second and second[second.index("--base-gpu-id") + 1] == "4"
-    assert second[second.index("--admin-api-key") + 1] == "tok" and "--base-gpu-id" not in first
+    assert second[second.index("--config") + 1] == "/run/key.yaml" and "--base-gpu-id" not in first
+    assert "--admin-api-key" not in second
 
 
 def test_rank_wrapper_records_exit_codes(tmp_path):
