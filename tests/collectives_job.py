@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
-import types
 from pathlib import Path
 
 import torch
@@ -45,7 +45,8 @@ def gloo_group(report: dict) -> None:
     from megarl.runtime.distributed import init_runtime, shutdown_runtime
     from megarl.train import algorithms
     from megarl.train.batch import TrainSequence
-    from megarl.train.trainer import Trainer
+    from megarl.train.preemption import StopRequest
+    from megarl.train.stages import metrics, update
 
     rt = init_runtime(1, 1)
     rank = rt.rank
@@ -76,15 +77,16 @@ def gloo_group(report: dict) -> None:
     report["whiten_matches_union"] = all(
         torch.allclose(a, b, atol=1e-6, rtol=0) for a, b in zip(whitened, union[:3] if rank == 0 else union[3:])
     )
-    holder = types.SimpleNamespace(dp_group=ps.get_data_parallel_group(), rt=rt, _STAT_KEYS=Trainer._STAT_KEYS,
-                                   stop_flag={"requested": rank == 1})
+    stop = StopRequest()
+    if rank == 1:
+        stop.ask()
     seqs = [TrainSequence(prompt_ids=[1], response_ids=[2] * (3 + rank), reward=0.0, group=0, loss_weight=w)
             for w in (1.0, 0.0, 1.0)]
-    report["normalizer"] = Trainer._normalizer(holder, seqs, 2)
+    report["normalizer"] = dataclasses.asdict(update.loss_normalizer(seqs, 2, ps.get_data_parallel_group(), rt.dp))
     sums = {"actor/pg_loss": 2.0 * (rank + 1), "actor/entropy": 1.0}
     counts = {"actor/pg_loss": 4.0, "actor/entropy": 2.0 * (rank + 1)}
-    report["reduce_stats"] = Trainer._reduce_stats(holder, sums, counts)
-    report["stop_requested"] = Trainer._stop_requested(holder)
+    report["reduce_stats"] = metrics.reduce_stats(sums, counts)
+    report["stop_requested"] = stop.agreed()
     export._FIRST_PP_RANKS = None
     report["stage_source_rank"] = export._stage_source_rank(0)
     shutdown_runtime()

@@ -12,6 +12,7 @@ weights in HF layout (so layouts can be compared with each other).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -23,7 +24,9 @@ def _batch(vocab: int, micro_batches: int, micro_batch_size: int, seq: int, seed
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (micro_batches, micro_batch_size, seq + 1), generator=g)
     pos = torch.arange(seq).expand(micro_batch_size, seq)
-    return [{"input_ids": x[:, :-1].contiguous(), "labels": x[:, 1:].contiguous(), "position_ids": pos} for x in ids]
+    from megarl.models.pipeline import ModelInput
+
+    return [ModelInput(input_ids=x[:, :-1].contiguous(), labels=x[:, 1:].contiguous(), position_ids=pos) for x in ids]
 
 
 def _gather_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -49,7 +52,8 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
     model.eval()
     batches = _batch(spec.vocab_size, micro_batches=2, micro_batch_size=2, seq=seq)
     device = next(model.parameters()).device
-    batches = [{k: v.to(device) for k, v in mb.items()} for mb in batches]
+    batches = [dataclasses.replace(mb, input_ids=mb.input_ids.to(device), labels=mb.labels.to(device),
+                                   position_ids=mb.position_ids.to(device)) for mb in batches]
 
     def keep_logits(output, mb):
         return output.sum() * 0.0, {"logits": _gather_vocab(output, spec.vocab_size).detach()}
@@ -65,7 +69,7 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
         diff = 0.0
         with torch.no_grad():
             for mb, st in zip(batches, stats):
-                expected = ref(mb["input_ids"].cpu()).logits
+                expected = ref(mb.input_ids.cpu()).logits
                 diff = max(diff, (st["logits"].cpu() - expected).abs().max().item())
         result["max_abs_logit_diff"] = diff
 
@@ -75,7 +79,7 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
         zero_grads(ddp, optimizer)
 
         def ce_loss(output, mb):
-            losses = tensor_parallel.vocab_parallel_cross_entropy(output.float().transpose(0, 1).contiguous(), mb["labels"].t().contiguous())
+            losses = tensor_parallel.vocab_parallel_cross_entropy(output.float().transpose(0, 1).contiguous(), mb.labels.t().contiguous())
             loss = losses.mean()
             return loss, {"loss": loss.detach().clone()}
 

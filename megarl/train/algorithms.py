@@ -9,6 +9,7 @@ data-parallel group so every layout computes the same numbers.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -17,8 +18,20 @@ import torch.distributed as dist
 from kernels import gae, group_advantages, kl_penalty, policy_loss
 from megarl.runtime import collectives
 from megarl.runtime.device import get_device
+from megarl.train.batch import LossTargets
 
 GROUP_MODE = {"grpo": "grpo", "drgrpo": "drgrpo", "rloo": "rloo"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LossNormalizer:
+    """Totals of one mini-batch over all data-parallel ranks, which turn each micro-batch's loss into
+    its share of the mini-batch's loss."""
+
+    tokens: float  # response tokens in the loss
+    sequences: float  # sequences in the loss
+    num_microbatches: int  # on this rank (Megatron divides each loss by it)
+    dp: int  # data-parallel ranks (DDP averages over them)
 
 
 def sequence_advantages(rewards: Sequence[float], groups: Sequence[int], mode: str, eps: float = 1e-6,
@@ -109,17 +122,17 @@ def whiten_across_ranks(values: list[torch.Tensor], group=None, shift_mean: bool
 def actor_loss(
     logp: torch.Tensor,
     entropy: torch.Tensor,
-    mb: dict,
+    mb: LossTargets,
     algo,
-    normalizer: dict,
+    normalizer: LossNormalizer,
 ) -> tuple[torch.Tensor, dict]:
     """PPO-clip policy loss + KL loss + entropy bonus for one micro-batch, scaled so that summing
     over micro-batches and averaging over DP ranks (what Megatron does) gives the loss of the whole
     mini-batch under `algo.loss_agg`."""
-    mask = mb["loss_mask"]
-    adv, old = mb["advantages"], mb["old_logp"]
-    if mb.get("is_weights") is not None:
-        adv = adv * mb["is_weights"]
+    mask = mb.loss_mask
+    adv, old = mb.advantages, mb.old_logp
+    if mb.is_weights is not None:
+        adv = adv * mb.is_weights
     pg, stats = policy_loss(
         logp, old, adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
         agg=algo.loss_agg, constant=algo.loss_constant,
@@ -130,7 +143,7 @@ def actor_loss(
     loss = pg
     kl_value = torch.zeros((), device=logp.device)
     if algo.kl_coef and not algo.kl_in_reward:
-        kl_value = aggregate(kl_penalty(logp, mb["ref_logp"], algo.kl_type), mask, algo.loss_agg, algo.loss_constant)
+        kl_value = aggregate(kl_penalty(logp, mb.ref_logp, algo.kl_type), mask, algo.loss_agg, algo.loss_constant)
         loss = loss + algo.kl_coef * kl_value
     ent_value = aggregate(entropy, mask, algo.loss_agg, algo.loss_constant)
     if algo.entropy_coef:
@@ -144,25 +157,25 @@ def actor_loss(
     return loss * scale, stats
 
 
-def value_loss(values: torch.Tensor, mb: dict, clip: float | None, normalizer: dict) -> tuple[torch.Tensor, dict]:
+def value_loss(values: torch.Tensor, mb: LossTargets, clip: float | None, normalizer: LossNormalizer) -> tuple[torch.Tensor, dict]:
     """Clipped value loss, token-mean over the mini-batch."""
-    mask = mb["loss_mask"].float()
-    returns, old = mb["returns"], mb["old_values"]
+    mask = mb.loss_mask.float()
+    returns, old = mb.returns, mb.old_values
     err = (values - returns) ** 2
     if clip is not None:
         clipped = old + (values - old).clamp(-clip, clip)
         err = torch.maximum(err, (clipped - returns) ** 2)
     tokens = mask.sum()
     loss = 0.5 * (err * mask).sum() / tokens.clamp(min=1)
-    scale = _agg_scale(mb["loss_mask"], "token-mean", normalizer)
+    scale = _agg_scale(mb.loss_mask, "token-mean", normalizer)
     stats = {"vf_loss": loss.detach(), "values": (values * mask).sum().detach() / tokens.clamp(min=1), "tokens": tokens.detach()}
     return loss * scale, stats
 
 
-def _agg_scale(mask: torch.Tensor, agg: str, normalizer: dict) -> float:
+def _agg_scale(mask: torch.Tensor, agg: str, normalizer: LossNormalizer) -> float:
     """Factor turning a micro-batch mean into its share of the global mini-batch mean, undoing
     Megatron's division by the number of micro-batches and DDP's average over DP ranks."""
-    undo = normalizer["num_microbatches"] * normalizer["dp"]
+    undo = normalizer.num_microbatches * normalizer.dp
     if agg == "token-mean":
-        return float(mask.sum()) / max(normalizer["tokens"], 1) * undo
-    return mask.shape[0] / max(normalizer["sequences"], 1) * undo
+        return float(mask.sum()) / max(normalizer.tokens, 1) * undo
+    return mask.shape[0] / max(normalizer.sequences, 1) * undo

@@ -20,6 +20,8 @@ from typing import Sequence
 
 import torch
 
+from megarl.models.pipeline import ModelInput
+
 
 @dataclasses.dataclass
 class TrainSequence:
@@ -38,6 +40,35 @@ class TrainSequence:
     @property
     def length(self) -> int:
         return len(self.prompt_ids) + len(self.response_ids)
+
+
+@dataclasses.dataclass
+class LossTargets:
+    """What the losses read for one micro-batch, per sequence and response token [B, T] (right-padded;
+    None: not used by this recipe)."""
+
+    loss_mask: torch.Tensor  # response tokens that count (overlong-filtered sequences excluded)
+    advantages: torch.Tensor | None = None
+    old_logp: torch.Tensor | None = None  # the PPO ratio's denominator (None: single pass fills it in)
+    ref_logp: torch.Tensor | None = None  # KL as a loss
+    behaviour_logp: torch.Tensor | None = None  # the rollout server's log-probs
+    is_weights: torch.Tensor | None = None  # truncated importance weights toward the behaviour policy (TIS)
+    returns: torch.Tensor | None = None  # critic
+    old_values: torch.Tensor | None = None  # critic
+
+
+@dataclasses.dataclass(kw_only=True)
+class MicroBatch(ModelInput):
+    """One packed THD row of sequences: the model inputs plus where each response token sits."""
+
+    resp_index: torch.Tensor  # [B, T] row position whose logits predict response token t of sequence b
+    resp_mask: torch.Tensor  # [B, T] True for real response tokens
+    resp_flat: torch.Tensor  # indices of the real response tokens in [B * T]
+    logit_labels: torch.Tensor  # labels at logit_index
+    seq_ids: list[int]  # the packed sequences, as indices into the list they were built from
+    num_tokens: int
+    targets: LossTargets | None = None  # attached for the update
+    empty: bool = False  # a stand-in row so that a rank without sequences still joins the optimizer step
 
 
 def shard_for_data_parallel(seqs: Sequence[TrainSequence], dp_rank: int, dp: int) -> list[TrainSequence]:
@@ -76,10 +107,10 @@ def pack_rows(seqs: Sequence[TrainSequence], budget: int, limit: int | None = No
 
 
 def build_microbatches(seqs: Sequence[TrainSequence], budget: int, device: torch.device, *,
-                       pad_multiple: int = 8) -> list[dict]:
+                       pad_multiple: int = 8) -> list[MicroBatch]:
     """Pack `seqs` into micro-batches of one THD row of at most `budget` tokens each, every row
-    padded to one length (a multiple of `pad_multiple`). Each dict has the model inputs
-    (`input_ids`, `position_ids` [1, L], `packed_seq_params`) and per-sequence tensors."""
+    padded to one length (a multiple of `pad_multiple`): the model inputs (`input_ids`,
+    `position_ids` [1, L], `packed_seq_params`) and per-sequence tensors."""
     if not seqs:
         return []
     rows = pack_rows(seqs, budget)
@@ -113,19 +144,19 @@ def build_microbatches(seqs: Sequence[TrainSequence], budget: int, device: torch
         # the row (`logit_index`, Megatron's s-major [s, 1] layout) and their labels.
         resp_flat = resp_mask.reshape(-1).nonzero().squeeze(1)
         flat = resp_index.reshape(-1)[resp_flat]
-        out.append({
-            "input_ids": ids.to(device),
-            "position_ids": pos.to(device),
-            "labels": labels.to(device),
-            "resp_index": resp_index.to(device),
-            "resp_mask": resp_mask.to(device),
-            "resp_flat": resp_flat.to(device),
-            "logit_index": flat.to(device),
-            "logit_labels": labels.reshape(-1)[flat].to(device),
-            "packed_seq_params": packed_seq_params(lengths, device),
-            "seq_ids": list(row),
-            "num_tokens": sum(seqs[i].length for i in row),
-        })
+        out.append(MicroBatch(
+            input_ids=ids.to(device),
+            position_ids=pos.to(device),
+            labels=labels.to(device),
+            resp_index=resp_index.to(device),
+            resp_mask=resp_mask.to(device),
+            resp_flat=resp_flat.to(device),
+            logit_index=flat.to(device),
+            logit_labels=labels.reshape(-1)[flat].to(device),
+            packed_seq_params=packed_seq_params(lengths, device),
+            seq_ids=list(row),
+            num_tokens=sum(seqs[i].length for i in row),
+        ))
     return out
 
 
@@ -165,3 +196,23 @@ def split_minibatches(seqs: Sequence[TrainSequence], k: int) -> list[list[TrainS
     n = len(seqs)
     bounds = [round(i * n / k) for i in range(k + 1)]
     return [list(seqs[bounds[i]:bounds[i + 1]]) for i in range(k)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Packer:
+    """Packs sequences into this run's micro-batches: `micro_batch_tokens` per row, rows padded to a
+    multiple of 8 and of TP (sequence parallelism splits every row over the TP ranks)."""
+
+    budget: int
+    device: torch.device
+    pad_multiple: int = 8
+
+    def __call__(self, seqs: Sequence[TrainSequence]) -> list[MicroBatch]:
+        return build_microbatches(seqs, self.budget, self.device, pad_multiple=self.pad_multiple)
+
+    def stand_in(self) -> list[MicroBatch]:
+        """One empty micro-batch, for a rank with no sequences in a mini-batch (it still takes part in
+        the optimizer step, so all ranks stay in lockstep); its loss is zero."""
+        mb = build_microbatches([TrainSequence(prompt_ids=[0], response_ids=[0], reward=0.0, group=0)], 8, self.device,
+                                pad_multiple=self.pad_multiple)[0]
+        return [dataclasses.replace(mb, empty=True)]

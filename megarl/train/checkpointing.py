@@ -72,7 +72,8 @@ class CheckpointManager:
             return []
         return sorted(p for p in self.root.glob("step_*") if p.is_dir() and (p / "COMPLETE").exists() and not p.name.endswith(".tmp"))
 
-    def save(self, step: int, workers: dict, driver_state: dict) -> Path:
+    def save(self, step: int, workers: dict, driver_state: dict, rank_state: dict | None = None) -> Path:
+        """`rank_state`: this rank's part of a step stopped mid-way (see megarl.train.preemption)."""
         for name, worker in workers.items():
             if worker.settings.optim is not None and worker.settings.optim.distributed_optimizer:
                 raise ValueError(
@@ -87,7 +88,7 @@ class CheckpointManager:
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         collectives.barrier()
-        shard = {"format": FORMAT_VERSION, "layout": _layout(), "rng": _rng_state()}
+        shard = {"format": FORMAT_VERSION, "layout": _layout(), "rng": _rng_state(), "step_progress": rank_state}
         for name, worker in workers.items():
             shard[name] = {
                 "model": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in worker.model.state_dict().items()},
@@ -110,7 +111,8 @@ class CheckpointManager:
         return final
 
     def load_latest(self, workers: dict) -> dict | None:
-        """Restore the newest complete checkpoint into `workers`; returns the driver state or None."""
+        """Restore the newest complete checkpoint into `workers`; returns the driver state (with this
+        rank's `rank_state`) or None."""
         rank = dist.get_rank()
         if rank == 0 and self.root.exists():
             for stale in self.root.glob("step_*.tmp"):
@@ -135,4 +137,23 @@ class CheckpointManager:
             if worker.scheduler is not None and shard[name]["scheduler"] is not None:
                 worker.scheduler.load_state_dict(shard[name]["scheduler"])
         _set_rng_state(shard["rng"])
-        return state
+        return {**state, "rank_state": shard.get("step_progress")}
+
+
+def export_hf(actor_module, out_dir: Path, hf_assets_dir: Path, is_driver: bool) -> None:
+    """Write the actor as a standard HF directory (what `megarl eval` and SGLang load), through the
+    conversion tools: a Megatron checkpoint of the live model, then Megatron -> HF (every rank calls)."""
+    from megarl.checkpoint.convert import megatron_to_hf
+    from megarl.checkpoint.live import save_megatron_checkpoint
+
+    megatron_dir = out_dir.with_name(out_dir.name + ".megatron")
+    if is_driver and megatron_dir.exists():
+        shutil.rmtree(megatron_dir)
+    collectives.barrier()
+    save_megatron_checkpoint(actor_module, megatron_dir, hf_assets_dir=hf_assets_dir)
+    if is_driver:
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        megatron_to_hf(megatron_dir, out_dir, progress=False)
+        shutil.rmtree(megatron_dir)
+    collectives.barrier()

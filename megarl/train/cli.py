@@ -12,7 +12,6 @@ that many local processes (CPU: gloo). Under Slurm, `megarl submit` writes the s
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -49,20 +48,14 @@ def run_training(cfg) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from megarl.train.trainer import PreemptedError, Trainer
+    from megarl.train.preemption import PreemptedError, StopRequest
+    from megarl.train.trainer import Trainer
 
     trainer = Trainer(cfg)
-    stop = {"requested": False}
-
-    def request_stop(signum, frame):  # Slurm sends SIGUSR1 shortly before the time limit
-        stop["requested"] = True
-
-    signal.signal(signal.SIGUSR1, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    trainer.stop_flag = stop
+    stop = StopRequest.on_signals()  # Slurm sends SIGUSR1 shortly before the time limit
     try:
         try:
-            trainer.train()
+            trainer.train(stop)
         except PreemptedError:
             return PREEMPTED_EXIT_CODE
         if trainer.is_driver:

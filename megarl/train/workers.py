@@ -15,6 +15,7 @@ import torch
 from megarl.models.build import build_model
 from megarl.models.pipeline import run_pipeline
 from megarl.models.spec import ModelSpec
+from megarl.train.batch import MicroBatch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -31,29 +32,29 @@ def is_last_stage() -> bool:
     return ps.is_pipeline_last_stage()
 
 
-def response_logprobs(logits: torch.Tensor, mb: dict, spec: ModelSpec, temperature: float):
+def response_logprobs(logits: torch.Tensor, mb: MicroBatch, spec: ModelSpec, temperature: float):
     """Log-probs and entropy of each response token, [B, T] float32 (fused vocab-parallel kernel)."""
     from kernels import logprobs_and_entropy
 
-    if mb.get("logits_selected"):  # logits [1, n, V/tp] at the response positions only
+    if mb.logits_selected:  # logits [1, n, V/tp] at the response positions only
         logp, entropy = logprobs_and_entropy(
-            logits[0], mb["logit_labels"], temperature=temperature, tp_group=tp_group_if_sharded(), vocab_size=spec.vocab_size
+            logits[0], mb.logit_labels, temperature=temperature, tp_group=tp_group_if_sharded(), vocab_size=spec.vocab_size
         )
-        flat = mb["resp_flat"]  # where each of the n goes in [B * T]
-        size = mb["resp_mask"].numel()
-        shape = mb["resp_mask"].shape
+        flat = mb.resp_flat  # where each of the n goes in [B * T]
+        size = mb.resp_mask.numel()
+        shape = mb.resp_mask.shape
         return (logp.new_zeros(size).index_copy(0, flat, logp).view(shape),
                 entropy.new_zeros(size).index_copy(0, flat, entropy).view(shape))
     logp, entropy = logprobs_and_entropy(
-        logits, mb["labels"], temperature=temperature, tp_group=tp_group_if_sharded(), vocab_size=spec.vocab_size
+        logits, mb.labels, temperature=temperature, tp_group=tp_group_if_sharded(), vocab_size=spec.vocab_size
     )
-    idx = mb["resp_index"]
+    idx = mb.resp_index
     return logp.reshape(-1)[idx], entropy.reshape(-1)[idx]
 
 
-def response_values(values: torch.Tensor, mb: dict) -> torch.Tensor:
+def response_values(values: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
     """Critic values of the states before each response token, [B, T] float32."""
-    return values[..., 0].float().reshape(-1)[mb["resp_index"]]
+    return values[..., 0].float().reshape(-1)[mb.resp_index]
 
 
 @dataclasses.dataclass
@@ -92,7 +93,7 @@ class ModelWorker:
 
     # ---- forward-only -------------------------------------------------------------------
     @torch.no_grad()
-    def logprobs(self, microbatches: list[dict], temperature: float) -> list[dict]:
+    def logprobs(self, microbatches: list[MicroBatch], temperature: float) -> list[dict]:
         self.model.eval()
 
         def step(output, mb):
@@ -102,7 +103,7 @@ class ModelWorker:
         return run_pipeline([self.module], microbatches, step, forward_only=True)
 
     @torch.no_grad()
-    def values(self, microbatches: list[dict]) -> list[dict]:
+    def values(self, microbatches: list[MicroBatch]) -> list[dict]:
         self.model.eval()
 
         def step(output, mb):
@@ -111,7 +112,7 @@ class ModelWorker:
         return run_pipeline([self.module], microbatches, step, forward_only=True)
 
     # ---- training ---------------------------------------------------------------------
-    def train_step(self, microbatches: list[dict], loss_fn: Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict]]):
+    def train_step(self, microbatches: list[MicroBatch], loss_fn: Callable[[torch.Tensor, MicroBatch], tuple[torch.Tensor, dict]]):
         """One optimizer step over `microbatches`; returns (stats per micro-batch, grad_norm, lr)."""
         from megarl.models.training import zero_grads
 

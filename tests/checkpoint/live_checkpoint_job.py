@@ -51,7 +51,7 @@ def main() -> None:
 
         ref = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32).eval()
         with torch.no_grad():
-            expected = ref(batches[0]["input_ids"]).logits
+            expected = ref(batches[0].input_ids).logits
         result["max_abs_logit_diff"] = (outputs[0]["logits"].cpu() - expected).abs().max().item()
 
     save_megatron_checkpoint(model, args.save_dir, args.meg_dir / "hf")

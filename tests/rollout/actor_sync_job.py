@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         mine = {}
         if is_last_stage() and ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0:
             for mb, st in zip(microbatches, stats):
-                for b, i in enumerate(mb["seq_ids"]):
+                for b, i in enumerate(mb.seq_ids):
                     mine[i] = st["logp"][b, :len(seqs[i].response_ids)].float().tolist()
         gathered = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, mine)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def sft_loss(output, mb):
         logp, _ = response_logprobs(output, mb, spec, 1.0)
-        mask = mb["resp_mask"].float()
+        mask = mb.resp_mask.float()
         loss = -(logp * mask).sum() / mask.sum()
         return loss, {"loss": loss.detach().clone()}
 

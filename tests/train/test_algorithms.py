@@ -7,6 +7,7 @@ import torch
 
 from megarl.config import AlgorithmConfig
 from megarl.train import algorithms as A
+from megarl.train.batch import LossTargets
 
 
 def test_grpo_drgrpo_rloo_sequence_advantages_by_hand():
@@ -57,7 +58,11 @@ def test_whitening_matches_torch():
 
 
 def _mb(logp_old, adv, mask):
-    return {"old_logp": logp_old, "advantages": adv, "loss_mask": mask}
+    return LossTargets(old_logp=logp_old, advantages=adv, loss_mask=mask)
+
+
+def _norm(tokens, sequences, num_microbatches=1, dp=1):
+    return A.LossNormalizer(tokens=tokens, sequences=sequences, num_microbatches=num_microbatches, dp=dp)
 
 
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-sum-constant"])
@@ -69,7 +74,7 @@ def test_actor_loss_by_hand(agg):
     adv = torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, -2.0]])
     mask = torch.tensor([[True, True, True], [True, True, False]])
     entropy = torch.ones(2, 3)
-    norm = {"tokens": 5, "sequences": 2, "num_microbatches": 1, "dp": 1}
+    norm = _norm(5, 2)
     loss, stats = A.actor_loss(logp, entropy, _mb(old, adv, mask), algo, norm)
     # by hand: ratio = exp(logp - old); per-token loss = max(-A r, -A clip(r, 0.8, 1.28))
     per_token = []
@@ -102,15 +107,15 @@ def test_loss_scale_sums_microbatches_to_global_mean():
     mask = torch.rand(4, 5) > 0.3
     mask[:, 0] = True
     ent = torch.zeros(4, 5)
-    whole, _ = A.actor_loss(logp, ent, _mb(old, adv, mask), algo, {"tokens": int(mask.sum()), "sequences": 4, "num_microbatches": 1, "dp": 1})
-    norm = {"tokens": int(mask.sum()), "sequences": 4, "num_microbatches": 2, "dp": 1}
+    whole, _ = A.actor_loss(logp, ent, _mb(old, adv, mask), algo, _norm(int(mask.sum()), 4))
+    norm = _norm(int(mask.sum()), 4, num_microbatches=2)
     parts = [A.actor_loss(logp[s], ent[s], _mb(old[s], adv[s], mask[s]), algo, norm)[0] for s in (slice(0, 1), slice(1, 4))]
     assert (sum(parts) / 2).item() == pytest.approx(whole.item(), rel=1e-5)
 
 
 def test_value_loss_clipping_by_hand():
     values = torch.tensor([[1.0, 0.0]])
-    mb = {"loss_mask": torch.tensor([[True, True]]), "returns": torch.tensor([[0.0, 1.0]]), "old_values": torch.tensor([[0.8, 0.5]])}
-    loss, _ = A.value_loss(values, mb, clip=0.1, normalizer={"tokens": 2, "sequences": 1, "num_microbatches": 1, "dp": 1})
+    mb = LossTargets(loss_mask=torch.tensor([[True, True]]), returns=torch.tensor([[0.0, 1.0]]), old_values=torch.tensor([[0.8, 0.5]]))
+    loss, _ = A.value_loss(values, mb, clip=0.1, normalizer=_norm(2, 1))
     # token 0: unclipped (1-0)^2=1, clipped 0.9^2=0.81 -> 1; token 1: (0-1)^2=1, clipped (0.4-1)^2=0.36 -> 1
     assert loss.item() == pytest.approx(0.5 * (1 + 1) / 2)

@@ -1,5 +1,7 @@
 """Packing, DP sharding and mini-batch splitting; packed rows compute what separate rows do."""
 
+import dataclasses
+
 import torch
 
 from megarl.train.batch import TrainSequence, build_microbatches, pack_rows, shard_for_data_parallel, split_minibatches
@@ -33,8 +35,8 @@ def test_sequence_longer_than_a_row_gets_its_own_row_within_the_micro_batch_budg
     rows = pack_rows(seqs, budget=8, limit=32)
     assert rows[0] == [0] and sorted(i for row in rows for i in row) == [0, 1, 2]
     mbs = build_microbatches(seqs, budget=24, device=torch.device("cpu"))
-    assert all(mb["input_ids"].numel() <= 24 for mb in mbs) and mbs[0]["input_ids"].shape == (1, 24)  # 18 padded to 8s
-    assert sorted(i for mb in mbs for i in mb["seq_ids"]) == [0, 1, 2]
+    assert all(mb.input_ids.numel() <= 24 for mb in mbs) and mbs[0].input_ids.shape == (1, 24)  # 18 padded to 8s
+    assert sorted(i for mb in mbs for i in mb.seq_ids) == [0, 1, 2]
 
 
 def test_shard_for_data_parallel_partitions_and_balances():
@@ -55,12 +57,12 @@ def test_split_minibatches():
 def test_microbatch_indices_point_at_response_predictions():
     seqs = _seqs([(4, 3), (2, 5)])
     (mb,) = build_microbatches(seqs, budget=64, device=torch.device("cpu"))
-    labels = mb["labels"].reshape(-1)
-    for b, i in enumerate(mb["seq_ids"]):
+    labels = mb.labels.reshape(-1)
+    for b, i in enumerate(mb.seq_ids):
         r = len(seqs[i].response_ids)
-        idx = mb["resp_index"][b, :r]
+        idx = mb.resp_index[b, :r]
         assert labels[idx].tolist() == seqs[i].response_ids
-        assert mb["resp_mask"][b].sum() == r
+        assert mb.resp_mask[b].sum() == r
 
 
 def test_packed_row_equals_separate_rows(tiny_hf_models):
@@ -81,22 +83,22 @@ def test_packed_row_equals_separate_rows(tiny_hf_models):
 
     def logps(mb):
         with torch.no_grad():
-            out = model(mb["input_ids"], mb["position_ids"], None, packed_seq_params=mb["packed_seq_params"])
+            out = model(mb.input_ids, mb.position_ids, None, packed_seq_params=mb.packed_seq_params)
         return response_logprobs(out, mb, spec, temperature=0.7)[0]
 
     (packed,) = build_microbatches(seqs, budget=64, device=torch.device("cpu"))
     packed_lp = logps(packed)
-    for b, i in enumerate(packed["seq_ids"]):
+    for b, i in enumerate(packed.seq_ids):
         (alone,) = build_microbatches([seqs[i]], budget=64, device=torch.device("cpu"))
         r = len(seqs[i].response_ids)
         torch.testing.assert_close(packed_lp[b, :r], logps(alone)[0, :r], atol=1e-5, rtol=0)
     # Two micro-batches (23 and 11 tokens, both padded to 24: the second mostly padding segments).
     multi = build_microbatches(seqs, budget=24, device=torch.device("cpu"))
-    assert all(mb["input_ids"].shape == (1, 24) for mb in multi)
-    assert [len(mb["seq_ids"]) for mb in multi] == [2, 1]
+    assert all(mb.input_ids.shape == (1, 24) for mb in multi)
+    assert [len(mb.seq_ids) for mb in multi] == [2, 1]
     for mb in multi:
         lp = logps(mb)
-        for b, i in enumerate(mb["seq_ids"]):
+        for b, i in enumerate(mb.seq_ids):
             (alone,) = build_microbatches([seqs[i]], budget=64, device=torch.device("cpu"))
             r = len(seqs[i].response_ids)
             torch.testing.assert_close(lp[b, :r], logps(alone)[0, :r], atol=1e-5, rtol=0)
@@ -110,7 +112,7 @@ def test_packed_row_equals_separate_rows(tiny_hf_models):
     lp = torch.log_softmax(logits, -1)
     p = len(s.prompt_ids)
     expected = lp[p - 1:-1].gather(-1, torch.tensor(s.response_ids).unsqueeze(1)).squeeze(1)
-    b = packed["seq_ids"].index(0)
+    b = packed.seq_ids.index(0)
     torch.testing.assert_close(packed_lp[b, : len(s.response_ids)], expected, atol=1e-4, rtol=0)
 
 
@@ -143,16 +145,16 @@ def test_logits_at_response_positions_only_give_the_same_logprobs_and_gradients(
 
     def run(select):
         model.zero_grad()
-        with only_positions(mb["logit_index"] if select else None):
-            out = model(mb["input_ids"], mb["position_ids"], None, packed_seq_params=mb["packed_seq_params"])
-        logp, ent = response_logprobs(out, {**mb, "logits_selected": select}, spec, temperature=0.9)
-        ((logp * mb["resp_mask"]).sum() + (ent * mb["resp_mask"]).sum()).backward()
+        with only_positions(mb.logit_index if select else None):
+            out = model(mb.input_ids, mb.position_ids, None, packed_seq_params=mb.packed_seq_params)
+        logp, ent = response_logprobs(out, dataclasses.replace(mb, logits_selected=select), spec, temperature=0.9)
+        ((logp * mb.resp_mask).sum() + (ent * mb.resp_mask).sum()).backward()
         return out.shape, logp.detach(), ent.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     full_shape, logp, ent, grads = run(False)
     sel_shape, logp_s, ent_s, grads_s = run(True)
-    assert sel_shape[:2] == (1, int(mb["resp_mask"].sum())) and full_shape[:2] == tuple(mb["input_ids"].shape)
-    torch.testing.assert_close(logp_s, logp * mb["resp_mask"], atol=1e-6, rtol=0)
-    torch.testing.assert_close(ent_s, ent * mb["resp_mask"], atol=1e-6, rtol=0)
+    assert sel_shape[:2] == (1, int(mb.resp_mask.sum())) and full_shape[:2] == tuple(mb.input_ids.shape)
+    torch.testing.assert_close(logp_s, logp * mb.resp_mask, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ent_s, ent * mb.resp_mask, atol=1e-6, rtol=0)
     for name in grads:
         torch.testing.assert_close(grads_s[name], grads[name], atol=1e-6, rtol=1e-5)

@@ -6,8 +6,9 @@ import torch
 
 from megarl.config import Config
 from megarl.train import algorithms as algo_fns
-from megarl.train import trainer as trainer_mod
 from megarl.train.batch import TrainSequence
+from megarl.train.stages import advantages
+from megarl.train.stages.logprobs import OldLogprobPlan, SequenceTensors
 
 
 def test_kl_in_reward_uses_recomputed_logprobs_under_overlap(monkeypatch):
@@ -17,18 +18,16 @@ def test_kl_in_reward_uses_recomputed_logprobs_under_overlap(monkeypatch):
         "algorithm": {"name": "reinforce_pp", "kl_in_reward": True, "kl_coef": 0.5, "kl_type": "k1"},
         "rollout": {"overlap": True},
     })
-    t = object.__new__(trainer_mod.Trainer)
-    t.cfg, t.dp_group = cfg, None
-    monkeypatch.setattr(trainer_mod, "is_last_stage", lambda: True)
+    monkeypatch.setattr(advantages, "is_last_stage", lambda: True)
     recomputed = torch.tensor([-1.0, -2.0, -0.5])
     behaviour = [-3.0, -0.1, -2.5]
     ref = torch.tensor([-1.5, -1.0, -1.0])
     seqs = [TrainSequence(prompt_ids=[1, 2], response_ids=[3, 4, 5], reward=1.0, group=0, behaviour_logp=behaviour)]
-    extra = [{"old_logp": recomputed.clone(), "ref_logp": ref.clone()}]
-    t.compute_advantages(seqs, extra)
+    tensors = [SequenceTensors(old_logp=recomputed.clone(), ref_logp=ref.clone())]
+    (out,) = advantages.token_advantages(seqs, tensors, cfg.algorithm, OldLogprobPlan.from_config(cfg))
 
     rewards = algo_fns.token_rewards(1.0, 3, recomputed - ref, 0.5)
     expected = algo_fns.whiten_across_ranks(algo_fns.discounted_returns([rewards], 1.0))[0]
-    torch.testing.assert_close(extra[0]["advantages"], expected)
+    torch.testing.assert_close(out.advantages, expected)
     # the PPO ratio is still taken against the behaviour log-probs
-    torch.testing.assert_close(extra[0]["old_logp"], torch.tensor(behaviour))
+    torch.testing.assert_close(out.old_logp, torch.tensor(behaviour))

@@ -44,18 +44,18 @@ def _model(path, arch_seed=0):
 def test_cumulative_lengths_cover_every_token_of_each_row():
     seqs = _seqs([(5, 6), (3, 4), (7, 2), (20, 9), (2, 2)])
     mbs = build_microbatches(seqs, budget=32, device=CPU)
-    assert len(mbs) > 1 and all(mb["input_ids"].shape == mbs[0]["input_ids"].shape for mb in mbs)
-    assert mbs[0]["input_ids"].shape[0] == 1  # THD: one packed row per micro-batch
+    assert len(mbs) > 1 and all(mb.input_ids.shape == mbs[0].input_ids.shape for mb in mbs)
+    assert mbs[0].input_ids.shape[0] == 1  # THD: one packed row per micro-batch
     for mb in mbs:
-        p = mb["packed_seq_params"]
+        p = mb.packed_seq_params
         cu = p.cu_seqlens_q.tolist()
         lengths = [b - a for a, b in zip(cu, cu[1:])]
-        assert p.qkv_format == "thd" and cu[0] == 0 and cu[-1] == mb["input_ids"].shape[1]
+        assert p.qkv_format == "thd" and cu[0] == 0 and cu[-1] == mb.input_ids.shape[1]
         assert min(lengths) >= 1 and max(lengths) == p.max_seqlen_q
         # the sequences come first, in order, then padding segments no longer than the longest sequence
-        real = [seqs[i].length for i in mb["seq_ids"]]
+        real = [seqs[i].length for i in mb.seq_ids]
         assert lengths[: len(real)] == real and max(lengths[len(real):], default=0) <= max(real)
-        assert "attention_mask" not in mb
+        assert mb.attention_mask is None  # attention comes from the segments alone
 
 
 def test_megatron_thd_rope_splits_the_row_by_megarls_cumulative_lengths(tiny_hf_models):
@@ -67,15 +67,15 @@ def test_megatron_thd_rope_splits_the_row_by_megarls_cumulative_lengths(tiny_hf_
     model.eval()
     seqs = _seqs([(6, 5), (4, 3)])  # 18 tokens, padded to 24
     (mb,) = build_microbatches(seqs, budget=64, device=CPU)
-    assert mb["input_ids"].shape[1] == 24
+    assert mb.input_ids.shape[1] == 24
     real = torch.tensor([0, 11, 18], dtype=torch.int32)  # the old format: ends at the real count
     old = PackedSeqParams(qkv_format="thd", cu_seqlens_q=real, cu_seqlens_kv=real, max_seqlen_q=11, max_seqlen_kv=11)
     with torch.no_grad(), pytest.raises(RuntimeError, match="split_with_sizes expects split_sizes to sum exactly to 24"):
-        model(mb["input_ids"], mb["position_ids"], None, packed_seq_params=old)
+        model(mb.input_ids, mb.position_ids, None, packed_seq_params=old)
     import megatron.core.models.common.embeddings.rope_utils as rope_utils
 
     with torch.no_grad(), mock.patch(ROPE_THD, wraps=rope_utils._apply_rotary_pos_emb_thd) as rope_thd:
-        out = model(mb["input_ids"], mb["position_ids"], None, packed_seq_params=mb["packed_seq_params"])
+        out = model(mb.input_ids, mb.position_ids, None, packed_seq_params=mb.packed_seq_params)
     assert rope_thd.call_count > 0 and out.shape[:2] == (1, 24) and torch.isfinite(out).all()
 
 
@@ -98,9 +98,9 @@ def test_packed_rows_equal_separate_sequences_logits_and_gradients(tiny_hf_model
     model.zero_grad()
     packed_logits = {}
     for mb in mbs:
-        logits = model(mb["input_ids"], mb["position_ids"], None, packed_seq_params=mb["packed_seq_params"])[0]
+        logits = model(mb.input_ids, mb.position_ids, None, packed_seq_params=mb.packed_seq_params)[0]
         start, loss = 0, 0.0
-        for i in mb["seq_ids"]:
+        for i in mb.seq_ids:
             n = seqs[i].length
             packed_logits[i] = logits[start:start + n].detach()
             loss = loss + (logits[start:start + n] * weights[i]).sum()
@@ -133,12 +133,12 @@ def test_pipeline_logprobs_of_many_sequences_per_micro_batch_equal_each_alone(ti
         def logps(mbs, part):
             stats = run_pipeline([model], mbs, lambda out, mb: (out.new_zeros(()), {
                 "logp": response_logprobs(out, mb, spec, temperature=0.8)[0]}), forward_only=True)
-            return [st["logp"][b, :len(part[i].response_ids)] for mb, st in zip(mbs, stats) for b, i in enumerate(mb["seq_ids"])]
+            return [st["logp"][b, :len(part[i].response_ids)] for mb, st in zip(mbs, stats) for b, i in enumerate(mb.seq_ids)]
 
         mbs = build_microbatches(seqs, budget=40, device=CPU)
-        assert len(mbs) == 2 and max(len(mb["seq_ids"]) for mb in mbs) >= 4
-        packed = dict(zip([i for mb in mbs for i in mb["seq_ids"]], logps(mbs, seqs)))
+        assert len(mbs) == 2 and max(len(mb.seq_ids) for mb in mbs) >= 4
+        packed = dict(zip([i for mb in mbs for i in mb.seq_ids], logps(mbs, seqs)))
         for i in range(len(seqs)):
             (alone,) = build_microbatches([seqs[i]], budget=40, device=CPU)
-            del alone["packed_seq_params"]  # one unpacked, right-padded row: plain causal attention
+            alone.packed_seq_params = None  # one unpacked, right-padded row: plain causal attention
             torch.testing.assert_close(packed[i], logps([alone], [seqs[i]])[0], atol=1e-5, rtol=0)

@@ -1,0 +1,66 @@
+"""Stopping a run between the phases of a step: the stop request (Slurm's SIGUSR1 before the time
+limit, or SIGTERM), the error that ends a stopped run, and the progress of a step that a checkpoint
+written mid-step carries so that the resumed run continues from the same phase."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+
+import torch
+
+from megarl.runtime import collectives
+
+
+class PreemptedError(Exception):
+    """Training stopped on a signal after writing a checkpoint; a requeued job resumes from it."""
+
+
+class StopRequest:
+    """Set by a signal on any rank; the ranks agree on it at the phase boundaries of a step."""
+
+    def __init__(self) -> None:
+        self.asked = False
+
+    def ask(self, signum=None, frame=None) -> None:
+        self.asked = True
+
+    @classmethod
+    def on_signals(cls, signals=(signal.SIGUSR1, signal.SIGTERM)) -> "StopRequest":
+        """A request that these signals set (install in the main thread)."""
+        stop = cls()
+        for sig in signals:
+            signal.signal(sig, stop.ask)
+        return stop
+
+    def agreed(self) -> bool:
+        """True on every rank once any rank was asked (a collective: every rank calls it)."""
+        flag = torch.tensor([1.0 if self.asked else 0.0])
+        collectives.all_reduce(flag, op="max")
+        return bool(flag.item())
+
+
+@dataclasses.dataclass
+class StepProgress:
+    """How far the current step got on this rank: its batch (driver), this rank's log-probs and
+    advantages once computed, and the mini-batch updates done with their running totals."""
+
+    batch: object | None = None  # stages.generate.RolloutBatch
+    tensors: list | None = None  # stages.logprobs.SequenceTensors, this rank's shard
+    updates_done: int = 0
+    totals: object | None = None  # stages.update.UpdateTotals
+
+    def rank_state(self) -> dict:
+        """What this rank's checkpoint shard keeps (the batch goes into the driver's trainer state)."""
+        return {"tensors": None if self.tensors is None else [dataclasses.asdict(t) for t in self.tensors],
+                "updates_done": self.updates_done,
+                "totals": None if self.totals is None else dataclasses.asdict(self.totals)}
+
+    @classmethod
+    def restore(cls, batch, rank_state: dict) -> "StepProgress":
+        from megarl.train.stages.logprobs import SequenceTensors
+        from megarl.train.stages.update import UpdateTotals
+
+        tensors, totals = rank_state["tensors"], rank_state["totals"]
+        return cls(batch=batch, tensors=None if tensors is None else [SequenceTensors(**t) for t in tensors],
+                   updates_done=rank_state["updates_done"], totals=None if totals is None else UpdateTotals(**totals))

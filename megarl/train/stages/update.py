@@ -1,0 +1,140 @@
+"""Update stage: the actor's (and critic's) optimizer steps over a step's batch, epochs x mini-batches,
+each mini-batch packed into micro-batches with typed loss targets and run through Megatron's
+pipeline schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Sequence
+
+import torch
+
+from megarl.config import AlgorithmConfig
+from megarl.models.spec import ModelSpec
+from megarl.runtime import collectives
+from megarl.train import algorithms as algo_fns
+from megarl.train.batch import LossTargets, MicroBatch, Packer, TrainSequence, per_sequence_matrix, split_minibatches
+from megarl.train.stages import metrics as step_metrics
+from megarl.train.stages.logprobs import OldLogprobPlan, SequenceTensors
+from megarl.train.workers import ModelWorker, is_last_stage, response_logprobs, response_values
+
+_TARGETS = ("old_logp", "ref_logp", "advantages", "returns", "old_values", "behaviour_logp")
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateSetup:
+    """What the update needs besides the models and the batch, fixed for the run."""
+
+    algo: AlgorithmConfig
+    value_clip: float | None
+    plan: OldLogprobPlan
+    pack: Packer
+    spec: ModelSpec
+    temperature: float
+    seed: int
+    dp: int
+    dp_group: object = None
+
+
+@dataclasses.dataclass
+class UpdateTotals:
+    """Running totals of one step's mini-batch updates on this rank (a mid-step checkpoint keeps them)."""
+
+    sums: dict = dataclasses.field(default_factory=dict)
+    counts: dict = dataclasses.field(default_factory=dict)
+    grad_norms: list = dataclasses.field(default_factory=list)
+    critic_norms: list = dataclasses.field(default_factory=list)
+    lrs: list = dataclasses.field(default_factory=list)
+    mismatch: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])  # |diff| sum, count, max (single pass)
+
+
+def schedule(num_seqs: int, algo: AlgorithmConfig, seed: int, step: int) -> list[list[int]]:
+    """The step's mini-batches in order, as sequence indices: a seeded shuffle per epoch, then
+    algorithm.mini_batches near-equal parts. Every DP rank takes the same number (some possibly
+    empty) so optimizer steps stay in lockstep."""
+    order, parts = list(range(num_seqs)), []
+    for epoch in range(algo.epochs):
+        random.Random(seed * 7919 + step * 31 + epoch).shuffle(order)
+        parts.extend(split_minibatches(order, algo.mini_batches))
+    return parts
+
+
+def loss_normalizer(seqs: Sequence[TrainSequence], num_microbatches: int, dp_group, dp: int) -> algo_fns.LossNormalizer:
+    """The mini-batch's loss tokens and sequences summed over the DP ranks."""
+    local = torch.tensor([sum(len(s.response_ids) for s in seqs if s.loss_weight > 0), sum(s.loss_weight > 0 for s in seqs)],
+                         dtype=torch.float64)
+    collectives.all_reduce(local, group=dp_group)
+    return algo_fns.LossNormalizer(tokens=float(local[0]), sequences=float(local[1]), num_microbatches=num_microbatches, dp=dp)
+
+
+def attach_targets(mbs: list[MicroBatch], seqs: Sequence[TrainSequence], tensors: Sequence[SequenceTensors],
+                   algo: AlgorithmConfig) -> list[MicroBatch]:
+    """The micro-batches with their loss targets as [B, T] matrices on the training device."""
+    out = []
+    for mb in mbs:
+        t_max, rows, device = mb.resp_mask.shape[1], mb.seq_ids, mb.resp_mask.device
+        fields = {key: per_sequence_matrix([getattr(tensors[i], key) for i in rows], t_max, device)
+                  for key in _TARGETS if all(getattr(tensors[i], key) is not None for i in rows)}
+        weight = torch.tensor([seqs[i].loss_weight > 0 for i in rows], device=device).unsqueeze(1)
+        targets = LossTargets(loss_mask=mb.resp_mask & weight, **fields)
+        if algo.importance_correction == "tis" and targets.behaviour_logp is not None:
+            ratio = torch.exp(targets.old_logp - targets.behaviour_logp).clamp(max=algo.importance_cap)
+            targets.is_weights = ratio * mb.resp_mask
+        out.append(dataclasses.replace(mb, targets=targets))
+    return out
+
+
+def apply(part: Sequence[int], seqs: Sequence[TrainSequence], tensors: Sequence[SequenceTensors], *, actor: ModelWorker,
+          critic: ModelWorker | None, setup: UpdateSetup, totals: UpdateTotals) -> None:
+    """One optimizer step of the actor (and critic) on the sequences `part` of this rank's shard;
+    adds its statistics to `totals`."""
+    kept = [i for i in part if seqs[i].loss_weight > 0]
+    sub = [seqs[i] for i in kept]
+    mbs = setup.pack(sub) if sub else []
+    mbs = attach_targets(mbs, sub, [tensors[i] for i in kept], setup.algo) if mbs else setup.pack.stand_in()
+    norm = loss_normalizer(sub, len(mbs), setup.dp_group, setup.dp)
+
+    def actor_loss(output, mb: MicroBatch):
+        if mb.empty:
+            return output.sum() * 0.0, {}
+        logp, entropy = response_logprobs(output, mb, setup.spec, setup.temperature)
+        targets = mb.targets
+        if targets.old_logp is None:  # single pass: these are the rollout weights
+            targets = dataclasses.replace(targets, old_logp=logp.detach())
+            if targets.behaviour_logp is not None:
+                step_metrics.record_mismatch(totals.mismatch, logp.detach(), targets.behaviour_logp, mb.resp_mask)
+        return algo_fns.actor_loss(logp, entropy, targets, setup.algo, norm)
+
+    stats, gnorm, lr, _ = actor.train_step(mbs, actor_loss)
+    totals.grad_norms.append(gnorm)
+    totals.lrs.append(lr)
+    step_metrics.accumulate(stats, totals.sums, totals.counts, prefix="actor/")
+    if critic is not None:
+        def critic_loss(output, mb: MicroBatch):
+            if mb.empty:
+                return output.sum() * 0.0, {}
+            return algo_fns.value_loss(response_values(output, mb), mb.targets, setup.value_clip, norm)
+
+        cstats, cnorm, _, _ = critic.train_step(mbs, critic_loss)
+        totals.critic_norms.append(cnorm)
+        step_metrics.accumulate(cstats, totals.sums, totals.counts, prefix="critic/")
+
+
+def summary(totals: UpdateTotals, tensors: Sequence[SequenceTensors], setup: UpdateSetup) -> dict:
+    """The update's metrics over all ranks: loss statistics, grad norms, LR, train/inference mismatch."""
+    from megatron.core import parallel_state as ps
+
+    metrics = step_metrics.reduce_stats(totals.sums, totals.counts)
+    metrics["actor/grad_norm"] = max(totals.grad_norms) if totals.grad_norms else 0.0
+    metrics["actor/lr"] = totals.lrs[-1] if totals.lrs else 0.0
+    if totals.critic_norms:
+        metrics["critic/grad_norm"] = max(totals.critic_norms)
+    mismatch = list(totals.mismatch)
+    reporter = is_last_stage() and ps.get_tensor_model_parallel_rank() == 0
+    if reporter and not setup.plan.single_pass and not setup.plan.ratio_vs_behaviour:
+        for t in tensors:  # recomputed old log-probs against the server's
+            if t.behaviour_logp is not None and t.old_logp is not None:
+                step_metrics.record_mismatch(mismatch, t.old_logp, t.behaviour_logp, torch.ones_like(t.old_logp, dtype=torch.bool))
+    metrics.update(step_metrics.mismatch_metrics(mismatch, reporter))
+    return metrics
