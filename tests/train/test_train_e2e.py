@@ -164,3 +164,38 @@ def test_cli_relaunches_itself_under_torchrun_for_tp2(write_recipe):
     proc = _train(recipe, "actor.tp=2")  # plain `megarl train`, no launcher
     assert "launching 2 processes" in proc.stderr
     assert [r["step"] for r in _metrics(run_dir)] == [1]
+
+
+def test_stop_request_is_honoured_between_phases_and_the_resumed_run_matches(write_recipe, tmp_path):
+    """SIGUSR1 (Slurm's time-limit notice) during step 2's first mini-batch update, or during its
+    rollout: the run checkpoints the step's progress and exits 75 before the next phase starts (no
+    further optimizer step), and the resumed run's metrics equal the uninterrupted run's."""
+    settings = dict(run={"steps": 2}, algorithm={"name": "grpo", "mini_batches": 2}, reward={"custom": "toy_rewards:mentions_seven"})
+    recipe, run_dir = write_recipe("straight", **settings)
+    _train(recipe)
+    expected = _metrics(run_dir)
+    here = os.path.dirname(__file__)
+    # (where the signal arrives, actor optimizer steps that ran before the run stopped)
+    for signal_in, updates_run in [("update:3", 3), ("grade:2", 2)]:
+        name = "stopped_" + signal_in.split(":")[0]
+        recipe2, run_dir2 = write_recipe(name, **settings)
+        log = tmp_path / f"{name}.phases"
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MEGARL_TEST_SIGNAL_IN=signal_in,
+                   MEGARL_TEST_PHASE_LOG=str(log), PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+        proc = subprocess.run([sys.executable, os.path.join(here, "signal_in_phase.py"), str(recipe2)], env=env,
+                              capture_output=True, text=True, timeout=420)
+        assert proc.returncode == 75, (signal_in, proc.returncode, proc.stderr[-3000:])
+        assert "checkpointed at step 2 (in progress)" in proc.stdout + proc.stderr
+        assert log.read_text().split().count("update") == updates_run, signal_in  # nothing after the stop point
+        assert [r["step"] for r in _metrics(run_dir2)] == [1]
+        assert [p.name for p in (run_dir2 / "checkpoints").glob("step_*")] == ["step_000001"]
+        _train(recipe2)  # resumes in the middle of step 2
+        got = _metrics(run_dir2)
+        assert [r["step"] for r in got] == [1, 2]
+        for want, have in zip(expected, got):
+            assert {k for k in have if not k.startswith("perf/")} == {k for k in want if not k.startswith("perf/")}, signal_in
+            for key, value in want.items():
+                if key.startswith("mismatch/"):  # the server's log-probs carry batching-dependent float noise
+                    assert have[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (signal_in, want["step"], key)
+                elif not key.startswith("perf/"):  # wall-clock
+                    assert have[key] == value, (signal_in, want["step"], key, value, have[key])
