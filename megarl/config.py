@@ -34,7 +34,7 @@ class Section(BaseModel):
 class RunConfig(Section):
     name: str = "run"
     output_dir: str = "runs/${run.name}"
-    seed: int = 1
+    seed: int = Field(1, ge=0, lt=2**64, description="any unsigned 64-bit integer")
     steps: int = Field(10, ge=1, description="RL steps (rollout + update) to run")
     resume: bool = True
 

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from megarl.config import Config, validate_semantics
 from megarl.data import render_prompt, stop_strings
 from megarl.models.spec import ModelSpec
+from megarl.runtime.distributed import fold_seed
 from megarl.train import algorithms as algo_fns
 from megarl.train.batch import TrainSequence, build_microbatches, per_sequence_matrix, shard_for_data_parallel, split_minibatches
 from megarl.train.workers import DTYPES, ModelWorker, WorkerSettings, is_last_stage
@@ -211,13 +212,13 @@ class Trainer:
             if trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
                 torch.set_num_threads(trainer_threads)
             self.servers = servers.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs",
-                                                         seed=self.cfg.run.seed, threads=server_threads)
+                                                         seed=fold_seed(self.cfg.run.seed, 31), threads=server_threads)
             urls = generation_urls = self.servers.urls
             self.server_token = self.servers.token
         else:
             self.servers = servers.start_sglang_servers(
                 self.model_dir, rc.num_servers, rc.server_tp, self.run_dir / "logs", colocate=rc.colocate, router=rc.router,
-                seed=self.cfg.run.seed,
+                seed=fold_seed(self.cfg.run.seed, 31),  # SGLang seeds NumPy with it (< 2**32)
             )
             urls, generation_urls = self.servers.server_urls, self.servers.generation_urls
         self.server_urls = urls
@@ -353,8 +354,10 @@ class Trainer:
     def _rollout_seed(self, step: int, round_: int) -> int:
         """Base sampling seed of one rollout round of `step` (0-based); the client adds the prompt
         index (< 4096) and the server the sample index, so every sample of a run has its own random
-        stream and a resumed run samples exactly what the uninterrupted one did."""
-        return ((self.cfg.run.seed * 100_003 + step) * 32 + round_) * 4096
+        stream and a resumed run samples exactly what the uninterrupted one did. Folded into 51 bits
+        so that base + prompt index stays below 2**63 (SGLang's sampling_seed is a signed 64-bit long)
+        for any run.seed."""
+        return fold_seed((self.cfg.run.seed * 100_003 + step) * 32 + round_, 51) * 4096
 
     # ---- overlap: the next step's rollout during this step's update (driver) -----------------
     def _start_prefetch(self) -> None:
@@ -707,7 +710,7 @@ class Trainer:
             ev = self.cfg.eval
             settings = EvalSettings(
                 benchmarks=ev.benchmarks, template=self.cfg.data.template, n=ev.n, temperature=ev.temperature,
-                max_new_tokens=ev.max_new_tokens, limit=ev.limit, seed=self.cfg.run.seed,
+                max_new_tokens=ev.max_new_tokens, limit=ev.limit, seed=fold_seed(self.cfg.run.seed, 62),
             )
             result = evaluate_benchmarks(self.client, self.tokenizer, settings, out_dir=self.run_dir / "eval" / f"step_{step:06d}")
             payload = [{f"eval/{name}/accuracy": row["accuracy"] for name, row in result.items()}]
