@@ -38,6 +38,8 @@ class RunConfig(Section):
     seed: int = Field(1, ge=0, lt=2**64, description="any unsigned 64-bit integer")
     steps: int = Field(10, ge=1, description="RL steps (rollout + update) to run")
     resume: bool = True
+    max_skipped_updates: int = Field(3, ge=1, description=(
+        "optimizer steps in a row skipped for a non-finite loss or gradient before the run stops (non-zero exit)"))
 
 
 class ModelConfig(Section):

@@ -69,6 +69,10 @@ def _layout() -> dict:
     }
 
 
+class NoVerifiedCheckpointError(RuntimeError):
+    """Checkpoints exist but none verifies; resuming would silently restart from step 0."""
+
+
 class NonFiniteWeightsError(RuntimeError):
     """The model's weights hold inf/nan; nothing is saved (the last good checkpoint stays)."""
 
@@ -229,7 +233,7 @@ class CheckpointManager:
             self._restore(path, state, shard, workers)
             return state
         if skipped:
-            raise RuntimeError(
+            raise NoVerifiedCheckpointError(
                 f"no checkpoint under {self.root} verifies (skipped {', '.join(skipped)}, now *.rejected); "
                 "restore one or start a new run directory"
             )

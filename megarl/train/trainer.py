@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import time
@@ -31,6 +32,10 @@ from megarl.runtime.distributed import fold_seed
 from megarl.train import algorithms as algo_fns
 from megarl.train.batch import TrainSequence, build_microbatches, per_sequence_matrix, shard_for_data_parallel, split_minibatches
 from megarl.train.workers import DTYPES, ModelWorker, WorkerSettings, is_last_stage
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many optimizer steps in a row were skipped for a non-finite loss or gradient."""
 
 
 class PreemptedError(Exception):
@@ -116,6 +121,7 @@ class Trainer:
         self.critic = self._worker("critic", cfg.critic, trainable=True) if cfg.uses_critic else None
         self._load_initial_weights()
         self.step = 0
+        self._skip_streak: dict[str, int] = {}  # role -> optimizer steps skipped in a row (non-finite)
         self._prefetch = None  # rollout.overlap (driver): Future or (seqs, metrics, samples) of step+1
         self._prefetch_pool = None
         self.prompts = None
@@ -587,6 +593,7 @@ class Trainer:
         sums: dict[str, float] = {}
         counts: dict[str, float] = {}
         grad_norms, critic_norms, lrs = [], [], []
+        skipped = 0  # optimizer steps skipped for a non-finite loss or gradient
         self._mismatch = torch.zeros(3, dtype=torch.float64)  # |diff| sum, count, max (single pass)
         order = list(range(len(seqs)))
         keys = ("old_logp", "ref_logp", "advantages", "returns", "old_values", "behaviour_logp")
@@ -616,7 +623,8 @@ class Trainer:
                             self._record_mismatch(logp.detach(), mb["behaviour_logp"], mb["resp_mask"])
                     return algo_fns.actor_loss(logp, entropy, mb, a, norm)
 
-                stats, gnorm, lr, _ = self.actor.train_step(mbs, actor_step)
+                stats, gnorm, lr, stepped = self.actor.train_step(mbs, actor_step)
+                skipped += self._note_update("actor", stepped)
                 grad_norms.append(gnorm)
                 lrs.append(lr)
                 _accumulate(stats, sums, counts, prefix="actor/")
@@ -628,16 +636,31 @@ class Trainer:
                             return output.sum() * 0.0, {}
                         return algo_fns.value_loss(response_values(output, mb), mb, self.cfg.critic.value_clip, norm)
 
-                    cstats, cnorm, _, _ = self.critic.train_step(mbs, critic_step)
+                    cstats, cnorm, _, stepped = self.critic.train_step(mbs, critic_step)
+                    skipped += self._note_update("critic", stepped)
                     critic_norms.append(cnorm)
                     _accumulate(cstats, sums, counts, prefix="critic/")
         metrics = self._reduce_stats(sums, counts)
-        metrics["actor/grad_norm"] = max(grad_norms) if grad_norms else 0.0
+        metrics["actor/grad_norm"] = _max_finite(grad_norms)
+        metrics["train/skipped_updates"] = skipped
         metrics["actor/lr"] = lrs[-1] if lrs else 0.0
         if critic_norms:
-            metrics["critic/grad_norm"] = max(critic_norms)
+            metrics["critic/grad_norm"] = _max_finite(critic_norms)
         metrics.update(self._mismatch_stats(seqs, extra))
         return metrics
+
+    def _note_update(self, role: str, stepped: bool) -> int:
+        """Count a skipped optimizer step (non-finite loss or gradient; the worker agreed on it over
+        all ranks); after run.max_skipped_updates in a row, stop the run. Returns 1 if skipped."""
+        streaks = self._skip_streak
+        streaks[role] = 0 if stepped else streaks.get(role, 0) + 1
+        if streaks[role] >= self.cfg.run.max_skipped_updates:
+            raise NonFiniteTrainingError(
+                f"{role}: {streaks[role]} optimizer steps in a row skipped for a non-finite loss or gradient at step "
+                f"{self.step + 1}; stopping (weights were not updated with them; checkpoints hold finite weights). "
+                "Lower the learning rate, check rewards and data, or raise run.max_skipped_updates"
+            )
+        return 0 if stepped else 1
 
     def _empty_microbatch(self) -> list[dict]:
         mb = build_microbatches([TrainSequence(prompt_ids=[0], response_ids=[0], reward=0.0, group=0)], 8, self.rt.device)[0]
@@ -772,6 +795,12 @@ class Trainer:
                 self.servers.stop()
             if self.logger is not None:
                 self.logger.close()
+
+
+def _max_finite(xs) -> float:
+    """Largest finite value (0.0 for none; nan when every value is non-finite, i.e. all skipped)."""
+    finite = [x for x in xs if math.isfinite(x)]
+    return max(finite) if finite else (float("nan") if xs else 0.0)
 
 
 def _mean(xs) -> float:
