@@ -28,15 +28,18 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `actor.lr=.inf` (or nan anywhere) is refused, naming the field
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class RunConfig(Section):
     name: str = "run"
     output_dir: str = "runs/${run.name}"
-    seed: int = 1
+    seed: int = Field(1, ge=0, lt=2**64, description="any unsigned 64-bit integer")
     steps: int = Field(10, ge=1, description="RL steps (rollout + update) to run")
     resume: bool = True
+    max_skipped_updates: int = Field(3, ge=1, description=(
+        "optimizer steps in a row skipped for a non-finite loss or gradient before the run stops (non-zero exit)"))
 
 
 class ModelConfig(Section):
@@ -266,6 +269,8 @@ def _format_validation_error(err: ValidationError, data: dict) -> str:
     msg = first["msg"]
     if first["type"] == "missing":
         return f"{loc} is required but missing; add it to the recipe or pass {loc}=VALUE"
+    if first["type"] == "finite_number":
+        return f"{loc}={value!r}: must be a finite number (not inf or nan)"
     if first["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
         return f"{loc or 'config'}: {msg}" if loc else msg
@@ -356,6 +361,7 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
         name = cfg.model.path[len(BUILTIN_PREFIX):]
         if name not in BUILTIN_MODELS:
             raise ConfigError(f"model.path={cfg.model.path!r}: unknown built-in model; available: {', '.join(BUILTIN_PREFIX + m for m in BUILTIN_MODELS)}")
+        spec = _builtin_model_spec()
     else:
         model_path = Path(cfg.model.path)
         if not model_path.exists():
@@ -364,13 +370,23 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
             spec = ModelSpec.from_hf(model_path if (model_path / "config.json").exists() else model_path / "hf")
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"model.path={cfg.model.path!r}: {err}") from None
-        sections = ["actor"] + (["critic"] if cfg.uses_critic else [])
-        for section in sections:
-            par = getattr(cfg, section)
-            try:
-                spec.check_layout(par.tp, par.pp, field=section)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
+    sections = ["actor"] + (["critic"] if cfg.uses_critic else [])
+    for section in sections:
+        par = getattr(cfg, section)
+        try:
+            spec.check_layout(par.tp, par.pp, field=section)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
+def _builtin_model_spec():
+    """The built-in toy model's architecture, from its settings (no pretraining needed)."""
+    from megarl.demo.toy_model import ToyModelSettings, toy_model_config
+    from megarl.models.spec import ModelSpec
+
+    settings = ToyModelSettings()
+    hf = toy_model_config(settings, vocab_size=settings.tokenizer_vocab_size, eos_id=0, pad_id=1)
+    return ModelSpec.from_hf(hf.to_dict())
 
 
 def _data_exists(item: str) -> bool:

@@ -131,7 +131,22 @@ def sbatch_directives(cfg: Config, layout: JobLayout, opts: LaunchOptions, paths
     ]
     if opts.requeue:
         directives.append("--requeue")
-    return directives + list(extra)
+    directives += list(extra)
+    for directive in directives:
+        check_directive(directive)
+    return directives
+
+
+def check_directive(directive: str) -> None:
+    """An #SBATCH option must be one line and an option: a newline would end the directive block
+    and run the rest as a shell command in the job. Raises LaunchError."""
+    bad = next((c for c in directive if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise LaunchError(f"sbatch option {directive!r} contains the control character {bad!r}; give each option as "
+                          "its own --sbatch-arg (and names, partitions and times) on one line")
+    if not directive.startswith("-"):
+        raise LaunchError(f"sbatch option {directive!r} is not an option; write it as --name=value "
+                          "(e.g. --sbatch-arg=--qos=high)")
 
 
 def _server_lines(plan: ServerPlan | None, layout: JobLayout) -> list[str]:

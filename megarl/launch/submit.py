@@ -74,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_PORT = 65535
+
+
+def check_ports(opts: LaunchOptions, servers_per_node: int) -> None:
+    """Ports are TCP ports, and every rollout server's port (base + index on its node) fits too."""
+    for flag, port in (("--server-port", opts.server_port), ("--master-port", opts.master_port)):
+        if port is not None and not 1 <= port <= MAX_PORT:
+            raise LaunchError(f"{flag}={port} is not a TCP port; use one in 1-{MAX_PORT}")
+    last = opts.server_port + max(servers_per_node, 1) - 1
+    if last > MAX_PORT:
+        raise LaunchError(f"--server-port={opts.server_port}: {servers_per_node} servers per node would use ports "
+                          f"{opts.server_port}..{last}, past {MAX_PORT}; use a lower --server-port")
+
+
 def _options(args: argparse.Namespace, cfg) -> LaunchOptions:
     s = cfg.slurm
     return LaunchOptions(
@@ -128,7 +142,9 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(args.recipe, args.overrides, check_files=not args.no_path_checks)
         opts = _options(args, cfg)
+        check_ports(opts, 0)
         layout = plan_layout(cfg, opts)
+        check_ports(opts, layout.servers_per_node)
         run_dir = Path(cfg.run.output_dir).resolve()
         paths = RunPaths(run_dir)
         model_dir = resolve_model_dir(cfg, build=not args.dry_run)

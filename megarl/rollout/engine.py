@@ -306,7 +306,7 @@ class GenerationEngine:
         for req in requests:
             if req.sampling.sampling_seed is not None:
                 generators.append(torch.Generator(device="cpu").manual_seed(
-                    int(req.sampling.sampling_seed) * 1_000_003 + req.sample_index))
+                    (int(req.sampling.sampling_seed) * 1_000_003 + req.sample_index) % (1 << 64)))
             else:
                 generators.append(self.default_generator)
 

@@ -28,9 +28,14 @@ from megarl.config import Config, validate_semantics
 from megarl.data import render_prompt, stop_strings
 from megarl.models.spec import ModelSpec
 from megarl.runtime import collectives
+from megarl.runtime.distributed import fold_seed
 from megarl.train import algorithms as algo_fns
 from megarl.train.batch import TrainSequence, build_microbatches, per_sequence_matrix, shard_for_data_parallel, split_minibatches
 from megarl.train.workers import DTYPES, ModelWorker, WorkerSettings, is_last_stage
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many optimizer steps in a row were skipped for a non-finite loss or gradient."""
 
 
 class PreemptedError(Exception):
@@ -116,6 +121,7 @@ class Trainer:
         self.critic = self._worker("critic", cfg.critic, trainable=True) if cfg.uses_critic else None
         self._load_initial_weights()
         self.step = 0
+        self._skip_streak: dict[str, int] = {}  # role -> optimizer steps skipped in a row (non-finite)
         self._prefetch = None  # rollout.overlap (driver): Future or (seqs, metrics, samples) of step+1
         self._prefetch_pool = None
         self.prompts = None
@@ -214,13 +220,14 @@ class Trainer:
             if trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
                 torch.set_num_threads(trainer_threads)
             self.servers = servers.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs",
-                                                         seed=self.cfg.run.seed, threads=server_threads)
+                                                         seed=fold_seed(self.cfg.run.seed, 31), threads=server_threads)
             urls = generation_urls = self.servers.urls
             self.server_token = self.servers.token
         else:
             self.servers = servers.start_sglang_servers(
                 self.model_dir, rc.num_servers, rc.server_tp, self.run_dir / "logs", colocate=rc.colocate, router=rc.router,
-                seed=self.cfg.run.seed, mem_fraction_static=rc.mem_fraction_static,
+                seed=fold_seed(self.cfg.run.seed, 31),  # SGLang seeds NumPy with it (< 2**32)
+                mem_fraction_static=rc.mem_fraction_static,
             )
             urls, generation_urls = self.servers.server_urls, self.servers.generation_urls
             self.server_token = self.servers.admin_token
@@ -358,8 +365,10 @@ class Trainer:
     def _rollout_seed(self, step: int, round_: int) -> int:
         """Base sampling seed of one rollout round of `step` (0-based); the client adds the prompt
         index (< 4096) and the server the sample index, so every sample of a run has its own random
-        stream and a resumed run samples exactly what the uninterrupted one did."""
-        return ((self.cfg.run.seed * 100_003 + step) * 32 + round_) * 4096
+        stream and a resumed run samples exactly what the uninterrupted one did. Folded into 51 bits
+        so that base + prompt index stays below 2**63 (SGLang's sampling_seed is a signed 64-bit long)
+        for any run.seed."""
+        return fold_seed((self.cfg.run.seed * 100_003 + step) * 32 + round_, 51) * 4096
 
     # ---- overlap: the next step's rollout during this step's update (driver) -----------------
     def _start_prefetch(self) -> None:
@@ -589,6 +598,7 @@ class Trainer:
         sums: dict[str, float] = {}
         counts: dict[str, float] = {}
         grad_norms, critic_norms, lrs = [], [], []
+        skipped = 0  # optimizer steps skipped for a non-finite loss or gradient
         self._mismatch = torch.zeros(3, dtype=torch.float64)  # |diff| sum, count, max (single pass)
         order = list(range(len(seqs)))
         keys = ("old_logp", "ref_logp", "advantages", "returns", "old_values", "behaviour_logp")
@@ -618,7 +628,8 @@ class Trainer:
                             self._record_mismatch(logp.detach(), mb["behaviour_logp"], mb["resp_mask"])
                     return algo_fns.actor_loss(logp, entropy, mb, a, norm)
 
-                stats, gnorm, lr, _ = self.actor.train_step(mbs, actor_step)
+                stats, gnorm, lr, stepped = self.actor.train_step(mbs, actor_step)
+                skipped += self._note_update("actor", stepped)
                 grad_norms.append(gnorm)
                 lrs.append(lr)
                 _accumulate(stats, sums, counts, prefix="actor/")
@@ -630,16 +641,31 @@ class Trainer:
                             return output.sum() * 0.0, {}
                         return algo_fns.value_loss(response_values(output, mb), mb, self.cfg.critic.value_clip, norm)
 
-                    cstats, cnorm, _, _ = self.critic.train_step(mbs, critic_step)
+                    cstats, cnorm, _, stepped = self.critic.train_step(mbs, critic_step)
+                    skipped += self._note_update("critic", stepped)
                     critic_norms.append(cnorm)
                     _accumulate(cstats, sums, counts, prefix="critic/")
         metrics = self._reduce_stats(sums, counts)
-        metrics["actor/grad_norm"] = max(grad_norms) if grad_norms else 0.0
+        metrics["actor/grad_norm"] = _max_finite(grad_norms)
+        metrics["train/skipped_updates"] = skipped
         metrics["actor/lr"] = lrs[-1] if lrs else 0.0
         if critic_norms:
-            metrics["critic/grad_norm"] = max(critic_norms)
+            metrics["critic/grad_norm"] = _max_finite(critic_norms)
         metrics.update(self._mismatch_stats(seqs, extra))
         return metrics
+
+    def _note_update(self, role: str, stepped: bool) -> int:
+        """Count a skipped optimizer step (non-finite loss or gradient; the worker agreed on it over
+        all ranks); after run.max_skipped_updates in a row, stop the run. Returns 1 if skipped."""
+        streaks = self._skip_streak
+        streaks[role] = 0 if stepped else streaks.get(role, 0) + 1
+        if streaks[role] >= self.cfg.run.max_skipped_updates:
+            raise NonFiniteTrainingError(
+                f"{role}: {streaks[role]} optimizer steps in a row skipped for a non-finite loss or gradient at step "
+                f"{self.step + 1}; stopping (weights were not updated with them; checkpoints hold finite weights). "
+                "Lower the learning rate, check rewards and data, or raise run.max_skipped_updates"
+            )
+        return 0 if stepped else 1
 
     def _empty_microbatch(self) -> list[dict]:
         mb = build_microbatches([TrainSequence(prompt_ids=[0], response_ids=[0], reward=0.0, group=0)], 8, self.rt.device,
@@ -713,7 +739,7 @@ class Trainer:
             ev = self.cfg.eval
             settings = EvalSettings(
                 benchmarks=ev.benchmarks, template=self.cfg.data.template, n=ev.n, temperature=ev.temperature,
-                max_new_tokens=ev.max_new_tokens, limit=ev.limit, seed=self.cfg.run.seed, top_p=ev.top_p,
+                max_new_tokens=ev.max_new_tokens, limit=ev.limit, seed=fold_seed(self.cfg.run.seed, 62), top_p=ev.top_p,
                 protocol=ev.protocol, extraction=self.cfg.reward.extraction, stop_token_ids=list(self.cfg.rollout.stop_token_ids),
             )
             result = evaluate_benchmarks(self.client, self.tokenizer, settings, out_dir=self.run_dir / "eval" / f"step_{step:06d}")
@@ -776,6 +802,12 @@ class Trainer:
                 self.servers.stop()
             if self.logger is not None:
                 self.logger.close()
+
+
+def _max_finite(xs) -> float:
+    """Largest finite value (0.0 for none; nan when every value is non-finite, i.e. all skipped)."""
+    finite = [x for x in xs if math.isfinite(x)]
+    return max(finite) if finite else (float("nan") if xs else 0.0)
 
 
 def _mean(xs) -> float:

@@ -151,6 +151,15 @@ def test_partitioned_single_node_05b_recipe(tmp_path):
     (["--nodes", "2", "--rollout-nodes", "1", "--requeue"], ["run.resume=false"], "--requeue needs run.resume=true"),
     (["--nodes", "2", "--rollout-nodes", "1"], ["actor.tp=3"], "actor.tp=3"),
     (["--nodes", "2", "--rollout-nodes", "1"], ["model.path=/does/not/exist"], "model.path='/does/not/exist' does not exist"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--server-port", "70000"], [], "--server-port=70000 is not a TCP port; use one in 1-65535"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--master-port", "0"], [], "--master-port=0 is not a TCP port"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--server-port", "65533"], [], "4 servers per node would use ports 65533..65536"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--sbatch-arg", "--qos=high\ntouch /tmp/pwned"], [],
+     "contains the control character '\\n'"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--sbatch-arg=--comment=a\rb"], [], "contains the control character '\\r'"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--job-name", "x\necho pwned"], [], "contains the control character"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--partition", "gpu\n"], [], "contains the control character"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--sbatch-arg", "qos=high"], [], "is not an option; write it as --name=value"),
 ])
 def test_invalid_layouts_fail_with_one_line_errors(tmp_path, flags, overrides, message):
     model = qwen_dir(tmp_path, "7b")
