@@ -39,7 +39,7 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
     from megarl.data import get_template, load_prompts, render_prompt, stop_strings
     from megarl.rewards.grading import grade_batch
     from megarl.rewards.schemes import RewardConfig
-    from megarl.rollout.client import SamplingParams
+    from megarl.rollout.client import RequestRejected, Sample, SamplingParams
 
     template = get_template(settings.template)
     results = {}
@@ -57,7 +57,13 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
             stop=stop_strings(template, tokenizer), sampling_seed=settings.seed,
         )
-        outputs = client.generate(prompts, sampling, n=settings.n)
+        try:
+            outputs = client.generate(prompts, sampling, n=settings.n)
+        except RequestRejected as err:  # e.g. prompts longer than the model's context: they score 0
+            print(f"warning: {name}: {err}")
+            outputs = [group if group is not None else [
+                Sample(i, j, [], "", None, "abort", None, None, len(prompts[i]), 0, "") for j in range(settings.n)]
+                for i, group in enumerate(err.partial_results)]
         gen_s = time.perf_counter() - started
         flat = [s for group in outputs for s in group]
         grades = grade_batch(
