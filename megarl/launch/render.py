@@ -118,6 +118,9 @@ def sbatch_directives(cfg: Config, layout: JobLayout, opts: LaunchOptions, paths
         directives.append(f"--cpus-per-task={opts.cpus_per_node}")
     elif layout.on_gpu:
         directives.append("--exclusive")
+    mem = opts.mem if opts.mem is not None else ("0" if layout.on_gpu else None)
+    if mem is not None:
+        directives.append(f"--mem={mem}")  # 0: all of each node's memory (offloaded optimizer state, page cache)
     directives.append(f"--time={opts.time}")
     if opts.partition:
         directives.append(f"--partition={opts.partition}")
