@@ -1,8 +1,8 @@
 """Transitional re-export of `megarl.algorithms.advantages` and `megarl.algorithms.losses` (their old home);
 new code imports those modules directly."""
 
-from kernels import kl_penalty  # noqa: F401  (the trainer's KL-in-reward call reads it from here)
-from megarl.algorithms.advantages import (  # noqa: F401
+from kernels import kl_penalty  # the trainer's KL-in-reward call reads it from here
+from megarl.algorithms.advantages import (
     AdvantageInputs,
     TokenAdvantages,
     discounted_returns,
@@ -12,4 +12,9 @@ from megarl.algorithms.advantages import (  # noqa: F401
     token_rewards,
     whiten_across_ranks,
 )
-from megarl.algorithms.losses import actor_loss, value_loss  # noqa: F401
+from megarl.algorithms.losses import actor_loss, value_loss
+
+__all__ = [
+    "AdvantageInputs", "TokenAdvantages", "actor_loss", "discounted_returns", "estimate_advantages", "gae_advantages",
+    "kl_penalty", "sequence_advantages", "token_rewards", "value_loss", "whiten_across_ranks",
+]
