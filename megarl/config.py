@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from megarl.algorithms.registry import algorithm_names, get_algorithm
 
 
 BUILTIN_PREFIX = "builtin:"
@@ -83,7 +85,7 @@ class CriticConfig(ParallelConfig):
 
 
 class AlgorithmConfig(Section):
-    name: Literal["ppo", "grpo", "drgrpo", "rloo", "reinforce_pp"] = "grpo"
+    name: str = Field("grpo", description="a registered algorithm (megarl/algorithms/registry.py)")
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.2, ge=0)
     dual_clip: float | None = Field(None, gt=1.0)
@@ -103,6 +105,23 @@ class AlgorithmConfig(Section):
     overlong_filter: bool = False
     importance_correction: Literal["none", "tis"] = "none"
     importance_cap: float = 2.0
+    whiten_advantages: bool = Field(False, description=(
+        "whiten a group algorithm's advantages over every token of the global batch (ppo and the REINFORCE++ "
+        "estimators always whiten)"))
+    gspo_clip_low: float = Field(3e-4, ge=0, description="gspo: sequence ratio clipped below at 1 - this (GSPO paper: 3e-4)")
+    gspo_clip_high: float = Field(4e-4, ge=0, description="gspo: sequence ratio clipped above at 1 + this (GSPO paper: 4e-4)")
+    cispo_clip_low: float = Field(1.0, ge=0, le=1, description=(
+        "cispo: importance weight clipped below at 1 - this (MiniMax-M1 sets no lower bound: 1.0)"))
+    cispo_clip_high: float = Field(4.0, ge=0, description=(
+        "cispo: importance weight clipped above at 1 + this (MiniMax-M1 tunes only this bound; 4.0 caps the weight at 5 "
+        "as SkyRL's CISPO default after ScaleRL)"))
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in algorithm_names():
+            raise ValueError(f"{name!r} is not a registered algorithm; choose one of: {', '.join(algorithm_names())}")
+        return name
 
     @model_validator(mode="after")
     def _check(self):
@@ -208,7 +227,7 @@ class Config(Section):
 
     @property
     def uses_critic(self) -> bool:
-        return self.algorithm.name == "ppo"
+        return get_algorithm(self.algorithm.name).critic
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -331,27 +350,35 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
                 f"world size {world_size} is not a multiple of {section}.tp*{section}.pp = {par.tp * par.pp}; "
                 f"launch a multiple of {par.tp * par.pp} processes"
             )
-    if cfg.algorithm.name == "drgrpo" and cfg.algorithm.loss_agg != "seq-sum-constant":
-        raise ConfigError(
-            "algorithm.name=drgrpo needs algorithm.loss_agg=seq-sum-constant and loss_constant (Dr. GRPO's unbiased loss)"
-        )
+    algo = get_algorithm(cfg.algorithm.name)
+    for key, value in algo.requires.items():
+        if getattr(cfg.algorithm, key) != value:
+            raise ConfigError(f"algorithm.name={algo.name} needs algorithm.{key}={value} ({algo.source})")
     if cfg.checkpoint.every and (cfg.actor.distributed_optimizer or (cfg.uses_critic and cfg.critic.distributed_optimizer)):
         raise ConfigError(
             "checkpoint.every>0 with distributed_optimizer=true: checkpointing the distributed optimizer's sharded "
             "state is not supported yet; set actor.distributed_optimizer=false (or checkpoint.every=0)"
         )
-    if cfg.algorithm.kl_in_reward and cfg.algorithm.name not in ("ppo", "reinforce_pp"):
+    if cfg.algorithm.kl_in_reward and not algo.estimator.token_rewards:
+        token_level = ", ".join(a for a in algorithm_names() if get_algorithm(a).estimator.token_rewards)
         raise ConfigError(
-            f"algorithm.kl_in_reward=true needs token-level rewards (ppo or reinforce_pp), not {cfg.algorithm.name}; "
-            "use the KL loss (kl_in_reward=false) with group algorithms"
+            f"algorithm.kl_in_reward=true needs token-level rewards ({token_level}), not {cfg.algorithm.name}; "
+            "use the KL loss (kl_in_reward=false) with it"
+        )
+    if cfg.algorithm.whiten_advantages and algo.estimator.whitens:
+        raise ConfigError(
+            f"algorithm.whiten_advantages=true: {algo.name}'s estimator ({algo.estimator.name}) whitens already; remove the setting"
         )
     if cfg.rollout.overlap and cfg.rollout.colocate:
         raise ConfigError(
             "rollout.overlap=true needs the servers to keep generating while the trainer computes, but "
             "rollout.colocate=true gives their GPUs to training; set one of them to false"
         )
-    if cfg.algorithm.name in ("grpo", "drgrpo", "rloo") and cfg.rollout.n < 2:
-        raise ConfigError(f"rollout.n={cfg.rollout.n}: group baselines need at least 2 samples per prompt")
+    if cfg.rollout.n < algo.min_n:
+        raise ConfigError(
+            f"rollout.n={cfg.rollout.n}: group baselines need at least {algo.min_n} samples per prompt "
+            f"(algorithm.name={algo.name} is group-based)"
+        )
     if not check_files:
         return
     for i, item in enumerate(cfg.data.train):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from megarl.algorithms.registry import get_algorithm
 from megarl.config import Config, validate_semantics
 from megarl.data import render_prompt, stop_strings
 from megarl.models.spec import ModelSpec
@@ -443,8 +444,9 @@ class Trainer:
                     behaviour_logp=sample.logprobs, truncated=truncated, correct=bool(grade.correct),
                     loss_weight=0.0 if (cfg.algorithm.overlong_filter and truncated) else 1.0,
                 ))
-        if cfg.algorithm.name in algo_fns.GROUP_MODE:
-            advs = algo_fns.sequence_advantages([s.reward for s in seqs], [s.group for s in seqs], cfg.algorithm.name, cfg.algorithm.group_eps)
+        baseline = get_algorithm(cfg.algorithm.name).group_baseline
+        if baseline is not None:
+            advs = algo_fns.sequence_advantages([s.reward for s in seqs], [s.group for s in seqs], baseline, cfg.algorithm.group_eps)
             for s, a in zip(seqs, advs):
                 s.advantage = a
         texts = [s.text for _, group, _ in all_samples for s in group]
@@ -557,21 +559,16 @@ class Trainer:
                 e["behaviour_logp"] = torch.tensor(s.behaviour_logp, dtype=torch.float32)
                 if self._ratio_vs_behaviour():
                     e["old_logp"] = e["behaviour_logp"]
-        if a.name in algo_fns.GROUP_MODE:
-            for s, e in zip(seqs, extra):
-                e["advantages"] = torch.full((len(s.response_ids),), s.advantage, dtype=torch.float32)
-            return
-        rewards = [algo_fns.token_rewards(s.reward, len(s.response_ids), kl, a.kl_coef) for s, kl in zip(seqs, kls)]
-        if a.name == "ppo":
-            adv, ret = algo_fns.gae_advantages(rewards, [e["old_values"] for e in extra], a.gamma, a.lam)
-            adv = algo_fns.whiten_across_ranks(adv, self.dp_group)
-            for e, ad, rt in zip(extra, adv, ret):
-                e["advantages"], e["returns"] = ad, rt
-        else:  # reinforce_pp
-            ret = algo_fns.discounted_returns(rewards, a.gamma)
-            adv = algo_fns.whiten_across_ranks(ret, self.dp_group)
-            for e, ad in zip(extra, adv):
-                e["advantages"] = ad
+        group_based = get_algorithm(a.name).group_based
+        inputs = algo_fns.AdvantageInputs(
+            scores=[s.advantage if group_based else s.reward for s in seqs], lengths=[len(s.response_ids) for s in seqs],
+            kl=kls, values=[e.get("old_values") for e in extra],
+        )
+        out = algo_fns.estimate_advantages(a, inputs, self.dp_group)
+        for i, e in enumerate(extra):
+            e["advantages"] = out.advantages[i]
+            if out.returns is not None:
+                e["returns"] = out.returns[i]
 
     # ---- update -----------------------------------------------------------------------------
     def _attach(self, mbs: list[dict], seqs: list[TrainSequence], extra: list[dict], keys) -> None:
