@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from megarl.algorithms.registry import algorithm_names, get_algorithm
 
 
 BUILTIN_PREFIX = "builtin:"
@@ -28,15 +30,18 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `actor.lr=.inf` (or nan anywhere) is refused, naming the field
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class RunConfig(Section):
     name: str = "run"
     output_dir: str = "runs/${run.name}"
-    seed: int = 1
+    seed: int = Field(1, ge=0, lt=2**64, description="any unsigned 64-bit integer")
     steps: int = Field(10, ge=1, description="RL steps (rollout + update) to run")
     resume: bool = True
+    max_skipped_updates: int = Field(3, ge=1, description=(
+        "optimizer steps in a row skipped for a non-finite loss or gradient before the run stops (non-zero exit)"))
 
 
 class ModelConfig(Section):
@@ -80,7 +85,7 @@ class CriticConfig(ParallelConfig):
 
 
 class AlgorithmConfig(Section):
-    name: Literal["ppo", "grpo", "drgrpo", "rloo", "reinforce_pp"] = "grpo"
+    name: str = Field("grpo", description="a registered algorithm (megarl/algorithms/registry.py)")
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.2, ge=0)
     dual_clip: float | None = Field(None, gt=1.0)
@@ -100,6 +105,23 @@ class AlgorithmConfig(Section):
     overlong_filter: bool = False
     importance_correction: Literal["none", "tis"] = "none"
     importance_cap: float = 2.0
+    whiten_advantages: bool = Field(False, description=(
+        "whiten a group algorithm's advantages over every token of the global batch (ppo and the REINFORCE++ "
+        "estimators always whiten)"))
+    gspo_clip_low: float = Field(3e-4, ge=0, description="gspo: sequence ratio clipped below at 1 - this (GSPO paper: 3e-4)")
+    gspo_clip_high: float = Field(4e-4, ge=0, description="gspo: sequence ratio clipped above at 1 + this (GSPO paper: 4e-4)")
+    cispo_clip_low: float = Field(1.0, ge=0, le=1, description=(
+        "cispo: importance weight clipped below at 1 - this (MiniMax-M1 sets no lower bound: 1.0)"))
+    cispo_clip_high: float = Field(4.0, ge=0, description=(
+        "cispo: importance weight clipped above at 1 + this (MiniMax-M1 tunes only this bound; 4.0 caps the weight at 5 "
+        "as SkyRL's CISPO default after ScaleRL)"))
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in algorithm_names():
+            raise ValueError(f"{name!r} is not a registered algorithm; choose one of: {', '.join(algorithm_names())}")
+        return name
 
     @model_validator(mode="after")
     def _check(self):
@@ -205,7 +227,7 @@ class Config(Section):
 
     @property
     def uses_critic(self) -> bool:
-        return self.algorithm.name == "ppo"
+        return get_algorithm(self.algorithm.name).critic
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -266,6 +288,8 @@ def _format_validation_error(err: ValidationError, data: dict) -> str:
     msg = first["msg"]
     if first["type"] == "missing":
         return f"{loc} is required but missing; add it to the recipe or pass {loc}=VALUE"
+    if first["type"] == "finite_number":
+        return f"{loc}={value!r}: must be a finite number (not inf or nan)"
     if first["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
         return f"{loc or 'config'}: {msg}" if loc else msg
@@ -326,27 +350,35 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
                 f"world size {world_size} is not a multiple of {section}.tp*{section}.pp = {par.tp * par.pp}; "
                 f"launch a multiple of {par.tp * par.pp} processes"
             )
-    if cfg.algorithm.name == "drgrpo" and cfg.algorithm.loss_agg != "seq-sum-constant":
-        raise ConfigError(
-            "algorithm.name=drgrpo needs algorithm.loss_agg=seq-sum-constant and loss_constant (Dr. GRPO's unbiased loss)"
-        )
+    algo = get_algorithm(cfg.algorithm.name)
+    for key, value in algo.requires.items():
+        if getattr(cfg.algorithm, key) != value:
+            raise ConfigError(f"algorithm.name={algo.name} needs algorithm.{key}={value} ({algo.source})")
     if cfg.checkpoint.every and (cfg.actor.distributed_optimizer or (cfg.uses_critic and cfg.critic.distributed_optimizer)):
         raise ConfigError(
             "checkpoint.every>0 with distributed_optimizer=true: checkpointing the distributed optimizer's sharded "
             "state is not supported yet; set actor.distributed_optimizer=false (or checkpoint.every=0)"
         )
-    if cfg.algorithm.kl_in_reward and cfg.algorithm.name not in ("ppo", "reinforce_pp"):
+    if cfg.algorithm.kl_in_reward and not algo.estimator.token_rewards:
+        token_level = ", ".join(a for a in algorithm_names() if get_algorithm(a).estimator.token_rewards)
         raise ConfigError(
-            f"algorithm.kl_in_reward=true needs token-level rewards (ppo or reinforce_pp), not {cfg.algorithm.name}; "
-            "use the KL loss (kl_in_reward=false) with group algorithms"
+            f"algorithm.kl_in_reward=true needs token-level rewards ({token_level}), not {cfg.algorithm.name}; "
+            "use the KL loss (kl_in_reward=false) with it"
+        )
+    if cfg.algorithm.whiten_advantages and algo.estimator.whitens:
+        raise ConfigError(
+            f"algorithm.whiten_advantages=true: {algo.name}'s estimator ({algo.estimator.name}) whitens already; remove the setting"
         )
     if cfg.rollout.overlap and cfg.rollout.colocate:
         raise ConfigError(
             "rollout.overlap=true needs the servers to keep generating while the trainer computes, but "
             "rollout.colocate=true gives their GPUs to training; set one of them to false"
         )
-    if cfg.algorithm.name in ("grpo", "drgrpo", "rloo") and cfg.rollout.n < 2:
-        raise ConfigError(f"rollout.n={cfg.rollout.n}: group baselines need at least 2 samples per prompt")
+    if cfg.rollout.n < algo.min_n:
+        raise ConfigError(
+            f"rollout.n={cfg.rollout.n}: group baselines need at least {algo.min_n} samples per prompt "
+            f"(algorithm.name={algo.name} is group-based)"
+        )
     if not check_files:
         return
     for i, item in enumerate(cfg.data.train):
@@ -356,6 +388,7 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
         name = cfg.model.path[len(BUILTIN_PREFIX):]
         if name not in BUILTIN_MODELS:
             raise ConfigError(f"model.path={cfg.model.path!r}: unknown built-in model; available: {', '.join(BUILTIN_PREFIX + m for m in BUILTIN_MODELS)}")
+        spec = _builtin_model_spec()
     else:
         model_path = Path(cfg.model.path)
         if not model_path.exists():
@@ -364,13 +397,23 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
             spec = ModelSpec.from_hf(model_path if (model_path / "config.json").exists() else model_path / "hf")
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"model.path={cfg.model.path!r}: {err}") from None
-        sections = ["actor"] + (["critic"] if cfg.uses_critic else [])
-        for section in sections:
-            par = getattr(cfg, section)
-            try:
-                spec.check_layout(par.tp, par.pp, field=section)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
+    sections = ["actor"] + (["critic"] if cfg.uses_critic else [])
+    for section in sections:
+        par = getattr(cfg, section)
+        try:
+            spec.check_layout(par.tp, par.pp, field=section)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
+def _builtin_model_spec():
+    """The built-in toy model's architecture, from its settings (no pretraining needed)."""
+    from megarl.demo.toy_model import ToyModelSettings, toy_model_config
+    from megarl.models.spec import ModelSpec
+
+    settings = ToyModelSettings()
+    hf = toy_model_config(settings, vocab_size=settings.tokenizer_vocab_size, eos_id=0, pad_id=1)
+    return ModelSpec.from_hf(hf.to_dict())
 
 
 def _data_exists(item: str) -> bool:

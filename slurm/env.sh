@@ -41,8 +41,8 @@ megarl_node_addr() {
   echo "${addr:-$1}"
 }
 
-megarl_master_port() {
-  echo $(( 20000 + ${SLURM_JOB_ID:-0} % 20000 ))
+megarl_master_port() {  # 20000-29999 (megarl.launch.layout.MASTER_PORT_BASE/SPAN), below the server ports
+  echo $(( 20000 + ${SLURM_JOB_ID:-0} % 10000 ))
 }
 
 megarl_log() {

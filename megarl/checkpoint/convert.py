@@ -116,6 +116,21 @@ def check_mapping_coverage(spec: ModelSpec, pp: int, role: str = "actor") -> Non
         raise AssertionError(f"mapping does not cover the HF tensors exactly once: twice={twice[:3]} missing={missing[:3]} extra={extra[:3]}")
 
 
+def _check_hf_dtypes(src: HFSafetensorsDir, config: dict) -> None:
+    """Every weight is stored in the dtype config.json declares (when it declares one), and in a
+    floating-point dtype in any case: an integer tensor would convert silently to wrong weights."""
+    declared = config.get("torch_dtype") or config.get("dtype")
+    want = getattr(torch, declared, None) if isinstance(declared, str) else None
+    for name in src.names():
+        have = src.dtype(name)
+        if not have.is_floating_point or (want is not None and want.is_floating_point and have != want):
+            expected = f"config.json's dtype {declared}" if want is not None else "a floating-point dtype"
+            raise CheckpointFormatError(
+                f"{src.dir / src.weight_map[name]}: tensor {name!r} is stored as {dtype_name(have)}, "
+                f"expected {expected}; the file is corrupt, or config.json's torch_dtype does not describe it"
+            )
+
+
 def _check_hf_inputs(src: HFSafetensorsDir, spec: ModelSpec) -> list[str]:
     """Names and shapes of the HF checkpoint against the config; returns tensors that are skipped."""
     expected = hf_tensor_shapes(spec)
@@ -209,6 +224,7 @@ def hf_to_megatron(
     check_mapping_coverage(spec, pp, role)
     src = HFSafetensorsDir(hf_dir)
     skipped = _check_hf_inputs(src, spec)
+    _check_hf_dtypes(src, config)
     out_dtype = parse_dtype(dtype) or src.dtype("model.embed_tokens.weight")
     plans = [plan_stage(spec, p, tp, pp, role) for p in range(pp)]
     total = sum(tensor_nbytes(t.shape, out_dtype) for plan in plans for t in plan) * tp

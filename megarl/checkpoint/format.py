@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -157,6 +159,12 @@ class MegatronCheckpoint:
                     n for n in found if found[n] != listed.tensors[n]
                 ]
                 raise CheckpointFormatError(f"{path}: tensors do not match {META_FILE} (differences: {diff[:3]}); the file is corrupt")
+            wrong = [(n, reader.dtype(n)) for n in reader.names() if reader.dtype(n) != self.meta.torch_dtype]
+            if wrong:
+                raise CheckpointFormatError(
+                    f"{path}: tensor {wrong[0][0]!r} is stored as {dtype_name(wrong[0][1])}, "
+                    f"{META_FILE} says dtype={self.meta.dtype} ({len(wrong)} tensor(s) differ); the file is corrupt"
+                )
             self._readers[key] = reader
         return self._readers[key]
 
@@ -264,20 +272,62 @@ def check_output_dir(out: str | Path) -> Path:
     return out
 
 
+def _partial_lock(tmp: Path):
+    from megarl.runtime.process import FileLock
+
+    return FileLock(tmp.with_name(tmp.name + ".lock"))
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Remove `<out>.tmp-*` directories whose writer is gone (its lock file next to it is free; a
+    partial without a lock file predates it or died before writing). A live writer's partial raises
+    FileExistsError: two conversions must not write one output. Returns what was removed."""
+    from megarl.runtime.process import LockBusyError
+
+    removed = []
+    for partial in sorted(out.parent.glob(f"{glob.escape(out.name)}.tmp-*")):
+        if not partial.is_dir():
+            continue
+        lock = _partial_lock(partial)
+        try:
+            lock.acquire()
+        except LockBusyError as err:
+            raise FileExistsError(
+                f"{out}: another process (pid {err.holder}) is writing it now ({partial.name}); wait for it or choose another --out"
+            ) from None
+        try:
+            shutil.rmtree(partial)
+            removed.append(partial)
+        finally:
+            lock.path.unlink(missing_ok=True)
+            lock.release()
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | Path, tag: str | int | None = None) -> Iterator[Path]:
-    """Yield a temporary directory `<out>.tmp-<pid>`; on success it replaces `out`, on error it is removed."""
+    """Yield a temporary directory `<out>.tmp-<pid>`; on success it replaces `out`, on error it is
+    removed. The writer holds `<out>.tmp-<pid>.lock` meanwhile, so a later run can tell a partial
+    left by a killed process (removed, with a message) from one being written."""
     out = check_output_dir(out)
+    for stale in remove_stale_partials(out):
+        print(f"megarl: removed {stale}, a partial output left by a process that no longer runs", file=sys.stderr)
     tmp = out.parent / f"{out.name}.tmp-{tag if tag is not None else os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    lock = _partial_lock(tmp)
+    lock.acquire()  # before the directory exists: a partial without a held lock is never live
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    check_output_dir(out)
-    if out.exists():
-        out.rmdir()  # empty (checked), so the rename can take its place
-    os.replace(tmp, out)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        check_output_dir(out)
+        if out.exists():
+            out.rmdir()  # empty (checked), so the rename can take its place
+        os.replace(tmp, out)
+    finally:
+        lock.path.unlink(missing_ok=True)
+        lock.release()

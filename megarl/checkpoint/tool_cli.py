@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 import warnings
 from typing import Callable
@@ -69,4 +71,11 @@ def run_tool(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace
         return body(args)
     except USER_ERRORS as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = getattr(args, "out", None) or err.filename or "the output"
+        print(f"{parser.prog}: error: {os.strerror(err.errno).lower()} while writing {where}; the partial output was "
+              "removed: free space (or quota) there, or choose another --out", file=sys.stderr)
         return 1

@@ -53,7 +53,7 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
     from megarl.data import get_template, load_prompts, render_prompt, stop_strings
     from megarl.rewards.grading import grade_batch
     from megarl.rewards.schemes import RewardConfig
-    from megarl.rollout.client import SamplingParams
+    from megarl.rollout.client import RequestRejected, Sample, SamplingParams
 
     template = get_template(settings.template)
     results = {}
@@ -73,7 +73,13 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
             stop=list(dict.fromkeys([*stop_strings(template, tokenizer), *extra_stops])),
             stop_token_ids=list(settings.stop_token_ids), sampling_seed=settings.seed,
         )
-        outputs = client.generate(prompts, sampling, n=n)
+        try:
+            outputs = client.generate(prompts, sampling, n=n)
+        except RequestRejected as err:  # e.g. prompts longer than the model's context: they score 0
+            print(f"warning: {name}: {err}")
+            outputs = [group if group is not None else [
+                Sample(i, j, [], "", None, "abort", None, None, len(prompts[i]), 0, "") for j in range(n)]
+                for i, group in enumerate(err.partial_results)]
         gen_s = time.perf_counter() - started
         flat = [s for group in outputs for s in group]
         grades = grade_batch(

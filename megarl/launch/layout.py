@@ -18,12 +18,17 @@ servers' TP against a node's GPUs, transports against where the servers run) and
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Literal
 
 from megarl.config import Config
 
-DEFAULT_PREEMPT_NOTICE_S = 600  # checkpoint lead time before the time limit (one step + one checkpoint)
+# torchrun's rendezvous port is drawn from [MASTER_PORT_BASE, MASTER_PORT_BASE + MASTER_PORT_SPAN) by job
+# id (slurm/env.sh), a range rollout server ports must stay out of.
+MASTER_PORT_BASE, MASTER_PORT_SPAN = 20000, 10000
+DEFAULT_PREEMPT_NOTICE_S = 600  # checkpoint lead time before the time limit, at least (one step + one checkpoint)
+LEAD_MARGIN = 1.5  # the notice covers this many times the measured or estimated step + checkpoint time
 
 
 class LaunchError(ValueError):
@@ -45,9 +50,11 @@ class LaunchOptions:
     account: str | None = None
     time: str = "24:00:00"
     requeue: bool = False
-    preempt_notice_s: int | None = None  # default: DEFAULT_PREEMPT_NOTICE_S, at most a quarter of the limit
+    preempt_notice_s: int | None = None  # default: from lead_time_s (or DEFAULT_PREEMPT_NOTICE_S), at most a quarter of the limit
+    lead_time_s: float | None = None  # measured or estimated seconds of one step plus one checkpoint
     server_port: int = 30000
-    master_port: int | None = None  # default: 20000 + job id % 20000
+    master_port: int | None = None  # default: MASTER_PORT_BASE + job id % MASTER_PORT_SPAN (below the server ports)
+    mem: str | None = None  # #SBATCH --mem; default "0" (all of the node's memory) on GPU nodes
     health_timeout_s: int = 1800
     net_ifname: str | None = None  # NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME
     entry: tuple[str, ...] = ("megarl.cli", "train")  # module (or .py file) + leading args run on each rank
@@ -185,6 +192,11 @@ def plan_layout(cfg: Config, opts: LaunchOptions) -> JobLayout:
             "rollout.transport=tensor passes shared-memory / CUDA-IPC handles, which work only with servers on the "
             f"trainer's node (rank 0 sends every weight), but the servers run {where}; "
             "set rollout.transport=distributed (or disk on a shared filesystem)")
+    if rc.router and mode != "managed":
+        raise LaunchError(
+            "rollout.router=true: megarl submit passes every server to the trainer, whose rollout client balances "
+            "requests over them itself (sglang-router runs only in front of SGLang servers the trainer starts); "
+            "set rollout.router=false")
     trainer_nodes = nodes - rollout_nodes
 
     # ---- trainer processes ------------------------------------------------------------------
@@ -246,7 +258,8 @@ def plan_layout(cfg: Config, opts: LaunchOptions) -> JobLayout:
     limit = parse_slurm_time(opts.time)
     notice = opts.preempt_notice_s
     if notice is None:
-        notice = min(DEFAULT_PREEMPT_NOTICE_S, max(limit // 4, 10))
+        wanted = max(DEFAULT_PREEMPT_NOTICE_S, math.ceil(LEAD_MARGIN * (opts.lead_time_s or 0)))
+        notice = min(wanted, max(limit // 4, 10))
     if not 0 < notice < limit:
         raise LaunchError(
             f"--preempt-notice={notice}s must be positive and shorter than the time limit {opts.time} ({limit}s); "
@@ -266,12 +279,13 @@ def plan_layout(cfg: Config, opts: LaunchOptions) -> JobLayout:
 def layout_warnings(cfg: Config, layout: JobLayout, opts: LaunchOptions) -> list[str]:
     """Things that work but are probably not what the user wants (printed, not fatal)."""
     warnings = []
+    if opts.lead_time_s and layout.preempt_notice_s < opts.lead_time_s and opts.preempt_notice_s is None:
+        warnings.append(f"one step plus a checkpoint takes about {opts.lead_time_s:.0f} s, longer than the {layout.preempt_notice_s} s "
+                        "notice (a quarter of the time limit): a job at its limit may be killed before its checkpoint; "
+                        "give a longer --time")
     if opts.requeue and not cfg.checkpoint.every:
         warnings.append("checkpoint.every=0: a requeue after a node failure (no signal) restarts from step 0; "
                         "set checkpoint.every to bound the lost work")
-    if cfg.rollout.router and layout.num_servers:
-        warnings.append(f"rollout.router=true: megarl submit starts no sglang-router; the trainer's rollout client "
-                        f"balances requests over the {layout.num_servers} servers itself")
     if layout.on_gpu and layout.dp > 1 and cfg.data.prompts_per_step * cfg.rollout.n < layout.dp:
         warnings.append(f"{cfg.data.prompts_per_step * cfg.rollout.n} sequences per step for DP={layout.dp}: "
                         "some data-parallel ranks get no data")

@@ -241,3 +241,11 @@ def _fix_candidates(cfg: Config):
         yield "actor.recompute", "full"
     if not a.optimizer_offload:
         yield "actor.optimizer_offload", True
+
+
+def checkpoint_bytes(cfg: Config, spec) -> int:
+    """Bytes of one resume checkpoint: the actor's (and critic's) weights, fp32 master copy and Adam state."""
+    params = Shape.of(spec).total_params()
+    per_param = DTYPE_BYTES[cfg.model.dtype] + 12
+    return params * per_param * (2 if cfg.uses_critic else 1)
+

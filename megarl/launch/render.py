@@ -118,6 +118,9 @@ def sbatch_directives(cfg: Config, layout: JobLayout, opts: LaunchOptions, paths
         directives.append(f"--cpus-per-task={opts.cpus_per_node}")
     elif layout.on_gpu:
         directives.append("--exclusive")
+    mem = opts.mem if opts.mem is not None else ("0" if layout.on_gpu else None)
+    if mem is not None:
+        directives.append(f"--mem={mem}")  # 0: all of each node's memory (offloaded optimizer state, page cache)
     directives.append(f"--time={opts.time}")
     if opts.partition:
         directives.append(f"--partition={opts.partition}")
@@ -131,7 +134,22 @@ def sbatch_directives(cfg: Config, layout: JobLayout, opts: LaunchOptions, paths
     ]
     if opts.requeue:
         directives.append("--requeue")
-    return directives + list(extra)
+    directives += list(extra)
+    for directive in directives:
+        check_directive(directive)
+    return directives
+
+
+def check_directive(directive: str) -> None:
+    """An #SBATCH option must be one line and an option: a newline would end the directive block
+    and run the rest as a shell command in the job. Raises LaunchError."""
+    bad = next((c for c in directive if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise LaunchError(f"sbatch option {directive!r} contains the control character {bad!r}; give each option as "
+                          "its own --sbatch-arg (and names, partitions and times) on one line")
+    if not directive.startswith("-"):
+        raise LaunchError(f"sbatch option {directive!r} is not an option; write it as --name=value "
+                          "(e.g. --sbatch-arg=--qos=high)")
 
 
 def _server_lines(plan: ServerPlan | None, layout: JobLayout) -> list[str]:

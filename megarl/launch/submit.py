@@ -24,12 +24,16 @@ import sys
 from pathlib import Path
 
 from megarl.config import ConfigError, load_config
-from megarl.launch.layout import LaunchError, LaunchOptions, layout_warnings, plan_layout
+from megarl.launch.layout import (
+    DEFAULT_PREEMPT_NOTICE_S, LEAD_MARGIN, MASTER_PORT_BASE, MASTER_PORT_SPAN, LaunchError, LaunchOptions, layout_warnings,
+    plan_layout,
+)
 from megarl.launch.render import (
     RunPaths, render_train_sbatch, resolve_model_dir, server_plan, slurm_source_dir, write_run_files,
 )
 
 SBATCH_TIMEOUT_S = 60
+CHECKPOINT_WRITE_GBPS = 1.0  # assumed per trainer node when estimating the checkpoint's share of the notice
 LOCAL_ONLY_PREFIXES = ("/tmp/", "/dev/shm/", "/var/tmp/")
 
 
@@ -57,10 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requeue", action="store_true",
                         help="requeue the job when the trainer checkpoints before the time limit (and on node failure)")
     parser.add_argument("--preempt-notice", type=int, default=None, metavar="SECONDS",
-                        help="signal the trainer this long before the time limit (default 600, at most 1/4 of it)")
+                        help="signal the trainer this long before the time limit (default: 1.5x one step plus one "
+                             "checkpoint, measured in a previous run's metrics or estimated from the model size; at "
+                             "least 600, at most 1/4 of the limit)")
     parser.add_argument("--server-port", type=int, default=30000, help="first rollout server port (default 30000)")
     parser.add_argument("--master-port", type=int, default=None,
-                        help="torchrun rendezvous port on the first trainer node (default: 20000 + job id %% 20000)")
+                        help="torchrun rendezvous port on the first trainer node (default: 20000 + job id %% 10000, "
+                             "below the server ports)")
+    parser.add_argument("--mem", default=None,
+                        help="memory per node for #SBATCH --mem (default 0 = all of it on GPU nodes; e.g. 500G)")
+    parser.add_argument("--gpu-memory-gb", type=float, default=80.0,
+                        help="memory of one GPU in GiB for the per-GPU memory estimate (default 80: H100/A100-80G)")
     parser.add_argument("--net-ifname", default=None, help="network interface for NCCL/Gloo (e.g. ib0)")
     parser.add_argument("--job-name", default=None, help="Slurm job name (default megarl-<run.name>)")
     parser.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
@@ -74,6 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_PORT = 65535
+
+
+def check_ports(opts: LaunchOptions, servers_per_node: int) -> None:
+    """Ports are TCP ports, and every rollout server's port (base + index on its node) fits too."""
+    for flag, port in (("--server-port", opts.server_port), ("--master-port", opts.master_port)):
+        if port is not None and not 1 <= port <= MAX_PORT:
+            raise LaunchError(f"{flag}={port} is not a TCP port; use one in 1-{MAX_PORT}")
+    last = opts.server_port + max(servers_per_node, 1) - 1
+    if last > MAX_PORT:
+        raise LaunchError(f"--server-port={opts.server_port}: {servers_per_node} servers per node would use ports "
+                          f"{opts.server_port}..{last}, past {MAX_PORT}; use a lower --server-port")
+    if opts.master_port is None:
+        low, high = MASTER_PORT_BASE, MASTER_PORT_BASE + MASTER_PORT_SPAN - 1
+        if opts.server_port <= high and last >= low:
+            raise LaunchError(f"server ports {opts.server_port}..{last} overlap the rendezvous ports {low}..{high} "
+                              f"drawn by job id; use --server-port {high + 1} or above, or set --master-port")
+    elif opts.server_port <= opts.master_port <= last:
+        raise LaunchError(f"--master-port={opts.master_port} is one of the server ports {opts.server_port}..{last}; "
+                          "choose a port outside that range")
+
+
 def _options(args: argparse.Namespace, cfg) -> LaunchOptions:
     s = cfg.slurm
     return LaunchOptions(
@@ -84,8 +117,49 @@ def _options(args: argparse.Namespace, cfg) -> LaunchOptions:
         cpus_per_node=args.cpus_per_node, partition=args.partition or s.partition, account=args.account or s.account,
         time=args.time or s.time, requeue=args.requeue, preempt_notice_s=args.preempt_notice,
         server_port=args.server_port, master_port=args.master_port, net_ifname=args.net_ifname, job_name=args.job_name,
-        entry=tuple(args.entry.split()),
+        entry=tuple(args.entry.split()), mem=args.mem,
     )
+
+
+def memory_estimate(cfg, layout, model_dir: str, gpu_gib: float) -> str | None:
+    """The per-GPU memory table for a GPU job (None on CPU clusters or without the model's config.json);
+    raises LaunchError when the layout does not fit, naming the fix."""
+    from megarl.launch.memory import check_fits, estimate_memory
+    from megarl.models.spec import ModelSpec
+
+    config_json = Path(model_dir) / "config.json"
+    if not layout.on_gpu or not config_json.is_file():
+        return None
+    spec = ModelSpec.from_hf(config_json)
+    estimate = estimate_memory(cfg, spec, layout, gpu_gib)
+    check_fits(estimate, cfg, spec, layout)
+    return estimate.table()
+
+
+def lead_time(cfg, opts: LaunchOptions, model_dir: str) -> tuple[float | None, str]:
+    """Seconds of one step plus one checkpoint, and how they were found: the step from a previous run's
+    metrics in run.output_dir (measured), the checkpoint from the model's size at CHECKPOINT_WRITE_GBPS
+    per trainer node (estimated)."""
+    import json
+
+    from megarl.launch.memory import checkpoint_bytes
+    from megarl.models.spec import ModelSpec
+
+    parts, notes = 0.0, []
+    metrics = Path(cfg.run.output_dir) / "metrics.jsonl"
+    if metrics.is_file():
+        steps = [row["perf/step_s"] for row in map(json.loads, metrics.read_text().splitlines()[-20:])
+                 if isinstance(row.get("perf/step_s"), (int, float))]
+        if steps:
+            parts += max(steps)
+            notes.append(f"step {max(steps):.0f} s measured in {metrics}")
+    config_json = Path(model_dir) / "config.json"
+    if cfg.checkpoint.every and config_json.is_file():
+        trainer_nodes = opts.nodes if (opts.colocate or cfg.rollout.colocate) else opts.nodes - opts.rollout_nodes
+        seconds = checkpoint_bytes(cfg, ModelSpec.from_hf(config_json)) / max(1, trainer_nodes) / (CHECKPOINT_WRITE_GBPS * 1e9)
+        parts += seconds
+        notes.append(f"checkpoint about {seconds:.0f} s estimated at {CHECKPOINT_WRITE_GBPS:g} GB/s per trainer node")
+    return (parts or None), "; ".join(notes)
 
 
 def check_paths(run_dir: Path, model_dir: str, python: str, dry_run: bool) -> list[str]:
@@ -128,10 +202,16 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(args.recipe, args.overrides, check_files=not args.no_path_checks)
         opts = _options(args, cfg)
+        lead_note = ""
+        if opts.preempt_notice_s is None:
+            opts.lead_time_s, lead_note = lead_time(cfg, opts, resolve_model_dir(cfg, build=False))
+        check_ports(opts, 0)
         layout = plan_layout(cfg, opts)
+        check_ports(opts, layout.servers_per_node)
         run_dir = Path(cfg.run.output_dir).resolve()
         paths = RunPaths(run_dir)
         model_dir = resolve_model_dir(cfg, build=not args.dry_run)
+        memory = memory_estimate(cfg, layout, model_dir, args.gpu_memory_gb)
         warnings = layout_warnings(cfg, layout, opts)
         if not args.no_path_checks:
             warnings += check_paths(run_dir, model_dir, sys.executable, args.dry_run)
@@ -145,6 +225,12 @@ def main(argv: list[str]) -> int:
         return 2
     for warning in warnings:
         print(f"megarl submit: warning: {warning}", file=sys.stderr)
+    if memory:
+        print(memory, file=sys.stderr)
+    if lead_note:
+        print(f"time-limit notice: SIGUSR1 {layout.preempt_notice_s} s before the limit ({lead_note}; "
+              f"at least {DEFAULT_PREEMPT_NOTICE_S} s, {LEAD_MARGIN:g}x the lead time, at most a quarter of the limit)",
+              file=sys.stderr)
     if args.dry_run:
         sys.stdout.write(script)
         return 0

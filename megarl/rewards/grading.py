@@ -4,11 +4,17 @@
 response. Most answers are settled in the caller's process by `quick_equal` (string, number,
 structure comparison: microseconds). The rest go to `GradingPool`, a set of worker processes
 that run math-verify/sympy in their main thread (math-verify's own timeout relies on
-`signal.alarm`, which only works there). Every symbolic comparison has a hard wall-clock
-limit: the worker arms an interval timer that interrupts Python code, and if the worker is
-stuck in C code that never returns to the interpreter (sympy evaluating 10^{10^{10^{10}}}),
-the parent kills it at the limit and starts a replacement. A pathological answer therefore
-costs at most the limit and grades as wrong; the trainer never hangs.
+`signal.alarm`, which only works there). `timeout` bounds the wall clock of grading one
+answer, in-process work included:
+- the in-process part is bounded by construction: extraction is one linear pass over the
+  response, and `quick_equal` is linear in the answer and never normalizes more than
+  MAX_ANSWER_CHARS characters (under 0.1 s; tests/rewards/test_grading_limits.py);
+- a symbolic comparison gets what is left of `timeout` after that: the worker arms an
+  interval timer that interrupts Python code at 0.8 of it, and if the worker is stuck in C
+  code that never returns to the interpreter (sympy evaluating 10^{10^{10^{10}}}), the parent
+  kills it just before the limit and starts a replacement when more work is queued.
+A pathological answer therefore costs at most the limit and grades as wrong; the trainer
+never hangs.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ class _Worker:
     process: subprocess.Popen
     connection: Connection
     ready: bool = False
-    task: tuple | None = None  # (task_id, started_at)
+    task: tuple | None = None  # (task_id, started_at, seconds until the parent kills it)
 
 
 @dataclass
@@ -97,6 +103,9 @@ class GradingPool:
     """
 
     MAX_STARTUP_FAILURES = 3
+    # The parent kills a stuck worker this long before the limit (at most 10% of it), so the
+    # kill itself still fits inside the limit.
+    KILL_MARGIN_S = 0.1
 
     def __init__(self, num_workers: int | None = None, timeout: float = DEFAULT_TIMEOUT_S, soft_limit_fraction: float | None = 0.8, lazy: bool = False):
         """num_workers: processes (default min(4, cores)); timeout: hard limit per comparison in
@@ -137,7 +146,8 @@ class GradingPool:
         child_socket.close()
         return _Worker(process, Connection(parent_socket.detach()))
 
-    def _replace(self, worker: _Worker) -> _Worker:
+    def _stop(self, worker: _Worker) -> None:
+        """Kill and reap a worker (crashed or stuck), counting workers that died before ready."""
         if worker.process.poll() is None:
             worker.process.kill()
         worker.process.wait()
@@ -151,7 +161,6 @@ class GradingPool:
                     f"{worker.process.returncode}); run `python -m megarl.rewards.grading_worker` errors are on stderr above. "
                     "Check that megarl, sympy and math-verify import in a fresh interpreter."
                 )
-        return self._start_worker()
 
     def compare(
         self,
@@ -159,13 +168,19 @@ class GradingPool:
         timeout: float | None = None,
         rel_tol: float = 1e-4,
         startup_timeout: float = 120.0,
+        budgets: Sequence[float] | None = None,
     ) -> list[SymbolicVerdict]:
-        """Symbolic verdicts for (pred, golds) pairs; each one finishes within `timeout` seconds."""
+        """Symbolic verdicts for (pred, golds) pairs; each one finishes within `timeout` seconds.
+
+        budgets: per-task seconds instead of `timeout` (what is left of an answer's limit after
+        the caller's own work on it); each is clamped to [0.01, timeout].
+        """
         if self._closed:
             raise RuntimeError("GradingPool is closed; create a new one")
         limit = float(timeout or self.timeout)
-        # The worker's own timer fires a little earlier, so most timeouts end without a kill.
-        soft_limit = max(0.01, limit * self.soft_limit_fraction) if self.soft_limit_fraction else 0.0
+        if budgets is not None and len(budgets) != len(tasks):
+            raise ValueError(f"compare got {len(budgets)} budgets for {len(tasks)} tasks; give one per task or none")
+        task_limits = [min(limit, max(0.01, float(b))) for b in budgets] if budgets is not None else [limit] * len(tasks)
         results: list[SymbolicVerdict | None] = [None] * len(tasks)
         if not tasks:
             return []
@@ -178,15 +193,20 @@ class GradingPool:
                     if worker.ready and worker.task is None and pending:
                         task_id = pending.popleft()
                         pred, golds = tasks[task_id]
+                        task_limit = task_limits[task_id]
+                        # The worker's own timer fires a little earlier, so most timeouts end without a kill.
+                        soft_limit = max(0.01, task_limit * self.soft_limit_fraction) if self.soft_limit_fraction else 0.0
                         worker.connection.send((task_id, pred, list(golds), rel_tol, soft_limit))
-                        worker.task = (task_id, time.monotonic())
+                        kill_at = task_limit - min(self.KILL_MARGIN_S, 0.1 * task_limit)
+                        worker.task = (task_id, time.monotonic(), kill_at)
                 now = time.monotonic()
-                deadlines = [w.task[1] + limit for w in self._workers if w.task is not None]
+                deadlines = [w.task[1] + w.task[2] for w in self._workers if w.task is not None]
                 wait_s = max(0.0, min(deadlines) - now) if deadlines else 0.5
                 connections = [w.connection for w in self._workers if w.task is not None or not w.ready]
                 ready = wait(connections, timeout=wait_s)
                 now = time.monotonic()
-                for index, worker in enumerate(self._workers):
+                stopped: list[_Worker] = []
+                for worker in self._workers:
                     if worker.connection in ready:
                         try:
                             message = worker.connection.recv()
@@ -194,10 +214,10 @@ class GradingPool:
                             message = None
                         if message is None:  # the worker died (crash, out-of-memory kill)
                             if worker.task is not None:
-                                task_id, started = worker.task
+                                task_id, started, _ = worker.task
                                 results[task_id] = SymbolicVerdict(False, "worker_error", now - started, "worker died")
                                 self.stats.errors += 1
-                            self._workers[index] = self._replace(worker)
+                            stopped.append(worker)
                             continue
                         if message[0] == "ready":
                             worker.ready = True
@@ -214,13 +234,19 @@ class GradingPool:
                         else:
                             results[task_id] = SymbolicVerdict(False, "worker_error", seconds, status)
                             self.stats.errors += 1
-                    elif worker.task is not None and now >= worker.task[1] + limit:
-                        task_id, started = worker.task
-                        results[task_id] = SymbolicVerdict(False, "timeout", now - started, "killed at the hard limit")
+                    elif worker.task is not None and now >= worker.task[1] + worker.task[2]:
+                        task_id, started, _ = worker.task
+                        worker.process.kill()  # first, so the verdict's seconds include the kill
+                        results[task_id] = SymbolicVerdict(False, "timeout", time.monotonic() - started, "killed at the hard limit")
                         self.stats.timeouts += 1
                         self.stats.killed_workers += 1
-                        self._workers[index] = self._replace(worker)
-                if not any(w.ready for w in self._workers) and now > startup_deadline:
+                        stopped.append(worker)
+                for worker in stopped:
+                    self._workers.remove(worker)
+                    self._stop(worker)
+                    if pending:
+                        self._workers.append(self._start_worker())  # else `start()` tops up on the next compare
+                if self._workers and not any(w.ready for w in self._workers) and now > startup_deadline:
                     self.close()
                     raise RuntimeError(
                         f"no grading worker became ready within {startup_timeout:.0f} s; "
@@ -347,7 +373,9 @@ def grade_batch(
         results.append(result)
     if symbolic_tasks:
         grading_pool = pool or default_pool(timeout)
-        verdicts = grading_pool.compare(symbolic_tasks, timeout=timeout, rel_tol=rel_tol)
+        # Each answer's limit covers its in-process part too: the worker gets what is left.
+        budgets = [timeout - results[index].seconds for index in symbolic_index]
+        verdicts = grading_pool.compare(symbolic_tasks, timeout=timeout, rel_tol=rel_tol, budgets=budgets)
         for index, verdict in zip(symbolic_index, verdicts):
             results[index].correct = verdict.correct
             results[index].method = verdict.method

@@ -39,7 +39,11 @@ THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 VARIABLE_ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=(?!=)")
 CHOICE_LETTER = re.compile(r"^\(?([A-Ea-e])\)?(?:[.:]|\s|$)")
 TEXT_ONLY = re.compile(r"^[A-Za-z][A-Za-z \-']*$")
-TRAILING_UNIT = re.compile(r"^(.*?\d)\s*([A-Za-z][A-Za-z ^{}0-9\-/]*)$")
+# A trailing unit after the number, matched on the reversed text: read forwards, the pattern
+# `^(.*?\d)\s*([A-Za-z][A-Za-z ^{}0-9\-/]*)$` backtracks quadratically ("1a1a1a...,"); reversed
+# and anchored at the start, it is one left-to-right pass.
+REVERSED_TRAILING_UNIT = re.compile(r"([A-Za-z ^{}0-9\-/]*[A-Za-z])\s*\d")
+DECIMAL = re.compile(r"-?\d+\.\d*")
 
 NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 SCIENTIFIC_TIMES = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:\\times|\\cdot|\*|x)10\^\{?([+-]?\d+)\}?$")
@@ -61,13 +65,13 @@ def _strip_text_commands(text: str) -> str:
 
 def _strip_trailing_unit(text: str) -> str:
     """Drop trailing unit words after a number: `5 cm` → `5`, `12 square units` → `12`."""
-    match = TRAILING_UNIT.match(text)
+    match = REVERSED_TRAILING_UNIT.match(text[::-1])
     if not match:
         return text
-    words = re.split(r"[\s^{}0-9\-/]+", match.group(2).lower())
-    words = [w for w in words if w]
+    unit = match.group(1)[::-1]
+    words = [w for w in re.split(r"[\s^{}0-9\-/]+", unit.lower()) if w]
     if words and all(w in UNIT_WORDS for w in words):
-        return match.group(1)
+        return text[: len(text) - match.end() + 1]  # up to and including the number's last digit
     return text
 
 
@@ -105,7 +109,7 @@ def normalize_answer(answer: str) -> str:
     if slash:
         text = f"{slash.group(1)}\\frac{{{slash.group(2)}}}{{{slash.group(3)}}}"
     # Trailing zeros of decimals: 2.50 → 2.5, 3.0 → 3.
-    if re.fullmatch(r"-?\d+\.\d*?0+", text):
+    if text.endswith("0") and DECIMAL.fullmatch(text):  # (not `\d*?0+`: quadratic in the zeros)
         text = text.rstrip("0").rstrip(".")
     return text
 

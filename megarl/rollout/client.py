@@ -5,17 +5,23 @@ prompt in order, its `n` `Sample`s. Each prompt is one native `/generate` reques
 plus `sampling_params` with `n`), sent to the live server with the fewest requests in flight
 (or through an `sglang-router` URL). At most `max_concurrency` requests are in flight.
 
-Failure handling: a request that times out, loses its connection or gets HTTP 5xx marks its
-server dead for the rest of the call and is re-sent to another live server after a backoff;
-a response aborted by `/pause_generation` or produced by weights other than
+Failure handling: a request that cannot connect marks its server dead for the rest of the
+call; one that times out or gets HTTP 5xx counts against its server, which is marked dead only
+after `dead_after_errors` different requests in a row failed there (a success resets the count,
+and these errors never mark the last live server dead: a request that fails everywhere is the
+request's fault, not every server's). Either way the request is re-sent to another live server
+after a backoff; a response aborted by `/pause_generation` or produced by weights other than
 `expected_weight_version` is re-sent too. Every prompt's result is stored once, in its slot,
 so no prompt is lost or duplicated and the order is the prompts' order. HTTP 4xx (a bad
-request) is raised at once with the server's message.
+request) fails that prompt at once with the server's message, without a retry and without
+marking any server; the other prompts still finish, then the call raises a `RolloutError`
+naming every failed prompt, with the finished prompts' samples in its `partial_results`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -25,7 +31,16 @@ import aiohttp
 
 
 class RolloutError(RuntimeError):
-    """Generation could not be completed (all servers dead, retries exhausted, or a bad request)."""
+    """Generation could not be completed (all servers dead, retries exhausted, or a bad request).
+
+    `partial_results`, when set by `agenerate`: per prompt, its samples or None if it failed.
+    """
+
+    partial_results: list | None = None
+
+
+class RequestRejected(RolloutError):
+    """A server answered HTTP 4xx: the request itself is bad (not retried, no server marked)."""
 
 
 class WeightVersionMismatch(RolloutError):
@@ -33,9 +48,13 @@ class WeightVersionMismatch(RolloutError):
 
 
 class _Retryable(Exception):
-    def __init__(self, message: str, *, server_dead: bool):
+    """A failed attempt worth re-sending. server_dead: the server is unreachable (connection
+    failure); server_error: it timed out or answered 5xx (counts toward `dead_after_errors`)."""
+
+    def __init__(self, message: str, *, server_dead: bool = False, server_error: bool = False):
         super().__init__(message)
         self.server_dead = server_dead
+        self.server_error = server_error
 
 
 @dataclass
@@ -88,6 +107,7 @@ class _Server:
     alive: bool = True
     in_flight: int = 0
     failures: int = 0
+    consecutive_errors: int = 0  # requests in a row that timed out or got 5xx here
 
 
 class RolloutClient:
@@ -95,7 +115,7 @@ class RolloutClient:
 
     def __init__(self, urls: Sequence[str] | str, *, max_concurrency: int = 64, request_timeout_s: float = 600.0,
                  max_retries: int = 4, backoff_s: float = 0.2, backoff_max_s: float = 5.0, return_logprob: bool = True,
-                 expected_weight_version: str | None = None, health_timeout_s: float = 5.0):
+                 expected_weight_version: str | None = None, health_timeout_s: float = 5.0, dead_after_errors: int = 3):
         urls = [urls] if isinstance(urls, str) else list(urls)
         if not urls:
             raise ValueError("RolloutClient needs at least one server URL")
@@ -108,6 +128,9 @@ class RolloutClient:
         self.return_logprob = return_logprob
         self.expected_weight_version = expected_weight_version
         self.health_timeout_s = health_timeout_s
+        if dead_after_errors < 1:
+            raise ValueError(f"dead_after_errors={dead_after_errors} must be >= 1")
+        self.dead_after_errors = dead_after_errors
         self.resends = 0  # requests re-sent after a failure, over the client's life (for logs/tests)
 
     @property
@@ -187,18 +210,44 @@ class RolloutClient:
             tasks = [asyncio.create_task(self._one_prompt(session, semaphore, i, p, sampling, n, results))
                      for i, p in enumerate(prompts_token_ids)]
             try:
-                await asyncio.gather(*tasks)
+                outcomes = await asyncio.gather(*tasks, return_exceptions=True)  # one prompt's failure stops no other
             except BaseException:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
+        failures = [(i, err) for i, err in enumerate(outcomes) if isinstance(err, BaseException)]
+        for _, err in failures:
+            if not isinstance(err, Exception):
+                raise err  # KeyboardInterrupt and the like
+        if failures:
+            first = failures[0][1]
+            if len(failures) == 1 and isinstance(first, RolloutError):
+                error = first
+            else:
+                kind = type(first) if isinstance(first, RolloutError) else RolloutError
+                error = kind(f"{len(failures)} of {len(prompts_token_ids)} prompts failed: "
+                             + " | ".join(f"{type(err).__name__}: {err}" for _, err in failures[:4]))
+            error.partial_results = results
+            raise error from (first if error is not first else None)
         assert all(r is not None and len(r) == n for r in results)
         return results  # type: ignore[return-value]
 
     def request_body(self, prompt: list[int], sampling: SamplingParams, n: int) -> dict[str, Any]:
         """The SGLang `/generate` JSON for one prompt with `n` samples."""
         return {"input_ids": prompt, "sampling_params": sampling.to_request(n), "return_logprob": self.return_logprob}
+
+    def _record_failure(self, server: _Server, err: _Retryable) -> None:
+        """Mark `server` dead on a connection failure, or after `dead_after_errors` failed requests in a row
+        (never the last live one for those: then the requests, not the servers, are at fault)."""
+        server.failures += 1
+        if err.server_dead:
+            server.alive = False
+        elif err.server_error:
+            server.consecutive_errors += 1
+            others_alive = any(s.alive for s in self.servers if s is not server)
+            if server.consecutive_errors >= self.dead_after_errors and others_alive:
+                server.alive = False
 
     def _pick_server(self, avoid: set[str]) -> _Server:
         alive = [s for s in self.servers if s.alive]
@@ -216,6 +265,7 @@ class RolloutClient:
             sampling = replace(sampling, sampling_seed=sampling.sampling_seed + index)
         body = self.request_body(prompt, sampling, n)
         tried: set[str] = set()
+        counted: set[str] = set()  # servers this request already counted an error against
         errors: list[str] = []
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -229,12 +279,14 @@ class RolloutClient:
                     samples = await self._request(session, server, body, index, n)
                 except _Retryable as err:
                     errors.append(f"{server.url}: {err}")
-                    if err.server_dead:
-                        server.alive = False
-                    server.failures += 1
+                    if err.server_dead or server.url not in counted:
+                        self._record_failure(server, err)
+                    if err.server_error:
+                        counted.add(server.url)
                     continue
                 finally:
                     server.in_flight -= 1
+            server.consecutive_errors = 0
             results[index] = samples
             return
         mismatch = all("weight_version" in e for e in errors)
@@ -246,15 +298,17 @@ class RolloutClient:
         try:
             async with session.post(server.url + "/generate", json=body) as response:
                 if response.status >= 500:
-                    raise _Retryable(f"HTTP {response.status}: {(await response.text())[:300]}", server_dead=True)
+                    raise _Retryable(f"HTTP {response.status}: {_server_message(await response.text())}", server_error=True)
                 if response.status != 200:
-                    raise RolloutError(f"{server.url}/generate rejected prompt {index} with HTTP {response.status}: "
-                                       f"{(await response.text())[:500]}")
+                    raise RequestRejected(f"{server.url}/generate rejected prompt {index} with HTTP {response.status}: "
+                                          f"{_server_message(await response.text())}")
                 payload = await response.json()
         except asyncio.TimeoutError:
-            raise _Retryable(f"no answer within {self.request_timeout_s} s", server_dead=True) from None
-        except (aiohttp.ClientError, OSError, ValueError) as err:
+            raise _Retryable(f"no answer within {self.request_timeout_s} s", server_error=True) from None
+        except (aiohttp.ClientConnectionError, OSError) as err:
             raise _Retryable(f"{type(err).__name__}: {err}", server_dead=True) from None
+        except (aiohttp.ClientError, ValueError) as err:  # a malformed answer: count it, don't condemn at once
+            raise _Retryable(f"{type(err).__name__}: {err}", server_error=True) from None
         items = payload if isinstance(payload, list) else [payload]
         if len(items) != n:
             raise _Retryable(f"expected {n} samples, got {len(items)}", server_dead=False)
@@ -278,6 +332,20 @@ class RolloutClient:
                 weight_version=version, prompt_tokens=meta.get("prompt_tokens", 0),
                 completion_tokens=meta.get("completion_tokens", 0), server=server.url, meta_info=meta))
         return samples
+
+
+def _server_message(text: str) -> str:
+    """The message of an error body (SGLang's {"error": {"message"}} or {"message"}), else the text, shortened."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:500]
+    if isinstance(body, dict):
+        error = body.get("error")
+        message = error.get("message") if isinstance(error, dict) else body.get("message") or body.get("detail")
+        if isinstance(message, str):
+            return message[:500]
+    return text[:500]
 
 
 def _run(coroutine):

@@ -11,14 +11,21 @@ temperature 1 they are the model's own log-probs, which is what weight-sync test
 
 `load_weights` copies tensors into the model by Hugging Face parameter name, checking names,
 shapes and dtypes; the server holds `model_lock` around it so no batch sees half an update.
+
+Limits, checked per request before it joins a batch (so one bad request fails alone, with the
+limit named): the prompt must be shorter than the model's context length and prompt plus
+`max_new_tokens` must fit in it (SGLang's checks and messages); sampling values must be finite
+and in range (SGLang's `SamplingParams.verify`). A sequence whose `CancelToken` fires (client
+gone, deadline passed) leaves the running batch at the next decode step.
 """
 
 from __future__ import annotations
 
 import difflib
-import glob
+import math
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -28,10 +35,52 @@ from megarl.runtime.device import get_device
 
 GREEDY_TEMPERATURE = 1e-6  # SGLang treats temperatures below this as greedy decoding
 TOP_K_ALL = 1 << 30  # SGLang's "no top-k" default
+SEED_RANGE = (-(1 << 63), (1 << 63) - 1)  # sampling_seed range SGLang accepts
+GENERATOR_SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed accepts
+# Config fields that hold a model's context length, in the order SGLang's model config reads them.
+CONTEXT_LENGTH_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 class SamplingParamsError(ValueError):
-    """A request's sampling parameters are invalid (answered with HTTP 400)."""
+    """A request's sampling parameters or prompt are invalid (answered with HTTP 400)."""
+
+
+class CancelToken:
+    """Shared by the sequences of one request: `cancel(reason)` (client gone) or a deadline stops them."""
+
+    def __init__(self, deadline: float | None = None, deadline_reason: str = "the request's deadline passed"):
+        self.deadline = deadline  # time.monotonic() value, or None for no deadline
+        self.deadline_reason = deadline_reason
+        self.reason: str | None = None
+
+    def cancel(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def check(self) -> str | None:
+        """Why the request is cancelled, or None while it should keep running."""
+        if self.reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.reason = self.deadline_reason
+        return self.reason
+
+
+def _abort_reason(message: str) -> dict:
+    """SGLang's finish_reason of an aborted request."""
+    return {"type": "abort", "message": message, "status_code": None, "err_type": None}
+
+
+def _finite_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SamplingParamsError(f"sampling_params.{name}={value!r} must be a number")
+    if not math.isfinite(value):
+        raise SamplingParamsError(f"sampling_params.{name}={value!r} must be a finite number")
+    return float(value)
+
+
+def _integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SamplingParamsError(f"sampling_params.{name}={value!r} must be an integer")
+    return value
 
 
 # SGLang sampling_params fields this engine honours, with SGLang's defaults.
@@ -106,11 +155,18 @@ class SequenceSampling:
         out.stop = [str(s) for s in out.stop]
         if any(not s for s in out.stop):
             raise SamplingParamsError("sampling_params.stop contains an empty string; remove it")
-        out.stop_token_ids = [int(t) for t in out.stop_token_ids]
-        if not isinstance(out.max_new_tokens, int) or out.max_new_tokens < 0:
+        if not isinstance(out.stop_token_ids, list):
+            raise SamplingParamsError(f"sampling_params.stop_token_ids={out.stop_token_ids!r} must be a list of token ids")
+        out.stop_token_ids = [_integer("stop_token_ids[]", t) for t in out.stop_token_ids]
+        if _integer("max_new_tokens", out.max_new_tokens) < 0:
             raise SamplingParamsError(f"sampling_params.max_new_tokens={out.max_new_tokens!r} must be an integer >= 0")
-        if not isinstance(out.n, int) or out.n < 1:
+        if _integer("n", out.n) < 1:
             raise SamplingParamsError(f"sampling_params.n={out.n!r} must be an integer >= 1")
+        for name in ("temperature", "top_p", "min_p"):
+            setattr(out, name, _finite_number(name, getattr(out, name)))
+        _integer("top_k", out.top_k)
+        if out.sampling_seed is not None and not SEED_RANGE[0] <= _integer("sampling_seed", out.sampling_seed) <= SEED_RANGE[1]:
+            raise SamplingParamsError(f"sampling_params.sampling_seed={out.sampling_seed} must be in [-2**63, 2**63 - 1]")
         if out.temperature < 0:
             raise SamplingParamsError(f"sampling_params.temperature={out.temperature} must be >= 0")
         if not 0.0 < out.top_p <= 1.0:
@@ -139,6 +195,16 @@ class SequenceRequest:
     sample_index: int = 0
     return_logprob: bool = False
     logprob_start_len: int = -1  # -1: no input logprobs (SGLang's default)
+    cancel: CancelToken | None = None  # shared by the sequences of one request
+
+    def generator_seed(self) -> int | None:
+        """The seed of this sequence's own random stream (None: the engine's shared generator)."""
+        if self.sampling.sampling_seed is None:
+            return None
+        seed = int(self.sampling.sampling_seed) * 1_000_003 + self.sample_index
+        if not GENERATOR_SEED_RANGE[0] <= seed <= GENERATOR_SEED_RANGE[1]:
+            seed %= 1 << 64  # large seeds wrap instead of overflowing torch's 64-bit seed
+        return seed
 
 
 @dataclass
@@ -156,7 +222,9 @@ class GenerationEngine:
     """A causal LM plus the batched generation loop; thread-safe through `model_lock`."""
 
     def __init__(self, model_path: str, *, dtype: torch.dtype = torch.float32, seed: int = 0,
-                 weight_version: str = "default"):
+                 weight_version: str = "default", context_length: int | None = None):
+        """context_length: longest prompt plus generation a request may ask for (default: the
+        model config's max_position_embeddings, as SGLang)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if not os.path.isdir(model_path):
@@ -175,9 +243,18 @@ class GenerationEngine:
         self._special_stop_ids: dict[tuple[str, bool], int | None] = {}  # see _stop_plan
         self.pad_token_id = self._pad_token_id()
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        self.context_length = context_length or self._config_context_length()
+        self._max_token_chars: int | None = None  # see text_may_fit
         # Name -> tensor, including aliases of tied weights (lm_head.weight and embed_tokens.weight).
         self._tensors_by_name = dict(self.model.named_parameters(remove_duplicate=False))
         self._tensors_by_name.update(dict(self.model.named_buffers(remove_duplicate=False)))
+
+    def _config_context_length(self) -> int | None:
+        for name in CONTEXT_LENGTH_FIELDS:
+            value = getattr(self.model.config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
 
     # ---- tokenizer helpers -------------------------------------------------------------
     def _eos_token_ids(self) -> set[int]:
@@ -210,7 +287,23 @@ class GenerationEngine:
     def encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
             raise SamplingParamsError(f"the model at {self.model_path} has no tokenizer; send input_ids instead of text")
+        if not self.text_may_fit(text):
+            raise SamplingParamsError(
+                f"The input ({len(text)} characters, at least {len(text) // (2 * self._max_token_chars)} tokens) is longer "
+                f"than the model's context length ({self.context_length} tokens).")
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def text_may_fit(self, text: str) -> bool:
+        """False when `text` surely has more tokens than the context length, judged without tokenizing it.
+
+        No token stands for more characters than its longest vocabulary entry (byte-level BPE
+        and sentencepiece alike); the factor 2 leaves room for normalizers that merge characters.
+        """
+        if self.context_length is None or self.tokenizer is None:
+            return True
+        if self._max_token_chars is None:
+            self._max_token_chars = max(1, max((len(t) for t in self.tokenizer.get_vocab()), default=1))
+        return len(text) <= 2 * self._max_token_chars * self.context_length
 
     # ---- weights -----------------------------------------------------------------------
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
@@ -239,10 +332,13 @@ class GenerationEngine:
         return len(items)
 
     def load_weights_from_disk(self, model_path: str) -> int:
-        """Load every `*.safetensors` file under `model_path` (HF names) into the model."""
+        """Load every `*.safetensors` file in the directory `model_path` (taken literally: no
+        glob expansion of `*`, `?` or `[` in it) into the model by HF name."""
         from safetensors.torch import load_file
 
-        files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+        if not os.path.isdir(model_path):
+            raise FileNotFoundError(f"model_path {model_path!r} is not a directory; pass the directory holding the *.safetensors files")
+        files = sorted(os.path.join(model_path, name) for name in os.listdir(model_path) if name.endswith(".safetensors"))
         if not files:
             raise FileNotFoundError(f"no *.safetensors files in {model_path!r}; write the weights there first")
         named = []
@@ -254,11 +350,24 @@ class GenerationEngine:
     def validate_input_ids(self, input_ids: list[int]) -> None:
         if not input_ids:
             raise SamplingParamsError("input_ids is empty; send at least one prompt token")
+        if self.context_length is not None and len(input_ids) >= self.context_length:
+            raise SamplingParamsError(f"The input ({len(input_ids)} tokens) is longer than the model's context length "
+                                      f"({self.context_length} tokens).")
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in input_ids):
             raise SamplingParamsError("input_ids must be a list of integers (or a list of such lists for a batch)")
         bad = [t for t in input_ids if not 0 <= t < self.vocab_size]
         if bad:
             raise SamplingParamsError(f"input_ids contain token ids {bad[:5]} outside the vocabulary [0, {self.vocab_size})")
+
+    def validate_request(self, input_ids: list[int], sampling: SequenceSampling) -> None:
+        """The prompt's checks plus SGLang's total-length check (prompt + max_new_tokens)."""
+        self.validate_input_ids(input_ids)
+        total = len(input_ids) + sampling.max_new_tokens
+        if self.context_length is not None and total > self.context_length:
+            raise SamplingParamsError(
+                f"Requested token count exceeds the model's maximum context length of {self.context_length} tokens. "
+                f"You requested a total of {total} tokens: {len(input_ids)} tokens from the input and "
+                f"{sampling.max_new_tokens} tokens for the completion. Reduce max_new_tokens or the prompt.")
 
     @torch.no_grad()
     def generate(self, requests: list[SequenceRequest], should_abort=lambda: False) -> list[SequenceResult]:
@@ -304,11 +413,8 @@ class GenerationEngine:
 
         generators = []
         for req in requests:
-            if req.sampling.sampling_seed is not None:
-                generators.append(torch.Generator(device="cpu").manual_seed(
-                    int(req.sampling.sampling_seed) * 1_000_003 + req.sample_index))
-            else:
-                generators.append(self.default_generator)
+            seed = req.generator_seed()
+            generators.append(self.default_generator if seed is None else torch.Generator(device="cpu").manual_seed(seed))
 
         # Uniform draws of the batched temperature sampler, per row from that row's generator,
         # drawn once for the whole generation (not one generator call per row per token).
@@ -328,6 +434,7 @@ class GenerationEngine:
                 finish[row] = {"type": "length", "length": 0}
         next_logits = logits[:, -1, :]
         last_pos = positions[:, -1]
+        rows = list(range(batch))  # the requests still in the model's batch, by index into `requests`
         step = -1
         while not all(f is not None for f in finish):
             step += 1
@@ -337,24 +444,35 @@ class GenerationEngine:
                         finish[row] = {"type": "abort", "message": "generation aborted by /pause_generation (mode=abort)",
                                        "status_code": 503, "err_type": None}
                 break
-            tokens = self._sample(next_logits, requests, generators, finish, uniforms[:, step])
+            cancelled = self._cancelled_rows(requests, rows, finish)
+            if cancelled:
+                if all(f is not None for f in finish):
+                    break
+                # Drop the cancelled rows from the batch (and the KV cache): no more work on them.
+                keep = [i for i, row in enumerate(rows) if row not in cancelled]
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, last_pos, next_logits, temperatures = mask[index], last_pos[index], next_logits[index], temperatures[index]
+                uniforms = uniforms[torch.tensor(keep)]
+                rows = [rows[i] for i in keep]
+            tokens = self._sample(next_logits, [requests[r] for r in rows], [generators[r] for r in rows],
+                                  [finish[r] for r in rows], uniforms[:, step])
             step_logprobs = torch.log_softmax(next_logits / temperatures, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
             token_list, logprob_list = tokens.tolist(), step_logprobs.tolist()  # one conversion per step, not per row
-            for row, req in enumerate(requests):
+            for position, row in enumerate(rows):
                 if finish[row] is not None:
                     continue
-                token = token_list[row]
-                outputs[row].append(token)
-                out_logprobs[row].append(logprob_list[row])
-                finish[row], texts[row] = self._check_finish(req, outputs[row], stop_plans[row])
+                outputs[row].append(token_list[position])
+                out_logprobs[row].append(logprob_list[position])
+                finish[row], texts[row] = self._check_finish(requests[row], outputs[row], stop_plans[row])
             if all(f is not None for f in finish):
                 break
-            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
             last_pos = last_pos + 1
             feed = tokens.clone()
-            done_rows = [row for row in range(batch) if finish[row] is not None]
-            if done_rows:
-                feed[done_rows] = self.pad_token_id
+            done_positions = [position for position, row in enumerate(rows) if finish[row] is not None]
+            if done_positions:
+                feed[done_positions] = self.pad_token_id
             logits, cache = self._forward(feed.unsqueeze(-1), mask, last_pos.unsqueeze(-1), cache)
             next_logits = logits[:, -1, :]
 
@@ -368,6 +486,24 @@ class GenerationEngine:
                 output_logprobs=out_logprobs[row] if req.return_logprob else None,
                 input_logprobs=input_logprobs[row], weight_version=version, prompt_tokens=lengths[row]))
         return results
+
+    def aborted_result(self, request: SequenceRequest, reason: str) -> SequenceResult:
+        """The result of a sequence cancelled before it ran."""
+        return SequenceResult(output_ids=[], text="", finish_reason=_abort_reason(reason),
+                              output_logprobs=[] if request.return_logprob else None, input_logprobs=None,
+                              weight_version=self.weight_version, prompt_tokens=len(request.input_ids))
+
+    @staticmethod
+    def _cancelled_rows(requests: list[SequenceRequest], rows: list[int], finish: list[dict | None]) -> set[int]:
+        """Rows whose request was cancelled since the last step; each gets an abort finish reason."""
+        cancelled = set()
+        for row in rows:
+            token = requests[row].cancel
+            reason = token.check() if token is not None and finish[row] is None else None
+            if reason is not None:
+                finish[row] = _abort_reason(reason)
+                cancelled.add(row)
+        return cancelled
 
     @staticmethod
     def _plain_sampling(s: SequenceSampling) -> bool:

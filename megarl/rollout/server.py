@@ -1,9 +1,20 @@
 """megarl's built-in rollout server: the subset of SGLang's HTTP protocol that megarl uses.
 
 A real aiohttp server (127.0.0.1 by default) in front of `GenerationEngine`. HTTP handlers put
-generation jobs on a queue; one worker thread drains the queue and runs every waiting sequence
-as one batch (concurrent requests are batched together). Weight updates take the engine's
+generation jobs on a queue; one worker thread drains the queue and runs the waiting sequences
+as one batch of at most `max_batch_sequences` (concurrent requests are batched together; a
+request with more sequences is split over several batches). Weight updates take the engine's
 model lock, so no batch ever runs on half-updated weights.
+
+One request cannot take the server down: each /generate request is validated on its own
+before it joins a batch (prompt within the context length, finite in-range sampling values,
+at most `max_request_sequences` sequences) and gets a 400 naming the problem; a prompt given as
+text that is surely too long is refused before it is tokenized; if a batch still fails, its
+requests are re-run one by one so only the bad one fails. A request whose client disconnects,
+or that runs past `request_timeout_s`, leaves the batch at the next decode step. A batch of
+several prompts in one request fails as a whole with a 400 naming the prompt, as SGLang's
+non-streaming /generate does (SGLang has no partial-success response). `/health` answers 503
+when the worker thread died or a batch made no progress for `stall_timeout_s`.
 
 Endpoints (JSON shapes as SGLang 0.5.x; see DESIGN.md):
   POST /generate                       text or input_ids (a list of lists is a batch), sampling_params,
@@ -44,7 +55,7 @@ import torch
 from aiohttp import web
 
 from megarl.rollout.admin_token import TOKEN_ENV
-from megarl.rollout.engine import GenerationEngine, SamplingParamsError, SequenceRequest, SequenceSampling
+from megarl.rollout.engine import CancelToken, GenerationEngine, SamplingParamsError, SequenceRequest, SequenceSampling
 from megarl.rollout.update_group import DEFAULT_GROUP_NAME, UpdateGroup
 from megarl.rollout.weight_buckets import layout_metadata, load_payload, unpack
 from megarl.runtime.device import is_gpu_device, synchronize
@@ -52,6 +63,11 @@ from megarl.runtime.device import is_gpu_device, synchronize
 log = logging.getLogger("megarl.rollout.server")
 
 LOOPBACK_PEERS = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+DEFAULT_REQUEST_TIMEOUT_S = 600.0  # the rollout client's own default: past it nobody waits for the answer
+DEFAULT_MAX_REQUEST_SEQUENCES = 4096  # prompts x n in one /generate request
+DEFAULT_STALL_TIMEOUT_S = 300.0  # a batch with no decode step for this long marks the server unhealthy
+HEALTH_GENERATE_TIMEOUT_S = 20.0  # SGLang's /health_generate limit
+DISCONNECT_POLL_S = 0.25  # how often a waiting /generate handler checks that its client is still there
 
 
 class HTTPError(Exception):
@@ -62,20 +78,38 @@ class HTTPError(Exception):
 
 @dataclass
 class _Job:
+    """One /generate request's sequences on their way through the worker (maybe over several batches)."""
+
     sequences: list[SequenceRequest]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
+    cancel: CancelToken = field(default_factory=CancelToken)
     results: list = field(default_factory=list)
+    done: int = 0  # sequences generated so far
+    failed: bool = False
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.sequences)
+        for sequence in self.sequences:
+            sequence.cancel = self.cancel
 
 
 class RolloutServer:
     """The HTTP app plus its generation worker thread."""
 
     def __init__(self, engine: GenerationEngine, *, token: str | None = None, max_batch_sequences: int = 64,
-                 served_model_name: str | None = None):
+                 served_model_name: str | None = None, request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
+                 max_request_sequences: int = DEFAULT_MAX_REQUEST_SEQUENCES,
+                 stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S):
+        if max_batch_sequences < 1 or max_request_sequences < 1:
+            raise ValueError(f"max_batch_sequences={max_batch_sequences} and max_request_sequences={max_request_sequences} must be >= 1")
         self.engine = engine
         self.token = token
         self.max_batch_sequences = max_batch_sequences
+        self.request_timeout_s = request_timeout_s
+        self.max_request_sequences = max_request_sequences
+        self.stall_timeout_s = stall_timeout_s
+        self.last_progress = time.monotonic()  # the worker's last decode step or batch start/end
         self.served_model_name = served_model_name or engine.model_path
         self.jobs: queue.Queue[_Job | None] = queue.Queue()
         self.state = threading.Condition()
@@ -108,46 +142,95 @@ class RolloutServer:
         self.jobs.put(None)
 
     def _worker_loop(self) -> None:
+        backlog: collections.deque[tuple[_Job, int]] = collections.deque()  # (job, its first sequence not yet run)
         while not self.stopping:
-            first = self.jobs.get()
-            if first is None:
-                return
+            if not backlog:
+                first = self.jobs.get()
+                if first is None:
+                    return
+                backlog.append((first, 0))
             with self.state:
-                self.holding = 1
+                self.holding = len(backlog)
                 while self.paused and not self.stopping:
                     self.state.wait()
                 self.holding = 0
                 self.running_batch = True
-            batch = [first]
-            count = len(first.sequences)
-            while count < self.max_batch_sequences:
-                try:
-                    job = self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self.stopping = True
-                    break
-                batch.append(job)
-                count += len(job.sequences)
+                self.last_progress = time.monotonic()
             try:
-                sequences = [s for job in batch for s in job.sequences]
-                results = self.engine.generate(sequences, should_abort=lambda: self.abort_running)
-                self.batches_run += 1
-                self.batch_sizes = (self.batch_sizes + [len(sequences)])[-100:]
-                start = 0
-                for job in batch:
-                    part = results[start:start + len(job.sequences)]
-                    start += len(job.sequences)
-                    job.loop.call_soon_threadsafe(_set_result, job.future, part)
-            except Exception as err:  # noqa: BLE001 - reported to every waiting request
-                log.exception("generation batch failed")
-                for job in batch:
-                    job.loop.call_soon_threadsafe(_set_exception, job.future, err)
+                while sum(len(job.sequences) - start for job, start in backlog) < self.max_batch_sequences:
+                    try:
+                        job = self.jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        self.stopping = True
+                        break
+                    backlog.append((job, 0))
+                parts = self._take_batch(backlog)
+                if parts:
+                    self._run_batch(parts)
             finally:
                 with self.state:
                     self.running_batch = False
+                    self.last_progress = time.monotonic()
                     self.state.notify_all()
+
+    def _take_batch(self, backlog: collections.deque) -> list[tuple[_Job, int, int]]:
+        """Up to max_batch_sequences sequences from the front of the backlog, as (job, start, end)
+        slices; jobs cancelled or failed while they waited are dropped."""
+        parts: list[tuple[_Job, int, int]] = []
+        count = 0
+        while backlog and count < self.max_batch_sequences:
+            job, start = backlog.popleft()
+            if job.failed:
+                continue
+            reason = job.cancel.check()
+            if reason is not None:  # cancelled while it waited: its unrun sequences end as aborted
+                for index in range(start, len(job.sequences)):
+                    job.results[index] = self.engine.aborted_result(job.sequences[index], reason)
+                job.loop.call_soon_threadsafe(_set_result, job.future, job.results)
+                continue
+            end = min(len(job.sequences), start + self.max_batch_sequences - count)
+            parts.append((job, start, end))
+            count += end - start
+            if end < len(job.sequences):
+                backlog.appendleft((job, end))
+        return parts
+
+    def _run_batch(self, parts: list[tuple[_Job, int, int]]) -> None:
+        """Generate the sequences of `parts` as one batch; if the batch fails, run each part alone."""
+        sequences = [s for job, start, end in parts for s in job.sequences[start:end]]
+        try:
+            results = self.engine.generate(sequences, should_abort=self._decode_step)
+        except Exception as err:  # noqa: BLE001 - a failure belongs to the request(s) that caused it
+            if len(parts) > 1:
+                log.warning("a batch of %d requests failed (%s: %s); running them one by one", len(parts), type(err).__name__, err)
+                for part in parts:
+                    self._run_batch([part])
+                return
+            job = parts[0][0]
+            log.exception("generation failed for one request")
+            job.failed = True
+            job.loop.call_soon_threadsafe(_set_exception, job.future, err)
+            return
+        self.batches_run += 1
+        self.batch_sizes = (self.batch_sizes + [len(sequences)])[-100:]
+        offset = 0
+        for job, start, end in parts:
+            job.results[start:end] = results[offset:offset + end - start]
+            offset += end - start
+            job.done += end - start
+            if job.done == len(job.sequences):
+                job.loop.call_soon_threadsafe(_set_result, job.future, job.results)
+
+    def _decode_step(self) -> bool:
+        """Polled by the engine between decode steps: records progress, says whether to abort."""
+        self.last_progress = time.monotonic()
+        return self.abort_running
+
+    def stalled_for(self) -> float:
+        """Seconds the running batch has gone without a decode step (0 when idle)."""
+        return time.monotonic() - self.last_progress if self.running_batch else 0.0
 
     def _pause(self, mode: str) -> None:
         """Stop starting batches; with mode 'abort' also cut the running batch short. Blocks until idle."""
@@ -265,26 +348,40 @@ class RolloutServer:
         body = await self._json(request)
         if body.get("stream"):
             raise HTTPError(400, "stream=true is not supported by the built-in server; send stream=false")
-        prompts, single = self._prompts(body)
+        prompts, single = await self._prompts(body)
         per_prompt = lambda key, default: _per_prompt(body.get(key, default), len(prompts), key)  # noqa: E731
         sampling_list = per_prompt("sampling_params", None)
         return_logprob = per_prompt("return_logprob", False)
         start_lens = per_prompt("logprob_start_len", -1)
         rids = per_prompt("rid", None)
         text_in_logprobs = bool(body.get("return_text_in_logprobs", False))
-        sequences, owners = [], []
+        samplings = []
         for i, prompt in enumerate(prompts):
-            self.engine.validate_input_ids(prompt)
-            sampling = SequenceSampling.from_request(sampling_list[i])
+            try:
+                sampling = SequenceSampling.from_request(sampling_list[i])
+                self.engine.validate_request(prompt, sampling)
+            except SamplingParamsError as err:
+                raise HTTPError(400, str(err) if single else f"prompt {i} of {len(prompts)}: {err}") from None
+            samplings.append(sampling)
+        total = sum(sampling.n for sampling in samplings)
+        if total > self.max_request_sequences:
+            raise HTTPError(400, f"this request asks for {total} sequences (prompts x n) but the server's limit is "
+                                 f"max_request_sequences={self.max_request_sequences}; send fewer prompts or a smaller n per request")
+        sequences, owners = [], []
+        for i, (prompt, sampling) in enumerate(zip(prompts, samplings)):
             start_len = start_lens[i] if start_lens[i] is not None else -1
             for j in range(sampling.n):
                 sequences.append(SequenceRequest(input_ids=prompt, sampling=sampling, sample_index=j,
                                                  return_logprob=bool(return_logprob[i]), logprob_start_len=int(start_len)))
                 owners.append((i, j))
         loop = asyncio.get_running_loop()
-        job = _Job(sequences=sequences, loop=loop, future=loop.create_future())
+        cancel = CancelToken()
+        if self.request_timeout_s:
+            cancel = CancelToken(time.monotonic() + self.request_timeout_s,
+                                 f"the request ran past the server's limit of {self.request_timeout_s:g} s per request")
+        job = _Job(sequences=sequences, loop=loop, future=loop.create_future(), cancel=cancel)
         self.jobs.put(job)
-        results = await job.future
+        results = await self._await_job(job, request)
         latency = time.perf_counter() - started
         responses = []
         base_rids = [rid if rid is not None else uuid.uuid4().hex for rid in rids]
@@ -313,7 +410,25 @@ class RolloutServer:
             return web.json_response(responses[0])
         return web.json_response(responses)
 
-    def _prompts(self, body: dict) -> tuple[list[list[int]], bool]:
+    async def _await_job(self, job: _Job, request: web.Request) -> list:
+        """The job's results; cancels the job when the client goes away while it waits."""
+        try:
+            while True:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(job.future), timeout=DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    if request.transport is None or request.transport.is_closing():
+                        job.cancel.cancel("the client disconnected")
+                        raise HTTPError(499, "the client disconnected") from None
+        except asyncio.CancelledError:
+            job.cancel.cancel("the client disconnected")
+            raise
+        except (HTTPError, SamplingParamsError):
+            raise
+        except Exception as err:  # noqa: BLE001 - the worker's failure of this request alone
+            raise HTTPError(500, f"generation failed: {type(err).__name__}: {err}") from None
+
+    async def _prompts(self, body: dict) -> tuple[list[list[int]], bool]:
         """(token-id prompts, whether the request was a single prompt)."""
         if body.get("input_ids") is not None and body.get("text") is not None:
             raise HTTPError(400, "send either text or input_ids, not both")
@@ -327,25 +442,44 @@ class RolloutServer:
         if body.get("text") is not None:
             text = body["text"]
             if isinstance(text, str):
-                return [self.engine.encode(text)], True
+                return [await self._in_thread(self.engine.encode, text)], True  # tokenizing never blocks other requests
             if isinstance(text, list) and all(isinstance(t, str) for t in text):
-                return [self.engine.encode(t) for t in text], False
+                prompts = []
+                for i, one in enumerate(text):
+                    try:
+                        prompts.append(await self._in_thread(self.engine.encode, one))
+                    except SamplingParamsError as err:
+                        raise HTTPError(400, f"prompt {i} of {len(text)}: {err}") from None
+                return prompts, False
             raise HTTPError(400, "text must be a string or a list of strings")
         raise HTTPError(400, "a /generate request needs text or input_ids")
 
-    async def handle_health(self, request: web.Request) -> web.Response:
+    def _unhealthy(self) -> str | None:
         if not self.worker.is_alive():
-            return web.Response(status=503, text="generation worker is not running")
-        return web.Response(status=200)
+            return "generation worker is not running"
+        stalled = self.stalled_for()
+        if stalled > self.stall_timeout_s:
+            return (f"generation worker has made no progress for {stalled:.0f} s (limit stall_timeout_s="
+                    f"{self.stall_timeout_s:g}); a batch is stuck: restart the server")
+        return None
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        problem = self._unhealthy()
+        return web.Response(status=503, text=problem) if problem else web.Response(status=200)
 
     async def handle_health_generate(self, request: web.Request) -> web.Response:
-        if not self.worker.is_alive():
-            return web.Response(status=503, text="generation worker is not running")
+        problem = self._unhealthy()
+        if problem:
+            return web.Response(status=503, text=problem)
         loop = asyncio.get_running_loop()
         probe = SequenceRequest(input_ids=[0], sampling=SequenceSampling(max_new_tokens=1, temperature=0.0))
         job = _Job(sequences=[probe], loop=loop, future=loop.create_future())
         self.jobs.put(job)
-        await job.future
+        try:
+            await asyncio.wait_for(asyncio.shield(job.future), timeout=HEALTH_GENERATE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            job.cancel.cancel("health probe timed out")
+            return web.Response(status=503, text=f"no one-token generation within {HEALTH_GENERATE_TIMEOUT_S:g} s")
         return web.Response(status=200)
 
     async def handle_model_info(self, request: web.Request) -> web.Response:
@@ -560,10 +694,11 @@ def check_bind(host: str, token: str | None) -> None:
 
 
 async def serve(engine: GenerationEngine, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                max_batch_sequences: int = 64, ready=None) -> None:
-    """Run the server until cancelled; `ready(port)` is called once it listens."""
+                max_batch_sequences: int = 64, ready=None, **limits) -> None:
+    """Run the server until cancelled; `ready(port)` is called once it listens. `limits`:
+    request_timeout_s, max_request_sequences, stall_timeout_s (see RolloutServer)."""
     check_bind(host, token)
-    server = RolloutServer(engine, token=token, max_batch_sequences=max_batch_sequences)
+    server = RolloutServer(engine, token=token, max_batch_sequences=max_batch_sequences, **limits)
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -18,6 +18,16 @@ import sys
 
 # Exit code after a signal-triggered checkpoint; the sbatch script requeues the job on it.
 PREEMPTED_EXIT_CODE = 75
+# Exit code when training stops on non-finite losses/gradients/weights (not requeued).
+NONFINITE_EXIT_CODE = 3
+
+
+def _say_once(err: Exception) -> None:
+    """One line on stderr from the first rank (every rank raises the same error)."""
+    from megarl.runtime.distributed import launcher_env
+
+    if launcher_env()[0] == 0:
+        print(f"megarl: {err}", file=sys.stderr, flush=True)
 
 
 def _under_launcher() -> bool:
@@ -36,11 +46,19 @@ def main(argv: list[str]) -> int:
     procs = cfg.actor.tp * cfg.actor.pp
     if procs > 1 and not _under_launcher():
         from megarl.runtime.distributed import free_port
+        from megarl.runtime.process import LAUNCHER_PID_ENV, LockBusyError, RunDirectoryLock, die_with_parent
 
+        try:  # fail before starting any rank; rank 0 takes the lock for the run itself
+            RunDirectoryLock(cfg.run.output_dir).acquire().release()
+        except LockBusyError as err:
+            print(f"megarl: {err}", file=sys.stderr)
+            return 1
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr", "127.0.0.1",
                "--master-port", str(free_port()), "-m", "megarl.cli", "train", *argv]
         print(f"megarl: launching {procs} processes: {' '.join(cmd[1:])}", file=sys.stderr)
-        return subprocess.call(cmd, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), **{LAUNCHER_PID_ENV: str(os.getpid())})
+        # torchrun and its ranks die with this process (kill -9 included): see megarl.runtime.process
+        return subprocess.call(cmd, env=env, preexec_fn=die_with_parent)
     return run_training(cfg)
 
 
@@ -48,16 +66,44 @@ def run_training(cfg) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from megarl.train.preemption import PreemptedError, StopRequest
-    from megarl.train.trainer import Trainer
+    from megarl.runtime.distributed import launcher_env
+    from megarl.runtime.process import LockBusyError, RunDirectoryLock, die_with_launcher
 
-    trainer = Trainer(cfg)
+    die_with_launcher()
+    lock = RunDirectoryLock(cfg.run.output_dir)
+    if launcher_env()[0] == 0:  # the driver holds the run directory for the whole run
+        try:
+            # A requeued Slurm job may find the lock of its killed predecessor on a network file
+            # system until the server notices; give it time.
+            lock.acquire(wait_s=180.0 if "SLURM_JOB_ID" in os.environ else 0.0)
+        except LockBusyError as err:
+            print(f"megarl: {err}", file=sys.stderr)
+            return 1
+    try:
+        return _train_locked(cfg)
+    finally:
+        lock.release()
+
+
+def _train_locked(cfg) -> int:
+    from megarl.train.checkpointing import NonFiniteWeightsError, NoVerifiedCheckpointError
+    from megarl.train.preemption import PreemptedError, StopRequest
+    from megarl.train.trainer import NonFiniteTrainingError, Trainer
+
+    try:
+        trainer = Trainer(cfg)
+    except NoVerifiedCheckpointError as err:
+        _say_once(err)
+        return 1
     stop = StopRequest.on_signals()  # Slurm sends SIGUSR1 shortly before the time limit
     try:
         try:
             trainer.train(stop)
         except PreemptedError:
             return PREEMPTED_EXIT_CODE
+        except (NonFiniteTrainingError, NonFiniteWeightsError) as err:  # raised on every rank alike
+            _say_once(err)
+            return NONFINITE_EXIT_CODE
         if trainer.is_driver:
             from megarl.monitoring.plot import plot_run
 

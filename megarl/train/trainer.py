@@ -30,14 +30,16 @@ import torch
 from megarl.config import Config, validate_semantics
 from megarl.models.spec import ModelSpec
 from megarl.runtime import collectives
+from megarl.runtime.distributed import fold_seed
 from megarl.train import checkpointing
 from megarl.train.batch import Packer, shard_for_data_parallel
 from megarl.train.preemption import PreemptedError, StepProgress, StopRequest
 from megarl.train.stages import advantages, generate, logprobs, sync, update
 from megarl.train.stages import metrics as step_metrics
+from megarl.train.stages.update import NonFiniteTrainingError
 from megarl.train.workers import DTYPES, ModelWorker, WorkerSettings
 
-__all__ = ["PreemptedError", "PromptStream", "Trainer"]
+__all__ = ["NonFiniteTrainingError", "PreemptedError", "PromptStream", "Trainer"]
 
 
 class PromptStream:
@@ -107,9 +109,11 @@ class Trainer:
         self.pack = Packer(cfg.actor.micro_batch_tokens, self.rt.device, pad_multiple=math.lcm(8, self.rt.tp))
         self.update_setup = update.UpdateSetup(
             algo=cfg.algorithm, value_clip=cfg.critic.value_clip, plan=self.plan, pack=self.pack, spec=self.spec,
-            temperature=self.temperature, seed=cfg.run.seed, dp=self.rt.dp, dp_group=self.dp_group,
+            temperature=self.temperature, seed=cfg.run.seed, dp=self.rt.dp, max_skipped_updates=cfg.run.max_skipped_updates,
+            dp_group=self.dp_group,
         )
         self.step = 0
+        self.skip_streak: dict[str, int] = {}  # role -> optimizer steps skipped in a row (non-finite)
         self._resumed: StepProgress | None = None  # a checkpoint written mid-step: where that step continues
         self._prefetch = None  # rollout.overlap (driver): Future or RolloutBatch of step+1
         self._prefetch_pool = None
@@ -204,13 +208,14 @@ class Trainer:
             if trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
                 torch.set_num_threads(trainer_threads)
             self.servers = servers.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs",
-                                                         seed=self.cfg.run.seed, threads=server_threads)
+                                                         seed=fold_seed(self.cfg.run.seed, 31), threads=server_threads)
             urls = generation_urls = self.servers.urls
             self.server_token = self.servers.token
         else:
             self.servers = servers.start_sglang_servers(
                 self.model_dir, rc.num_servers, rc.server_tp, self.run_dir / "logs", colocate=rc.colocate, router=rc.router,
-                seed=self.cfg.run.seed, mem_fraction_static=rc.mem_fraction_static,
+                seed=fold_seed(self.cfg.run.seed, 31),  # SGLang seeds NumPy with it (< 2**32)
+                mem_fraction_static=rc.mem_fraction_static,
             )
             urls, generation_urls = self.servers.server_urls, self.servers.generation_urls
             self.server_token = self.servers.admin_token
@@ -283,7 +288,7 @@ class Trainer:
                 if u:
                     self._stop_point(stop, progress)
                 update.apply(part, mine, progress.tensors, actor=self.actor, critic=self.critic, setup=self.update_setup,
-                             totals=progress.totals)
+                             totals=progress.totals, skip_streak=self.skip_streak, step=self.step)
                 progress.updates_done = u + 1
             metrics.update(update.summary(progress.totals, progress.tensors, self.update_setup))
         self._server_memory("resume")

@@ -113,17 +113,41 @@ class ModelWorker:
 
     # ---- training ---------------------------------------------------------------------
     def train_step(self, microbatches: list[MicroBatch], loss_fn: Callable[[torch.Tensor, MicroBatch], tuple[torch.Tensor, dict]]):
-        """One optimizer step over `microbatches`; returns (stats per micro-batch, grad_norm, lr)."""
+        """One optimizer step over `microbatches`; returns (stats per micro-batch, grad_norm, lr,
+        stepped). A non-finite loss or gradient on any rank skips the step (and the LR schedule) on
+        every rank: stepped=False, grad_norm=nan, weights and optimizer state unchanged."""
         from megarl.models.training import zero_grads
 
         self.model.train()
         zero_grads(self.ddp, self.optimizer)
-        stats = run_pipeline([self.ddp], microbatches, loss_fn, forward_only=False)
+        loss_ok: list[torch.Tensor] = []
+
+        def checked_loss(output, mb):
+            loss, stats = loss_fn(output, mb)
+            loss_ok.append(torch.isfinite(loss.detach()).all())
+            return loss, stats
+
+        stats = run_pipeline([self.ddp], microbatches, checked_loss, forward_only=False)
+        if not self._loss_and_grads_finite(loss_ok):
+            return stats, float("nan"), self.optimizer.param_groups[0]["lr"], False
         ok, grad_norm, _ = self.optimizer.step()
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scheduler is not None:
             self.scheduler.step(increment=1)
         return stats, float(grad_norm) if grad_norm is not None else 0.0, lr, bool(ok)
+
+    def _loss_and_grads_finite(self, loss_ok: list[torch.Tensor]) -> bool:
+        """True on every rank when no rank saw an inf/nan loss or gradient (one all-reduce)."""
+        from megarl.runtime import collectives
+
+        grads = [b.grad_data for b in self.ddp.buffers + self.ddp.expert_parallel_buffers]
+        device = grads[0].device if grads else torch.device("cpu")
+        bad = torch.zeros(1, device=device)
+        for ok in loss_ok:
+            bad += (~ok).to(device)
+        for g in grads:
+            bad += (~torch.isfinite(g).all()).to(device)
+        return collectives.all_reduce(bad, op="max").item() == 0
 
 
 def _scheduler(optimizer, settings: WorkerSettings):

@@ -26,7 +26,9 @@ from megarl.launch.render import RunPaths, render_train_sbatch, server_plan, wri
 from megarl.launch.submit import main as submit_main
 
 REPO = Path(__file__).resolve().parents[2]
-QWEN25 = {  # the published config.json shapes of Qwen2.5-7B and Qwen2.5-32B
+QWEN25 = {  # the published config.json shapes of Qwen2.5-0.5B, -7B and -32B
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
     "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                num_key_value_heads=4),
     "32b": dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64, num_attention_heads=40,
@@ -37,9 +39,9 @@ QWEN25 = {  # the published config.json shapes of Qwen2.5-7B and Qwen2.5-32B
 def qwen_dir(root: Path, size: str) -> Path:
     path = root / f"Qwen2.5-{size.upper()}"
     path.mkdir(parents=True, exist_ok=True)
-    config = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_size=152064, max_position_embeddings=131072,
-                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, hidden_act="silu",
-                  torch_dtype="bfloat16", **QWEN25[size])
+    config = dict(dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_size=152064, max_position_embeddings=131072,
+                       rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, hidden_act="silu",
+                       torch_dtype="bfloat16"), **QWEN25[size])
     (path / "config.json").write_text(json.dumps(config))
     return path
 
@@ -114,7 +116,8 @@ def test_colocated_gpu_layout_shares_the_gpus(tmp_path):
     model = qwen_dir(tmp_path, "7b")
     code, script, err = run_submit([
         str(REPO / "configs/simplerl_zoo_qwen2.5_7b.yaml"), "--dry-run", "--nodes", "2", "--rollout-nodes", "0",
-        "--colocate", f"model.path={model}", "rollout.transport=distributed", f"run.output_dir={tmp_path}/colo"])
+        "--colocate", f"model.path={model}", "rollout.transport=distributed", f"run.output_dir={tmp_path}/colo",
+        "rollout.mem_fraction_static=0.25"])  # the trainer stays resident while SGLang generates: 0.5 does not fit
     assert code == 0, err
     assert "mode=colocated" in script and "TP 4 x PP 1 x DP 4" in script
     assert "--enable-memory-saver" in script
@@ -124,7 +127,7 @@ def test_colocated_gpu_layout_shares_the_gpus(tmp_path):
 
 def test_partitioned_single_node_05b_recipe(tmp_path):
     """configs/simplerl_zoo_qwen2.5_0.5b.yaml: one 8-GPU node, 4 trainer GPUs + 4 SGLang servers."""
-    model = qwen_dir(tmp_path, "7b")  # only the layout matters here; 28 heads allow tp=1
+    model = qwen_dir(tmp_path, "0.5b")
     code, script, err = run_submit([str(REPO / "configs/simplerl_zoo_qwen2.5_0.5b.yaml"), "--dry-run",
                                     f"model.path={model}", f"run.output_dir={tmp_path}/r05"])
     assert code == 0, err
@@ -151,6 +154,15 @@ def test_partitioned_single_node_05b_recipe(tmp_path):
     (["--nodes", "2", "--rollout-nodes", "1", "--requeue"], ["run.resume=false"], "--requeue needs run.resume=true"),
     (["--nodes", "2", "--rollout-nodes", "1"], ["actor.tp=3"], "actor.tp=3"),
     (["--nodes", "2", "--rollout-nodes", "1"], ["model.path=/does/not/exist"], "model.path='/does/not/exist' does not exist"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--server-port", "70000"], [], "--server-port=70000 is not a TCP port; use one in 1-65535"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--master-port", "0"], [], "--master-port=0 is not a TCP port"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--server-port", "65533"], [], "4 servers per node would use ports 65533..65536"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--sbatch-arg", "--qos=high\ntouch /tmp/pwned"], [],
+     "contains the control character '\\n'"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--sbatch-arg=--comment=a\rb"], [], "contains the control character '\\r'"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--job-name", "x\necho pwned"], [], "contains the control character"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--partition", "gpu\n"], [], "contains the control character"),
+    (["--nodes", "2", "--rollout-nodes", "1", "--sbatch-arg", "qos=high"], [], "is not an option; write it as --name=value"),
 ])
 def test_invalid_layouts_fail_with_one_line_errors(tmp_path, flags, overrides, message):
     model = qwen_dir(tmp_path, "7b")
@@ -259,3 +271,49 @@ def test_recipes_slurm_sections_validate(tmp_path):
         layout = plan_layout(cfg, LaunchOptions(nodes=s.nodes, rollout_nodes=s.rollout_nodes, gpus_per_node=s.gpus_per_node,
                                                 time=s.time))
         assert layout.world_size == layout.tp * layout.pp * layout.dp, recipe.name
+
+
+def test_32b_dry_run_prints_the_memory_table_and_refuses_what_cannot_fit(tmp_path):
+    model = qwen_dir(tmp_path, "32b")
+    argv = [str(REPO / "configs/simplerl_zoo_qwen2.5_32b.yaml"), "--dry-run", f"model.path={model}",
+            f"run.output_dir={tmp_path}/run32b"]
+    code, script, err = run_submit(argv)
+    assert code == 0, err
+    assert "per-GPU memory estimate (GPU 80 GiB" in err and "| trainer | actor optimizer |" in err
+    assert "| server | KV cache |" in err and "| peak | per GPU |" in err
+    assert "#SBATCH --mem=0\n" in script  # the whole node's memory on GPU nodes
+    code, _, err = run_submit(argv + ["--gpu-memory-gb", "40"])
+    assert code == 2 and "over the 36.0 GiB budget" in err and "set actor.sequence_parallel=true" in err
+    code, script, _ = run_submit(argv + ["--mem", "500G"])
+    assert code == 0 and "#SBATCH --mem=500G\n" in script
+
+
+def test_router_and_port_ranges_are_checked(tmp_path):
+    model = qwen_dir(tmp_path, "7b")
+    base = [str(REPO / "configs/simplerl_zoo_qwen2.5_7b.yaml"), "--dry-run", f"model.path={model}",
+            f"run.output_dir={tmp_path}/r7"]
+    code, _, err = run_submit(base + ["rollout.router=true"])
+    assert code == 2 and "set rollout.router=false" in err
+    code, _, err = run_submit(base + ["--server-port", "25000"])
+    assert code == 2 and "overlap the rendezvous ports 20000..29999" in err
+    code, _, err = run_submit(base + ["--master-port", "30001"])
+    assert code == 2 and "--master-port=30001 is one of the server ports" in err
+    code, _, err = run_submit(base + ["--server-port", "25000", "--master-port", "24000"])
+    assert code == 0, err
+
+
+def test_preempt_notice_follows_the_measured_step_and_estimated_checkpoint(tmp_path):
+    """32B: a checkpoint of ~32.8B params x 14 bytes over 4 trainer nodes at 1 GB/s is ~115 s; with a
+    measured 900 s step in a previous run's metrics the notice is 1.5 x (900 + 115) s."""
+    model = qwen_dir(tmp_path, "32b")
+    run = tmp_path / "run32b"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps({"step": i, "perf/step_s": s}) for i, s in enumerate([700.0, 900.0, 800.0])))
+    argv = [str(REPO / "configs/simplerl_zoo_qwen2.5_32b.yaml"), "--dry-run", f"model.path={model}",
+            f"run.output_dir={run}", "checkpoint.every=10", "--time", "48:00:00"]
+    code, script, err = run_submit(argv)
+    assert code == 0, err
+    assert "step 900 s measured" in err and "checkpoint about 115 s estimated" in err
+    assert "#SBATCH --signal=B:USR1@1523\n" in script  # ceil(1.5 * (900 + 114.7))
+    code, script, err = run_submit(argv[:-2] + ["--time", "01:00:00"])  # a quarter of an hour caps it, with a warning
+    assert code == 0 and "#SBATCH --signal=B:USR1@900\n" in script and "give a longer --time" in err

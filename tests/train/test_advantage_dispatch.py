@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from megarl.runtime.device import get_device
-from megarl.train import algorithms as A
+from megarl.algorithms import advantages as A
 
 
 def _ragged(seed, lengths):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from megarl.algorithms.losses import LossNormalizer
 from megarl.config import AlgorithmConfig
 from megarl.train import algorithms as A
 from megarl.train.batch import LossTargets
@@ -62,7 +63,7 @@ def _mb(logp_old, adv, mask):
 
 
 def _norm(tokens, sequences, num_microbatches=1, dp=1):
-    return A.LossNormalizer(tokens=tokens, sequences=sequences, num_microbatches=num_microbatches, dp=dp)
+    return LossNormalizer(tokens=tokens, sequences=sequences, num_microbatches=num_microbatches, dp=dp)
 
 
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-sum-constant"])

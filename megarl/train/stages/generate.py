@@ -10,6 +10,7 @@ from megarl.config import Config
 from megarl.data import render_prompt
 from megarl.rewards.schemes import RewardConfig
 from megarl.rollout.client import RolloutClient, SamplingParams
+from megarl.runtime.distributed import fold_seed
 from megarl.train.batch import TrainSequence
 from megarl.train.stages import metrics as step_metrics
 from megarl.train.stages import reward
@@ -54,8 +55,10 @@ def encode_prompt(setup: RolloutSetup, problem: str) -> tuple[list[int], bool]:
 def rollout_seed(run_seed: int, step: int, round_: int) -> int:
     """Base sampling seed of one rollout round of `step` (0-based); the client adds the prompt
     index (< 4096) and the server the sample index, so every sample of a run has its own random
-    stream and a resumed run samples exactly what the uninterrupted one did."""
-    return ((run_seed * 100_003 + step) * 32 + round_) * 4096
+    stream and a resumed run samples exactly what the uninterrupted one did. Folded into 51 bits
+    so that base + prompt index stays below 2**63 (SGLang's sampling_seed is a signed 64-bit long)
+    for any run.seed."""
+    return fold_seed((run_seed * 100_003 + step) * 32 + round_, 51) * 4096
 
 
 def generate(setup: RolloutSetup, prompts, step: int) -> RolloutBatch:

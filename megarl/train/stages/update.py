@@ -5,6 +5,7 @@ pipeline schedule."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from typing import Sequence
 
@@ -13,11 +14,16 @@ import torch
 from megarl.config import AlgorithmConfig
 from megarl.models.spec import ModelSpec
 from megarl.runtime import collectives
-from megarl.train import algorithms as algo_fns
+from megarl.algorithms import losses
+from megarl.algorithms.losses import LossNormalizer
 from megarl.train.batch import LossTargets, MicroBatch, Packer, TrainSequence, per_sequence_matrix, split_minibatches
 from megarl.train.stages import metrics as step_metrics
 from megarl.train.stages.logprobs import OldLogprobPlan, SequenceTensors
 from megarl.train.workers import ModelWorker, is_last_stage, response_logprobs, response_values
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many optimizer steps in a row were skipped for a non-finite loss or gradient."""
+
 
 _TARGETS = ("old_logp", "ref_logp", "advantages", "returns", "old_values", "behaviour_logp")
 
@@ -34,6 +40,7 @@ class UpdateSetup:
     temperature: float
     seed: int
     dp: int
+    max_skipped_updates: int
     dp_group: object = None
 
 
@@ -46,6 +53,7 @@ class UpdateTotals:
     grad_norms: list = dataclasses.field(default_factory=list)
     critic_norms: list = dataclasses.field(default_factory=list)
     lrs: list = dataclasses.field(default_factory=list)
+    skipped: int = 0  # optimizer steps skipped for a non-finite loss or gradient
     mismatch: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])  # |diff| sum, count, max (single pass)
 
 
@@ -60,12 +68,12 @@ def schedule(num_seqs: int, algo: AlgorithmConfig, seed: int, step: int) -> list
     return parts
 
 
-def loss_normalizer(seqs: Sequence[TrainSequence], num_microbatches: int, dp_group, dp: int) -> algo_fns.LossNormalizer:
+def loss_normalizer(seqs: Sequence[TrainSequence], num_microbatches: int, dp_group, dp: int) -> LossNormalizer:
     """The mini-batch's loss tokens and sequences summed over the DP ranks."""
     local = torch.tensor([sum(len(s.response_ids) for s in seqs if s.loss_weight > 0), sum(s.loss_weight > 0 for s in seqs)],
                          dtype=torch.float64)
     collectives.all_reduce(local, group=dp_group)
-    return algo_fns.LossNormalizer(tokens=float(local[0]), sequences=float(local[1]), num_microbatches=num_microbatches, dp=dp)
+    return LossNormalizer(tokens=float(local[0]), sequences=float(local[1]), num_microbatches=num_microbatches, dp=dp)
 
 
 def attach_targets(mbs: list[MicroBatch], seqs: Sequence[TrainSequence], tensors: Sequence[SequenceTensors],
@@ -86,9 +94,10 @@ def attach_targets(mbs: list[MicroBatch], seqs: Sequence[TrainSequence], tensors
 
 
 def apply(part: Sequence[int], seqs: Sequence[TrainSequence], tensors: Sequence[SequenceTensors], *, actor: ModelWorker,
-          critic: ModelWorker | None, setup: UpdateSetup, totals: UpdateTotals) -> None:
-    """One optimizer step of the actor (and critic) on the sequences `part` of this rank's shard;
-    adds its statistics to `totals`."""
+          critic: ModelWorker | None, setup: UpdateSetup, totals: UpdateTotals, skip_streak: dict, step: int) -> None:
+    """One optimizer step of the actor (and critic) on the sequences `part` of this rank's shard
+    (0-based RL step `step`); adds its statistics to `totals`. `skip_streak` counts, per role, the
+    optimizer steps skipped in a row for a non-finite loss or gradient (run.max_skipped_updates ends the run)."""
     kept = [i for i in part if seqs[i].loss_weight > 0]
     sub = [seqs[i] for i in kept]
     mbs = setup.pack(sub) if sub else []
@@ -104,9 +113,10 @@ def apply(part: Sequence[int], seqs: Sequence[TrainSequence], tensors: Sequence[
             targets = dataclasses.replace(targets, old_logp=logp.detach())
             if targets.behaviour_logp is not None:
                 step_metrics.record_mismatch(totals.mismatch, logp.detach(), targets.behaviour_logp, mb.resp_mask)
-        return algo_fns.actor_loss(logp, entropy, targets, setup.algo, norm)
+        return losses.actor_loss(logp, entropy, targets, setup.algo, norm)
 
-    stats, gnorm, lr, _ = actor.train_step(mbs, actor_loss)
+    stats, gnorm, lr, stepped = actor.train_step(mbs, actor_loss)
+    totals.skipped += _note_update("actor", stepped, skip_streak, setup.max_skipped_updates, step)
     totals.grad_norms.append(gnorm)
     totals.lrs.append(lr)
     step_metrics.accumulate(stats, totals.sums, totals.counts, prefix="actor/")
@@ -114,11 +124,31 @@ def apply(part: Sequence[int], seqs: Sequence[TrainSequence], tensors: Sequence[
         def critic_loss(output, mb: MicroBatch):
             if mb.empty:
                 return output.sum() * 0.0, {}
-            return algo_fns.value_loss(response_values(output, mb), mb.targets, setup.value_clip, norm)
+            return losses.value_loss(response_values(output, mb), mb.targets, setup.value_clip, norm)
 
-        cstats, cnorm, _, _ = critic.train_step(mbs, critic_loss)
+        cstats, cnorm, _, stepped = critic.train_step(mbs, critic_loss)
+        totals.skipped += _note_update("critic", stepped, skip_streak, setup.max_skipped_updates, step)
         totals.critic_norms.append(cnorm)
         step_metrics.accumulate(cstats, totals.sums, totals.counts, prefix="critic/")
+
+
+def _note_update(role: str, stepped: bool, streaks: dict, limit: int, step: int) -> int:
+    """Count a skipped optimizer step (non-finite loss or gradient; the worker agreed on it over all
+    ranks); after `limit` in a row, stop the run. Returns 1 if skipped."""
+    streaks[role] = 0 if stepped else streaks.get(role, 0) + 1
+    if streaks[role] >= limit:
+        raise NonFiniteTrainingError(
+            f"{role}: {streaks[role]} optimizer steps in a row skipped for a non-finite loss or gradient at step "
+            f"{step + 1}; stopping (weights were not updated with them; checkpoints hold finite weights). "
+            "Lower the learning rate, check rewards and data, or raise run.max_skipped_updates"
+        )
+    return 0 if stepped else 1
+
+
+def _max_finite(xs) -> float:
+    """Largest finite value (0.0 for none; nan when every value is non-finite, i.e. all skipped)."""
+    finite = [x for x in xs if math.isfinite(x)]
+    return max(finite) if finite else (float("nan") if xs else 0.0)
 
 
 def summary(totals: UpdateTotals, tensors: Sequence[SequenceTensors], setup: UpdateSetup) -> dict:
@@ -126,10 +156,11 @@ def summary(totals: UpdateTotals, tensors: Sequence[SequenceTensors], setup: Upd
     from megatron.core import parallel_state as ps
 
     metrics = step_metrics.reduce_stats(totals.sums, totals.counts)
-    metrics["actor/grad_norm"] = max(totals.grad_norms) if totals.grad_norms else 0.0
+    metrics["actor/grad_norm"] = _max_finite(totals.grad_norms)
+    metrics["train/skipped_updates"] = totals.skipped
     metrics["actor/lr"] = totals.lrs[-1] if totals.lrs else 0.0
     if totals.critic_norms:
-        metrics["critic/grad_norm"] = max(totals.critic_norms)
+        metrics["critic/grad_norm"] = _max_finite(totals.critic_norms)
     mismatch = list(totals.mismatch)
     reporter = is_last_stage() and ps.get_tensor_model_parallel_rank() == 0
     if reporter and not setup.plan.single_pass and not setup.plan.ratio_vs_behaviour:

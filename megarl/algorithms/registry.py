@@ -1,0 +1,142 @@
+"""The algorithm registry: one entry per RL algorithm naming its advantage estimator, policy loss and needs.
+
+As verl registers advantage estimators and policy losses under names (`register_adv_est`,
+`register_policy_loss` in verl/trainer/ppo/core_algos.py), megarl registers:
+- estimators (`EstimatorSpec`, declared here; each implementation registers itself with
+  `@register_advantage_estimator` in `megarl/algorithms/advantages.py`),
+- policy losses (`@register_policy_loss` in `megarl/algorithms/losses.py`),
+- algorithms (`register_algorithm(AlgorithmSpec(...))` below): estimator + loss + whether a critic is
+  trained, the group baseline (if any) computed over each prompt's samples, and fixed settings.
+
+Config validation and the trainer ask this registry; nothing else tests algorithm names. Adding an
+algorithm is one `register_algorithm` entry (plus its estimator or loss when they are new). This module
+imports no torch, so loading a recipe stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """How per-token advantages are made from each sequence's outcome score."""
+
+    name: str
+    token_rewards: bool  # builds per-token rewards (score on the last token), so KL can go in the reward
+    whitens: bool  # whitens its advantages over the global batch itself
+    summary: str
+
+
+SEQUENCE = EstimatorSpec("sequence", token_rewards=False, whitens=False,
+                         summary="the sequence's score on every response token")
+GAE = EstimatorSpec("gae", token_rewards=True, whitens=True,
+                    summary="GAE over token rewards with the critic's values, whitened")
+RETURNS = EstimatorSpec("returns", token_rewards=True, whitens=True,
+                        summary="discounted returns of token rewards, whitened (REINFORCE++)")
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """One RL algorithm. `group_baseline` is the `kernels.group_advantages` mode applied to each prompt's
+    rewards before the estimator (None: the estimator sees the raw reward); `requires` holds algorithm
+    settings the method is defined with (config validation enforces them)."""
+
+    name: str
+    estimator: EstimatorSpec
+    policy_loss: str
+    group_baseline: str | None = None
+    critic: bool = False
+    requires: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def group_based(self) -> bool:
+        return self.group_baseline is not None
+
+    @property
+    def min_n(self) -> int:
+        """Smallest rollout.n: a group baseline needs two samples per prompt."""
+        return 2 if self.group_based else 1
+
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {}
+ADVANTAGE_ESTIMATORS: dict[str, Callable] = {}
+POLICY_LOSSES: dict[str, Callable] = {}
+
+
+def register_algorithm(spec: AlgorithmSpec) -> AlgorithmSpec:
+    if spec.name in ALGORITHMS:
+        raise ValueError(f"algorithm {spec.name!r} is registered twice; pick another name")
+    ALGORITHMS[spec.name] = spec
+    return spec
+
+
+def register_advantage_estimator(spec: EstimatorSpec) -> Callable[[Callable], Callable]:
+    """Decorator: `fn(inputs: AdvantageInputs, algo: AlgorithmConfig, dp_group) -> TokenAdvantages`."""
+
+    def register(fn: Callable) -> Callable:
+        ADVANTAGE_ESTIMATORS[spec.name] = fn
+        return fn
+
+    return register
+
+
+def register_policy_loss(name: str) -> Callable[[Callable], Callable]:
+    """Decorator: `fn(logp, old_logp, advantages, mask, algo: AlgorithmConfig) -> (scalar loss, stats)`,
+    stats holding detached clipfrac, dual_clipfrac, ppo_kl (the trainer logs them for every loss)."""
+
+    def register(fn: Callable) -> Callable:
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return register
+
+
+def algorithm_names() -> tuple[str, ...]:
+    return tuple(ALGORITHMS)
+
+
+def get_algorithm(name: str) -> AlgorithmSpec:
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(f"algorithm.name={name!r} is not registered; choose one of: {', '.join(ALGORITHMS)}") from None
+
+
+def _lookup(table: dict[str, Callable], name: str, kind: str, where: str) -> Callable:
+    if name not in table:
+        raise KeyError(f"{kind} {name!r} has no registered implementation; register one in {where} (have: {', '.join(table)})")
+    return table[name]
+
+
+def estimator_fn(spec: AlgorithmSpec) -> Callable:
+    return _lookup(ADVANTAGE_ESTIMATORS, spec.estimator.name, "advantage estimator", "megarl/algorithms/advantages.py")
+
+
+def policy_loss_fn(spec: AlgorithmSpec) -> Callable:
+    return _lookup(POLICY_LOSSES, spec.policy_loss, "policy loss", "megarl/algorithms/losses.py")
+
+
+# ---- the algorithms -----------------------------------------------------------------------------
+register_algorithm(AlgorithmSpec(
+    "ppo", GAE, "ppo_clip", critic=True, source="PPO with a critic (SimpleRL; Schulman et al. 2017)"))
+register_algorithm(AlgorithmSpec(
+    "grpo", SEQUENCE, "ppo_clip", group_baseline="grpo", source="GRPO: (r - group mean) / group std (DeepSeekMath)"))
+register_algorithm(AlgorithmSpec(
+    "drgrpo", SEQUENCE, "ppo_clip", group_baseline="drgrpo", requires={"loss_agg": "seq-sum-constant"},
+    source="Dr. GRPO: r - group mean, token sums divided by a constant, its unbiased loss"))
+register_algorithm(AlgorithmSpec(
+    "rloo", SEQUENCE, "ppo_clip", group_baseline="rloo", source="RLOO: r - mean of the other samples"))
+register_algorithm(AlgorithmSpec(
+    "reinforce_pp", RETURNS, "ppo_clip", source="REINFORCE++ (Hu et al. 2025): whitened returns"))
+register_algorithm(AlgorithmSpec(
+    "reinforce_pp_baseline", RETURNS, "ppo_clip", group_baseline="drgrpo",
+    source="REINFORCE++-baseline (Hu et al. 2025; OpenRLHF reinforce_baseline): r - group mean, returns, whitened"))
+register_algorithm(AlgorithmSpec(
+    "gspo", SEQUENCE, "gspo", group_baseline="grpo", requires={"loss_agg": "seq-mean-token-mean"},
+    source="GSPO (Zheng et al. 2025): sequence-level ratio and clipping, mean over sequences"))
+register_algorithm(AlgorithmSpec(
+    "cispo", SEQUENCE, "cispo", group_baseline="grpo", requires={"loss_agg": "token-mean"},
+    source="CISPO (MiniMax-M1 2025): clipped stop-gradient importance weights, token mean"))

@@ -1,0 +1,111 @@
+"""Process lifetime: children that die with the process that started them (Linux
+PR_SET_PDEATHSIG), and exclusive file locks (a run directory, a conversion's partial output) that
+the kernel releases when their holder dies.
+
+`megarl train` relaunches itself under torchrun when tp*pp > 1: torchrun is started with a
+parent-death signal, and every rank arms one too (its parent is the torchrun agent), so `kill -9`
+of the launcher ends the whole tree instead of leaving ranks that keep training and checkpointing.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import time
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+LAUNCHER_PID_ENV = "MEGARL_LAUNCHER_PID"  # set by `megarl train` for the ranks it launches
+LOCK_NAME = ".megarl.lock"
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> bool:
+    """Ask the kernel to send `sig` to this process when its parent (the thread that forked it)
+    exits. Safe to call in a `preexec_fn`. Returns False where unsupported (not Linux)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def die_with_launcher() -> None:
+    """In a rank that `megarl train` launched through torchrun: die when the torchrun agent dies
+    (it dies with the launcher), and exit now if the launcher is already gone."""
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if not launcher:
+        return
+    if die_with_parent(signal.SIGKILL) and not Path(f"/proc/{int(launcher)}").exists():
+        os._exit(1)  # the launcher died before the signal was armed
+
+
+class LockBusyError(RuntimeError):
+    """Another live process holds the lock (`holder`: its pid as it wrote it, or "unknown")."""
+
+    def __init__(self, message: str, holder: str = "unknown"):
+        super().__init__(message)
+        self.holder = holder
+
+
+class FileLock:
+    """Exclusive, non-blocking `flock` on a lock file, held while the process lives (the kernel drops
+    it when the process dies, so a killed process never leaves a stale lock). The file holds the
+    holder's pid, for messages."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self, wait_s: float = 0.0) -> "FileLock":
+        """Take the lock, retrying for up to `wait_s` seconds; LockBusyError if held."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
+                self._fail(fd, err)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def _fail(self, fd: int, err: OSError) -> None:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise LockBusyError(self._busy_message(holder), holder) from None
+        raise err
+
+    def _busy_message(self, holder: str) -> str:
+        return f"{self.path} is locked by another process (pid {holder})"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "FileLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class RunDirectoryLock(FileLock):
+    """RUN_DIR/.megarl.lock: one training run per run directory."""
+
+    def __init__(self, run_dir: str | Path):
+        super().__init__(Path(run_dir) / LOCK_NAME)
+
+    def _busy_message(self, holder: str) -> str:
+        return (f"run directory {self.path.parent} is in use by another run (pid {holder}); wait for it to "
+                "finish or stop it, or give this run another run.output_dir")

@@ -1,0 +1,77 @@
+"""Process lifetime of `megarl train`: kill -9 of the launcher ends the torchrun ranks it started
+(and their rollout servers), and a run directory in use refuses a second run with one clear line."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+
+
+@pytest.mark.parametrize("tp", [1, 2], ids=["single-process", "torchrun-relaunch"])
+def test_second_run_on_a_locked_run_directory_fails_clearly(write_recipe, tp):
+    from megarl.runtime.process import RunDirectoryLock
+
+    recipe, run_dir = write_recipe(f"locked{tp}", actor={"tp": tp})
+    with RunDirectoryLock(run_dir):
+        proc = subprocess.run([sys.executable, "-m", "megarl.cli", "train", str(recipe)], capture_output=True, text=True,
+                              timeout=300, env=_env())
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"megarl: run directory {run_dir} is in use by another run (pid {os.getpid()}); wait for it to finish or stop "
+        "it, or give this run another run.output_dir")
+    assert "Traceback" not in proc.stderr and not (run_dir / "metrics.jsonl").exists()
+
+
+def test_lock_is_exclusive_and_released_on_exit(tmp_path):
+    from megarl.runtime.process import LockBusyError, RunDirectoryLock
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from megarl.runtime.process import RunDirectoryLock; "
+        f"RunDirectoryLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockBusyError, match=rf"in use by another run \(pid {holder.pid}\)"):
+            RunDirectoryLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    RunDirectoryLock(tmp_path).acquire().release()  # the kernel dropped the dead holder's lock
+
+
+def test_kill_9_of_the_launcher_ends_its_ranks(write_recipe):
+    recipe, run_dir = write_recipe("orphans", run={"steps": 200}, actor={"tp": 2}, checkpoint={"every": 1})
+    launcher = subprocess.Popen([sys.executable, "-m", "megarl.cli", "train", str(recipe)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=_env())
+    tree = []
+    try:
+        deadline = time.time() + 300
+        while not (run_dir / "metrics.jsonl").exists():  # both ranks are training
+            assert launcher.poll() is None and time.time() < deadline, "training did not start"
+            time.sleep(0.5)
+        tree = psutil.Process(launcher.pid).children(recursive=True)
+        ranks = [p for p in tree if {"megarl.cli", "train"} <= set(p.cmdline()) and "torch.distributed.run" not in p.cmdline()]
+        assert len(ranks) == 2, [p.cmdline() for p in tree]
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        gone, alive = psutil.wait_procs(tree, timeout=30)
+        assert not alive, f"survived the launcher: {[p.cmdline()[:6] for p in alive]}"
+        from megarl.runtime.process import RunDirectoryLock
+
+        RunDirectoryLock(run_dir).acquire().release()  # nothing holds the run directory any more
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
