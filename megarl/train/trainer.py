@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from pathlib import Path
 
@@ -39,41 +38,7 @@ from megarl.train.stages import metrics as step_metrics
 from megarl.train.stages.update import NonFiniteTrainingError
 from megarl.train.workers import DTYPES, ModelWorker, WorkerSettings
 
-__all__ = ["NonFiniteTrainingError", "PreemptedError", "PromptStream", "Trainer"]
-
-
-class PromptStream:
-    """Deterministic, resumable pass over training prompts: shuffled per epoch from the seed."""
-
-    def __init__(self, rows: list[dict], seed: int, shuffle: bool = True):
-        if not rows:
-            raise ValueError("the training set is empty; check data.train")
-        self.rows, self.seed, self.shuffle = rows, seed, shuffle
-        self.epoch, self.position = 0, 0
-        self._order = self._make_order()
-
-    def _make_order(self) -> list[int]:
-        order = list(range(len(self.rows)))
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order
-
-    def take(self, k: int) -> list[dict]:
-        out = []
-        while len(out) < k:
-            if self.position >= len(self._order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._make_order()
-            out.append(self.rows[self._order[self.position]])
-            self.position += 1
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def restore(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._order = self._make_order()
+__all__ = ["NonFiniteTrainingError", "PreemptedError", "Trainer"]
 
 
 class Trainer:
@@ -179,7 +144,7 @@ class Trainer:
             rows.extend(load_prompts(item, levels=cfg.data.levels))
         if cfg.data.eval_sets:
             check_no_overlap(rows, {name: load_prompts(name) for name in cfg.data.eval_sets})
-        self.prompts = PromptStream(rows, cfg.run.seed, cfg.data.shuffle)
+        self.prompts = generate.PromptStream(rows, cfg.run.seed, cfg.data.shuffle)
         template, reward_settings = get_template(cfg.data.template), reward.reward_settings(cfg.reward)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
