@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+from typing import TYPE_CHECKING
 
 import torch
 
 from megarl.runtime import collectives
+
+if TYPE_CHECKING:  # the stages import this module's neighbours; types only
+    from megarl.train.stages.generate import RolloutBatch
+    from megarl.train.stages.logprobs import SequenceTensors
+    from megarl.train.stages.update import UpdateTotals
 
 
 class PreemptedError(Exception):
@@ -45,10 +51,10 @@ class StepProgress:
     """How far the current step got on this rank: its batch (driver), this rank's log-probs and
     advantages once computed, and the mini-batch updates done with their running totals."""
 
-    batch: object | None = None  # stages.generate.RolloutBatch
-    tensors: list | None = None  # stages.logprobs.SequenceTensors, this rank's shard
-    updates_done: int = 0
-    totals: object | None = None  # stages.update.UpdateTotals
+    batch: RolloutBatch | None = None
+    tensors: list[SequenceTensors] | None = None  # this rank's shard
+    updates_done: int = 0  # mini-batch updates of the step already applied
+    totals: UpdateTotals | None = None
 
     def rank_state(self) -> dict:
         """What this rank's checkpoint shard keeps (the batch goes into the driver's trainer state)."""
@@ -57,7 +63,7 @@ class StepProgress:
                 "totals": None if self.totals is None else dataclasses.asdict(self.totals)}
 
     @classmethod
-    def restore(cls, batch, rank_state: dict) -> "StepProgress":
+    def restore(cls, batch: RolloutBatch | None, rank_state: dict) -> StepProgress:
         from megarl.train.stages.logprobs import SequenceTensors
         from megarl.train.stages.update import UpdateTotals
 

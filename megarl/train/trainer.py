@@ -82,10 +82,7 @@ class Trainer:
         self._resumed: StepProgress | None = None  # a checkpoint written mid-step: where that step continues
         self._prefetch = None  # rollout.overlap (driver): Future or RolloutBatch of step+1
         self._prefetch_pool = None
-        self.prompts = None
-        self.servers = None
-        self.client = None
-        self.logger = None
+        self.prompts = self.tokenizer = self.servers = self.client = self.pusher = self.logger = None  # driver
         self.checkpoints = checkpointing.CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
         if self.is_driver:
             self._setup_driver()
@@ -315,12 +312,12 @@ class Trainer:
 
     # ---- weight sync, evaluation, checkpoints ---------------------------------------------------
     def sync_weights(self, version: int) -> None:
-        report = sync.push_weights(self.actor.module, self.spec, getattr(self, "pusher", None), self.client, version, self.is_driver)
+        report = sync.push_weights(self.actor.module, self.spec, self.pusher, self.client, version, self.is_driver)
         if self.is_driver:
             self.last_sync = report
 
     def evaluate(self, step: int) -> dict:
-        return step_metrics.evaluate(self.cfg, self.client, getattr(self, "tokenizer", None), self.run_dir, step, self.is_driver)
+        return step_metrics.evaluate(self.cfg, self.client, self.tokenizer, self.run_dir, step, self.is_driver)
 
     def save_checkpoint(self, progress: StepProgress | None = None) -> None:
         """Checkpoint the state after `self.step` steps, plus `progress` of the next step when it is stopped mid-way."""
