@@ -27,6 +27,7 @@ import torch
 from megarl.config import Config, validate_semantics
 from megarl.data import render_prompt, stop_strings
 from megarl.models.spec import ModelSpec
+from megarl.rollout import fleet
 from megarl.runtime import collectives
 from megarl.train import algorithms as algo_fns
 from megarl.train.batch import TrainSequence, build_microbatches, per_sequence_matrix, shard_for_data_parallel, split_minibatches
@@ -198,7 +199,6 @@ class Trainer:
 
     def _start_servers(self) -> None:
         from megarl.rollout.client import RolloutClient
-        from megarl.train import servers
 
         rc = self.cfg.rollout
         self.server_token = None
@@ -210,15 +210,15 @@ class Trainer:
             self.server_token = os.environ.get("MEGARL_SERVE_TOKEN")
             master_address = os.environ.get("MASTER_ADDR", "127.0.0.1")
         elif rc.engine == "builtin":
-            trainer_threads, server_threads = servers.builtin_thread_split(rc.num_servers, rc.overlap)
+            trainer_threads, server_threads = fleet.builtin_thread_split(rc.num_servers, rc.overlap)
             if trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
                 torch.set_num_threads(trainer_threads)
-            self.servers = servers.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs",
-                                                         seed=self.cfg.run.seed, threads=server_threads)
-            urls = generation_urls = self.servers.urls
-            self.server_token = self.servers.token
+            self.servers = fleet.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs",
+                                                       seed=self.cfg.run.seed, threads=server_threads)
+            urls, generation_urls = self.servers.server_urls, self.servers.generation_urls
+            self.server_token = self.servers.admin_token
         else:
-            self.servers = servers.start_sglang_servers(
+            self.servers = fleet.start_sglang_servers(
                 self.model_dir, rc.num_servers, rc.server_tp, self.run_dir / "logs", colocate=rc.colocate, router=rc.router,
                 seed=self.cfg.run.seed, mem_fraction_static=rc.mem_fraction_static,
             )
@@ -298,9 +298,7 @@ class Trainer:
         if not self.cfg.rollout.colocate:
             return
         if self.is_driver:
-            from megarl.train.servers import post_to_servers
-
-            post_to_servers(self.server_urls, f"/{action}_memory_occupation", {}, token=self.server_token)
+            fleet.post_to_servers(self.server_urls, f"/{action}_memory_occupation", {}, token=self.server_token)
         collectives.barrier()
 
     def _stop_requested(self) -> bool:
