@@ -26,6 +26,7 @@ import torch
 
 from megarl.config import Config, validate_semantics
 from megarl.data import render_prompt, stop_strings
+from megarl.data.prompt_stream import PromptStream
 from megarl.models.spec import ModelSpec
 from megarl.rollout import fleet
 from megarl.runtime import collectives
@@ -36,40 +37,6 @@ from megarl.train.workers import DTYPES, ModelWorker, WorkerSettings, is_last_st
 
 class PreemptedError(Exception):
     """Training stopped on a signal after writing a checkpoint; a requeued job resumes from it."""
-
-
-class PromptStream:
-    """Deterministic, resumable pass over training prompts: shuffled per epoch from the seed."""
-
-    def __init__(self, rows: list[dict], seed: int, shuffle: bool = True):
-        if not rows:
-            raise ValueError("the training set is empty; check data.train")
-        self.rows, self.seed, self.shuffle = rows, seed, shuffle
-        self.epoch, self.position = 0, 0
-        self._order = self._make_order()
-
-    def _make_order(self) -> list[int]:
-        order = list(range(len(self.rows)))
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order
-
-    def take(self, k: int) -> list[dict]:
-        out = []
-        while len(out) < k:
-            if self.position >= len(self._order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._make_order()
-            out.append(self.rows[self._order[self.position]])
-            self.position += 1
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def restore(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._order = self._make_order()
 
 
 @dataclasses.dataclass
