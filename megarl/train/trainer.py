@@ -24,15 +24,17 @@ from pathlib import Path
 
 import torch
 
-from megarl.config import Config, validate_semantics
+from megarl.config import BUILTIN_PREFIX, Config, validate_semantics
 from megarl.data import render_prompt, stop_strings
 from megarl.data.prompt_stream import PromptStream
+from megarl.models.export import gather_hf_tensors
 from megarl.models.spec import ModelSpec
+from megarl.rewards.schemes import RewardConfig, compute_rewards
 from megarl.rollout import fleet
 from megarl.runtime import collectives
 from megarl.train import algorithms as algo_fns
 from megarl.train.batch import TrainSequence, build_microbatches, per_sequence_matrix, shard_for_data_parallel, split_minibatches
-from megarl.train.workers import DTYPES, ModelWorker, WorkerSettings, is_last_stage
+from megarl.train.workers import DTYPES, ModelWorker, WorkerSettings, is_last_stage, response_logprobs, response_values
 
 
 class PreemptedError(Exception):
@@ -100,8 +102,6 @@ class Trainer:
 
     # ---- setup --------------------------------------------------------------------------
     def _resolve_model(self) -> Path:
-        from megarl.config import BUILTIN_PREFIX
-
         path = self.cfg.model.path
         if path.startswith(BUILTIN_PREFIX):
             from megarl.demo.toy_model import build_toy_model
@@ -141,7 +141,6 @@ class Trainer:
 
         from megarl.data import check_no_overlap, get_template, load_prompts
         from megarl.monitoring.metrics import MetricsLogger
-        from megarl.rewards.schemes import RewardConfig
 
         cfg = self.cfg
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or self.model_dir)
@@ -352,7 +351,6 @@ class Trainer:
     def _rollout_on_driver(self, step: int):
         """Generate and grade step `step`'s batch: (sequences, metrics, logged samples)."""
         from megarl.monitoring.reflection import reflection_rates
-        from megarl.rewards.schemes import compute_rewards
         from megarl.rollout.client import SamplingParams
 
         cfg, rc = self.cfg, self.cfg.rollout
@@ -572,8 +570,6 @@ class Trainer:
                 norm = self._normalizer(sub, len(mbs))
 
                 def actor_step(output, mb, norm=norm):
-                    from megarl.train.workers import response_logprobs
-
                     if mb.get("empty"):
                         return output.sum() * 0.0, {}
                     logp, entropy = response_logprobs(output, mb, self.spec, self._temperature())
@@ -589,8 +585,6 @@ class Trainer:
                 _accumulate(stats, sums, counts, prefix="actor/")
                 if self.critic is not None:
                     def critic_step(output, mb, norm=norm):
-                        from megarl.train.workers import response_values
-
                         if mb.get("empty"):
                             return output.sum() * 0.0, {}
                         return algo_fns.value_loss(response_values(output, mb), mb, self.cfg.critic.value_clip, norm)
@@ -657,8 +651,6 @@ class Trainer:
     def sync_weights(self, version: int) -> None:
         """Gather the actor into HF tensors on the driver and push them to every server, as
         weight_version `version` (the number of optimizer steps in these weights)."""
-        from megarl.models.export import gather_hf_tensors
-
         version = str(version)
         tensors = gather_hf_tensors(self.actor.module, dst=0, spec=self.spec)
         if self.is_driver:
