@@ -25,14 +25,18 @@ from pathlib import Path
 import torch
 
 from megarl.algorithms.registry import get_algorithm
-from megarl.config import Config, validate_semantics
+from megarl.config import BUILTIN_PREFIX, Config, validate_semantics
 from megarl.data import render_prompt, stop_strings
+from megarl.data.prompt_stream import PromptStream
+from megarl.models.export import gather_hf_tensors
 from megarl.models.spec import ModelSpec
+from megarl.rewards.schemes import RewardConfig, compute_rewards
+from megarl.rollout import fleet
 from megarl.runtime import collectives
 from megarl.runtime.distributed import fold_seed
 from megarl.train import algorithms as algo_fns
 from megarl.train.batch import TrainSequence, build_microbatches, per_sequence_matrix, shard_for_data_parallel, split_minibatches
-from megarl.train.workers import DTYPES, ModelWorker, WorkerSettings, is_last_stage
+from megarl.train.workers import DTYPES, ModelWorker, WorkerSettings, is_last_stage, response_logprobs, response_values
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -41,40 +45,6 @@ class NonFiniteTrainingError(RuntimeError):
 
 class PreemptedError(Exception):
     """Training stopped on a signal after writing a checkpoint; a requeued job resumes from it."""
-
-
-class PromptStream:
-    """Deterministic, resumable pass over training prompts: shuffled per epoch from the seed."""
-
-    def __init__(self, rows: list[dict], seed: int, shuffle: bool = True):
-        if not rows:
-            raise ValueError("the training set is empty; check data.train")
-        self.rows, self.seed, self.shuffle = rows, seed, shuffle
-        self.epoch, self.position = 0, 0
-        self._order = self._make_order()
-
-    def _make_order(self) -> list[int]:
-        order = list(range(len(self.rows)))
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order
-
-    def take(self, k: int) -> list[dict]:
-        out = []
-        while len(out) < k:
-            if self.position >= len(self._order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._make_order()
-            out.append(self.rows[self._order[self.position]])
-            self.position += 1
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def restore(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._order = self._make_order()
 
 
 @dataclasses.dataclass
@@ -139,8 +109,6 @@ class Trainer:
 
     # ---- setup --------------------------------------------------------------------------
     def _resolve_model(self) -> Path:
-        from megarl.config import BUILTIN_PREFIX
-
         path = self.cfg.model.path
         if path.startswith(BUILTIN_PREFIX):
             from megarl.demo.toy_model import build_toy_model
@@ -180,7 +148,6 @@ class Trainer:
 
         from megarl.data import check_no_overlap, get_template, load_prompts
         from megarl.monitoring.metrics import MetricsLogger
-        from megarl.rewards.schemes import RewardConfig
 
         cfg = self.cfg
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or self.model_dir)
@@ -205,7 +172,6 @@ class Trainer:
 
     def _start_servers(self) -> None:
         from megarl.rollout.client import RolloutClient
-        from megarl.train import servers
 
         rc = self.cfg.rollout
         self.server_token = None
@@ -217,15 +183,15 @@ class Trainer:
             self.server_token = os.environ.get("MEGARL_SERVE_TOKEN")
             master_address = os.environ.get("MASTER_ADDR", "127.0.0.1")
         elif rc.engine == "builtin":
-            trainer_threads, server_threads = servers.builtin_thread_split(rc.num_servers, rc.overlap)
+            trainer_threads, server_threads = fleet.builtin_thread_split(rc.num_servers, rc.overlap)
             if trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
                 torch.set_num_threads(trainer_threads)
-            self.servers = servers.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs",
-                                                         seed=fold_seed(self.cfg.run.seed, 31), threads=server_threads)
-            urls = generation_urls = self.servers.urls
-            self.server_token = self.servers.token
+            self.servers = fleet.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs",
+                                                       seed=fold_seed(self.cfg.run.seed, 31), threads=server_threads)
+            urls, generation_urls = self.servers.server_urls, self.servers.generation_urls
+            self.server_token = self.servers.admin_token
         else:
-            self.servers = servers.start_sglang_servers(
+            self.servers = fleet.start_sglang_servers(
                 self.model_dir, rc.num_servers, rc.server_tp, self.run_dir / "logs", colocate=rc.colocate, router=rc.router,
                 seed=fold_seed(self.cfg.run.seed, 31),  # SGLang seeds NumPy with it (< 2**32)
                 mem_fraction_static=rc.mem_fraction_static,
@@ -306,9 +272,7 @@ class Trainer:
         if not self.cfg.rollout.colocate:
             return
         if self.is_driver:
-            from megarl.train.servers import post_to_servers
-
-            post_to_servers(self.server_urls, f"/{action}_memory_occupation", {}, token=self.server_token)
+            fleet.post_to_servers(self.server_urls, f"/{action}_memory_occupation", {}, token=self.server_token)
         collectives.barrier()
 
     def _stop_requested(self) -> bool:
@@ -397,7 +361,6 @@ class Trainer:
     def _rollout_on_driver(self, step: int):
         """Generate and grade step `step`'s batch: (sequences, metrics, logged samples)."""
         from megarl.monitoring.reflection import reflection_rates
-        from megarl.rewards.schemes import compute_rewards
         from megarl.rollout.client import SamplingParams
 
         cfg, rc = self.cfg, self.cfg.rollout
@@ -614,8 +577,6 @@ class Trainer:
                 norm = self._normalizer(sub, len(mbs))
 
                 def actor_step(output, mb, norm=norm):
-                    from megarl.train.workers import response_logprobs
-
                     if mb.get("empty"):
                         return output.sum() * 0.0, {}
                     logp, entropy = response_logprobs(output, mb, self.spec, self._temperature())
@@ -632,8 +593,6 @@ class Trainer:
                 _accumulate(stats, sums, counts, prefix="actor/")
                 if self.critic is not None:
                     def critic_step(output, mb, norm=norm):
-                        from megarl.train.workers import response_values
-
                         if mb.get("empty"):
                             return output.sum() * 0.0, {}
                         return algo_fns.value_loss(response_values(output, mb), mb, self.cfg.critic.value_clip, norm)
@@ -715,8 +674,6 @@ class Trainer:
     def sync_weights(self, version: int) -> None:
         """Gather the actor into HF tensors on the driver and push them to every server, as
         weight_version `version` (the number of optimizer steps in these weights)."""
-        from megarl.models.export import gather_hf_tensors
-
         version = str(version)
         tensors = gather_hf_tensors(self.actor.module, dst=0, spec=self.spec)
         if self.is_driver:
