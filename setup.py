@@ -47,8 +47,6 @@ EXTRAS = {
     # source, see README "GPU clusters".
     # sglang==0.5.23 is the version the conformance tests read; it pins torch==2.14.1.
     "gpu": ["transformer-engine[pytorch]>=2.0", "sglang==0.5.23", "sglang-router>=0.1", "flash-attn>=2.6"],
-    # Optional DALI input pipeline for tokenized prompt shards.
-    "dali": ["nvidia-dali-cuda120>=1.40"],
     # Comparisons in the benchmark tools.
     "bench": ["trl>=0.20", "liger-kernel>=0.5"],
 }

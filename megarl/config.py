@@ -202,6 +202,8 @@ class LoggingConfig(Section):
 
 
 class SlurmConfig(Section):
+    """The job's Slurm settings for `megarl submit`; its flags override them (launch.layout.LaunchOptions.from_recipe)."""
+
     partition: str | None = None
     account: str | None = None
     time: str = "24:00:00"

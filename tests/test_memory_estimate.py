@@ -42,8 +42,7 @@ def _qwen32b(tmp_path, *overrides):
     (tmp_path / "q32").mkdir()
     (tmp_path / "q32" / "config.json").write_text(json.dumps(QWEN25_32B))
     cfg = load_config("configs/simplerl_zoo_qwen2.5_32b.yaml", overrides=[f"model.path={tmp_path / 'q32'}", *overrides], check_files=False)
-    s = cfg.slurm
-    layout = plan_layout(cfg, LaunchOptions(nodes=s.nodes, rollout_nodes=s.rollout_nodes, gpus_per_node=s.gpus_per_node, time=s.time))
+    layout = plan_layout(cfg, LaunchOptions.from_recipe(cfg.slurm))
     return cfg, ModelSpec.from_hf(tmp_path / "q32"), layout
 
 

@@ -213,7 +213,7 @@ def trl_worker(args) -> int:
 
     from megarl.data import load_prompts
     from megarl.demo.toy_model import build_toy_model
-    from megarl.rewards.grading import grade_batch
+    from megarl.rewards.schemes import compute_rewards
 
     cfg = load_recipe(args.config, args.set)
     if cfg.data.template != "none":
@@ -230,7 +230,7 @@ def trl_worker(args) -> int:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 
     def boxed_reward(prompts, completions, answer, **kwargs) -> list[float]:
-        return [g.reward for g in grade_batch(completions, answer, template=cfg.data.template)]
+        return [g.reward for g in compute_rewards(completions, answer, template=cfg.data.template)]
 
     n, prompts_per_step = cfg.rollout.n, cfg.data.prompts_per_step
     grpo = GRPOConfig(

@@ -1,5 +1,5 @@
 """Math prompt data: loading (JSONL/Parquet/HF datasets/shipped sets), templates, difficulty
-presets, train/eval overlap checks, pass-rate filtering, and prompt loaders (torch default, DALI optional)."""
+presets, train/eval overlap checks, pass-rate filtering, and the trainer's resumable prompt stream (prompt_stream)."""
 
 from megarl.data.difficulty import DIFFICULTY_PRESETS, load_difficulty_preset, select_by_level
 from megarl.data.loading import PromptRecord, load_records

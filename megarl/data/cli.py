@@ -1,4 +1,4 @@
-"""`megarl data`: list shipped sets, select by difficulty, check train/eval overlap, tokenize shards.
+"""`megarl data`: list shipped sets, select by difficulty, check train/eval overlap, filter by pass rate.
 
 `megarl data filter` samples k answers per prompt from a model through the rollout engine
 (megarl's built-in servers for a model directory, or a running SGLang/megarl server URL),
@@ -15,7 +15,6 @@ EXAMPLE = """examples:
   megarl data select hard --out train.jsonl                 # SimpleRL-Zoo preset (easy|medium|hard)
   megarl data select math_lvl1to4_train --levels 3-4 --out lvl34.jsonl
   megarl data overlap my_train.jsonl --drop-out my_train_clean.jsonl
-  megarl data tokenize train.jsonl --tokenizer ./qwen-tokenizer --template qwen-boxed --out shards/
 """
 
 
@@ -40,12 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     overlap = commands.add_parser("overlap", help="find training prompts that appear in the shipped evaluation sets")
     overlap.add_argument("source", help="training data: shipped set, file or folder")
     overlap.add_argument("--drop-out", help="write the training data without the overlapping prompts here")
-    tokenize = commands.add_parser("tokenize", help="render a template and write tokenized prompt shards (torch/DALI loaders)")
-    tokenize.add_argument("source")
-    tokenize.add_argument("--tokenizer", required=True, help="HF tokenizer folder")
-    tokenize.add_argument("--template", default="qwen-boxed")
-    tokenize.add_argument("--out", required=True, help="new shard folder")
-    tokenize.add_argument("--max-prompt-tokens", type=int, default=None)
     filt = commands.add_parser("filter", help="keep prompts whose measured pass rate lies in a range (samples through the rollout engine)")
     filt.add_argument("source", help="prompts: shipped set, preset (easy/medium/hard), file or folder")
     filt.add_argument("--model", required=True, help="HF model directory (megarl starts rollout servers) or a server URL")
@@ -98,10 +91,10 @@ def _filter(args: argparse.Namespace) -> int:
             raise ValueError("--tokenizer DIR is required when --model is a server URL")
         urls = [args.model]
     else:
-        from megarl.train.servers import start_builtin_servers
+        from megarl.rollout.fleet import start_builtin_servers
 
         group = start_builtin_servers(args.model, args.servers, Path(args.out).parent / "filter_logs")
-        urls = group.urls
+        urls = group.generation_urls
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
         client = RolloutClient(urls)
@@ -174,15 +167,6 @@ def _run(args: argparse.Namespace) -> int:
             print(f"wrote {len(kept)} prompts to {args.drop_out}", file=sys.stderr)
             return 0
         return 1 if found else 0
-    if args.command == "tokenize":
-        from transformers import AutoTokenizer
-
-        from megarl.data.token_shards import write_token_shards
-
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        out = write_token_shards(_load(args.source), tokenizer, args.template, args.out, args.max_prompt_tokens)
-        print(f"wrote token shards to {out}", file=sys.stderr)
-        return 0
     raise AssertionError(f"unhandled command {args.command}")
 
 

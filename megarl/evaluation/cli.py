@@ -56,15 +56,15 @@ def main(argv: list[str]) -> int:
             print(f"megarl eval: {model_dir} is not an HF model directory (no config.json)", file=sys.stderr)
             return 2
         from megarl.runtime.device import on_gpu
-        from megarl.train import servers
+        from megarl.rollout import fleet
 
         engine = args.engine or ("sglang" if on_gpu() else "builtin")
         log_dir = Path(args.out or tempfile.mkdtemp(prefix="megarl_eval_")) / "logs"
         if engine == "builtin":
-            group = servers.start_builtin_servers(model_dir, args.servers, log_dir, seed=args.seed)
-            urls = group.urls
+            group = fleet.start_builtin_servers(model_dir, args.servers, log_dir, seed=args.seed)
+            urls = group.generation_urls
         else:
-            group = servers.start_sglang_servers(model_dir, args.servers, 1, log_dir, router=args.servers > 1)
+            group = fleet.start_sglang_servers(model_dir, args.servers, 1, log_dir, router=args.servers > 1)
             urls = group.generation_urls
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)

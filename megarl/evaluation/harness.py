@@ -52,7 +52,6 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
     """Run every benchmark; returns {benchmark: summary row}. Writes samples.jsonl and summary.json."""
     from megarl.data import get_template, load_prompts, render_prompt, stop_strings
     from megarl.rewards.grading import grade_batch
-    from megarl.rewards.schemes import RewardConfig
     from megarl.rollout.client import RequestRejected, Sample, SamplingParams
 
     template = get_template(settings.template)
@@ -85,7 +84,6 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
         grades = grade_batch(
             [s.text for s in flat], [rows[s.prompt_index].answer for s in flat], template=settings.template,
             timeout=settings.grade_timeout, finish_reasons=[s.finish_reason for s in flat],
-            reward_config=RewardConfig(scheme="binary", extraction_mode=settings.extraction),
             extraction_mode=settings.extraction,
         )
         correct_per_prompt = [0] * len(rows)

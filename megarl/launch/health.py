@@ -4,58 +4,17 @@
 
 Exits 0 when every server is healthy, or at the deadline when at least one is (the others are
 reported; the trainer's client fails over). Exits 1 when none is healthy by the deadline or when
-the watched process (the rollout step's srun) has ended and no server answers.
+the watched process (the rollout step's srun) has ended and no server answers. The polling is
+`megarl.rollout.fleet.wait_for_servers`; this module is its command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-import urllib.error
-import urllib.request
 
-
-def is_healthy(url: str, timeout_s: float = 5.0) -> bool:
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout_s) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def wait_for_servers(urls: list[str], timeout_s: float, poll_s: float = 2.0, watch_pid: int | None = None,
-                     log=print) -> list[str]:
-    """Poll until all `urls` are healthy or `timeout_s` passes; returns the healthy URLs."""
-    deadline = time.monotonic() + timeout_s
-    healthy: set[str] = set()
-    while True:
-        for url in urls:
-            if url not in healthy and is_healthy(url):
-                healthy.add(url)
-                log(f"rollout server {url} is healthy ({len(healthy)}/{len(urls)})")
-        if len(healthy) == len(urls):
-            break
-        if not _alive(watch_pid):
-            log(f"the rollout step (pid {watch_pid}) has ended")
-            break
-        if time.monotonic() > deadline:
-            break
-        time.sleep(poll_s)
-    return [u for u in urls if u in healthy]
+from megarl.rollout.fleet import wait_for_servers
 
 
 def main(argv: list[str] | None = None) -> int:

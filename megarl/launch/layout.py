@@ -22,13 +22,14 @@ import math
 import re
 from typing import Literal
 
-from megarl.config import Config
+from megarl.config import Config, SlurmConfig
 
 # torchrun's rendezvous port is drawn from [MASTER_PORT_BASE, MASTER_PORT_BASE + MASTER_PORT_SPAN) by job
 # id (slurm/env.sh), a range rollout server ports must stay out of.
 MASTER_PORT_BASE, MASTER_PORT_SPAN = 20000, 10000
 DEFAULT_PREEMPT_NOTICE_S = 600  # checkpoint lead time before the time limit, at least (one step + one checkpoint)
 LEAD_MARGIN = 1.5  # the notice covers this many times the measured or estimated step + checkpoint time
+_RECIPE_DEFAULTS = SlurmConfig()  # the recipe's slurm section owns the defaults of the options it holds
 
 
 class LaunchError(ValueError):
@@ -37,18 +38,19 @@ class LaunchError(ValueError):
 
 @dataclasses.dataclass
 class LaunchOptions:
-    """What `megarl submit` was asked for (command-line flags over the recipe's slurm section)."""
+    """What `megarl submit` was asked for: the recipe's slurm section with command-line flags over it
+    (`from_recipe`). Options the slurm section holds take their defaults from `SlurmConfig`."""
 
-    nodes: int = 1
-    rollout_nodes: int = 0
-    gpus_per_node: int = 8  # 0: a CPU cluster (gloo, built-in rollout servers)
+    nodes: int = _RECIPE_DEFAULTS.nodes
+    rollout_nodes: int = _RECIPE_DEFAULTS.rollout_nodes
+    gpus_per_node: int = _RECIPE_DEFAULTS.gpus_per_node  # 0: a CPU cluster (gloo, built-in rollout servers)
     colocate: bool = False
     procs_per_node: int | None = None  # trainer processes per node; default: GPUs, or tp*pp on CPU
     servers_per_node: int | None = None  # default: gpus_per_node // rollout.server_tp, or 1 on CPU
     cpus_per_node: int | None = None  # CPUs to ask for per node (default: the whole node on GPU clusters)
-    partition: str | None = None
-    account: str | None = None
-    time: str = "24:00:00"
+    partition: str | None = _RECIPE_DEFAULTS.partition
+    account: str | None = _RECIPE_DEFAULTS.account
+    time: str = _RECIPE_DEFAULTS.time
     requeue: bool = False
     preempt_notice_s: int | None = None  # default: from lead_time_s (or DEFAULT_PREEMPT_NOTICE_S), at most a quarter of the limit
     lead_time_s: float | None = None  # measured or estimated seconds of one step plus one checkpoint
@@ -59,6 +61,12 @@ class LaunchOptions:
     net_ifname: str | None = None  # NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME
     entry: tuple[str, ...] = ("megarl.cli", "train")  # module (or .py file) + leading args run on each rank
     job_name: str | None = None
+
+    @classmethod
+    def from_recipe(cls, slurm: SlurmConfig, **flags) -> "LaunchOptions":
+        """The recipe's slurm section, with every flag that was given (not None) over it."""
+        recipe = {f.name: getattr(slurm, f.name) for f in dataclasses.fields(cls) if f.name in SlurmConfig.model_fields}
+        return cls(**{**recipe, **{name: value for name, value in flags.items() if value is not None}})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,15 +18,15 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from megarl.rollout.admin_token import TOKEN_ENV
+from megarl.rollout.admin_token import TOKEN_ENV, sglang_admin_key_file
+from megarl.rollout.fleet import SGLangServerSpec, builtin_server_command, sglang_server_command, spawn_server, stop_servers
+
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -58,31 +58,19 @@ def server_commands(plan: ServerPlan, node_index: int, python: str,
         port = plan.port(node_index, i)
         seed = plan.seed + node_index * plan.servers_per_node + i
         if plan.engine == "sglang":
-            from megarl.rollout.sglang_launcher import SGLangServerSpec, sglang_server_command
-
             spec = SGLangServerSpec(model_path=plan.model, host="0.0.0.0", port=port, tp_size=plan.server_tp,
                                     base_gpu_id=plan.first_gpu + i * plan.server_tp, enable_memory_saver=plan.colocate,
                                     random_seed=seed, dtype=DTYPE_NAMES[plan.dtype])
             argv = sglang_server_command(spec, python=python, admin_key_config=admin_key_config)
         else:
-            argv = [python, "-m", "megarl.cli", "serve", "--model", plan.model, "--host", "0.0.0.0",
-                    "--port", str(port), "--seed", str(seed), "--dtype", DTYPE_NAMES[plan.dtype]]
+            argv = builtin_server_command(plan.model, port, host="0.0.0.0", seed=seed, dtype=DTYPE_NAMES[plan.dtype],
+                                          python=python)
         commands.append((port, argv))
     return commands
 
 
 def load_plan(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
-
-
-def _terminate_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM it when this manager dies, even by SIGKILL."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 class NodeServers:
@@ -98,10 +86,7 @@ class NodeServers:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for i, (port, argv) in enumerate(self.commands):
             log_path = self.log_dir / f"server_{self.node_name}_{i}.log"
-            out = open(log_path, "ab")
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=_terminate_with_parent)
-            out.close()
+            proc = spawn_server(argv, log_path)
             self.procs.append(proc)
             self.log(f"server {i} (port {port}, pid {proc.pid}): {' '.join(argv)}; log {log_path}")
 
@@ -131,19 +116,7 @@ class NodeServers:
 
     def stop(self, grace_s: float = 30.0) -> None:
         self.stopping = True
-        for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + grace_s
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_servers(self.procs, grace_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,30 +128,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     plan = ServerPlan(**load_plan(args.plan)["servers"])
-    token = os.environ.get(TOKEN_ENV)
-    key_dir = None
-    if plan.engine == "sglang" and token:
-        from megarl.rollout.admin_token import sglang_admin_key_config
+    token = os.environ.get(TOKEN_ENV) if plan.engine == "sglang" else None  # built-in servers inherit it
+    with sglang_admin_key_file(token) as admin_key_config:  # removed when this manager exits
+        commands = server_commands(plan, args.node_index, sys.executable, admin_key_config)
+        servers = NodeServers(commands, args.log_dir, args.node_name)
 
-        key_dir = tempfile.mkdtemp(prefix="megarl-sglang-key-")  # mode 0700, removed on exit
-        admin_key_config = str(sglang_admin_key_config(token, key_dir))
-    else:
-        admin_key_config = None
-    commands = server_commands(plan, args.node_index, sys.executable, admin_key_config)
-    servers = NodeServers(commands, args.log_dir, args.node_name)
+        def on_signal(signum, frame):
+            servers.log(f"{signal.Signals(signum).name}: stopping {len(servers.procs)} server(s)")
+            servers.stop()
 
-    def on_signal(signum, frame):
-        servers.log(f"{signal.Signals(signum).name}: stopping {len(servers.procs)} server(s)")
-        servers.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
         servers.start()
         return servers.wait()
-    finally:
-        if key_dir:
-            shutil.rmtree(key_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

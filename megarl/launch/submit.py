@@ -62,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requeue the job when the trainer checkpoints before the time limit (and on node failure)")
     parser.add_argument("--preempt-notice", type=int, default=None, metavar="SECONDS",
                         help="signal the trainer this long before the time limit (default: 1.5x one step plus one "
-                             "checkpoint, measured in a previous run's metrics or estimated from the model size; at "
-                             "least 600, at most 1/4 of the limit)")
-    parser.add_argument("--server-port", type=int, default=30000, help="first rollout server port (default 30000)")
+                             f"checkpoint, measured in a previous run's metrics or estimated from the model size; at "
+                             f"least {DEFAULT_PREEMPT_NOTICE_S}, at most 1/4 of the limit)")
+    parser.add_argument("--server-port", type=int, default=None,
+                        help=f"first rollout server port (default {LaunchOptions.server_port})")
     parser.add_argument("--master-port", type=int, default=None,
                         help="torchrun rendezvous port on the first trainer node (default: 20000 + job id %% 10000, "
                              "below the server ports)")
@@ -76,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--job-name", default=None, help="Slurm job name (default megarl-<run.name>)")
     parser.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                         help="extra #SBATCH line, repeatable (e.g. --sbatch-arg=--qos=high)")
-    parser.add_argument("--entry", default="megarl.cli train",
+    parser.add_argument("--entry", default=None,
                         help="module (or .py file) and leading arguments each trainer rank runs before the recipe "
-                             "(default 'megarl.cli train')")
+                             f"(default '{' '.join(LaunchOptions.entry)}')")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script; write and submit nothing")
     parser.add_argument("--no-path-checks", action="store_true",
                         help="with --dry-run: do not require the model and data paths to exist on this machine")
@@ -108,16 +109,13 @@ def check_ports(opts: LaunchOptions, servers_per_node: int) -> None:
 
 
 def _options(args: argparse.Namespace, cfg) -> LaunchOptions:
-    s = cfg.slurm
-    return LaunchOptions(
-        nodes=args.nodes if args.nodes is not None else s.nodes,
-        rollout_nodes=args.rollout_nodes if args.rollout_nodes is not None else s.rollout_nodes,
-        gpus_per_node=args.gpus_per_node if args.gpus_per_node is not None else s.gpus_per_node,
+    return LaunchOptions.from_recipe(
+        cfg.slurm, nodes=args.nodes, rollout_nodes=args.rollout_nodes, gpus_per_node=args.gpus_per_node,
         colocate=args.colocate, procs_per_node=args.procs_per_node, servers_per_node=args.servers_per_node,
-        cpus_per_node=args.cpus_per_node, partition=args.partition or s.partition, account=args.account or s.account,
-        time=args.time or s.time, requeue=args.requeue, preempt_notice_s=args.preempt_notice,
-        server_port=args.server_port, master_port=args.master_port, net_ifname=args.net_ifname, job_name=args.job_name,
-        entry=tuple(args.entry.split()), mem=args.mem,
+        cpus_per_node=args.cpus_per_node, partition=args.partition, account=args.account, time=args.time,
+        requeue=args.requeue, preempt_notice_s=args.preempt_notice, server_port=args.server_port,
+        master_port=args.master_port, net_ifname=args.net_ifname, job_name=args.job_name,
+        entry=tuple(args.entry.split()) if args.entry else None, mem=args.mem,
     )
 
 

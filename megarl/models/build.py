@@ -12,6 +12,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from megarl.models import logit_positions
 from megarl.models.mapping import stage_mappings
 from megarl.models.spec import ModelSpec
 from megarl.runtime.device import get_device, on_gpu
@@ -186,8 +187,6 @@ def build_model(
         # The LM head Megatron just built (V/tp x H) is dropped here; the value head replaces it.
         model.output_layer = ValueHead(spec.hidden_size, dtype, get_device(), seed=value_head_seed)
     elif post:
-        from megarl.models import logit_positions
-
         logit_positions.install(model)  # logits at response positions only, when asked
     model.megarl_spec = spec
     model.megarl_role = role

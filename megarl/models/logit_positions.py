@@ -18,6 +18,8 @@ import contextvars
 
 import torch
 
+from megarl.models.unwrap import unwrap_model
+
 _POSITIONS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("megarl_logit_positions", default=None)
 
 
@@ -50,6 +52,4 @@ def install(model) -> None:
 
 
 def supports_position_selection(model) -> bool:
-    from megarl.models.export import unwrap_model
-
     return bool(getattr(unwrap_model(model), "megarl_selects_logits", False))

@@ -29,13 +29,10 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from megarl.rewards.equivalence import MAX_SYMBOLIC_CHARS, any_gold_quick, any_gold_symbolic
 from megarl.rewards.extraction import ExtractedAnswer, extract_answer, extract_r1_answer, is_truncated, r1_format_ok
-
-if TYPE_CHECKING:
-    from megarl.rewards.schemes import RewardConfig
 
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -46,7 +43,7 @@ class GradeResult:
 
     extracted: str | None  # the final answer taken from the response (None: no answer found)
     correct: bool
-    reward: float = 0.0  # filled by the reward scheme (megarl.rewards.schemes)
+    reward: float = 0.0  # filled by the reward scheme (megarl.rewards.schemes.compute_rewards)
     truncated: bool = False  # the rollout hit its length limit
     has_answer: bool = False  # an answer was found (a \boxed{} or an r1 <answer> block, or a fallback)
     answer_source: str = "none"  # "boxed", "answer_is", "last_number", "r1_answer" or "none"
@@ -326,25 +323,22 @@ def grade_batch(
     template: str = "qwen-boxed",
     timeout: float = DEFAULT_TIMEOUT_S,
     finish_reasons: Sequence[object] | None = None,
-    reward_config: "RewardConfig | None" = None,
     pool: GradingPool | None = None,
     extraction_mode: str = "boxed",
     rel_tol: float = 1e-4,
 ) -> list[GradeResult]:
-    """Grade a rollout: one GradeResult per response, with `reward` set by `reward_config`.
+    """Grade a rollout: one GradeResult per response (whether it is correct and why; the reward
+    scheme, `megarl.rewards.schemes.compute_rewards`, turns grades into rewards).
 
     golds[i] is one gold answer or a list of acceptable ones. finish_reasons[i] is the
     rollout's finish reason (SGLang dict or string); "length" marks the response truncated.
     Symbolic comparisons run in `pool` (the process-wide default pool when None), each under
     `timeout` seconds.
     """
-    from megarl.rewards.schemes import RewardConfig, apply_reward
-
     if len(responses) != len(golds):
         raise ValueError(f"grade_batch got {len(responses)} responses but {len(golds)} gold answers; pass one gold per response")
     if finish_reasons is not None and len(finish_reasons) != len(responses):
         raise ValueError(f"grade_batch got {len(finish_reasons)} finish_reasons for {len(responses)} responses")
-    reward_config = reward_config or RewardConfig()
     results: list[GradeResult] = []
     symbolic_tasks: list[tuple[str, list[str]]] = []
     symbolic_index: list[int] = []
@@ -381,8 +375,6 @@ def grade_batch(
             results[index].method = verdict.method
             results[index].timed_out = verdict.method == "timeout"
             results[index].seconds += verdict.seconds
-    for result in results:
-        result.reward = apply_reward(result, reward_config)
     return results
 
 
@@ -392,9 +384,8 @@ def grade_answer(
     template: str = "qwen-boxed",
     timeout: float = DEFAULT_TIMEOUT_S,
     finish_reason: object = None,
-    reward_config: "RewardConfig | None" = None,
     pool: GradingPool | None = None,
 ) -> GradeResult:
     """Grade one response (a batch of one)."""
-    return grade_batch([response], [gold], template, timeout, [finish_reason], reward_config, pool)[0]
+    return grade_batch([response], [gold], template, timeout, [finish_reason], pool)[0]
 

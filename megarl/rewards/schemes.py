@@ -124,16 +124,18 @@ def compute_rewards(
     """
     config = config or RewardConfig()
     if config.reward_function is None:
-        return grade_batch(
+        results = grade_batch(
             responses,
             golds,
             template=template,
             timeout=config.timeout,
             finish_reasons=finish_reasons,
-            reward_config=config,
             pool=pool,
             extraction_mode=config.extraction_mode,
         )
+        for result in results:
+            result.reward = apply_reward(result, config)
+        return results
     function = load_reward_function(config.reward_function)
     results = []
     for index, (response, gold) in enumerate(zip(responses, golds, strict=True)):

@@ -6,5 +6,7 @@ Modules (imported on demand; this package imports nothing heavy):
 - `engine`: the batched generation loop the built-in server runs (KV cache, sampling).
 - `weight_buckets`: the flattened-bucket tensor format shared by sender and server.
 - `weight_sync`: `push_weights` - bucketed weight transport (tensor / distributed / disk).
-- `sglang_launcher`: builds and runs `sglang.launch_server` and `sglang_router` commands.
+- `fleet`: server lifecycle - builds built-in and SGLang (and sglang-router) commands, starts them,
+  waits for `/health`, stops them; used by the trainer, the CLIs and the Slurm launch.
+- `admin_token`: per-run admin tokens, handed over by environment or a 0600 file.
 """

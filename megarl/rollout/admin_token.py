@@ -9,10 +9,15 @@ or in a file only its owner can read: megarl's built-in server takes `--token-fi
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
+import shutil
 import stat
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 TOKEN_ENV = "MEGARL_SERVE_TOKEN"
 
@@ -49,8 +54,20 @@ def read_token_file(path: str | Path) -> str:
 
 def sglang_admin_key_config(token: str, directory: str | Path) -> Path:
     """A 0600 YAML file for SGLang's `--config`, holding only `admin_api_key`, in `directory`."""
-    import json
-
     path = Path(directory) / f"sglang_admin_{secrets.token_hex(4)}.yaml"
     # the key as spelled on the command line: SGLang turns each YAML key into "--KEY VALUE"
     return write_private_file(path, f"admin-api-key: {json.dumps(token)}\n")  # a JSON string is a YAML string
+
+
+@contextlib.contextmanager
+def sglang_admin_key_file(token: str | None) -> Iterator[str | None]:
+    """The path of a `sglang_admin_key_config` file for `token` in a private (0700) temporary
+    directory, removed with the directory on exit; None when there is no token."""
+    if not token:
+        yield None
+        return
+    directory = tempfile.mkdtemp(prefix="megarl-sglang-key-")  # mode 0700
+    try:
+        yield str(sglang_admin_key_config(token, directory))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -23,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import aiohttp
+
+from megarl.rollout.fleet import wait_for_servers
 
 
 class RolloutError(RuntimeError):
@@ -149,7 +150,12 @@ class RolloutClient:
         return _run(self.aweight_versions())
 
     def wait_until_healthy(self, timeout_s: float = 120.0) -> None:
-        _run(self.await_healthy(timeout_s))
+        """Block until every server answers /health (megarl.rollout.fleet.wait_for_servers)."""
+        healthy = wait_for_servers(self.urls, timeout_s, poll_s=0.5, log=lambda message: None)
+        for server in self.servers:
+            server.alive = server.url in healthy
+        if len(healthy) < len(self.servers):
+            raise RolloutError(f"servers not healthy after {timeout_s:.0f} s: {[u for u in self.urls if u not in healthy]}")
 
     # ---- health and versions ------------------------------------------------------------
     async def acheck_health(self) -> dict[str, bool]:
@@ -165,16 +171,6 @@ class RolloutClient:
                 return server.alive
             results = await asyncio.gather(*(probe(s) for s in self.servers))
         return {s.url: ok for s, ok in zip(self.servers, results)}
-
-    async def await_healthy(self, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            health = await self.acheck_health()
-            if all(health.values()):
-                return
-            if time.monotonic() > deadline:
-                raise RolloutError(f"servers not healthy after {timeout_s:.0f} s: {[u for u, ok in health.items() if not ok]}")
-            await asyncio.sleep(0.5)
 
     async def aweight_versions(self) -> dict[str, str | None]:
         """Each server's current `weight_version` (from GET /model_info); None if unreachable."""

@@ -12,12 +12,12 @@ import dataclasses
 import datetime
 import os
 import random
-import socket
 
 import numpy as np
 import torch
 
 from megarl.runtime import device as dev
+from megarl.runtime.ports import free_port  # noqa: F401  (re-exported: megarl.runtime.distributed.free_port)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +37,6 @@ class Runtime:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launcher_env() -> tuple[int, int, int]:

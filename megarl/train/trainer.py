@@ -26,8 +26,10 @@ from pathlib import Path
 
 import torch
 
-from megarl.config import Config, validate_semantics
+from megarl.config import BUILTIN_PREFIX, Config, validate_semantics
+from megarl.data.prompt_stream import PromptStream
 from megarl.models.spec import ModelSpec
+from megarl.rollout import fleet
 from megarl.runtime import collectives
 from megarl.runtime.distributed import fold_seed
 from megarl.train import checkpointing
@@ -91,8 +93,6 @@ class Trainer:
 
     # ---- setup --------------------------------------------------------------------------
     def _resolve_model(self) -> Path:
-        from megarl.config import BUILTIN_PREFIX
-
         path = self.cfg.model.path
         if path.startswith(BUILTIN_PREFIX):
             from megarl.demo.toy_model import build_toy_model
@@ -141,7 +141,7 @@ class Trainer:
             rows.extend(load_prompts(item, levels=cfg.data.levels))
         if cfg.data.eval_sets:
             check_no_overlap(rows, {name: load_prompts(name) for name in cfg.data.eval_sets})
-        self.prompts = generate.PromptStream(rows, cfg.run.seed, cfg.data.shuffle)
+        self.prompts = PromptStream(rows, cfg.run.seed, cfg.data.shuffle)
         template, reward_settings = get_template(cfg.data.template), reward.reward_settings(cfg.reward)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
@@ -154,7 +154,6 @@ class Trainer:
 
     def _start_servers(self) -> None:
         from megarl.rollout.client import RolloutClient
-        from megarl.train import servers
 
         rc = self.cfg.rollout
         self.server_token = None
@@ -166,15 +165,15 @@ class Trainer:
             self.server_token = os.environ.get("MEGARL_SERVE_TOKEN")
             master_address = os.environ.get("MASTER_ADDR", "127.0.0.1")
         elif rc.engine == "builtin":
-            trainer_threads, server_threads = servers.builtin_thread_split(rc.num_servers, rc.overlap)
+            trainer_threads, server_threads = fleet.builtin_thread_split(rc.num_servers, rc.overlap)
             if trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
                 torch.set_num_threads(trainer_threads)
-            self.servers = servers.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs",
-                                                         seed=fold_seed(self.cfg.run.seed, 31), threads=server_threads)
-            urls = generation_urls = self.servers.urls
-            self.server_token = self.servers.token
+            self.servers = fleet.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs",
+                                                       seed=fold_seed(self.cfg.run.seed, 31), threads=server_threads)
+            urls, generation_urls = self.servers.server_urls, self.servers.generation_urls
+            self.server_token = self.servers.admin_token
         else:
-            self.servers = servers.start_sglang_servers(
+            self.servers = fleet.start_sglang_servers(
                 self.model_dir, rc.num_servers, rc.server_tp, self.run_dir / "logs", colocate=rc.colocate, router=rc.router,
                 seed=fold_seed(self.cfg.run.seed, 31),  # SGLang seeds NumPy with it (< 2**32)
                 mem_fraction_static=rc.mem_fraction_static,

@@ -14,7 +14,7 @@ import pytest
 
 from megarl.rewards.extraction import extract_answer, qwen_math_answer
 from megarl.rewards.grading import grade_batch
-from megarl.rewards.schemes import RewardConfig, apply_reward
+from megarl.rewards.schemes import RewardConfig, apply_reward, compute_rewards
 
 # (name, response, gold, SimpleRL-Zoo verdict, megarl "boxed" verdict)
 EXTRACTION_CASES = [
@@ -64,10 +64,8 @@ def test_qwen_math_extraction_rules():
 def test_simplerl_scheme_gives_minus_one_without_a_box_even_when_correct():
     # SimpleRL v0 (experience_maker.py): `if "boxed" not in model_output: box_match = -1.0`.
     config = RewardConfig(scheme="simplerl", extraction_mode="qwen-math")
-    unboxed, boxed_wrong, boxed_right = grade_batch(
-        ["The answer is 42.", "\\boxed{41}", "\\boxed{42}"], ["42"] * 3, template="qwen-boxed",
-        extraction_mode="qwen-math", reward_config=config,
-    )
+    unboxed, boxed_wrong, boxed_right = compute_rewards(
+        ["The answer is 42.", "\\boxed{41}", "\\boxed{42}"], ["42"] * 3, config, template="qwen-boxed")
     assert unboxed.correct and unboxed.reward == -1.0
     assert (boxed_wrong.reward, boxed_right.reward) == (-0.5, 1.0)
     assert apply_reward(unboxed, RewardConfig(scheme="binary", extraction_mode="qwen-math")) == 1.0

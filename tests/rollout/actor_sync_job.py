@@ -39,7 +39,7 @@ class BackgroundServers:
         self.thread.start()
 
     def _run(self, server_hf: str, log_dir: Path) -> None:
-        from megarl.train.servers import start_builtin_servers
+        from megarl.rollout.fleet import start_builtin_servers
 
         try:
             self.group = start_builtin_servers(server_hf, 2, log_dir)
@@ -147,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     record = {"rounds": [], "tp": args.tp, "pp": args.pp}
     try:
         if is_rank0:
-            record["initial_server"] = [server_logprobs(url) for url in servers.urls]
+            record["initial_server"] = [server_logprobs(url) for url in servers.server_urls]
         first = True
         for transport in args.transports:
             pusher = None
             if is_rank0:
-                pusher = WeightPusher(servers.urls, transport=transport, bucket_bytes=args.bucket_kb << 10,
-                                      token=servers.token, disk_dir=str(args.log_dir / "disk"))
+                pusher = WeightPusher(servers.server_urls, transport=transport, bucket_bytes=args.bucket_kb << 10,
+                                      token=servers.admin_token, disk_dir=str(args.log_dir / "disk"))
             try:
                 for round_index in range(2):
                     stepped = not first
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                     if is_rank0:
                         record["rounds"].append({
                             "transport": transport, "version": version, "stepped": stepped,
-                            "actor": own, "servers": [server_logprobs(url) for url in servers.urls],
+                            "actor": own, "servers": [server_logprobs(url) for url in servers.server_urls],
                             "num_tensors": report.num_tensors, "num_buckets": report.num_buckets,
                             "total_bytes": report.total_bytes, "seconds": report.seconds,
                             "pool_allocations": None if pusher.buffer_pool is None else pusher.buffer_pool.allocations,

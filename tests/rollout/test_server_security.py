@@ -43,16 +43,16 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tiny_model_dir, tmp_path):
 
 
 def test_trainer_started_servers_keep_the_token_off_the_command_line(tiny_model_dir, tmp_path):
-    from megarl.train.servers import start_builtin_servers
+    from megarl.rollout.fleet import start_builtin_servers
 
     group = start_builtin_servers(tiny_model_dir, 1, tmp_path / "logs")
     try:
-        pid = group.procs[0].pid
-        assert group.token and group.token not in open(f"/proc/{pid}/cmdline", "rb").read().decode()
-        assert group.token not in " ".join(group.procs[0].args)
-        status, _ = http_json(group.urls[0] + "/update_weight_version", {"new_version": "x"})
+        pid = group.processes[0].pid
+        assert group.admin_token and group.admin_token not in open(f"/proc/{pid}/cmdline", "rb").read().decode()
+        assert group.admin_token not in " ".join(group.processes[0].args)
+        status, _ = http_json(group.server_urls[0] + "/update_weight_version", {"new_version": "x"})
         assert status == 401  # admin endpoints need the token ...
-        status, _ = http_json(group.urls[0] + "/update_weight_version", {"new_version": "x"}, token=group.token)
+        status, _ = http_json(group.server_urls[0] + "/update_weight_version", {"new_version": "x"}, token=group.admin_token)
         assert status == 200  # ... which reached the server through its environment
     finally:
         group.stop()

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from megarl.config import load_config
-from megarl.launch.health import wait_for_servers
+from megarl.rollout.fleet import wait_for_servers
 
 PREEMPTED_EXIT_CODE = 75
 STEP_SECONDS = float(os.environ.get("MEGARL_PROBE_STEP_S", "0.5"))

@@ -199,6 +199,24 @@ def test_preempt_notice_defaults_to_a_quarter_of_short_limits(cpu_recipe):
         plan_layout(cfg, LaunchOptions(nodes=2, rollout_nodes=1, gpus_per_node=8, procs_per_node=3))
 
 
+def test_launch_options_are_the_recipes_slurm_section_under_the_given_flags(cpu_recipe):
+    from megarl.config import SlurmConfig
+    from megarl.launch.submit import _options, build_parser
+
+    slurm = SlurmConfig(nodes=3, rollout_nodes=1, gpus_per_node=4, partition="gpu", account="lab", time="02:00:00")
+    opts = LaunchOptions.from_recipe(slurm, nodes=5, time=None, partition=None, colocate=True)
+    assert (opts.nodes, opts.rollout_nodes, opts.gpus_per_node, opts.partition, opts.account, opts.time, opts.colocate) == (
+        5, 1, 4, "gpu", "lab", "02:00:00", True)
+    # without flags or recipe values, megarl submit's options are SlurmConfig's defaults and LaunchOptions' own
+    cfg = load_config(cpu_recipe)
+    plain = _options(build_parser().parse_args([str(cpu_recipe)]), cfg.model_copy(update={"slurm": SlurmConfig()}))
+    assert plain == LaunchOptions.from_recipe(SlurmConfig()) == LaunchOptions()
+    flagged = _options(build_parser().parse_args([str(cpu_recipe), "--gpus-per-node", "0", "--server-port", "31000",
+                                                  "--entry", "tests.probe run"]), cfg)
+    assert (flagged.gpus_per_node, flagged.server_port, flagged.entry) == (0, 31000, ("tests.probe", "run"))
+    assert flagged.nodes == cfg.slurm.nodes
+
+
 def test_run_files_are_complete_and_the_frozen_recipe_loads(cpu_recipe, tmp_path, tiny_server_model):
     cfg = load_config(cpu_recipe, ["run.steps=3"])
     opts = LaunchOptions(nodes=2, rollout_nodes=1, gpus_per_node=0, requeue=True, time="01:00:00")
@@ -267,9 +285,7 @@ def test_recipes_slurm_sections_validate(tmp_path):
         if data.get("rollout", {}).get("engine") != "sglang":
             continue
         cfg = load_config(recipe, check_files=False)
-        s = cfg.slurm
-        layout = plan_layout(cfg, LaunchOptions(nodes=s.nodes, rollout_nodes=s.rollout_nodes, gpus_per_node=s.gpus_per_node,
-                                                time=s.time))
+        layout = plan_layout(cfg, LaunchOptions.from_recipe(cfg.slurm))
         assert layout.world_size == layout.tp * layout.pp * layout.dp, recipe.name
 
 

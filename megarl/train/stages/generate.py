@@ -4,51 +4,18 @@ grade them, replace uniform groups (dynamic sampling) and build the step's train
 from __future__ import annotations
 
 import dataclasses
-import random
 from typing import Any
 
 from megarl.config import Config
 from megarl.data import render_prompt
+from megarl.data.prompt_stream import PromptStream
+from megarl.monitoring.reflection import reflection_rates
 from megarl.rewards.schemes import RewardConfig
 from megarl.rollout.client import RolloutClient, SamplingParams
 from megarl.runtime.distributed import fold_seed
 from megarl.train.batch import TrainSequence
 from megarl.train.stages import metrics as step_metrics
 from megarl.train.stages import reward
-
-
-class PromptStream:
-    """Deterministic, resumable pass over training prompts: shuffled per epoch from the seed."""
-
-    def __init__(self, rows: list[dict], seed: int, shuffle: bool = True):
-        if not rows:
-            raise ValueError("the training set is empty; check data.train")
-        self.rows, self.seed, self.shuffle = rows, seed, shuffle
-        self.epoch, self.position = 0, 0
-        self._order = self._make_order()
-
-    def _make_order(self) -> list[int]:
-        order = list(range(len(self.rows)))
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order
-
-    def take(self, k: int) -> list[dict]:
-        out = []
-        while len(out) < k:
-            if self.position >= len(self._order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._make_order()
-            out.append(self.rows[self._order[self.position]])
-            self.position += 1
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def restore(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._order = self._make_order()
 
 
 @dataclasses.dataclass
@@ -99,8 +66,6 @@ def rollout_seed(run_seed: int, step: int, round_: int) -> int:
 def generate(setup: RolloutSetup, prompts: PromptStream, step: int) -> RolloutBatch:
     """Sample and grade step `step`'s batch: data.prompts_per_step groups of rollout.n sequences,
     taking prompts from `prompts` until dynamic sampling has enough groups."""
-    from megarl.monitoring.reflection import reflection_rates
-
     cfg, rc = setup.cfg, setup.cfg.rollout
     want = cfg.data.prompts_per_step
     groups, sampled, filtered, rounds, truncated_prompts, versions = [], [], 0, 0, 0, set()

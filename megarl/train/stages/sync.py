@@ -3,15 +3,15 @@ rollout server; and, in colocated mode, the servers' GPU memory released during 
 
 from __future__ import annotations
 
+from megarl.models.export import gather_hf_tensors
 from megarl.models.spec import ModelSpec
+from megarl.rollout import fleet
 from megarl.runtime import collectives
 
 
 def push_weights(actor_module, spec: ModelSpec, pusher, client, version: int, is_driver: bool):
     """Gather the actor into HF tensors on the driver and push them to every server as weight_version
     `version` (the number of optimizer steps in these weights); the push report on the driver."""
-    from megarl.models.export import gather_hf_tensors
-
     tensors = gather_hf_tensors(actor_module, dst=0, spec=spec)
     if not is_driver:
         for _ in tensors:  # the other ranks send their shards
@@ -26,7 +26,5 @@ def server_memory(action: str, urls: list[str], token: str | None, is_driver: bo
     """Colocated mode: servers `release` their GPU memory (weights, KV cache) while the trainer
     computes and `resume` it before the weight sync (SGLang --enable-memory-saver)."""
     if is_driver:
-        from megarl.train.servers import post_to_servers
-
-        post_to_servers(urls, f"/{action}_memory_occupation", {}, token=token)
+        fleet.post_to_servers(urls, f"/{action}_memory_occupation", {}, token=token)
     collectives.barrier()

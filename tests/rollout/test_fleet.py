@@ -1,4 +1,5 @@
-"""The SGLang launcher's commands (checked against SGLang's own argument names when installed) and health waits."""
+"""The server fleet: SGLang commands (checked against SGLang's own argument names when installed), the built-in
+server's command, health waits, and starting/stopping built-in servers."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import sys
 import pytest
 from rollout_helpers import ServerProcess
 
-from megarl.rollout.sglang_launcher import (SGLangFleet, SGLangServerSpec, sglang_router_command, sglang_server_command,
-                                            wait_for_health)
+from megarl.rollout.fleet import (SGLangFleet, SGLangServerSpec, sglang_router_command, sglang_server_command,
+                                  wait_for_health)
 from megarl.runtime.device import on_gpu
 
 
@@ -81,3 +82,31 @@ def test_wait_for_health(tiny_model_dir):
 def test_fleet_refuses_to_start_without_gpus():
     with pytest.raises(RuntimeError, match="megarl serve"):
         SGLangFleet([SGLangServerSpec(model_path="m")]).start()
+
+
+def test_builtin_fleet_starts_in_own_process_groups_and_stops(tiny_model_dir, tmp_path):
+    """The trainer's built-in servers: healthy when returned, each in its own process group with an
+    owner-only log, all gone after stop(); the command is the one the Slurm node manager runs too."""
+    from megarl.rollout.fleet import builtin_server_command, is_healthy, start_builtin_servers, wait_for_servers
+
+    fleet = start_builtin_servers(tiny_model_dir, 2, tmp_path / "logs", seed=3)
+    try:
+        assert fleet.generation_urls == fleet.server_urls and len(fleet.server_urls) == 2
+        assert wait_for_servers(fleet.server_urls, timeout_s=1, log=lambda m: None) == fleet.server_urls
+        for i, (process, log) in enumerate(zip(fleet.processes, fleet.logs)):
+            assert os.getpgid(process.pid) == process.pid != os.getpgid(0)  # killpg reaches its children
+            assert oct(log.stat().st_mode & 0o777) == oct(0o600)
+            port = int(fleet.server_urls[i].rsplit(":", 1)[1])
+            assert process.args == builtin_server_command(tiny_model_dir, port, seed=3 + i)
+        processes = list(fleet.processes)
+    finally:
+        fleet.stop(grace_s=10)
+    assert all(p.poll() is not None for p in processes) and fleet.processes == []
+    assert not any(is_healthy(url, timeout_s=1) for url in fleet.server_urls)
+
+
+def test_builtin_fleet_reports_a_server_that_dies_with_its_log(tmp_path):
+    from megarl.rollout.fleet import start_builtin_servers
+
+    with pytest.raises(RuntimeError, match=r"exited with code [1-9].*rollout_server_0\.log:\n(.|\n)*no_model_here' does not exist"):
+        start_builtin_servers(tmp_path / "no_model_here", 1, tmp_path / "logs", timeout_s=60)
