@@ -33,7 +33,7 @@ from megarl.models.spec import ModelSpec
 from megarl.rewards.schemes import RewardConfig, compute_rewards
 from megarl.rollout import fleet
 from megarl.runtime import collectives
-from megarl.runtime.distributed import fold_seed
+from megarl.runtime.seeds import fold_seed
 from megarl.train import algorithms as algo_fns
 from megarl.train.batch import TrainSequence, build_microbatches, per_sequence_matrix, shard_for_data_parallel, split_minibatches
 from megarl.train.workers import DTYPES, ModelWorker, WorkerSettings, is_last_stage, response_logprobs, response_values

@@ -121,6 +121,7 @@ def test_colocated_gpu_layout_shares_the_gpus(tmp_path):
     assert code == 0, err
     assert "mode=colocated" in script and "TP 4 x PP 1 x DP 4" in script
     assert "--enable-memory-saver" in script
+    assert "--mem-fraction-static 0.25" in script  # colocated SGLang takes the recipe's share of each GPU
     assert 'node_role.sh" both -- megarl.cli train' in script
     bash_syntax_ok(script)
 
