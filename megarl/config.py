@@ -170,6 +170,9 @@ class EvalConfig(Section):
 class CheckpointConfig(Section):
     every: int = Field(0, ge=0)
     keep_last: int = Field(2, ge=1)
+    async_save: bool = Field(False, description=(
+        "write resume checkpoints (torch_dist) in the background with megatron-core's async writer while training "
+        "continues; the checkpoint is complete (COMPLETE, checksums, pruning) at the next save or at exit"))
     hf_export_every: int = Field(0, ge=0)
 
 
@@ -334,11 +337,6 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
     if cfg.algorithm.name == "drgrpo" and cfg.algorithm.loss_agg != "seq-sum-constant":
         raise ConfigError(
             "algorithm.name=drgrpo needs algorithm.loss_agg=seq-sum-constant and loss_constant (Dr. GRPO's unbiased loss)"
-        )
-    if cfg.checkpoint.every and (cfg.actor.distributed_optimizer or (cfg.uses_critic and cfg.critic.distributed_optimizer)):
-        raise ConfigError(
-            "checkpoint.every>0 with distributed_optimizer=true: checkpointing the distributed optimizer's sharded "
-            "state is not supported yet; set actor.distributed_optimizer=false (or checkpoint.every=0)"
         )
     if cfg.algorithm.kl_in_reward and cfg.algorithm.name not in ("ppo", "reinforce_pp"):
         raise ConfigError(

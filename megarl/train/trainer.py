@@ -130,7 +130,8 @@ class Trainer:
         self.logger = None
         from megarl.train import checkpointing
 
-        self.checkpoints = checkpointing.CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
+        self.checkpoints = checkpointing.CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last,
+                                                           async_save=cfg.checkpoint.async_save)
         if self.is_driver:
             self._setup_driver()
         if cfg.run.resume:
@@ -794,6 +795,7 @@ class Trainer:
         collectives.barrier()
 
     def close(self) -> None:
+        self.checkpoints.close()  # completes an asynchronous save in flight
         if self._prefetch_pool is not None:
             self._prefetch_pool.shutdown(wait=True, cancel_futures=True)
         if self.is_driver:
