@@ -70,7 +70,8 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    tensor_parallel.get_cuda_rng_tracker().set_states(state["megatron_tracker"])
+    if "megatron_tracker" in state:  # absent when resharding: the model-parallel streams keep their fresh seeding
+        tensor_parallel.get_cuda_rng_tracker().set_states(state["megatron_tracker"])
     if on_gpu() and "device" in state:
         torch.cuda.set_rng_state(state["device"])
 
