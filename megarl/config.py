@@ -43,7 +43,10 @@ class RunConfig(Section):
 
 
 class ModelConfig(Section):
-    path: str = Field(..., description="HF model directory (converted on first use) or a megarl checkpoint")
+    path: str = Field(..., description=(
+        "HF model directory (converted on first use), a megarl checkpoint, or a torch_dist checkpoint (Megatron-LM / "
+        "Megatron-Bridge root with latest_checkpointed_iteration.txt, or its iter_NNNNNNN/; config and tokenizer from "
+        "its hf/ folder or model.tokenizer)"))
     tokenizer: str | None = None
     dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
 
@@ -365,7 +368,10 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
         if not model_path.exists():
             raise ConfigError(f"model.path={cfg.model.path!r} does not exist; give an HF model directory")
         try:
-            spec = ModelSpec.from_hf(model_path if (model_path / "config.json").exists() else model_path / "hf")
+            config_dir = model_path if (model_path / "config.json").exists() else model_path / "hf"
+            if not (config_dir / "config.json").exists() and cfg.model.tokenizer:  # a torch_dist checkpoint without hf/
+                config_dir = Path(cfg.model.tokenizer)
+            spec = ModelSpec.from_hf(config_dir)
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"model.path={cfg.model.path!r}: {err}") from None
     sections = ["actor"] + (["critic"] if cfg.uses_critic else [])

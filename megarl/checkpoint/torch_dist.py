@@ -292,6 +292,7 @@ def load_model_weights(model, path: str | Path) -> dict[str, int]:
     padded vocab. The critic's value head is not read. Returns {"params": n, "bytes": b}."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing import ShardedTensor
+    from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
 
     from megarl.models.export import unwrap_model
 
@@ -300,31 +301,33 @@ def load_model_weights(model, path: str | Path) -> dict[str, int]:
     role = getattr(module, "megarl_role", "actor")
     stored = _stored_keys(directory)
     prefix = "" if any(k.startswith(("embedding.", "decoder.")) for k in stored) else _model_prefix(stored, directory)
-    wanted, local_names = {}, {}
+    wanted = {}
     for name, value in module.sharded_state_dict().items():
-        if not isinstance(value, ShardedTensor) or (role == "critic" and name.startswith("output_layer.")):
+        if not isinstance(value, (ShardedTensor, ShardedTensorFactory)) or (role == "critic" and name.startswith("output_layer.")):
             continue  # _extra_state objects (TE fp8 metadata) and the critic's fresh value head
-        key = value.key
-        if prefix + key not in stored:
+        if value.key not in stored and prefix + value.key not in stored:
             raise CheckpointFormatError(f"{directory}: has no tensor {prefix + value.key!r} for the model's {name}")
-        have = tuple(stored[prefix + key].global_shape)
-        if have != tuple(value.global_shape):
-            raise CheckpointFormatError(
-                f"{directory}: {prefix + key} has global shape {have}, this model at this layout needs "
-                f"{tuple(value.global_shape)}" + (" (the padded vocab differs: Megatron pads it to a multiple of "
-                                                 "128 x TP; load at a TP size with the same padded vocab)"
-                                                 if "embedding" in key or "output_layer" in key else "")
-            )
-        value.key = prefix + key
+        if isinstance(value, ShardedTensor):  # (a factory, the gated MLP's fc1, checks its parts on load)
+            have = tuple(stored[prefix + value.key].global_shape)
+            if have != tuple(value.global_shape):
+                raise CheckpointFormatError(
+                    f"{directory}: {prefix + value.key} has global shape {have}, this model at this layout needs "
+                    f"{tuple(value.global_shape)}" + (" (the padded vocab differs: Megatron pads it to a multiple of "
+                                                     "128 x TP; load at a TP size with the same padded vocab)"
+                                                     if "embedding" in value.key or "output_layer" in value.key else "")
+                )
+        value.key = prefix + value.key
         wanted[name] = value
-        local_names[name] = name
+    unfilled = [n for n, _ in module.named_parameters() if n not in wanted and not (role == "critic" and n.startswith("output_layer."))]
+    if unfilled:
+        raise CheckpointFormatError(f"{directory}: nothing in the checkpoint fills model parameter(s) {unfilled[:5]}")
     loaded = dist_checkpointing.load(wanted, str(directory))
     params = dict(module.state_dict(keep_vars=True))
     nbytes = 0
-    for name, tensor in loaded.items():
-        params[name].copy_(tensor)
-        nbytes += tensor.numel() * tensor.element_size()
-    return {"params": len(loaded), "bytes": nbytes}
+    for name in wanted:  # `loaded` also holds the checkpoint's common state (args, iteration, ...)
+        params[name].copy_(loaded[name])
+        nbytes += loaded[name].numel() * loaded[name].element_size()
+    return {"params": len(wanted), "bytes": nbytes}
 
 
 def _model_prefix(stored: dict, directory: Path) -> str:
@@ -334,3 +337,85 @@ def _model_prefix(stored: dict, directory: Path) -> str:
         return prefixes.pop()
     raise CheckpointFormatError(f"{directory}: no megatron-core GPT tensors (embedding.*, decoder.*) found")
 
+
+
+# ---- offline conversion (tools/): a world of one, the model at TP=PP=1 --------------------------------
+def _offline_model(spec, dtype: torch.dtype, vocab_tp: int):
+    """This process as a world of one with a TP1 actor whose vocab is padded as at TP `vocab_tp`."""
+    import dataclasses
+
+    from megarl.models.build import build_model
+    from megarl.runtime.distributed import init_runtime
+
+    init_runtime(1, 1)
+    spec = dataclasses.replace(spec, vocab_multiple=spec.vocab_multiple * vocab_tp)
+    return build_model(spec, role="actor", dtype=dtype)
+
+
+def hf_to_torch_dist(hf_dir: str | Path, out: str | Path, *, dtype: str | torch.dtype | None = None,
+                     iteration: int = 0, vocab_tp: int = 1):
+    """Write an HF model as a Megatron-LM torch_dist checkpoint (`out/latest_checkpointed_iteration.txt`,
+    `out/iter_NNNNNNN/`, `out/hf/`). The model is held in memory once (the megarl format's converter
+    streams instead). Its vocab is padded as Megatron pads it at TP `vocab_tp`."""
+    import time
+
+    from megarl.checkpoint.convert import ConversionReport
+    from megarl.checkpoint.format import atomic_output_dir, dtype_name, parse_dtype, read_hf_config
+    from megarl.models.hf_io import load_hf_into_model
+    from megarl.models.spec import ModelSpec
+
+    start = time.perf_counter()
+    config = read_hf_config(hf_dir)
+    declared = config.get("torch_dtype") or config.get("dtype") or "float32"
+    out_dtype = parse_dtype(dtype) or getattr(torch, declared)
+    spec = ModelSpec.from_hf(Path(hf_dir))
+    model = _offline_model(spec, out_dtype, vocab_tp)
+    loaded = load_hf_into_model(model, hf_dir, model.megarl_spec)
+    with atomic_output_dir(out) as tmp:
+        save_model(model, tmp, hf_assets_dir=hf_dir, iteration=iteration)
+        files = sum(1 for p in tmp.rglob("*") if p.is_file())
+        written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+    return ConversionReport("hf_to_torch_dist", str(hf_dir), str(out), 1, 1, dtype_name(out_dtype),
+                            tensors_read=loaded["params"], bytes_read=loaded["bytes"], tensors_written=loaded["params"],
+                            bytes_written=written, files_written=files, seconds=time.perf_counter() - start,
+                            notes=[f"torch_dist, loadable at any TP/PP with {model.megarl_spec.padded_vocab_size(1)} padded vocab rows"])
+
+
+def torch_dist_to_hf(src: str | Path, out: str | Path, *, hf_assets: str | Path | None = None,
+                     dtype: str | torch.dtype | None = None):
+    """Write a torch_dist model checkpoint (megarl, Megatron-LM or Megatron-Bridge; a root with the
+    tracker, an iter dir or a megarl resume checkpoint's actor) as an HF model directory. The HF
+    config and tokenizer come from `<root>/hf/` or `hf_assets`."""
+    import shutil
+    import time
+
+    from megarl.checkpoint.convert import megatron_to_hf
+    from megarl.checkpoint.live import save_megatron_checkpoint
+    from megarl.models.spec import ModelSpec
+
+    start = time.perf_counter()
+    directory = resolve_checkpoint_dir(src)
+    assets = hf_assets_of(directory if directory.name == "torch_dist" else Path(src), hf_assets)
+    spec = ModelSpec.from_hf(assets)
+    stored = _stored_keys(directory)
+    embedding = next((v for k, v in stored.items() if k.endswith("embedding.word_embeddings.weight")), None)
+    if embedding is None:
+        raise CheckpointFormatError(f"{directory}: no embedding.word_embeddings.weight; not a megatron-core GPT checkpoint")
+    rows = embedding.global_shape[0]
+    vocab_tp = next((t for t in range(1, 1025) if spec.padded_vocab_size(t) == rows), None)
+    if vocab_tp is None:
+        raise CheckpointFormatError(f"{directory}: the embedding has {rows} rows, which no TP size pads "
+                                    f"{assets / 'config.json'}'s vocab_size={spec.vocab_size} to")
+    model = _offline_model(spec, embedding.dtype, vocab_tp)
+    loaded = load_model_weights(model, directory)
+    staging = Path(out).with_name(Path(out).name + ".megarl-staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        save_megatron_checkpoint(model, staging, hf_assets_dir=assets)
+        report = megatron_to_hf(staging, out, dtype=dtype)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report.kind, report.source = "torch_dist_to_hf", str(src)
+    report.tensors_read, report.bytes_read = loaded["params"], loaded["bytes"]
+    report.seconds = time.perf_counter() - start
+    return report
