@@ -217,3 +217,16 @@ def test_resume_restores_optimizer_and_scheduler_exactly(tmp_path, make_worker):
         worker.optimizer.step()
     for (name, a), b in zip(saved.model.named_parameters(), fresh.model.parameters()):
         assert torch.equal(a, b), name
+
+
+def test_async_save_is_complete_and_checksummed_after_close(tmp_path, make_worker):
+    """checkpoint.async_save: megatron-core's background writer stores the tensors; the manifest,
+    COMPLETE marker and rename happen when the save is finalized (the next save, or close)."""
+    manager = CheckpointManager(tmp_path, keep_last=2, async_save=True)
+    worker = make_worker(1)
+    final = manager.save(1, {"actor": worker}, {"step": 1})
+    manager.close()
+    assert (final / "COMPLETE").is_file() and not (tmp_path / "step_000001.tmp").exists()
+    checksums.verify_files(final, checksums.read_manifest(final), sorted(checksums.read_manifest(final)))
+    state, weight = _resume(CheckpointManager(tmp_path), make_worker(99, step=False))
+    assert state["step"] == 1 and torch.equal(weight, _weight(worker))
