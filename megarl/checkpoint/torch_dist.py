@@ -138,6 +138,28 @@ def _unshare_torch_adam_steps(optimizer) -> None:
                 state["step"] = state["step"].clone()
 
 
+_WRITER_MANAGER = []  # keeps the Manager below alive for the life of the process
+
+
+def _writer_helper_dies_with_this_process() -> None:
+    """megatron-core's checkpoint writer collects its write results through a multiprocessing Manager
+    it spawns on first use, a server process that would outlive a killed trainer (holding its stdout
+    and stderr open, so whoever waits for them waits forever). Start that Manager here instead, its
+    server process set to die with this one, and hand megatron-core its queue."""
+    import multiprocessing
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    from megarl.runtime.process import die_with_parent
+
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+        manager.start(initializer=die_with_parent)
+        _WRITER_MANAGER.append(manager)
+        filesystem_async._results_queue = manager.Queue()
+
+
 def _optimizers(optimizer) -> list:
     return list(getattr(optimizer, "chained_optimizers", [optimizer]))
 
@@ -191,6 +213,7 @@ def save_training_state(directory: str | Path, workers: dict, *, async_save: boo
     from megarl.runtime import collectives
 
     collectives.barrier()
+    _writer_helper_dies_with_this_process()
     return dist_checkpointing.save(_training_state(workers, is_loading=False), str(directory),
                                    async_sharded_save=async_save, validate_access_integrity=True)
 
@@ -265,6 +288,7 @@ def save_model(model, root: str | Path, hf_assets_dir: str | Path, *, iteration:
         "iteration": iteration,
         "checkpoint_version": CHECKPOINT_VERSION,
     }
+    _writer_helper_dies_with_this_process()
     dist_checkpointing.save(state, str(iter_dir))
     if rank == 0:
         copy_hf_assets(hf_assets_dir, root / HF_ASSETS_DIR)
