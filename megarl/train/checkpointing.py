@@ -263,7 +263,10 @@ class CheckpointManager:
             if problem is None:
                 try:
                     state = json.loads((path / STATE_FILE).read_text())
+                    _check_format(path, state["layout"])
                     roles = torch_dist.roles_in(path / TENSORS_DIR)
+                except OldFormatError:
+                    raise
                 except Exception as err:  # noqa: BLE001 - any unreadable file means: try an older checkpoint
                     problem = f"cannot be read ({type(err).__name__}: {err})"
                 problem = _first_problem(problem)
@@ -302,6 +305,19 @@ class CheckpointManager:
                 _say(f"checkpoint {path.name} was written at tp={saved['tp']} pp={saved['pp']} world_size="
                      f"{saved['world_size']}; resharded to {_layout()}")
         _set_rng_state(rng)
+
+
+class OldFormatError(ValueError):
+    """A checkpoint written by an older megarl (per-rank .pt files), which this one does not read."""
+
+
+def _check_format(path: Path, layout: dict) -> None:
+    if layout.get("format", 1) != FORMAT_VERSION:
+        raise OldFormatError(
+            f"checkpoint {path} holds per-rank .pt files (megarl's format {layout.get('format', 1)}); this megarl resumes "
+            f"from torch_dist checkpoints (format {FORMAT_VERSION}): finish the run with the megarl that wrote it, or start "
+            "a new run directory from its weights (model.path)"
+        )
 
 
 def _check_loadable(path: Path, saved: dict, roles: set[str], workers: dict) -> None:

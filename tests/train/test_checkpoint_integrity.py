@@ -230,3 +230,16 @@ def test_async_save_is_complete_and_checksummed_after_close(tmp_path, make_worke
     checksums.verify_files(final, checksums.read_manifest(final), sorted(checksums.read_manifest(final)))
     state, weight = _resume(CheckpointManager(tmp_path), make_worker(99, step=False))
     assert state["step"] == 1 and torch.equal(weight, _weight(worker))
+
+
+def test_a_checkpoint_of_the_old_per_rank_format_is_refused_not_rejected(tmp_path, make_worker):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    _save(manager, 1, make_worker(1))
+    ckpt = tmp_path / "step_000001"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state["layout"].pop("format")  # what megarl wrote before torch_dist (per-rank rank_NNNNN.pt files)
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    checksums.write_manifest(ckpt, checksums.digest_files(ckpt, checksums.files_to_hash(ckpt, exclude=("COMPLETE",))))
+    with pytest.raises(ValueError, match="holds per-rank .pt files"):
+        _resume(manager, make_worker(99, step=False))
+    assert ckpt.is_dir()  # left in place, not renamed .rejected
