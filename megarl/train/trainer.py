@@ -81,6 +81,7 @@ class Trainer:
         self.run_dir = Path(cfg.run.output_dir)
         self.is_driver = self.rt.rank == 0
         self.dp_group = ps.get_data_parallel_group()
+        self.initial_torch_dist = None  # model.path is a torch_dist checkpoint (Megatron-LM / Megatron-Bridge / megarl)
         self.model_dir = self._resolve_model()
         self.spec = ModelSpec.from_hf(self.model_dir)
         self.spec.check_layout(cfg.actor.tp, cfg.actor.pp)
@@ -101,7 +102,8 @@ class Trainer:
         self.logger = None
         from megarl.train import checkpointing
 
-        self.checkpoints = checkpointing.CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
+        self.checkpoints = checkpointing.CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last,
+                                                           async_save=cfg.checkpoint.async_save)
         if self.is_driver:
             self._setup_driver()
         if cfg.run.resume:
@@ -118,6 +120,11 @@ class Trainer:
             collectives.barrier()
             return Path(build_toy_model())  # cached: every rank gets the same directory
         path = Path(path)
+        from megarl.checkpoint import torch_dist
+
+        if torch_dist.looks_like_torch_dist(path):
+            self.initial_torch_dist = path
+            return torch_dist.hf_assets_of(path, self.cfg.model.tokenizer)
         return path / "hf" if (path / "megarl_checkpoint.json").exists() else path
 
     def _worker(self, role: str, par, trainable: bool) -> ModelWorker:
@@ -139,6 +146,14 @@ class Trainer:
     def _load_initial_weights(self) -> None:
         from megarl.models.hf_io import load_hf_into_model
 
+        if self.initial_torch_dist is not None:
+            from megarl.checkpoint.torch_dist import load_model_weights
+
+            for worker in (self.actor, self.reference, self.critic):
+                if worker is not None:
+                    load_model_weights(worker.model, self.initial_torch_dist)
+            self.model_dir = self.export_hf(self.run_dir / "initial_hf")  # what the rollout servers start from
+            return
         for worker in (self.actor, self.reference, self.critic):
             if worker is not None:
                 load_hf_into_model(worker.model, self.model_dir, self.spec)
@@ -727,7 +742,7 @@ class Trainer:
             self.logger.truncate_after(self.step)
             self.logger.console.print(f"resumed from checkpoint at step {self.step}")
 
-    def export_hf(self, out_dir: Path) -> None:
+    def export_hf(self, out_dir: Path) -> Path:
         """Write the actor as a standard HF directory (what `megarl eval` and SGLang load), through
         the conversion tools: a Megatron checkpoint of the live model, then Megatron -> HF."""
         import shutil
@@ -746,8 +761,10 @@ class Trainer:
             megatron_to_hf(megatron_dir, out_dir, progress=False)
             shutil.rmtree(megatron_dir)
         collectives.barrier()
+        return out_dir
 
     def close(self) -> None:
+        self.checkpoints.close()  # completes an asynchronous save in flight
         if self._prefetch_pool is not None:
             self._prefetch_pool.shutdown(wait=True, cancel_futures=True)
         if self.is_driver:
