@@ -45,7 +45,10 @@ class RunConfig(Section):
 
 
 class ModelConfig(Section):
-    path: str = Field(..., description="HF model directory (converted on first use) or a megarl checkpoint")
+    path: str = Field(..., description=(
+        "HF model directory (converted on first use), a megarl checkpoint, or a torch_dist checkpoint (Megatron-LM / "
+        "Megatron-Bridge root with latest_checkpointed_iteration.txt, or its iter_NNNNNNN/; config and tokenizer from "
+        "its hf/ folder or model.tokenizer)"))
     tokenizer: str | None = None
     dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
 
@@ -189,6 +192,9 @@ class EvalConfig(Section):
 class CheckpointConfig(Section):
     every: int = Field(0, ge=0)
     keep_last: int = Field(2, ge=1)
+    async_save: bool = Field(False, description=(
+        "write resume checkpoints (torch_dist) in the background with megatron-core's async writer while training "
+        "continues; the checkpoint is complete (COMPLETE, checksums, pruning) at the next save or at exit"))
     hf_export_every: int = Field(0, ge=0)
 
 
@@ -356,11 +362,6 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
     for key, value in algo.requires.items():
         if getattr(cfg.algorithm, key) != value:
             raise ConfigError(f"algorithm.name={algo.name} needs algorithm.{key}={value} ({algo.source})")
-    if cfg.checkpoint.every and (cfg.actor.distributed_optimizer or (cfg.uses_critic and cfg.critic.distributed_optimizer)):
-        raise ConfigError(
-            "checkpoint.every>0 with distributed_optimizer=true: checkpointing the distributed optimizer's sharded "
-            "state is not supported yet; set actor.distributed_optimizer=false (or checkpoint.every=0)"
-        )
     if cfg.algorithm.kl_in_reward and not algo.estimator.token_rewards:
         token_level = ", ".join(a for a in algorithm_names() if get_algorithm(a).estimator.token_rewards)
         raise ConfigError(
@@ -396,7 +397,10 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
         if not model_path.exists():
             raise ConfigError(f"model.path={cfg.model.path!r} does not exist; give an HF model directory")
         try:
-            spec = ModelSpec.from_hf(model_path if (model_path / "config.json").exists() else model_path / "hf")
+            config_dir = model_path if (model_path / "config.json").exists() else model_path / "hf"
+            if not (config_dir / "config.json").exists() and cfg.model.tokenizer:  # a torch_dist checkpoint without hf/
+                config_dir = Path(cfg.model.tokenizer)
+            spec = ModelSpec.from_hf(config_dir)
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"model.path={cfg.model.path!r}: {err}") from None
     sections = ["actor"] + (["critic"] if cfg.uses_critic else [])

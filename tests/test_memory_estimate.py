@@ -38,12 +38,29 @@ def test_rank_params_partition_the_model(tmp_path):
     assert _rank_params(shape, 1, 2) == shape.layers // 2 * (sharded + replicated) + embed + shape.hidden
 
 
+# The 32B recipe's earlier layout (TP8 x PP2 x DP2 on 4 trainer nodes, no sequence parallelism, no
+# distributed optimizer): 50 GiB per GPU, so it fits 80 GiB GPUs and not 40 GiB ones.
+OLD_32B_LAYOUT = ["actor.pp=2", "actor.sequence_parallel=false", "actor.distributed_optimizer=false", "slurm.nodes=8"]
+
+
 def _qwen32b(tmp_path, *overrides):
     (tmp_path / "q32").mkdir()
     (tmp_path / "q32" / "config.json").write_text(json.dumps(QWEN25_32B))
-    cfg = load_config("configs/simplerl_zoo_qwen2.5_32b.yaml", overrides=[f"model.path={tmp_path / 'q32'}", *overrides], check_files=False)
+    cfg = load_config("configs/simplerl_zoo_qwen2.5_32b.yaml", overrides=[f"model.path={tmp_path / 'q32'}", *OLD_32B_LAYOUT,
+                                                                          *overrides], check_files=False)
     layout = plan_layout(cfg, LaunchOptions.from_recipe(cfg.slurm))
     return cfg, ModelSpec.from_hf(tmp_path / "q32"), layout
+
+
+def test_shipped_32b_recipe_fits_80gb_with_headroom(tmp_path):
+    (tmp_path / "q32").mkdir()
+    (tmp_path / "q32" / "config.json").write_text(json.dumps(QWEN25_32B))
+    cfg = load_config("configs/simplerl_zoo_qwen2.5_32b.yaml", overrides=[f"model.path={tmp_path / 'q32'}"], check_files=False)
+    s = cfg.slurm
+    layout = plan_layout(cfg, LaunchOptions(nodes=s.nodes, rollout_nodes=s.rollout_nodes, gpus_per_node=s.gpus_per_node))
+    est = estimate_memory(cfg, ModelSpec.from_hf(tmp_path / "q32"), layout, gpu_gib=80)
+    assert layout.trainer_nodes == 2 and est.trainer_gib < 0.8 * 80
+    check_fits(est, cfg, ModelSpec.from_hf(tmp_path / "q32"), layout)
 
 
 def test_32b_estimate_rows_and_table(tmp_path):
@@ -69,9 +86,8 @@ def test_layout_that_cannot_fit_is_refused_with_a_fix_that_fits(tmp_path):
     with pytest.raises(LaunchError, match=r"over the 36.0 GiB budget .*; set actor.sequence_parallel=true") as err:
         check_fits(est, cfg, spec, layout)
     fixes = str(err.value).split("; set ")[1].split(" (see")[0].split()
-    fixed = load_config("configs/simplerl_zoo_qwen2.5_32b.yaml",  # (resume checkpoints of the distributed
-                        overrides=[f"model.path={tmp_path / 'q32'}", "checkpoint.every=0", *fixes],  # optimizer: issue 14)
-                        check_files=False)
+    fixed = load_config("configs/simplerl_zoo_qwen2.5_32b.yaml",
+                        overrides=[f"model.path={tmp_path / 'q32'}", *OLD_32B_LAYOUT, *fixes], check_files=False)
     check_fits(estimate_memory(fixed, spec, layout, gpu_gib=40), fixed, spec, layout)  # no error
     # servers whose weights leave no KV cache on the GPU are refused too
     with pytest.raises(LaunchError, match=r"KV cache holds about 0 tokens, less than one sequence of 9,216: raise rollout.server_tp"):

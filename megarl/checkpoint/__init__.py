@@ -1,5 +1,6 @@
 """Checkpoints: megarl's Megatron checkpoint format, streaming HF <-> Megatron conversion and
-TP/PP resharding (offline, no torch.distributed), and the trainer's per-rank save/load."""
+TP/PP resharding (offline, no torch.distributed), the trainer's live save/load, and Megatron's
+torch_dist format (torch_dist.py: resume state and Megatron-LM-layout model checkpoints)."""
 
 from megarl.checkpoint.convert import ConversionReport, hf_to_megatron, iter_hf_tensors, megatron_to_hf, reshard
 from megarl.checkpoint.format import MegatronCheckpoint, MegatronCheckpointMeta

@@ -43,6 +43,7 @@ class ServerPlan:
     colocate: bool
     seed: int
     first_gpu: int = 0  # partitioned nodes: the servers' GPUs start after the trainer's
+    mem_fraction_static: float | None = None  # colocated SGLang: its share of each GPU (rollout.mem_fraction_static)
 
 
     def port(self, node_index: int, server_index: int) -> int:
@@ -60,6 +61,7 @@ def server_commands(plan: ServerPlan, node_index: int, python: str,
         if plan.engine == "sglang":
             spec = SGLangServerSpec(model_path=plan.model, host="0.0.0.0", port=port, tp_size=plan.server_tp,
                                     base_gpu_id=plan.first_gpu + i * plan.server_tp, enable_memory_saver=plan.colocate,
+                                    mem_fraction_static=plan.mem_fraction_static if plan.colocate else None,
                                     random_seed=seed, dtype=DTYPE_NAMES[plan.dtype])
             argv = sglang_server_command(spec, python=python, admin_key_config=admin_key_config)
         else:

@@ -25,6 +25,7 @@ import yaml
 from megarl.config import BUILTIN_PREFIX, Config
 from megarl.launch.layout import JobLayout, LaunchError, LaunchOptions
 from megarl.launch.node_servers import ServerPlan, server_commands
+from megarl.runtime.seeds import fold_seed
 
 NODE_SCRIPTS = ("env.sh", "node_role.sh")
 TRAIN_TEMPLATE = "train.sbatch.j2"
@@ -92,7 +93,9 @@ def server_plan(cfg: Config, layout: JobLayout, model_dir: str, base_port: int) 
     dtype = cfg.model.dtype if layout.on_gpu else "fp32"  # the built-in CPU server computes in fp32
     return ServerPlan(engine=layout.engine, model=model_dir, dtype=dtype, server_tp=layout.server_tp,
                       servers_per_node=layout.servers_per_node, base_port=base_port,
-                      colocate=layout.mode == "colocated", seed=cfg.run.seed, first_gpu=layout.first_server_gpu)
+                      colocate=layout.mode == "colocated", seed=fold_seed(cfg.run.seed, 31),  # SGLang seeds NumPy with it
+                      first_gpu=layout.first_server_gpu,
+                      mem_fraction_static=cfg.rollout.mem_fraction_static)
 
 
 def frozen_recipe(cfg: Config, run_dir: Path, layout: JobLayout | None = None) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from megarl.runtime import device as dev
+from megarl.runtime.seeds import fold_seed
 from megarl.runtime.ports import free_port  # noqa: F401  (re-exported: megarl.runtime.distributed.free_port)
 
 
@@ -60,12 +61,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(fold_seed(seed, 32))
     torch.manual_seed(fold_seed(seed, 64))
     tensor_parallel.model_parallel_cuda_manual_seed(fold_seed(seed, 62))  # it adds small per-rank offsets
-
-
-def fold_seed(seed: int, bits: int) -> int:
-    """`seed` reduced into [0, 2**bits) for an RNG that takes only that range (NumPy: 32 bits,
-    torch: 64, SGLang's sampling_seed: a signed 64-bit long); seeds already in range are unchanged."""
-    return seed % (1 << bits)
 
 
 def init_runtime(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: int = 30) -> Runtime:

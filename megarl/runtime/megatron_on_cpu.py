@@ -43,6 +43,9 @@ _ENTRY_MODULES = (
     "megatron.core.distributed.finalize_model_grads",
     "megatron.core.tensor_parallel",
     "megatron.core.dist_checkpointing",
+    "megatron.core.dist_checkpointing.strategies.torch",
+    "megatron.core.dist_checkpointing.strategies.filesystem_async",
+    "megatron.core.dist_checkpointing.strategies.async_utils",
 )
 
 _FACTORIES = ("zeros", "ones", "empty", "full", "tensor", "arange", "rand", "randn", "randint", "as_tensor")

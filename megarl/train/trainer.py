@@ -31,7 +31,7 @@ from megarl.data.prompt_stream import PromptStream
 from megarl.models.spec import ModelSpec
 from megarl.rollout import fleet
 from megarl.runtime import collectives
-from megarl.runtime.distributed import fold_seed
+from megarl.runtime.seeds import fold_seed
 from megarl.train import checkpointing
 from megarl.train.batch import Packer, shard_for_data_parallel
 from megarl.train.preemption import PreemptedError, StepProgress, StopRequest
@@ -60,6 +60,7 @@ class Trainer:
         self.run_dir = Path(cfg.run.output_dir)
         self.is_driver = self.rt.rank == 0
         self.dp_group = ps.get_data_parallel_group()
+        self.initial_torch_dist = None  # model.path is a torch_dist checkpoint (Megatron-LM / Megatron-Bridge / megarl)
         self.model_dir = self._resolve_model()
         self.spec = ModelSpec.from_hf(self.model_dir)
         self.spec.check_layout(cfg.actor.tp, cfg.actor.pp)
@@ -85,7 +86,8 @@ class Trainer:
         self._prefetch = None  # rollout.overlap (driver): Future or RolloutBatch of step+1
         self._prefetch_pool = None
         self.prompts = self.tokenizer = self.servers = self.client = self.pusher = self.logger = None  # driver
-        self.checkpoints = checkpointing.CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
+        self.checkpoints = checkpointing.CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last,
+                                                           async_save=cfg.checkpoint.async_save)
         if self.is_driver:
             self._setup_driver()
         if cfg.run.resume:
@@ -102,6 +104,11 @@ class Trainer:
             collectives.barrier()
             return Path(build_toy_model())  # cached: every rank gets the same directory
         path = Path(path)
+        from megarl.checkpoint import torch_dist
+
+        if torch_dist.looks_like_torch_dist(path):
+            self.initial_torch_dist = path
+            return torch_dist.hf_assets_of(path, self.cfg.model.tokenizer)
         return path / "hf" if (path / "megarl_checkpoint.json").exists() else path
 
     def _worker(self, role: str, par, trainable: bool) -> ModelWorker:
@@ -123,6 +130,15 @@ class Trainer:
     def _load_initial_weights(self) -> None:
         from megarl.models.hf_io import load_hf_into_model
 
+        if self.initial_torch_dist is not None:
+            from megarl.checkpoint.torch_dist import load_model_weights
+
+            for worker in (self.actor, self.reference, self.critic):
+                if worker is not None:
+                    load_model_weights(worker.model, self.initial_torch_dist)
+            # what the rollout servers start from
+            self.model_dir = checkpointing.export_hf(self.actor.module, self.run_dir / "initial_hf", self.model_dir, self.is_driver)
+            return
         for worker in (self.actor, self.reference, self.critic):
             if worker is not None:
                 load_hf_into_model(worker.model, self.model_dir, self.spec)
@@ -267,6 +283,7 @@ class Trainer:
             return
         if progress is not None:
             self.save_checkpoint(progress)
+        self.checkpoints.wait()  # complete before the run ends (async_save)
         if self.is_driver:
             where = f"step {self.step}" if progress is None or progress.batch is None else f"step {self.step + 1} (in progress)"
             self.logger.console.print(f"stop requested (signal): checkpointed at {where}; exiting")
@@ -351,6 +368,7 @@ class Trainer:
                                       + (" (mid-step)" if self._resumed is not None else ""))
 
     def close(self) -> None:
+        self.checkpoints.close()  # completes an asynchronous save in flight
         if self._prefetch_pool is not None:
             self._prefetch_pool.shutdown(wait=True, cancel_futures=True)
         if self.is_driver:

@@ -100,13 +100,13 @@ def test_gpu_7b_recipe_two_nodes_trainer_tp4_dp2_and_eight_servers(tmp_path):
     bash_syntax_ok(script)
 
 
-def test_gpu_32b_recipe_eight_nodes(tmp_path):
+def test_gpu_32b_recipe_six_nodes(tmp_path):
     model = qwen_dir(tmp_path, "32b")
     code, script, err = run_submit([str(REPO / "configs/simplerl_zoo_qwen2.5_32b.yaml"), "--dry-run", "--requeue",
                                     f"model.path={model}", f"run.output_dir={tmp_path}/run32b"])
     assert code == 0, err
-    assert "nodes 0-3: trainer; nodes 4-7: rollout servers" in script
-    assert "trainer: 4 node(s) x 8 GPU(s) = world 32 = TP 8 x PP 2 x DP 2" in script
+    assert "nodes 0-1: trainer; nodes 2-5: rollout servers" in script
+    assert "trainer: 2 node(s) x 8 GPU(s) = world 16 = TP 8 x PP 1 x DP 2" in script
     assert "rollout: 2 sglang server(s) per rollout node (4 GPU(s) each, TP 4) = 8 server(s)" in script
     assert "--tp-size 4" in script and "--base-gpu-id 4" in script
     bash_syntax_ok(script)
@@ -121,6 +121,7 @@ def test_colocated_gpu_layout_shares_the_gpus(tmp_path):
     assert code == 0, err
     assert "mode=colocated" in script and "TP 4 x PP 1 x DP 4" in script
     assert "--enable-memory-saver" in script
+    assert "--mem-fraction-static 0.25" in script  # colocated SGLang takes the recipe's share of each GPU
     assert 'node_role.sh" both -- megarl.cli train' in script
     bash_syntax_ok(script)
 
@@ -292,7 +293,8 @@ def test_recipes_slurm_sections_validate(tmp_path):
 def test_32b_dry_run_prints_the_memory_table_and_refuses_what_cannot_fit(tmp_path):
     model = qwen_dir(tmp_path, "32b")
     argv = [str(REPO / "configs/simplerl_zoo_qwen2.5_32b.yaml"), "--dry-run", f"model.path={model}",
-            f"run.output_dir={tmp_path}/run32b"]
+            f"run.output_dir={tmp_path}/run32b", "actor.pp=2", "actor.sequence_parallel=false",  # the earlier layout:
+            "actor.distributed_optimizer=false", "--nodes", "8"]  # 50 GiB per GPU
     code, script, err = run_submit(argv)
     assert code == 0, err
     assert "per-GPU memory estimate (GPU 80 GiB" in err and "| trainer | actor optimizer |" in err
@@ -319,8 +321,8 @@ def test_router_and_port_ranges_are_checked(tmp_path):
 
 
 def test_preempt_notice_follows_the_measured_step_and_estimated_checkpoint(tmp_path):
-    """32B: a checkpoint of ~32.8B params x 14 bytes over 4 trainer nodes at 1 GB/s is ~115 s; with a
-    measured 900 s step in a previous run's metrics the notice is 1.5 x (900 + 115) s."""
+    """32B: a checkpoint of ~32.8B params x 14 bytes over 2 trainer nodes at 1 GB/s is ~229 s; with a
+    measured 900 s step in a previous run's metrics the notice is 1.5 x (900 + 229) s."""
     model = qwen_dir(tmp_path, "32b")
     run = tmp_path / "run32b"
     run.mkdir()
@@ -329,7 +331,7 @@ def test_preempt_notice_follows_the_measured_step_and_estimated_checkpoint(tmp_p
             f"run.output_dir={run}", "checkpoint.every=10", "--time", "48:00:00"]
     code, script, err = run_submit(argv)
     assert code == 0, err
-    assert "step 900 s measured" in err and "checkpoint about 115 s estimated" in err
-    assert "#SBATCH --signal=B:USR1@1523\n" in script  # ceil(1.5 * (900 + 114.7))
+    assert "step 900 s measured" in err and "checkpoint about 229 s estimated" in err
+    assert "#SBATCH --signal=B:USR1@1695\n" in script  # ceil(1.5 * (900 + 229.3))
     code, script, err = run_submit(argv[:-2] + ["--time", "01:00:00"])  # a quarter of an hour caps it, with a warning
     assert code == 0 and "#SBATCH --signal=B:USR1@900\n" in script and "give a longer --time" in err

@@ -2,8 +2,8 @@
 the newest checkpoint makes resume skip it (with a message) and restore the previous one; pruning
 never removes the newest good checkpoint first; weights with inf/nan are never saved.
 
-In-process, a world of one (gloo): real torch modules, optimizers and schedulers under megarl's
-CheckpointManager."""
+In-process, a world of one (gloo): real megarl actor workers (Megatron GPT, Megatron optimizer, plain and
+distributed, LR scheduler) under megarl's CheckpointManager, writing torch_dist checkpoints."""
 
 import dataclasses
 import json
@@ -15,18 +15,8 @@ import torch
 from megarl.checkpoint import checksums
 from megarl.train.checkpointing import CheckpointManager, NonFiniteWeightsError
 
-
-@dataclasses.dataclass
-class _Settings:
-    optim: object = None
-
-
-@dataclasses.dataclass
-class _Worker:  # what CheckpointManager reads from a megarl ModelWorker
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    settings: _Settings = dataclasses.field(default_factory=_Settings)
+SHARD = "torch_dist/__0_0.distcp"  # rank 0's tensor file in the torch_dist folder
+WEIGHT = "embedding.word_embeddings.weight"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,17 +26,50 @@ def runtime():
     init_runtime(1, 1)
 
 
-def _worker(seed: int) -> _Worker:
-    torch.manual_seed(seed)
-    model = torch.nn.Linear(512, 512)  # 1 MiB of fp32 weights
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    return _Worker(model, opt, torch.optim.lr_scheduler.StepLR(opt, 10))
+@pytest.fixture(scope="module")
+def spec(tiny_hf_models):
+    from megarl.models.spec import ModelSpec
+
+    return ModelSpec.from_hf(tiny_hf_models["qwen2"])
 
 
-def _save(manager, step, seed):
-    worker = _worker(seed)
+@pytest.fixture(params=[False, True], ids=["optimizer", "distributed-optimizer"])
+def distributed_optimizer(request):
+    return request.param
+
+
+@pytest.fixture
+def make_worker(spec, distributed_optimizer):
+    """A real megarl actor worker (Megatron GPT, Megatron optimizer, LR scheduler), its weights drawn from `seed`."""
+    from megarl.models.training import OptimSettings
+    from megarl.train.workers import ModelWorker, WorkerSettings
+
+    def make(seed: int, step: bool = True):
+        worker = ModelWorker(spec, WorkerSettings(role="actor", dtype=torch.float32, lr_decay_steps=10, optim=OptimSettings(
+            lr=1e-3, distributed_optimizer=distributed_optimizer)))
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in worker.model.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+        if not step:  # as the trainer builds it before resuming
+            return worker
+        worker.optimizer.zero_grad()
+        for p in worker.model.parameters():  # one optimizer step, so the optimizer has state to save
+            p.main_grad.copy_(torch.randn(p.shape, generator=gen) * 1e-3)
+        worker.optimizer.step()
+        worker.scheduler.step(increment=1)
+        return worker
+
+    return make
+
+
+def _weight(worker):
+    return dict(worker.model.named_parameters())[WEIGHT].detach().clone()
+
+
+def _save(manager, step, worker):
     manager.save(step, {"actor": worker}, {"step": step})
-    return worker.model.weight.detach().clone()
+    return _weight(worker)
 
 
 def _corrupt(path, nbytes=20 << 10):
@@ -56,46 +79,47 @@ def _corrupt(path, nbytes=20 << 10):
         f.write(os.urandom(nbytes))
 
 
-def _resume(manager):
-    fresh = _worker(99)
+def _resume(manager, fresh):
     state = manager.load_latest({"actor": fresh})
-    return state, fresh.model.weight.detach()
+    return state, _weight(fresh)
 
 
-def test_manifest_lists_every_file_with_its_digest(tmp_path):
+def test_manifest_lists_every_file_with_its_digest(tmp_path, make_worker):
     manager = CheckpointManager(tmp_path, keep_last=2)
-    _save(manager, 1, seed=1)
+    _save(manager, 1, make_worker(1))
     ckpt = tmp_path / "step_000001"
     body = json.loads((ckpt / checksums.MANIFEST_NAME).read_text())
     assert body["algorithm"] == "sha256"
-    assert sorted(body["files"]) == ["rank_00000.pt", "trainer_state.json"]
+    assert {SHARD, "torch_dist/.metadata", "torch_dist/common.pt", "torch_dist/metadata.json", "rng/rank_00000.pt",
+            "trainer_state.json"} <= set(body["files"])
+    assert sorted(body["files"]) == checksums.files_to_hash(ckpt, exclude=("COMPLETE",))
     for name, entry in body["files"].items():
         assert entry == dataclasses.asdict(checksums.digest_file(ckpt / name))
 
 
 @pytest.mark.parametrize("damage", ["corrupt_20kb", "truncate", "delete", "delete_manifest", "corrupt_state_json"])
-def test_damaged_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, capsys, damage):
+def test_damaged_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, capsys, damage, make_worker):
     manager = CheckpointManager(tmp_path, keep_last=2)
-    good = _save(manager, 1, seed=1)
-    _save(manager, 2, seed=2)
+    good = _save(manager, 1, make_worker(1))
+    _save(manager, 2, make_worker(2))
     newest = tmp_path / "step_000002"
-    shard = newest / "rank_00000.pt"
+    shard = newest / SHARD
     if damage == "corrupt_20kb":
         _corrupt(shard)
-        why = "rank_00000.pt does not match its SHA-256"
+        why = f"{SHARD} does not match its SHA-256"
     elif damage == "truncate":
         os.truncate(shard, shard.stat().st_size // 3)
-        why = "rank_00000.pt has"
+        why = f"{SHARD} has"
     elif damage == "delete":
         shard.unlink()
-        why = "rank_00000.pt is missing"
+        why = f"{SHARD} is missing"
     elif damage == "delete_manifest":
         (newest / checksums.MANIFEST_NAME).unlink()
         why = "no CHECKSUMS.json"
     else:
         (newest / "trainer_state.json").write_text('{"step": 7, "layout": null}')
         why = "trainer_state.json has"
-    state, weight = _resume(manager)
+    state, weight = _resume(manager, make_worker(99, step=False))
     assert state["step"] == 1
     assert torch.equal(weight, good)
     err = capsys.readouterr().err
@@ -104,56 +128,58 @@ def test_damaged_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, cap
     assert not newest.exists() and (tmp_path / "step_000002.rejected").is_dir()
 
 
-def test_no_verifiable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+def test_no_verifiable_checkpoint_is_an_error_not_a_fresh_start(tmp_path, make_worker):
     manager = CheckpointManager(tmp_path, keep_last=2)
-    _save(manager, 1, seed=1)
-    _corrupt(tmp_path / "step_000001" / "rank_00000.pt")
+    _save(manager, 1, make_worker(1))
+    _corrupt(tmp_path / "step_000001" / SHARD)
     with pytest.raises(RuntimeError, match="no checkpoint under .* verifies"):
-        _resume(manager)
+        _resume(manager, make_worker(99, step=False))
 
 
-def test_resume_after_a_skip_then_pruning_keeps_good_checkpoints(tmp_path):
+def test_resume_after_a_skip_then_pruning_keeps_good_checkpoints(tmp_path, make_worker):
     """The issue's sequence: the newest is corrupted, keep_last=2. The resumed run writes new
     checkpoints; the good older one is pruned only once newer ones are in place."""
     manager = CheckpointManager(tmp_path, keep_last=2)
-    _save(manager, 1, seed=1)
-    _save(manager, 2, seed=2)
-    _corrupt(tmp_path / "step_000002" / "rank_00000.pt")
-    state, _ = _resume(manager)
+    _save(manager, 1, make_worker(1))
+    _save(manager, 2, make_worker(2))
+    _corrupt(tmp_path / "step_000002" / SHARD)
+    state, _ = _resume(manager, make_worker(99, step=False))
     assert state["step"] == 1
-    second = _save(manager, 2, seed=3)
+    second = _save(manager, 2, make_worker(3))
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000001", "step_000002", "step_000002.rejected"]
-    _save(manager, 3, seed=4)
+    third = _save(manager, 3, make_worker(4))
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000002", "step_000002.rejected", "step_000003"]
-    state, _ = _resume(manager)
-    assert state["step"] == 3
-    assert torch.equal(torch.load(tmp_path / "step_000002" / "rank_00000.pt", weights_only=False)["actor"]["model"]["weight"],
-                       second)
+    state, weight = _resume(manager, make_worker(99, step=False))
+    assert state["step"] == 3 and torch.equal(weight, third)
+    from megatron.core import dist_checkpointing
+
+    stored = dist_checkpointing.load_plain_tensors(str(tmp_path / "step_000002" / "torch_dist"))
+    assert torch.equal(stored[WEIGHT], second)
 
 
-def test_pruning_waits_for_the_new_checkpoint_to_check_out(tmp_path, monkeypatch, capsys):
+def test_pruning_waits_for_the_new_checkpoint_to_check_out(tmp_path, monkeypatch, capsys, make_worker):
     manager = CheckpointManager(tmp_path, keep_last=1)
-    _save(manager, 1, seed=1)
+    _save(manager, 1, make_worker(1))
 
     real_write = checksums.write_manifest
 
     def manifest_with_a_wrong_size(root, digests):  # a file that is not what was hashed
-        name = "rank_00000.pt"
+        name = SHARD
         digests = {**digests, name: checksums.FileDigest(digests[name].size + 1, digests[name].sha256)}
         return real_write(root, digests)
 
     monkeypatch.setattr(checksums, "write_manifest", manifest_with_a_wrong_size)
-    _save(manager, 2, seed=2)
+    _save(manager, 2, make_worker(2))
     assert (tmp_path / "step_000001").is_dir(), "the good checkpoint was pruned before the new one checked out"
     assert "keeping older checkpoints" in capsys.readouterr().err
 
 
-def test_non_finite_weights_are_never_saved(tmp_path):
+def test_non_finite_weights_are_never_saved(tmp_path, make_worker):
     manager = CheckpointManager(tmp_path, keep_last=2)
-    _save(manager, 1, seed=1)
-    worker = _worker(2)
+    _save(manager, 1, make_worker(1))
+    worker = make_worker(2)
     with torch.no_grad():
-        worker.model.weight[3, 5] = float("nan")
+        dict(worker.model.named_parameters())[WEIGHT][3, 5] = float("nan")
     with pytest.raises(NonFiniteWeightsError, match="actor weights hold inf/nan at step 2"):
         manager.save(2, {"actor": worker}, {"step": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000001"]
@@ -170,3 +196,50 @@ def test_hash_speed(tmp_path):
     rate = 256 / (time.perf_counter() - start)
     print(f"sha256: {rate:.0f} MB/s")
     assert rate > 100
+
+
+def test_resume_restores_optimizer_and_scheduler_exactly(tmp_path, make_worker):
+    """A worker restored from the checkpoint takes the same next step as the one that wrote it
+    (bitwise): the optimizer state (Adam moments, step; the distributed optimizer's shards) and
+    the LR schedule came back, not only the weights."""
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    saved = make_worker(1)
+    _save(manager, 1, saved)
+    fresh = make_worker(99, step=False)
+    manager.load_latest({"actor": fresh})
+    assert fresh.scheduler.num_steps == saved.scheduler.num_steps == 1
+    gen = torch.Generator().manual_seed(5)
+    grads = [torch.randn(p.shape, generator=gen) * 1e-3 for p in saved.model.parameters()]
+    for worker in (saved, fresh):
+        worker.optimizer.zero_grad()
+        for p, g in zip(worker.model.parameters(), grads):
+            p.main_grad.copy_(g)
+        worker.optimizer.step()
+    for (name, a), b in zip(saved.model.named_parameters(), fresh.model.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_async_save_is_complete_and_checksummed_after_close(tmp_path, make_worker):
+    """checkpoint.async_save: megatron-core's background writer stores the tensors; the manifest,
+    COMPLETE marker and rename happen when the save is finalized (the next save, or close)."""
+    manager = CheckpointManager(tmp_path, keep_last=2, async_save=True)
+    worker = make_worker(1)
+    final = manager.save(1, {"actor": worker}, {"step": 1})
+    manager.close()
+    assert (final / "COMPLETE").is_file() and not (tmp_path / "step_000001.tmp").exists()
+    checksums.verify_files(final, checksums.read_manifest(final), sorted(checksums.read_manifest(final)))
+    state, weight = _resume(CheckpointManager(tmp_path), make_worker(99, step=False))
+    assert state["step"] == 1 and torch.equal(weight, _weight(worker))
+
+
+def test_a_checkpoint_of_the_old_per_rank_format_is_refused_not_rejected(tmp_path, make_worker):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    _save(manager, 1, make_worker(1))
+    ckpt = tmp_path / "step_000001"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state["layout"].pop("format")  # what megarl wrote before torch_dist (per-rank rank_NNNNN.pt files)
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    checksums.write_manifest(ckpt, checksums.digest_files(ckpt, checksums.files_to_hash(ckpt, exclude=("COMPLETE",))))
+    with pytest.raises(ValueError, match="holds per-rank .pt files"):
+        _resume(manager, make_worker(99, step=False))
+    assert ckpt.is_dir()  # left in place, not renamed .rejected

@@ -20,7 +20,7 @@ def test_corrupted_newest_checkpoint_is_skipped_and_training_resumes(write_recip
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
     ckpts = run_dir / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_000002", "step_000003"]
-    shard = ckpts / "step_000003" / "rank_00001.pt"
+    shard = ckpts / "step_000003" / "torch_dist" / "__1_0.distcp"  # rank 1's tensor file
     with open(shard, "r+b") as f:
         f.seek(shard.stat().st_size // 2)
         f.write(os.urandom(20 << 10))
@@ -28,7 +28,7 @@ def test_corrupted_newest_checkpoint_is_skipped_and_training_resumes(write_recip
     second = _train(recipe, "run.steps=4")
     out = second.stdout + second.stderr
     assert second.returncode == 0, out[-3000:]
-    assert "checkpoint step_000003 skipped: " in out and "rank_00001.pt does not match its SHA-256" in out, out[-3000:]
+    assert "checkpoint step_000003 skipped: " in out and "torch_dist/__1_0.distcp does not match its SHA-256" in out, out[-3000:]
     assert "resumed from checkpoint at step 2" in out
     assert "Traceback" not in out
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
