@@ -21,6 +21,7 @@ import dataclasses
 import errno
 import json
 import math
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -58,6 +59,7 @@ _KERNEL_COPY_MIN_BYTES = 256 * 2**10
 # Gaps up to this size between gathered runs of one file are read (into a scratch buffer) rather
 # than costing another preadv call.
 _MAX_READ_GAP = 16 * 2**10
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map the pages in one go instead of a fault per 64 KiB
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 _ZEROS = bytes(2**20)
 
@@ -105,21 +107,41 @@ def _write_all(fd: int, view: memoryview) -> None:
         done += os.write(fd, view[done : done + _MAX_IO_CHUNK])
 
 
+def _writev_pieces(dst_fd: int, maps: dict[int, tuple[mmap.mmap, int]], which: list[int], starts: list[int], ends: list[int]) -> None:
+    """Write the pieces [start, end) of the mapped files `maps[which]` (mapping, file offset of its first byte), in order."""
+    views = {k: memoryview(mapped) for k, (mapped, _) in maps.items()}
+    bases = {k: base for k, (_, base) in maps.items()}
+    iov = [views[k][a - bases[k] : b - bases[k]] for k, a, b in zip(which, starts, ends)]
+    for i in range(0, len(iov), _IOV_MAX):
+        batch = iov[i : i + _IOV_MAX]
+        done = os.writev(dst_fd, batch)
+        for piece in batch:  # after a short write (rare), the rest piece by piece
+            if done < len(piece):
+                _write_all(dst_fd, piece[max(done, 0) :])
+            done -= len(piece)
+    for piece in iov:
+        piece.release()
+    for view in views.values():
+        view.release()
+
+
 class RunCopier:
     """Copies TensorRuns into an output file at its current position, converting the dtype if asked.
 
     Large runs in the same dtype: `copy_file_range` (the kernel copies page cache to page cache,
     nothing is mapped into this process), falling back for good to `preadv` + `write` through the
     staging buffer where the kernel refuses (another filesystem, old kernel). Small runs (the
-    per-row pieces of a split along dim 1) are gathered into the staging buffer with one `preadv`
-    per stretch of the file and written with one `write`. Other dtypes are cast from one staging
-    buffer into a second one. The buffers are allocated and touched once, on first use, so memory
-    stays flat whatever the tensor sizes.
+    per-row pieces of a split along dim 1) in the same dtype: one `writev` of many pieces from a
+    read-only mapping of the source span (`map_files`), else gathered into the staging buffer with
+    one `preadv` per stretch of the file and written with one `write`. Other dtypes are cast from
+    one staging buffer into a second one. The buffers are allocated and touched once, on first
+    use, so memory stays flat whatever the tensor sizes.
     """
 
-    def __init__(self, staging_bytes: int = DEFAULT_STAGING_BYTES, kernel_copy: bool = True):
+    def __init__(self, staging_bytes: int = DEFAULT_STAGING_BYTES, kernel_copy: bool = True, map_files: bool = True):
         self.staging_bytes = staging_bytes
         self.kernel_copy = kernel_copy and hasattr(os, "copy_file_range")
+        self.map_files = map_files
         self._fds: dict[Path, int] = {}
         self._staging: tuple[torch.Tensor, torch.Tensor, memoryview] | None = None
 
@@ -161,7 +183,7 @@ class RunCopier:
             if n <= 0:
                 raise CheckpointFormatError(f"{path}: unexpected end of file at byte {offset + done}")
             done += n
-        staging = memoryview(self._buffers()[0].numpy())
+        staging = memoryview(self._buffers()[0].numpy()) if done < nbytes else None
         while done < nbytes:
             chunk = staging[: min(len(staging), nbytes - done)]
             self._read(path, offset + done, chunk)
@@ -215,6 +237,27 @@ class RunCopier:
             out.view(dtype).copy_(raw[:total].view(src_dtype))
             _write_all(dst_fd, memoryview(out.numpy()))
 
+    def _gather_mapped(self, runs: TensorRuns, nbytes: np.ndarray, lo: int, hi: int, dst_fd: int) -> None:
+        """Runs lo..hi (small, already in the output dtype) written with writev straight from a
+        read-only mapping of each source's span: one copy, page cache to page cache, as
+        copy_file_range makes, without a call per run. The mappings last for this batch only."""
+        source, offset, size = runs.source[lo:hi], runs.offset[lo:hi], nbytes[lo:hi]
+        maps: dict[int, tuple[mmap.mmap, int]] = {}
+        try:
+            for k in np.unique(source).tolist():
+                mine = source == k
+                first = int(offset[mine].min()) // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+                last = int((offset[mine] + size[mine]).max())
+                fd = self._fd(runs.sources[k].path)
+                maps[k] = (mmap.mmap(fd, last - first, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ, offset=first), first)
+            _writev_pieces(dst_fd, maps, source.tolist(), offset.tolist(), (offset + size).tolist())
+        finally:
+            for mapped, _ in maps.values():
+                try:
+                    mapped.close()
+                except BufferError:  # views still held by a traceback: the mapping goes with them
+                    pass
+
     def copy(self, runs: TensorRuns, dst_fd: int, dtype: torch.dtype) -> int:
         """Append `runs`, as `dtype`, to `dst_fd`; returns the bytes written."""
         itemsize = np.array([loc.dtype.itemsize for loc in runs.sources] + [dtype.itemsize], np.int64)
@@ -224,12 +267,23 @@ class RunCopier:
         # A gathered batch must fit the staging buffer, also once cast, and have one source dtype.
         cap = self.staging_bytes // max(1, -(-dtype.itemsize // int(itemsize[:-1].min())))
         batch_start, batch_bytes = None, 0
+
+        def gather(lo: int, hi: int) -> None:
+            if self.map_files and runs.sources[int(runs.source[lo])].dtype == dtype:
+                try:
+                    return self._gather_mapped(runs, nbytes, lo, hi, dst_fd)
+                except OSError as err:  # a file that cannot be mapped: read it instead, from now on
+                    if err.errno not in _NO_KERNEL_COPY | {errno.ENODEV}:
+                        raise
+                    self.map_files = False
+            self._gather(runs, nbytes, lo, hi, dst_fd, dtype)
+
         alone_l, nbytes_l, source_l = alone.tolist(), nbytes.tolist(), runs.source.tolist()
         for i in range(len(source_l)):
             if batch_start is not None and (
                 alone_l[i] or batch_bytes + nbytes_l[i] > cap or runs.sources[source_l[i]].dtype != runs.sources[source_l[batch_start]].dtype
             ):
-                self._gather(runs, nbytes, batch_start, i, dst_fd, dtype)
+                gather(batch_start, i)
                 batch_start, batch_bytes = None, 0
             if not alone_l[i]:
                 batch_start = i if batch_start is None else batch_start
@@ -245,7 +299,7 @@ class RunCopier:
             else:
                 self._copy_cast(loc, offset, int(runs.numel[i]), dst_fd, dtype)
         if batch_start is not None:
-            self._gather(runs, nbytes, batch_start, len(source_l), dst_fd, dtype)
+            gather(batch_start, len(source_l))
         return runs.total_numel * dtype.itemsize
 
     def close(self) -> None:
