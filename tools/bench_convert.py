@@ -200,13 +200,14 @@ def _tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _timed(cmd: list[str]) -> tuple[float, resource.struct_rusage, str]:
-    """Run `cmd`; its wall seconds, its own rusage (os.wait4) and its stdout."""
+def _timed(cmd: list[str], pythonpath: Path | None = None) -> tuple[float, resource.struct_rusage, str]:
+    """Run `cmd` (with megarl imported from `pythonpath` if given); its wall seconds, its own rusage (os.wait4) and its stdout."""
     import tempfile
 
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **({"PYTHONPATH": str(pythonpath)} if pythonpath else {}))
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
@@ -234,14 +235,14 @@ def drop_page_cache(work: Path) -> str:
         return "fadvise"
 
 
-def run_phase(phase: str, src: Path, dst: Path, tp: int, pp: int) -> dict:
+def run_phase(phase: str, src: Path, dst: Path, tp: int, pp: int, pythonpath: Path | None = None) -> dict:
     load = os.getloadavg()[0]
     if phase == "cp":
         seconds, usage, _ = _timed(["cp", "-r", str(src), str(dst)])
         return {"phase": "cp", "seconds": seconds, "process_seconds": seconds, "bytes_written": _tree_bytes(dst),
                 "peak_rss": usage.ru_maxrss * 1024, "baseline_rss": 0, "minor_faults": usage.ru_minflt, "load_1min": load}
     cmd = [sys.executable, __file__, "--phase", phase, "--src", str(src), "--dst", str(dst), "--tp", str(tp), "--pp", str(pp)]
-    seconds, _, out = _timed(cmd)
+    seconds, _, out = _timed(cmd, pythonpath)
     row = json.loads(out.strip().splitlines()[-1])
     return dict(row, process_seconds=seconds, load_1min=load)
 
@@ -270,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--naive-max-gb", type=float, default=10.0, help="skip the naive phases if they would need more RAM (GB)")
     parser.add_argument("--keep", action="store_true", help="keep the files under --workdir")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="also run the streaming phases with megarl imported from this directory (e.g. `git archive REV megarl | tar -x -C DIR`)")
     parser.add_argument("--phase", choices=sorted(PHASES) + ["build"], help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--dst", type=Path, help=argparse.SUPPRESS)
@@ -295,21 +298,32 @@ def main(argv: list[str] | None = None) -> int:
         model_bytes = info["bytes"]
         rss_goal = 1.5 * GIB + 2 * info["largest_tensor_bytes"]
         naive_ok = 2 * model_bytes + GIB <= args.naive_max_gb * 1e9
-        plan = [("cp", "hf", "cp"), ("stream_hf_to_meg", "hf", "meg"), ("stream_meg_to_hf", "meg", "hf2")]
+        # (label, phase, source dir, output dir, megarl from); outputs are deleted once no later phase reads them.
+        versions = [("", None)] + ([(" (before)", args.before.resolve())] if args.before else [])
+        plan = [("cp", "cp", "hf", "cp", None)]
+        for tag, path in versions:
+            meg, hf2 = f"meg{tag.strip(' ()')}", f"hf2{tag.strip(' ()')}"
+            plan += [(f"stream_hf_to_meg{tag}", "stream_hf_to_meg", "hf", meg, path), (f"stream_meg_to_hf{tag}", "stream_meg_to_hf", meg, hf2, path)]
         if naive_ok:
-            plan += [("naive_hf_to_meg", "hf", "naive_meg"), ("naive_meg_to_hf", "meg", "naive_hf2")]
-        round_trip_equal = False
+            plan += [("naive_hf_to_meg", "naive_hf_to_meg", "hf", "naive_meg", None), ("naive_meg_to_hf", "naive_meg_to_hf", "meg", "naive_hf2", None)]
+        round_trip_equal: dict[str, bool] = {}
         for repeat in range(args.repeats):
-            for phase, src, dst in plan:
+            last = repeat == args.repeats - 1
+            for label, phase, src, dst, path in plan:
                 cache = drop_page_cache(work)
-                console.print(f"repeat {repeat + 1}/{args.repeats} phase {phase} (load {os.getloadavg()[0]:.2f}, cache: {cache}) ...")
-                row = run_phase(phase, work / src, work / dst, args.tp, args.pp)
-                rows.append(dict(row, repeat=repeat, cache_drop=cache))
-                if dst not in ("meg", "hf2"):
+                console.print(f"repeat {repeat + 1}/{args.repeats} phase {label} (load {os.getloadavg()[0]:.2f}, cache: {cache}) ...")
+                row = run_phase(phase, work / src, work / dst, args.tp, args.pp, path)
+                rows.append(dict(row, phase=label, repeat=repeat, cache_drop=cache))
+                if phase == "stream_meg_to_hf":  # the round trip is complete: check it (last repeat), then free the disk
+                    if last:
+                        round_trip_equal[label] = _same_files(work / "hf", work / dst)
+                    if not naive_ok or path is not None:
+                        shutil.rmtree(work / src)
                     shutil.rmtree(work / dst)
-            round_trip_equal = _same_files(work / "hf", work / "hf2")
-            for dst in ("meg", "hf2"):
-                shutil.rmtree(work / dst)
+                elif phase != "stream_hf_to_meg":
+                    shutil.rmtree(work / dst)
+            if naive_ok:
+                shutil.rmtree(work / "meg")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -319,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         row["gb_per_s"] = row["bytes_written"] / row["seconds"] / 1e9
         row["vs_cp"] = row["gb_per_s"] / (cp["bytes_written"] / cp["seconds"] / 1e9)
         row["vs_cp_process"] = (row["bytes_written"] / row["process_seconds"]) / (cp["bytes_written"] / cp["process_seconds"])
-    medians = [_median_row([r for r in rows if r["phase"] == phase]) for phase, _, _ in plan]
+    medians = [_median_row([r for r in rows if r["phase"] == label]) for label, *_ in plan]
     cache = rows[0]["cache_drop"]
     table = Table(title=f"checkpoint conversion, {args.shape}-shaped random bf16 ({model_bytes / 1e9:.2f} GB), tp={args.tp} pp={args.pp}, "
                   f"cold cache ({cache}), median of {args.repeats}")
@@ -327,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     for col in cols:
         table.add_column(col, justify="left" if col == "phase" else "right")
     for row in medians:
-        streaming = row["phase"].startswith("stream")
+        streaming = row["phase"].startswith("stream") and "before" not in row["phase"]  # the goals are this version's
         if streaming:
             row["goals_met"] = row["peak_rss"] <= rss_goal and row["vs_cp"] >= args.goal_vs_cp
         table.add_row(
@@ -337,19 +351,21 @@ def main(argv: list[str] | None = None) -> int:
         )
     console.print(table)
     console.print("per repeat, x cp: " + "; ".join(
-        f"{phase} " + ", ".join(f"{r['vs_cp']:.2f}" for r in rows if r["phase"] == phase) for phase, _, _ in plan[1:]))
-    console.print(f"round trip HF -> Megatron -> HF byte-identical to the input files: {'yes' if round_trip_equal else 'NO'}")
+        f"{label} " + ", ".join(f"{r['vs_cp']:.2f}" for r in rows if r["phase"] == label) for label, *_ in plan[1:]))
+    for label, same in round_trip_equal.items():
+        console.print(f"round trip HF -> Megatron -> HF{label.replace('stream_meg_to_hf', '')} byte-identical to the input files: {'yes' if same else 'NO'}")
     if not naive_ok:
         console.print(f"naive phases skipped: they would need about {(2 * model_bytes + GIB) / 1e9:.1f} GB > --naive-max-gb {args.naive_max_gb}")
     result = {
         "model": f"{args.shape}-shaped random bf16", "model_bytes": model_bytes, "largest_tensor_bytes": info["largest_tensor_bytes"],
         "tp": args.tp, "pp": args.pp, "repeats": args.repeats, "cache_drop": cache, "rss_goal_bytes": rss_goal,
         "goal_vs_cp": args.goal_vs_cp, "medians": medians, "runs": rows, "round_trip_byte_identical": round_trip_equal,
+        "before": str(args.before) if args.before else None, "load_1min_range": [min(r["load_1min"] for r in rows), max(r["load_1min"] for r in rows)],
         "machine": f"{os.cpu_count()} CPU cores, {sys.platform}, {os.uname().release}",
     }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
-    return 0 if round_trip_equal and all(r.get("goals_met", True) for r in medians) else 1
+    return 0 if all(round_trip_equal.values()) and all(r.get("goals_met", True) for r in medians) else 1
 
 
 if __name__ == "__main__":
