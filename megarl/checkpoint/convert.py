@@ -1,10 +1,12 @@
 """Streaming checkpoint converters: HF -> Megatron, Megatron -> HF, and Megatron TP/PP resharding.
 
-All three read the one mapping declaration (megarl.models.mapping) and never hold more than the
-tensors of one mapping entry (e.g. q, k, v of one layer plus one output shard) in memory: inputs
-are read one tensor at a time with preadv, outputs are written with SafetensorsWriter, whose
-headers are planned up front from the mapping (each mapping kind derives its shapes from the
-config). Neither torch.distributed nor Megatron is needed.
+All three read the one mapping declaration (megarl.models.mapping) and hold no tensor data: the
+mapping is applied to small tensors of block ids instead of weights (it is pure indexing), which
+says for every output tensor which element ranges of which input files it is made of
+(`TensorRuns`); `RunCopier` then copies those ranges file to file (copy_file_range, or two reused
+staging buffers when the dtype changes). Outputs are written with SafetensorsWriter, whose headers
+are planned up front from the mapping (each mapping kind derives its shapes from the config).
+Neither torch.distributed nor Megatron is needed.
 
 Built-in checks: every HF tensor is consumed exactly once and every Megatron tensor produced
 exactly once, with the shapes the config implies; the numerics-relevant config fields survive the
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from megarl.checkpoint.format import (
@@ -39,7 +43,14 @@ from megarl.checkpoint.format import (
     shard_file_name,
 )
 from megarl.checkpoint.progress import TransferProgress
-from megarl.checkpoint.safetensors_stream import CheckpointFormatError, SafetensorsWriter, tensor_nbytes
+from megarl.checkpoint.safetensors_stream import (
+    CheckpointFormatError,
+    RunCopier,
+    SafetensorsWriter,
+    TensorLocation,
+    TensorRuns,
+    tensor_nbytes,
+)
 from megarl.models.mapping import OUTPUT_TIED, ParamMapping, hf_tensor_shapes, stage_mappings
 from megarl.models.spec import ModelSpec
 
@@ -200,6 +211,52 @@ def _close_all(writers: list[SafetensorsWriter]) -> None:
         w.close()
 
 
+# ---- tracing a mapping to file runs (no tensor data) -------------------------------------------
+def trace_runs(
+    sources: Sequence[TensorLocation], blocks: int, apply: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
+) -> list[TensorRuns]:
+    """The runs of each tensor `apply` makes from `sources`, found without reading them.
+
+    Each source of shape (rows, ...) stands in as a tensor of block ids, (rows, blocks) for a
+    matrix (`blocks` equal column blocks per row: enough that every split of the columns the
+    mapping makes falls on block edges) or (rows,) for a vector. Mapping kinds only index, pad
+    with zeros, split and concatenate, so an output id says which source block lands there (0:
+    padding); consecutive blocks that are consecutive in one file merge into one run.
+    """
+    ids, bases, block_numel = [], [], set()
+    next_id = 1
+    for loc in sources:
+        if len(loc.shape) not in (1, 2) or (len(loc.shape) == 1 and blocks != 1):
+            raise AssertionError(f"{loc.path}: cannot trace a tensor of shape {loc.shape} in {blocks} column blocks")
+        rows = loc.shape[0]
+        cols = loc.shape[1] if len(loc.shape) == 2 else 1
+        if cols % blocks:
+            raise CheckpointFormatError(f"{loc.path}: tensor of shape {loc.shape} does not split into {blocks} column blocks")
+        block_numel.add(cols // blocks)
+        count = rows * (blocks if len(loc.shape) == 2 else 1)
+        ids.append(torch.arange(next_id, next_id + count, dtype=torch.int64).reshape((rows, blocks) if len(loc.shape) == 2 else (rows,)))
+        bases.append(next_id)
+        next_id += count
+    if len(block_numel) != 1:
+        raise AssertionError(f"sources {[loc.shape for loc in sources]} have different block sizes; the mapping cannot be traced")
+    (numel,) = block_numel
+    starts = np.array(bases, dtype=np.int64)
+    offsets = np.array([loc.offset for loc in sources], dtype=np.int64)
+    block_bytes = np.array([numel * loc.dtype.itemsize for loc in sources], dtype=np.int64)
+    result = []
+    for out in apply(ids):
+        flat = out.reshape(-1).numpy()
+        which = np.searchsorted(starts, flat, side="right") - 1  # -1: a padding zero
+        src = np.maximum(which, 0)
+        byte = np.where(which >= 0, offsets[src] + (flat - starts[src]) * block_bytes[src], -1)
+        new_run = np.ones(len(flat), dtype=bool)
+        new_run[1:] = (which[1:] != which[:-1]) | ((which[1:] >= 0) & (byte[1:] != byte[:-1] + block_bytes[src[:-1]]))
+        first = np.flatnonzero(new_run)
+        lengths = np.diff(np.append(first, len(flat)))
+        result.append(TensorRuns(tuple(sources), which[first].astype(np.int64), byte[first], lengths * numel))
+    return result
+
+
 # ---- HF -> Megatron ----------------------------------------------------------------------------
 def hf_to_megatron(
     hf_dir: str | Path,
@@ -232,19 +289,17 @@ def hf_to_megatron(
     if skipped:
         report.notes.append(f"skipped derived/duplicate HF tensors: {skipped}")
 
-    with atomic_output_dir(out_dir) as tmp, TransferProgress(f"HF->Megatron {tp}x{pp}", total, progress) as bar:
+    with atomic_output_dir(out_dir) as tmp, TransferProgress(f"HF->Megatron {tp}x{pp}", total, progress) as bar, RunCopier() as copier:
         for pp_rank, planned in enumerate(plans):
             writers = _stage_writers(tmp, planned, tp, pp_rank, out_dtype)
             try:
                 for t in planned:
-                    hf = [src.get(h).to(out_dtype) for h in t.mapping.hf]
-                    report.tensors_read += len(hf)
-                    report.bytes_read += sum(x.numel() * x.element_size() for x in hf)
-                    for r, writer in enumerate(writers):
-                        shard = t.mapping.to_megatron_shard(hf, r, tp, spec)
-                        bar.advance(writer.write(t.name, shard))
-                        del shard
-                    del hf
+                    sources = [src.readers[src.weight_map[h]].location(h) for h in t.mapping.hf]
+                    _count_read(report, sources)
+                    mapping, blocks = t.mapping, tp if t.mapping.partition_dim == 1 else 1  # TP splits on block edges
+                    shard_runs = trace_runs(sources, blocks, lambda ids: [mapping.to_megatron_shard(ids, r, tp, spec) for r in range(tp)])
+                    for writer, runs in zip(writers, shard_runs):
+                        bar.advance(writer.write_runs(t.name, runs, copier))
                 _close_all(writers)
             except BaseException:
                 for w in writers:
@@ -255,6 +310,11 @@ def hf_to_megatron(
         report.tensors_written, report.bytes_written, report.seconds = bar.tensors, bar.bytes, bar.seconds
         report.files_written = tp * pp
     return report
+
+
+def _count_read(report: ConversionReport, sources: Sequence[TensorLocation]) -> None:
+    report.tensors_read += len(sources)
+    report.bytes_read += sum(tensor_nbytes(loc.shape, loc.dtype) for loc in sources)
 
 
 # ---- Megatron -> HF ----------------------------------------------------------------------------
@@ -311,7 +371,7 @@ def megatron_to_hf(
     report = ConversionReport("megatron_to_hf", str(meg_dir), str(out_dir), meta.tp, meta.pp, dtype_name(out_dtype))
     weight_map: dict[str, str] = {}
 
-    with atomic_output_dir(out_dir) as tmp, TransferProgress(f"Megatron {meta.tp}x{meta.pp}->HF", total, progress) as bar:
+    with atomic_output_dir(out_dir) as tmp, TransferProgress(f"Megatron {meta.tp}x{meta.pp}->HF", total, progress) as bar, RunCopier() as copier:
         file_iter = iter(zip(names, hf_files))
         writer: SafetensorsWriter | None = None
 
@@ -326,18 +386,16 @@ def megatron_to_hf(
                 for t in plan_stage(spec, pp_rank, meta.tp, meta.pp):
                     if t.mapping is OUTPUT_TIED:
                         continue
-                    shards = [ckpt.reader(r, pp_rank).get(t.name) for r in range(meta.tp)]
-                    report.tensors_read += len(shards)
-                    report.bytes_read += sum(s.numel() * s.element_size() for s in shards)
-                    tensors = t.mapping.to_hf(shards, spec)
-                    del shards
-                    for hf_name, tensor in zip(t.mapping.hf, tensors):
+                    sources = [ckpt.reader(r, pp_rank).location(t.name) for r in range(meta.tp)]
+                    _count_read(report, sources)
+                    mapping = t.mapping
+                    hf_runs = trace_runs(sources, 1, lambda ids: mapping.to_hf(ids, spec))
+                    for hf_name, runs in zip(t.mapping.hf, hf_runs):
                         if writer is None or writer.expected() is None:
                             if writer is not None:
                                 writer.close()
                             writer = next_writer()
-                        bar.advance(writer.write(hf_name, tensor.to(out_dtype)))
-                    del tensors
+                        bar.advance(writer.write_runs(hf_name, runs, copier))
             if writer is not None:
                 writer.close()
         except BaseException:
@@ -395,25 +453,29 @@ def reshard(
     report = ConversionReport("reshard", str(in_dir), str(out_dir), tp, pp, dtype_name(out_dtype))
     report.notes.append(f"from tp={meta.tp} pp={meta.pp}")
 
-    with atomic_output_dir(out_dir) as tmp, TransferProgress(f"reshard {meta.tp}x{meta.pp}->{tp}x{pp}", total, progress) as bar:
+    # Column blocks per source shard so that both the source and the target TP splits fall on block edges.
+    blocks = math.lcm(meta.tp, tp) // meta.tp
+
+    def resplit(src_mapping: ParamMapping, mapping: ParamMapping) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+        return lambda ids: [mapping.to_megatron_shard(src_mapping.to_hf(ids, spec), r, tp, spec) for r in range(tp)]
+
+    with atomic_output_dir(out_dir) as tmp, TransferProgress(f"reshard {meta.tp}x{meta.pp}->{tp}x{pp}", total, progress) as bar, RunCopier() as copier:
         for pp_rank, planned in enumerate(plans):
             writers = _stage_writers(tmp, planned, tp, pp_rank, out_dtype)
             try:
                 for t in planned:
                     if t.mapping is None:  # critic value head: replicated, on the last stage
-                        head = src.reader(0, meta.pp - 1).get(VALUE_HEAD).to(out_dtype)
+                        head = src.reader(0, meta.pp - 1).location(VALUE_HEAD)
+                        runs = TensorRuns.whole(head)
                         for writer in writers:
-                            bar.advance(writer.write(t.name, head))
+                            bar.advance(writer.write_runs(t.name, runs, copier))
                         continue
                     src_stage, src_name, src_mapping = source_of[t.mapping.hf]
-                    shards = [src.reader(r, src_stage).get(src_name) for r in range(meta.tp)]
-                    report.tensors_read += len(shards)
-                    report.bytes_read += sum(s.numel() * s.element_size() for s in shards)
-                    hf = [x.to(out_dtype) for x in src_mapping.to_hf(shards, spec)]
-                    del shards
-                    for r, writer in enumerate(writers):
-                        bar.advance(writer.write(t.name, t.mapping.to_megatron_shard(hf, r, tp, spec)))
-                    del hf
+                    sources = [src.reader(r, src_stage).location(src_name) for r in range(meta.tp)]
+                    _count_read(report, sources)
+                    split = 1 if t.mapping.partition_dim != 1 and src_mapping.partition_dim != 1 else blocks
+                    for writer, runs in zip(writers, trace_runs(sources, split, resplit(src_mapping, t.mapping))):
+                        bar.advance(writer.write_runs(t.name, runs, copier))
                 _close_all(writers)
             except BaseException:
                 for w in writers:
