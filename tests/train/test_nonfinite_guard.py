@@ -10,7 +10,29 @@ import sys
 import torch
 
 
-def test_nan_loss_skips_updates_then_stops_before_a_nonfinite_checkpoint(write_recipe):
+def _actor_weights(torch_dist_dir, scratch):
+    """The actor's floating-point model tensors of a torch_dist checkpoint, read without a process
+    group (torch's DCP -> torch.save converter), keyed by name; optimizer state left out."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(str(torch_dist_dir), str(scratch))
+    state = torch.load(scratch, weights_only=False)
+    flat = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        elif torch.is_tensor(value) and value.is_floating_point():
+            flat[prefix[:-1]] = value
+
+    walk("", state)
+    weights = {k: v for k, v in flat.items() if "optimizer" not in k and not k.startswith("critic.")}
+    assert weights, f"no model tensors in {torch_dist_dir}"
+    return weights
+
+
+def test_nan_loss_skips_updates_then_stops_before_a_nonfinite_checkpoint(write_recipe, tmp_path):
     recipe, run_dir = write_recipe("nan", run={"steps": 6, "max_skipped_updates": 2},
                                    checkpoint={"every": 1, "keep_last": 10}, reward={"custom": "toy_rewards:mentions_seven"})
     here = os.path.dirname(__file__)
@@ -28,8 +50,7 @@ def test_nan_loss_skips_updates_then_stops_before_a_nonfinite_checkpoint(write_r
     assert ckpts == ["step_000001", "step_000002", "step_000003"]
     weights = {}
     for name in ckpts:
-        shard = torch.load(run_dir / "checkpoints" / name / "rank_00000.pt", weights_only=False)["actor"]["model"]
-        tensors = {k: v for k, v in shard.items() if torch.is_tensor(v) and v.is_floating_point()}
+        tensors = _actor_weights(run_dir / "checkpoints" / name / "torch_dist", tmp_path / f"{name}.pt")
         assert all(torch.isfinite(v).all() for v in tensors.values()), name
         weights[name] = tensors
     # the skipped step left the weights as they were
