@@ -243,14 +243,16 @@ class Trainer:
         """One RL step: (metrics, samples to log). Resumes a step a mid-step checkpoint began."""
         timer, start = step_metrics.StepTimer(), time.perf_counter()
         progress, self._resumed = self._resumed or StepProgress(), None
+        offloaded = self._trainer_memory("offload")  # colocated: the GPUs go to generation
         with timer("rollout"):
             progress.batch = self.rollout(progress.batch)  # driver: generate + grade; broadcast to all ranks
+        self._server_memory("release")  # colocated: and back to training
+        self._trainer_memory("reload")
         self._stop_point(stop, progress)
         seqs = advantages.with_group_advantages(progress.batch.seqs, self.cfg.algorithm)
         metrics = {**step_metrics.policy_lag(progress.batch.metrics, self.step), **step_metrics.advantage_metrics(seqs)}
         self._start_prefetch()  # rollout.overlap: step+1's batch generates during this update
         mine = shard_for_data_parallel(seqs, self.rt.dp_rank, self.rt.dp)
-        self._server_memory("release")  # colocated: give the GPUs to training
         if progress.tensors is None:
             with timer("logprobs"):
                 tensors = logprobs.compute(mine, actor=self.actor, reference=self.reference, critic=self.critic,
@@ -274,6 +276,8 @@ class Trainer:
         with timer("sync"):
             self.sync_weights(self.step + 1)
         metrics.update(step_metrics.perf_metrics(timer, seqs, time.perf_counter() - start))
+        if offloaded:
+            metrics["colocate/offloaded_gib"] = offloaded / 2**30
         return metrics, progress.batch.samples
 
     def _stop_point(self, stop: StopRequest, progress: StepProgress | None) -> None:
@@ -292,6 +296,14 @@ class Trainer:
     def _server_memory(self, action: str) -> None:
         if self.cfg.rollout.colocate:
             sync.server_memory(action, self.server_urls, self.server_token, self.is_driver)
+
+    def _trainer_memory(self, action: str) -> int:
+        """Colocated mode: `offload` the trainer's weights, gradients and optimizer state to host memory
+        while the servers generate, `reload` them after; returns the bytes moved on this rank."""
+        if not self.cfg.rollout.colocate:
+            return 0
+        workers = [w for w in (self.actor, self.reference, self.critic) if w is not None]
+        return sum(w.offload() if action == "offload" else w.reload() for w in workers)
 
     # ---- rollout (driver), overlapped with the update under rollout.overlap ------------------
     def rollout(self, batch: generate.RolloutBatch | None = None) -> generate.RolloutBatch:
