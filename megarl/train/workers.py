@@ -91,6 +91,19 @@ class ModelWorker:
     def module(self):
         return self.ddp if self.ddp is not None else self.model
 
+    # ---- colocated mode: give the device memory to the rollout server ------------------
+    def offload(self) -> int:
+        """Move weights, gradient buffers and optimizer state to host memory; returns bytes freed."""
+        from megarl.models.offload import StorageOffload, training_tensors
+
+        self._offload = getattr(self, "_offload", None) or StorageOffload()
+        return self._offload.offload(training_tensors(self.model, self.ddp, self.optimizer))
+
+    def reload(self) -> int:
+        """Undo offload(): every tensor back on the device, bit for bit; returns bytes restored."""
+        held = getattr(self, "_offload", None)
+        return held.reload() if held is not None else 0
+
     # ---- forward-only -------------------------------------------------------------------
     @torch.no_grad()
     def logprobs(self, microbatches: list[MicroBatch], temperature: float) -> list[dict]:
