@@ -32,12 +32,14 @@ def _worker(path):
 def _step(worker, seed):
     from megatron.core import tensor_parallel
 
-    ids = torch.randint(0, 900, (1, 2, 17), generator=torch.Generator().manual_seed(seed))[0]
-    mb = [{"input_ids": ids[:, :-1], "labels": ids[:, 1:], "position_ids": torch.arange(16).expand(2, 16)}]
+    from megarl.models.pipeline import ModelInput
+
+    ids = torch.randint(0, 900, (2, 17), generator=torch.Generator().manual_seed(seed))
+    mb = [ModelInput(input_ids=ids[:, :-1].contiguous(), labels=ids[:, 1:].contiguous(), position_ids=torch.arange(16).expand(2, 16))]
 
     def ce(output, mb):
         loss = tensor_parallel.vocab_parallel_cross_entropy(output.float().transpose(0, 1).contiguous(),
-                                                            mb["labels"].t().contiguous()).mean()
+                                                            mb.labels.t().contiguous()).mean()
         return loss, {"loss": loss.detach().clone()}
 
     _, grad_norm, _, stepped = worker.train_step(mb, ce)
