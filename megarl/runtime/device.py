@@ -75,6 +75,17 @@ def reset_peak_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def rng_state() -> torch.Tensor | None:
+    """The current GPU's random-number generator state (None on CPU, where torch's own covers it)."""
+    return torch.cuda.get_rng_state() if on_gpu() else None
+
+
+def set_rng_state(state: torch.Tensor | None) -> None:
+    """Restore what rng_state() returned (no-op on CPU or for None)."""
+    if on_gpu() and state is not None:
+        torch.cuda.set_rng_state(state)
+
+
 def set_current_device(local_rank: int) -> None:
     """Bind this process to its local GPU (no-op on CPU)."""
     if on_gpu():

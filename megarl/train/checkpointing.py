@@ -52,7 +52,7 @@ STATE_FILE = "trainer_state.json"
 def _rng_state() -> dict:
     from megatron.core import tensor_parallel
 
-    from megarl.runtime.device import on_gpu
+    from megarl.runtime.device import rng_state
 
     state = {
         "python": random.getstate(),
@@ -60,23 +60,23 @@ def _rng_state() -> dict:
         "torch": torch.get_rng_state(),
         "megatron_tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
     }
-    if on_gpu():
-        state["device"] = torch.cuda.get_rng_state()
+    device_state = rng_state()
+    if device_state is not None:
+        state["device"] = device_state
     return state
 
 
 def _set_rng_state(state: dict) -> None:
     from megatron.core import tensor_parallel
 
-    from megarl.runtime.device import on_gpu
+    from megarl.runtime.device import set_rng_state
 
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "megatron_tracker" in state:  # absent when resharding: the model-parallel streams keep their fresh seeding
         tensor_parallel.get_cuda_rng_tracker().set_states(state["megatron_tracker"])
-    if on_gpu() and "device" in state:
-        torch.cuda.set_rng_state(state["device"])
+    set_rng_state(state.get("device"))
 
 
 def _layout() -> dict:
