@@ -20,6 +20,7 @@ indexing), so a round trip is bitwise.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import ClassVar, Iterator, Sequence
 
@@ -35,7 +36,7 @@ _SPEC_SIZES = frozenset(
 
 
 @dataclasses.dataclass(frozen=True)
-class ParamMapping:
+class ParamMapping(abc.ABC):
     """One Megatron parameter and the HF tensor(s) it is made from; subclasses say how."""
 
     megatron: str
@@ -56,13 +57,13 @@ class ParamMapping:
         )
 
     # ---- shapes (from the spec, no tensors) ---------------------------------------------
+    @abc.abstractmethod
     def hf_shapes(self, spec: ModelSpec) -> tuple[Shape, ...]:
         """Full shape of each HF tensor, in the order of `hf`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def megatron_shape(self, spec: ModelSpec, tp: int) -> Shape:
         """Shape of one TP rank's Megatron tensor."""
-        raise NotImplementedError
 
     # ---- HF -> one TP rank ---------------------------------------------------------------
     def to_megatron_shard(self, hf: Sequence[torch.Tensor], tp_rank: int, tp: int, spec: ModelSpec) -> torch.Tensor:
@@ -70,12 +71,14 @@ class ParamMapping:
             raise ValueError(f"{self.megatron}: expected {len(self.hf)} HF tensors ({self.hf}), got {len(hf)}")
         return self._shard(hf, tp_rank, tp, spec)
 
+    @abc.abstractmethod
     def _shard(self, hf: Sequence[torch.Tensor], tp_rank: int, tp: int, spec: ModelSpec) -> torch.Tensor:
-        raise NotImplementedError
+        """This TP rank's Megatron tensor from the HF tensor(s)."""
 
     # ---- all TP ranks -> HF -------------------------------------------------------------
+    @abc.abstractmethod
     def to_hf(self, shards: Sequence[torch.Tensor], spec: ModelSpec) -> tuple[torch.Tensor, ...]:
-        raise NotImplementedError
+        """The HF tensor(s) from every TP rank's shard, in the order of `hf`."""
 
 
 @dataclasses.dataclass(frozen=True)
