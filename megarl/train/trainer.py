@@ -181,7 +181,7 @@ class Trainer:
             self.server_token = os.environ.get("MEGARL_SERVE_TOKEN")
             master_address = os.environ.get("MASTER_ADDR", "127.0.0.1")
         elif rc.engine == "builtin":
-            trainer_threads, server_threads = fleet.builtin_thread_split(rc.num_servers, rc.overlap)
+            trainer_threads, server_threads = fleet.builtin_thread_split(rc.num_servers, rc.off_policy)
             if trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
                 torch.set_num_threads(trainer_threads)
             self.servers = fleet.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs",
@@ -318,7 +318,7 @@ class Trainer:
         """rollout.overlap: start generating step+1's batch with the servers' current weights (this
         step's rollout weights) in a background thread; the update runs meanwhile. The sync waits
         for it (_finish_prefetch), so the batch is exactly one optimizer step stale."""
-        if not (self.cfg.rollout.overlap and self.is_driver) or self.step + 1 >= self.cfg.run.steps:
+        if not (self.cfg.rollout.mode == "overlap" and self.is_driver) or self.step + 1 >= self.cfg.run.steps:
             return
         if self._prefetch is not None:  # restored from a mid-step checkpoint
             return
