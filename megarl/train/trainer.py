@@ -149,9 +149,8 @@ class Trainer:
     def _setup_driver(self) -> None:
         from transformers import AutoTokenizer
 
-        from megarl.data import check_no_overlap, get_template, load_prompts, stop_strings
+        from megarl.data import check_no_overlap, load_prompts
         from megarl.monitoring.metrics import MetricsLogger
-        from megarl.train.stages import reward
 
         cfg = self.cfg
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or self.model_dir)
@@ -161,12 +160,10 @@ class Trainer:
         if cfg.data.eval_sets:
             check_no_overlap(rows, {name: load_prompts(name) for name in cfg.data.eval_sets})
         self.prompts = PromptStream(rows, cfg.run.seed, cfg.data.shuffle)
-        template, reward_settings = get_template(cfg.data.template), reward.reward_settings(cfg.reward)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
         self._start_servers()
-        self.rollout_setup = generate.RolloutSetup(cfg, self.client, self.tokenizer, template,
-                                                   stop_strings(template, self.tokenizer), reward_settings)
+        self.rollout_setup = generate.make_setup(cfg, self.client, self.tokenizer)
         self.logger = MetricsLogger(
             self.run_dir, cfg.model_dump(), wandb_mode=cfg.logging.wandb, project=cfg.logging.project, run_name=cfg.run.name,
         )

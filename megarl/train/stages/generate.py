@@ -49,6 +49,14 @@ class RolloutSetup:
     reward: RewardConfig
 
 
+def make_setup(cfg: Config, client: RolloutClient, tokenizer) -> RolloutSetup:
+    """The run's RolloutSetup: its template, stop strings and reward settings from the config."""
+    from megarl.data import get_template, stop_strings
+
+    template = get_template(cfg.data.template)
+    return RolloutSetup(cfg, client, tokenizer, template, stop_strings(template, tokenizer), reward.reward_settings(cfg.reward))
+
+
 def encode_prompt(setup: RolloutSetup, problem: str) -> tuple[list[int], bool]:
     """Token ids of the rendered prompt (left-truncated to data.max_prompt_tokens) and whether it was cut."""
     limit = setup.cfg.data.max_prompt_tokens
