@@ -151,11 +151,31 @@ class RolloutConfig(Section):
     mem_fraction_static: float = Field(0.5, gt=0, lt=1, description=(
         "colocated SGLang servers: fraction of each GPU for their weights and KV cache (--mem-fraction-static); "
         "the rest is the trainer's"))
-    overlap: bool = Field(False, description=(
-        "generate the next step's batch on the servers while this step trains (one step off-policy: "
-        "the PPO ratio is taken against the servers' behaviour log-probs)"))
+    mode: Literal["sync", "overlap", "async"] = Field("sync", description=(
+        "sync: generate, then train; overlap: the next step's batch generates on the servers while this step trains "
+        "(one step off-policy, the PPO ratio against the servers' behaviour log-probs); async: a producer keeps every "
+        "server busy and the trainer takes finished groups from a buffer (megarl/train/stages/produce.py)"))
+    max_staleness: int = Field(1, ge=0, description=(
+        "async: the most optimizer steps the policy that produced any token of a trained sample may lag the trained "
+        "policy; older samples are regenerated (0: every token from the current policy)"))
+    partial: bool = Field(False, description=(
+        "async: at a weight update, in-flight requests are aborted and continued with the new weights from their "
+        "prefix (per-token policy versions kept); false: the update waits for them to finish"))
     request_timeout_s: float = 600.0
     max_concurrency: int = 256
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, values):
+        if isinstance(values, dict) and "overlap" in values:
+            raise ValueError(f"rollout.overlap was replaced by rollout.mode; write rollout.mode="
+                             f"{'overlap' if values['overlap'] in (True, 'true', 'True', 1) else 'sync'}")
+        return values
+
+    @property
+    def off_policy(self) -> bool:
+        """Batches may come from an older policy than the one trained (overlap, async)."""
+        return self.mode != "sync"
 
 
 class DataConfig(Section):
@@ -372,11 +392,14 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
         raise ConfigError(
             f"algorithm.whiten_advantages=true: {algo.name}'s estimator ({algo.estimator.name}) whitens already; remove the setting"
         )
-    if cfg.rollout.overlap and cfg.rollout.colocate:
+    if cfg.rollout.off_policy and cfg.rollout.colocate:
         raise ConfigError(
-            "rollout.overlap=true needs the servers to keep generating while the trainer computes, but "
-            "rollout.colocate=true gives their GPUs to training; set one of them to false"
+            f"rollout.mode={cfg.rollout.mode} needs the servers to keep generating while the trainer computes, but "
+            "rollout.colocate=true gives their GPUs to training; set rollout.mode=sync or rollout.colocate=false"
         )
+    if cfg.rollout.mode != "async" and (cfg.rollout.partial or "max_staleness" in cfg.rollout.model_fields_set):
+        raise ConfigError(f"rollout.partial and rollout.max_staleness apply to rollout.mode=async, not {cfg.rollout.mode}; "
+                          "set rollout.mode=async or remove them")
     if cfg.rollout.n < algo.min_n:
         raise ConfigError(
             f"rollout.n={cfg.rollout.n}: group baselines need at least {algo.min_n} samples per prompt "

@@ -45,7 +45,7 @@ def test_load_and_override(recipe):
         (["data.train=[/nope.jsonl]"], r"data.train\[0\]='/nope.jsonl' does not exist"),
         (["algorithm.name=drgrpo"], r"drgrpo needs algorithm.loss_agg=seq-sum-constant"),
         (["actor.tp"], r"override 'actor.tp' is not key=value"),
-        (["rollout.overlap=true", "rollout.colocate=true"], r"rollout.overlap=true needs the servers to keep generating"),
+        (["rollout.mode=overlap", "rollout.colocate=true"], r"rollout.mode=overlap needs the servers to keep generating"),
     ],
 )
 def test_bad_values_name_field_value_and_fix(recipe, override, message):

@@ -152,7 +152,7 @@ def run_megarl(args, work: Path, progress, tag: str) -> dict:
     metrics = out_dir / "metrics.jsonl"
     log = work / f"megarl_{tag}.log"
     load = load_average()
-    overlap = load_recipe(args.config, args.set).rollout.overlap
+    overlap = load_recipe(args.config, args.set).rollout.off_policy
     rc, wall = run_child(f"megarl ({tag})", cmd, thread_env(args.threads, overlap), log, metrics, total, progress,
                          megarl_metric_steps, pinned_cores(args.threads))
     if rc != 0:
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_before, "load_average_after": load_after,
         "settings": {
             "config": str(args.config), "model_dir": str(model_dir), "steps": args.steps, "warmup": args.warmup,
-            "rounds": args.rounds, "threads": args.threads, "overlap": cfg.rollout.overlap, "n": cfg.rollout.n, "prompts_per_step": cfg.data.prompts_per_step,
+            "rounds": args.rounds, "threads": args.threads, "mode": cfg.rollout.mode, "n": cfg.rollout.n, "prompts_per_step": cfg.data.prompts_per_step,
             "max_new_tokens": cfg.rollout.max_new_tokens, "temperature": cfg.rollout.temperature, "lr": cfg.actor.lr,
             "data": list(cfg.data.train), "overrides": list(args.set), "micro_batch_tokens": cfg.actor.micro_batch_tokens,
         },

@@ -23,21 +23,29 @@ class PromptStream(Generic[Row]):
         self.epoch, self.position = 0, 0
         self._order = self._make_order()
 
-    def _make_order(self) -> list[int]:
+    def _make_order(self, epoch: int | None = None) -> list[int]:
         order = list(range(len(self.rows)))
         if self.shuffle:
-            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+            random.Random(self.seed * 1_000_003 + (self.epoch if epoch is None else epoch)).shuffle(order)
         return order
 
     def take(self, k: int) -> list[Row]:
-        out = []
-        while len(out) < k:
-            if self.position >= len(self._order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._make_order()
-            out.append(self.rows[self._order[self.position]])
-            self.position += 1
-        return out
+        return [self.take_keyed()[1] for _ in range(k)]
+
+    def take_keyed(self) -> tuple[tuple[int, int], Row]:
+        """The next prompt and its key (epoch, position), from which `row_at` finds it again."""
+        if self.position >= len(self._order):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._make_order()
+        key = (self.epoch, self.position)
+        self.position += 1
+        return key, self.rows[self._order[key[1]]]
+
+    def row_at(self, key: tuple[int, int]) -> Row:
+        """The prompt drawn at (epoch, position) (an async run's prompts regenerated on resume)."""
+        epoch, position = key
+        order = self._order if epoch == self.epoch else self._make_order(epoch)
+        return self.rows[order[position]]
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}

@@ -41,10 +41,15 @@ class MetricsLogger:
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines for steps after the checkpoint (they will be recomputed)."""
-        if not self.path.exists():
-            return
-        keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        for path in (self.path, self.run_dir / "prompts.jsonl"):
+            if path.exists():
+                keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+                path.write_text("".join(line + "\n" for line in keep))
+
+    def log_prompts(self, step: int, prompt_ids: list[str]) -> None:
+        """Which prompts step `step` trained on (prompts.jsonl; truncated with the metrics on resume)."""
+        with (self.run_dir / "prompts.jsonl").open("a") as f:
+            f.write(json.dumps({"step": step, "ids": prompt_ids}) + "\n")
 
     def log(self, step: int, metrics: dict[str, Any], samples: list[dict] | None = None) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}

@@ -1,5 +1,6 @@
 """`megarl plot RUN_DIR`: PNG curves of a run's metrics (reward, accuracy, length, reflection,
-KL, entropy, and evaluation accuracy when present)."""
+KL, entropy, and evaluation accuracy when present; for off-policy runs the rollout's staleness, partial
+samples, tokens by policy lag, server idle fraction and the behaviour/recomputed log-prob mismatch)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,22 @@ PANELS = (
     ("reward/mean", "reward"), ("reward/accuracy", "train accuracy"), ("response/length_mean", "response length"),
     ("response/reflection_rate", "reflection rate"), ("actor/kl", "KL to reference"), ("actor/entropy", "entropy"),
 )
+# Drawn when the run logged them (rollout.mode=overlap/async); a tuple of keys shares one panel.
+ROLLOUT_PANELS = (
+    (("rollout/staleness_mean", "rollout/staleness_max"), "staleness (steps)"), ("rollout/partial_frac", "partial samples"),
+    ("rollout/tokens_lag*", "tokens by policy lag"), ("rollout/server_idle_frac", "server idle fraction"),
+    ("mismatch/logp_abs_mean", "|behaviour - recomputed log-prob|"),
+)
+
+
+def panels_for(rows: list[dict]) -> list[tuple]:
+    """(key or keys, title) of each panel: the fixed ones, the rollout ones the run logged, evaluations."""
+    present = {k for r in rows for k in r}
+    eval_keys = sorted(k for k in present if k.startswith("eval/") and k.endswith("/accuracy"))
+    lag_keys = tuple(sorted((k for k in present if k.startswith("rollout/tokens_lag")), key=lambda k: int(k.rsplit("lag", 1)[1])))
+    rollout = [(lag_keys if keys == "rollout/tokens_lag*" else keys, title) for keys, title in ROLLOUT_PANELS]
+    rollout = [(keys, title) for keys, title in rollout if keys and set((keys,) if isinstance(keys, str) else keys) & present]
+    return list(PANELS) + rollout + [(k, k.removeprefix("eval/")) for k in eval_keys]
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -23,15 +40,17 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     rows = read_metrics(run_dir)
     if not rows:
         raise ValueError(f"{run_dir}/metrics.jsonl has no rows yet")
-    eval_keys = sorted({k for r in rows for k in r if k.startswith("eval/") and k.endswith("/accuracy")})
-    panels = list(PANELS) + [(k, k.removeprefix("eval/")) for k in eval_keys]
+    panels = panels_for(rows)
     cols = 3
     nrows = -(-len(panels) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
-    for ax, (key, title) in zip(axes.flat, panels):
-        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker="o" if len(pts) < 40 else None, markersize=3)
+    for ax, (keys, title) in zip(axes.flat, panels):
+        for key in (keys,) if isinstance(keys, str) else keys:
+            pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if len(pts) < 40 else None, markersize=3, label=key.rsplit("/", 1)[1])
+        if not isinstance(keys, str):
+            ax.legend(fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -21,8 +21,10 @@ naming every failed prompt, with the finished prompts' samples in its `partial_r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
@@ -100,6 +102,17 @@ class Sample:
     completion_tokens: int
     server: str
     meta_info: dict = field(repr=False, default_factory=dict)
+    # The policy version of each output token when the sample was generated in segments across weight
+    # updates (partial rollouts; megarl.train.stages.produce); None: every token is `weight_version`'s.
+    token_versions: list[int] | None = None
+
+
+@dataclass
+class Connection:
+    """An HTTP session and the concurrency limit shared by the requests sent through it."""
+
+    session: aiohttp.ClientSession
+    semaphore: asyncio.Semaphore
 
 
 @dataclass
@@ -109,6 +122,19 @@ class _Server:
     in_flight: int = 0
     failures: int = 0
     consecutive_errors: int = 0  # requests in a row that timed out or got 5xx here
+    busy_s: float = 0.0  # wall time with at least one request of this client in flight, up to busy_since
+    busy_since: float | None = None
+
+    def started(self) -> None:
+        if self.in_flight == 0:
+            self.busy_since = time.monotonic()
+        self.in_flight += 1
+
+    def finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self.busy_since is not None:
+            self.busy_s += time.monotonic() - self.busy_since
+            self.busy_since = None
 
 
 class RolloutClient:
@@ -137,6 +163,12 @@ class RolloutClient:
     @property
     def urls(self) -> list[str]:
         return [s.url for s in self.servers]
+
+    def busy_seconds(self) -> float:
+        """Server-seconds with a request of this client in flight, summed over servers (server idle time
+        is wall time x servers minus this)."""
+        now = time.monotonic()
+        return sum(s.busy_s + (now - s.busy_since if s.busy_since is not None else 0.0) for s in self.servers)
 
     # ---- sync wrappers ------------------------------------------------------------------
     def generate(self, prompts_token_ids: list[list[int]], sampling: SamplingParams, n: int = 1) -> list[list[Sample]]:
@@ -199,11 +231,8 @@ class RolloutClient:
         if not any(s.alive for s in self.servers):
             raise RolloutError(f"no rollout server is healthy: {self.urls}")
         results: list[list[Sample] | None] = [None] * len(prompts_token_ids)
-        semaphore = asyncio.Semaphore(self.max_concurrency)
-        timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
-        connector = aiohttp.TCPConnector(limit=self.max_concurrency)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            tasks = [asyncio.create_task(self._one_prompt(session, semaphore, i, p, sampling, n, results))
+        async with self.connect() as conn:
+            tasks = [asyncio.create_task(self._one_prompt(conn, i, p, sampling, n, results))
                      for i, p in enumerate(prompts_token_ids)]
             try:
                 outcomes = await asyncio.gather(*tasks, return_exceptions=True)  # one prompt's failure stops no other
@@ -229,6 +258,27 @@ class RolloutClient:
         assert all(r is not None and len(r) == n for r in results)
         return results  # type: ignore[return-value]
 
+    @contextlib.asynccontextmanager
+    async def connect(self):
+        """A `Connection` for `agenerate_prompt` calls (at most max_concurrency requests in flight)."""
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
+        connector = aiohttp.TCPConnector(limit=self.max_concurrency)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            yield Connection(session, asyncio.Semaphore(self.max_concurrency))
+
+    async def agenerate_prompt(self, conn: Connection, index: int, prompt: list[int], sampling: SamplingParams, n: int, *,
+                               keep_aborted: bool = False, check_version: bool = True) -> list[Sample]:
+        """The `n` samples of one prompt (its seed offset by `index`), with the retries and failover of
+        `agenerate`. keep_aborted: a sample cut short by /pause_generation (mode=abort) comes back as it
+        is, finish_reason "abort" with the tokens and log-probs generated so far, instead of re-sending
+        the request; check_version: enforce `expected_weight_version`."""
+        if not prompt or not all(isinstance(t, int) for t in prompt):
+            raise ValueError(f"prompt {index} must be a non-empty list of token ids")
+        results: list = [None]
+        await self._one_prompt(conn, index, prompt, sampling, n, results, keep_aborted=keep_aborted,
+                               check_version=check_version, slot=0)
+        return results[0]
+
     def request_body(self, prompt: list[int], sampling: SamplingParams, n: int) -> dict[str, Any]:
         """The SGLang `/generate` JSON for one prompt with `n` samples."""
         return {"input_ids": prompt, "sampling_params": sampling.to_request(n), "return_logprob": self.return_logprob}
@@ -253,8 +303,9 @@ class RolloutClient:
         least = min(s.in_flight for s in preferred)
         return random.choice([s for s in preferred if s.in_flight == least])
 
-    async def _one_prompt(self, session: aiohttp.ClientSession, semaphore: asyncio.Semaphore, index: int,
-                          prompt: list[int], sampling: SamplingParams, n: int, results: list) -> None:
+    async def _one_prompt(self, conn: Connection, index: int, prompt: list[int], sampling: SamplingParams, n: int,
+                          results: list, *, keep_aborted: bool = False, check_version: bool = True,
+                          slot: int | None = None) -> None:
         if sampling.sampling_seed is not None:
             # Distinct random streams per prompt: prompt i of a call samples with seed + i (the
             # server then offsets by sample index), so no two prompts share their randomness.
@@ -267,12 +318,13 @@ class RolloutClient:
             if attempt:
                 self.resends += 1
                 await asyncio.sleep(min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random()))
-            async with semaphore:
+            async with conn.semaphore:
                 server = self._pick_server(tried)
                 tried.add(server.url)
-                server.in_flight += 1
+                server.started()
                 try:
-                    samples = await self._request(session, server, body, index, n)
+                    samples = await self._request(conn.session, server, body, index, n, keep_aborted=keep_aborted,
+                                                  check_version=check_version)
                 except _Retryable as err:
                     errors.append(f"{server.url}: {err}")
                     if err.server_dead or server.url not in counted:
@@ -281,16 +333,16 @@ class RolloutClient:
                         counted.add(server.url)
                     continue
                 finally:
-                    server.in_flight -= 1
+                    server.finished()
             server.consecutive_errors = 0
-            results[index] = samples
+            results[index if slot is None else slot] = samples
             return
         mismatch = all("weight_version" in e for e in errors)
         cls = WeightVersionMismatch if mismatch else RolloutError
         raise cls(f"prompt {index} failed after {self.max_retries + 1} attempts: " + " | ".join(errors[-4:]))
 
-    async def _request(self, session: aiohttp.ClientSession, server: _Server, body: dict, index: int, n: int
-                       ) -> list[Sample]:
+    async def _request(self, session: aiohttp.ClientSession, server: _Server, body: dict, index: int, n: int, *,
+                       keep_aborted: bool = False, check_version: bool = True) -> list[Sample]:
         try:
             async with session.post(server.url + "/generate", json=body) as response:
                 if response.status >= 500:
@@ -313,10 +365,10 @@ class RolloutClient:
             meta = item.get("meta_info", {})
             finish = meta.get("finish_reason") or {}
             kind = finish.get("type") if isinstance(finish, dict) else str(finish)
-            if kind == "abort":
+            if kind == "abort" and not keep_aborted:
                 raise _Retryable(f"aborted: {finish.get('message')}", server_dead=False)
             version = meta.get("weight_version")
-            if self.expected_weight_version is not None and version != self.expected_weight_version:
+            if check_version and self.expected_weight_version is not None and version != self.expected_weight_version:
                 raise _Retryable(f"weight_version {version!r} != expected {self.expected_weight_version!r}",
                                  server_dead=False)
             logprobs = None

@@ -36,6 +36,7 @@ class TrainSequence:
     correct: bool = False
     advantage: float = 0.0  # sequence-level advantage (group algorithms)
     loss_weight: float = 1.0  # 0 removes it from the loss (overlong filtering)
+    versions: list[int] | None = None  # policy version (optimizer steps) that generated each response token
 
     @property
     def length(self) -> int:

@@ -3,6 +3,7 @@ servers, prompt stream position, step, the prefetched batch). One step reads as 
 line a stage in megarl.train.stages:
 
     batch   = generate(step)                      prompts -> n graded samples each, dynamic sampling (driver)
+                                                  (rollout.mode=async: taken from the producer's buffer, produce.py)
     seqs    = with_group_advantages(batch)        group baselines (GRPO, Dr. GRPO, RLOO) need whole groups
     tensors = logprobs(my share of seqs)          old log-probs (fused kernel), reference, critic values
     tensors = token_advantages(seqs, tensors)     GAE (PPO), REINFORCE++ returns, KL in the reward
@@ -35,7 +36,7 @@ from megarl.runtime.seeds import fold_seed
 from megarl.train import checkpointing
 from megarl.train.batch import Packer, shard_for_data_parallel
 from megarl.train.preemption import PreemptedError, StepProgress, StopRequest
-from megarl.train.stages import advantages, generate, logprobs, sync, update
+from megarl.train.stages import advantages, generate, logprobs, produce, sync, update
 from megarl.train.stages import metrics as step_metrics
 from megarl.train.stages.update import NonFiniteTrainingError
 from megarl.train.workers import DTYPES, ModelWorker, WorkerSettings
@@ -85,6 +86,8 @@ class Trainer:
         self._resumed: StepProgress | None = None  # a checkpoint written mid-step: where that step continues
         self._prefetch = None  # rollout.overlap (driver): Future or RolloutBatch of step+1
         self._prefetch_pool = None
+        self.producer: produce.Producer | None = None  # rollout.mode=async (driver)
+        self._async_state: dict | None = None  # a resumed async run's producer state
         self.prompts = self.tokenizer = self.servers = self.client = self.pusher = self.logger = None  # driver
         self.checkpoints = checkpointing.CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last,
                                                            async_save=cfg.checkpoint.async_save)
@@ -146,9 +149,8 @@ class Trainer:
     def _setup_driver(self) -> None:
         from transformers import AutoTokenizer
 
-        from megarl.data import check_no_overlap, get_template, load_prompts, stop_strings
+        from megarl.data import check_no_overlap, load_prompts
         from megarl.monitoring.metrics import MetricsLogger
-        from megarl.train.stages import reward
 
         cfg = self.cfg
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or self.model_dir)
@@ -158,12 +160,10 @@ class Trainer:
         if cfg.data.eval_sets:
             check_no_overlap(rows, {name: load_prompts(name) for name in cfg.data.eval_sets})
         self.prompts = PromptStream(rows, cfg.run.seed, cfg.data.shuffle)
-        template, reward_settings = get_template(cfg.data.template), reward.reward_settings(cfg.reward)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
         self._start_servers()
-        self.rollout_setup = generate.RolloutSetup(cfg, self.client, self.tokenizer, template,
-                                                   stop_strings(template, self.tokenizer), reward_settings)
+        self.rollout_setup = generate.make_setup(cfg, self.client, self.tokenizer)
         self.logger = MetricsLogger(
             self.run_dir, cfg.model_dump(), wandb_mode=cfg.logging.wandb, project=cfg.logging.project, run_name=cfg.run.name,
         )
@@ -181,7 +181,7 @@ class Trainer:
             self.server_token = os.environ.get("MEGARL_SERVE_TOKEN")
             master_address = os.environ.get("MASTER_ADDR", "127.0.0.1")
         elif rc.engine == "builtin":
-            trainer_threads, server_threads = fleet.builtin_thread_split(rc.num_servers, rc.overlap)
+            trainer_threads, server_threads = fleet.builtin_thread_split(rc.num_servers, rc.off_policy)
             if trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
                 torch.set_num_threads(trainer_threads)
             self.servers = fleet.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs",
@@ -210,6 +210,7 @@ class Trainer:
         stop = stop or StopRequest()
         history = []
         self.sync_weights(self.step)
+        self._start_producer()
         evaluated_at = None
         if self.cfg.eval.every and self.step == 0 and self._resumed is None:
             baseline = self.evaluate(0)
@@ -217,13 +218,14 @@ class Trainer:
             if self.is_driver:
                 self.logger.log(0, baseline)
         while self.step < self.cfg.run.steps:
-            metrics, samples = self.train_step(stop)
+            metrics, batch = self.train_step(stop)
             self.step += 1
             if self.cfg.eval.every and self.step % self.cfg.eval.every == 0:
                 metrics.update(self.evaluate(self.step))
                 evaluated_at = self.step
             if self.is_driver:
-                self.logger.log(self.step, metrics, samples=samples)
+                self.logger.log_prompts(self.step, batch.prompt_ids)
+                self.logger.log(self.step, metrics, samples=batch.samples)
             history.append(metrics)
             saved = bool(self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0)
             if saved:
@@ -239,9 +241,10 @@ class Trainer:
             step_metrics.print_eval_summary(self.run_dir, self.logger.console)
         return history
 
-    def train_step(self, stop: StopRequest) -> tuple[dict, list[dict]]:
-        """One RL step: (metrics, samples to log). Resumes a step a mid-step checkpoint began."""
+    def train_step(self, stop: StopRequest) -> tuple[dict, generate.RolloutBatch]:
+        """One RL step: (metrics, the batch it trained). Resumes a step a mid-step checkpoint began."""
         timer, start = step_metrics.StepTimer(), time.perf_counter()
+        busy_before = self._generation_client().busy_seconds() if self.is_driver else 0.0
         progress, self._resumed = self._resumed or StepProgress(), None
         offloaded = self._trainer_memory("offload")  # colocated: the GPUs go to generation
         with timer("rollout"):
@@ -275,10 +278,15 @@ class Trainer:
             self._finish_prefetch()
         with timer("sync"):
             self.sync_weights(self.step + 1)
-        metrics.update(step_metrics.perf_metrics(timer, seqs, time.perf_counter() - start))
+        step_s = time.perf_counter() - start
+        metrics.update(step_metrics.perf_metrics(timer, seqs, step_s))
+        if self.is_driver:
+            client = self._generation_client()
+            busy = client.busy_seconds() - busy_before
+            metrics["rollout/server_idle_frac"] = max(0.0, 1.0 - busy / (step_s * len(client.servers)))
         if offloaded:
             metrics["colocate/offloaded_gib"] = offloaded / 2**30
-        return metrics, progress.batch.samples
+        return metrics, progress.batch
 
     def _stop_point(self, stop: StopRequest, progress: StepProgress | None) -> None:
         """A phase boundary: on a stop request, checkpoint (with the step's `progress`, unless just
@@ -310,15 +318,30 @@ class Trainer:
         """The step's batch on every rank: `batch` (a resumed step's), the prefetched one, or a new one."""
         payload = [None]
         if self.is_driver:
-            payload = [batch or self._take_prefetched() or generate.generate(self.rollout_setup, self.prompts, self.step)]
+            payload = [batch or self._take_prefetched() or (self.producer.take(self.step) if self.producer is not None else
+                                                             generate.generate(self.rollout_setup, self.prompts, self.step))]
         collectives.broadcast_objects(payload, src=0)
         return payload[0]
+
+    def _start_producer(self) -> None:
+        """rollout.mode=async: start generating (a resumed run first regenerates the prompts it had
+        drawn but not trained)."""
+        if self.cfg.rollout.mode != "async" or not self.is_driver or self.producer is not None:
+            return
+        saved = self._async_state or {}
+        self.producer = produce.Producer(self.rollout_setup, self.prompts, version=self.step, requeue=saved.get("requeue"),
+                                         serial=saved.get("serial", 0), consumed_groups=saved.get("consumed"))
+        self.producer.start()
+
+    def _generation_client(self):
+        """The client whose requests generate training batches (for the servers' idle time)."""
+        return self.producer.client if self.producer is not None else self.client
 
     def _start_prefetch(self) -> None:
         """rollout.overlap: start generating step+1's batch with the servers' current weights (this
         step's rollout weights) in a background thread; the update runs meanwhile. The sync waits
         for it (_finish_prefetch), so the batch is exactly one optimizer step stale."""
-        if not (self.cfg.rollout.overlap and self.is_driver) or self.step + 1 >= self.cfg.run.steps:
+        if not (self.cfg.rollout.mode == "overlap" and self.is_driver) or self.step + 1 >= self.cfg.run.steps:
             return
         if self._prefetch is not None:  # restored from a mid-step checkpoint
             return
@@ -340,7 +363,11 @@ class Trainer:
 
     # ---- weight sync, evaluation, checkpoints ---------------------------------------------------
     def sync_weights(self, version: int) -> None:
+        if self.producer is not None:  # async: nothing new is sent; without partial rollouts the servers drain
+            self.producer.before_update()
         report = sync.push_weights(self.actor.module, self.spec, self.pusher, self.client, version, self.is_driver)
+        if self.producer is not None:
+            self.producer.after_update(version)
         if self.is_driver:
             self.last_sync = report
 
@@ -352,6 +379,9 @@ class Trainer:
         state = {"step": self.step}
         if self.is_driver:
             state["prompts"] = self.prompts.state()
+            if self.producer is not None:  # async: the stream runs ahead; the drawn but untrained prompts are regenerated
+                state["async"] = self.producer.state()
+                state["prompts"] = state["async"]["prompts"]
             self._finish_prefetch()
             if self._prefetch is not None:  # rollout.overlap: the next step's batch, already sampled
                 state["prefetched"] = self._prefetch.to_state()
@@ -375,11 +405,14 @@ class Trainer:
             self.prompts.restore(found["prompts"])
             if "prefetched" in found:
                 self._prefetch = generate.RolloutBatch.from_state(found["prefetched"])
+            self._async_state = found.get("async")
             self.logger.truncate_after(self.step)
             self.logger.console.print(f"resumed from checkpoint at step {self.step}"
                                       + (" (mid-step)" if self._resumed is not None else ""))
 
     def close(self) -> None:
+        if self.producer is not None:
+            self.producer.stop()
         self.checkpoints.close()  # completes an asynchronous save in flight
         if self._prefetch_pool is not None:
             self._prefetch_pool.shutdown(wait=True, cancel_futures=True)

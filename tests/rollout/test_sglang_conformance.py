@@ -219,3 +219,38 @@ def test_trainer_launched_sglang_servers_get_an_admin_token(tmp_path):
         ServerArgs.add_cli_args(parser)
         args = parser.parse_args(ConfigArgumentMerger(parser).merge_config_with_args(cmd[3:]))
         assert args.admin_api_key == token and args.mem_fraction_static == 0.4 and args.enable_memory_saver
+
+
+def _sglang_source(module: str):
+    import ast
+    import importlib.util
+
+    path = importlib.util.find_spec(module).origin  # the installed file, not imported (io_struct needs torchvision)
+    text = Path(path).read_text()
+    return text, ast.parse(text)
+
+
+def test_partial_rollouts_use_sglangs_pause_semantics():
+    """Async partial rollouts rely on three SGLang behaviours, read from the installed source: /pause_generation
+    takes mode="abort" (what WeightPusher sends), an abort returns the requests with the tokens so far, and a
+    /generate received while paused waits for /continue_generation (a continuation sent during the update
+    runs on the new weights)."""
+    import ast
+    import inspect
+
+    from megarl.rollout.weight_sync import WeightPusher
+
+    text, tree = _sglang_source("sglang.srt.managers.io_struct")
+    pause = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "PauseGenerationReqInput")
+    mode = next(n for n in pause.body if isinstance(n, ast.AnnAssign) and n.target.id == "mode")
+    modes = [e.value for e in mode.annotation.slice.elts]
+    assert inspect.signature(WeightPusher).parameters["pause_mode"].default == "abort" and "abort" in modes
+    assert "Abort and return all requests" in ast.get_docstring(pause)
+    text, tree = _sglang_source("sglang.srt.managers.tokenizer_manager")
+    manager = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "TokenizerManager")
+    methods = {n.name: ast.get_source_segment(text, n) for n in manager.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    assert "abort_request(abort_all=True)" in methods["pause_generation"]
+    waits = [name for name, src in methods.items() if "is_pause_cond.wait_for(lambda: not self.is_pause)" in src]
+    assert "generate_request" in waits, waits
+    routes, _ = _sglang_source("sglang.srt.entrypoints.http_server")
+    assert '@app.post("/pause_generation")' in routes and '@app.post("/continue_generation")' in routes

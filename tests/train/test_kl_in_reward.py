@@ -16,7 +16,7 @@ def test_kl_in_reward_uses_recomputed_logprobs_under_overlap(monkeypatch):
         "model": {"path": "unused"},
         "data": {"train": ["toy-arith:rl_train"]},
         "algorithm": {"name": "reinforce_pp", "kl_in_reward": True, "kl_coef": 0.5, "kl_type": "k1"},
-        "rollout": {"overlap": True},
+        "rollout": {"mode": "overlap"},
     })
     monkeypatch.setattr(advantages, "is_last_stage", lambda: True)
     recomputed = torch.tensor([-1.0, -2.0, -0.5])

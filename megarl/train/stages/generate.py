@@ -11,7 +11,7 @@ from megarl.data import render_prompt
 from megarl.data.prompt_stream import PromptStream
 from megarl.monitoring.reflection import reflection_rates
 from megarl.rewards.schemes import RewardConfig
-from megarl.rollout.client import RolloutClient, SamplingParams
+from megarl.rollout.client import RolloutClient, Sample, SamplingParams
 from megarl.runtime.distributed import fold_seed
 from megarl.train.batch import TrainSequence
 from megarl.train.stages import metrics as step_metrics
@@ -25,14 +25,16 @@ class RolloutBatch:
     seqs: list[TrainSequence]
     metrics: dict
     samples: list[dict]
+    prompt_ids: list[str] = dataclasses.field(default_factory=list)  # the ids of its groups' prompts, in group order
 
     def to_state(self) -> dict:
         """JSON form (a checkpoint's trainer state)."""
-        return {"seqs": [dataclasses.asdict(s) for s in self.seqs], "metrics": self.metrics, "samples": self.samples}
+        return {"seqs": [dataclasses.asdict(s) for s in self.seqs], "metrics": self.metrics, "samples": self.samples,
+                "prompt_ids": self.prompt_ids}
 
     @classmethod
     def from_state(cls, state: dict) -> "RolloutBatch":
-        return cls([TrainSequence(**s) for s in state["seqs"]], state["metrics"], state["samples"])
+        return cls([TrainSequence(**s) for s in state["seqs"]], state["metrics"], state["samples"], state.get("prompt_ids", []))
 
 
 @dataclasses.dataclass
@@ -45,6 +47,14 @@ class RolloutSetup:
     template: Any
     stops: list[str]
     reward: RewardConfig
+
+
+def make_setup(cfg: Config, client: RolloutClient, tokenizer) -> RolloutSetup:
+    """The run's RolloutSetup: its template, stop strings and reward settings from the config."""
+    from megarl.data import get_template, stop_strings
+
+    template = get_template(cfg.data.template)
+    return RolloutSetup(cfg, client, tokenizer, template, stop_strings(template, tokenizer), reward.reward_settings(cfg.reward))
 
 
 def encode_prompt(setup: RolloutSetup, problem: str) -> tuple[list[int], bool]:
@@ -63,12 +73,73 @@ def rollout_seed(run_seed: int, step: int, round_: int) -> int:
     return fold_seed((run_seed * 100_003 + step) * 32 + round_, 51) * 4096
 
 
+def sampling_params(setup: RolloutSetup, seed: int, max_new_tokens: int | None = None) -> SamplingParams:
+    """The rollout's sampling settings with base seed `seed` (and fewer new tokens for a continuation)."""
+    rc = setup.cfg.rollout
+    return SamplingParams(
+        max_new_tokens=rc.max_new_tokens if max_new_tokens is None else max_new_tokens, temperature=rc.temperature,
+        top_p=rc.top_p, top_k=rc.top_k, stop=setup.stops, stop_token_ids=list(rc.stop_token_ids), sampling_seed=seed,
+    )
+
+
+@dataclasses.dataclass
+class Group:
+    """One prompt's graded samples."""
+
+    row: Any
+    prompt_ids: list[int]
+    samples: list[Sample]
+    grades: list
+
+    @property
+    def uniform(self) -> bool:
+        """Every sample got the same reward (no learning signal for a group baseline)."""
+        return max(g.reward for g in self.grades) == min(g.reward for g in self.grades)
+
+
+def token_versions(sample: Sample) -> list[int] | None:
+    """The policy version of each output token (None when the server's version is not a step number)."""
+    if sample.token_versions is not None:
+        return list(sample.token_versions)
+    version = sample.weight_version
+    return [int(version)] * len(sample.output_ids) if version is not None and str(version).isdigit() else None
+
+
+def build_batch(setup: RolloutSetup, groups: list[Group], sampled: list[Group], *, filtered: int, rounds: int,
+                truncated_prompts: int, epoch: int) -> RolloutBatch:
+    """The step's batch from its kept `groups` (all `sampled` ones count in the reward metrics)."""
+    cfg = setup.cfg
+    seqs = [
+        TrainSequence(
+            prompt_ids=group.prompt_ids, response_ids=list(sample.output_ids), reward=float(grade.reward), group=gi,
+            behaviour_logp=sample.logprobs, truncated=sample.finish_reason == "length", correct=bool(grade.correct),
+            loss_weight=0.0 if (cfg.algorithm.overlong_filter and sample.finish_reason == "length") else 1.0,
+            versions=token_versions(sample),
+        )
+        for gi, group in enumerate(groups) for sample, grade in zip(group.samples, group.grades)
+    ]
+    all_grades = [x for g in sampled for x in g.grades]
+    reflection = reflection_rates([s.text for g in sampled for s in g.samples], [bool(x.correct) for x in all_grades],
+                                  cfg.logging.reflection_words)
+    versions = {s.weight_version for g in sampled for s in g.samples}
+    versions.update(v for s in seqs for v in (s.versions or ()))
+    metrics = step_metrics.rollout_metrics(seqs, all_grades, prompts=len(groups), filtered=filtered, rounds=rounds,
+                                           truncated_prompts=truncated_prompts, epoch=epoch, weight_versions=versions,
+                                           reflection=reflection)
+    samples = [
+        {"prompt": setup.tokenizer.decode(g.prompt_ids), "response": g.samples[0].text, "gold": g.row.answer,
+         "reward": g.grades[0].reward}
+        for g in groups[:cfg.logging.samples_per_step]
+    ]
+    return RolloutBatch(seqs, metrics, samples, [str(g.row.id) for g in groups])
+
+
 def generate(setup: RolloutSetup, prompts: PromptStream, step: int) -> RolloutBatch:
     """Sample and grade step `step`'s batch: data.prompts_per_step groups of rollout.n sequences,
     taking prompts from `prompts` until dynamic sampling has enough groups."""
     cfg, rc = setup.cfg, setup.cfg.rollout
     want = cfg.data.prompts_per_step
-    groups, sampled, filtered, rounds, truncated_prompts, versions = [], [], 0, 0, 0, set()
+    groups, sampled, filtered, rounds, truncated_prompts = [], [], 0, 0, 0
     while len(groups) < want:
         rounds += 1
         if rounds > cfg.algorithm.dynamic_sampling_max_rounds + (0 if cfg.algorithm.dynamic_sampling else 1):
@@ -80,37 +151,16 @@ def generate(setup: RolloutSetup, prompts: PromptStream, step: int) -> RolloutBa
         rows = prompts.take(want - len(groups))
         encoded = [encode_prompt(setup, r.problem) for r in rows]
         truncated_prompts += sum(cut for _, cut in encoded)
-        sampling = SamplingParams(
-            max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
-            stop=setup.stops, stop_token_ids=list(rc.stop_token_ids), sampling_seed=rollout_seed(cfg.run.seed, step, rounds),
-        )
-        outputs = setup.client.generate([ids for ids, _ in encoded], sampling, n=rc.n)
+        outputs = setup.client.generate([ids for ids, _ in encoded],
+                                        sampling_params(setup, rollout_seed(cfg.run.seed, step, rounds)), n=rc.n)
         flat = [s for group in outputs for s in group]
-        versions.update(s.weight_version for s in flat)
         grades = reward.grade(flat, [rows[s.prompt_index].answer for s in flat], setup.reward, cfg.data.template)
-        for p, (row, (ids, _), group) in enumerate(zip(rows, encoded, outputs)):
-            g = grades[p * rc.n:(p + 1) * rc.n]
-            sampled.append((group, g))
-            if cfg.algorithm.dynamic_sampling and max(x.reward for x in g) == min(x.reward for x in g):
+        for p, (row, (ids, _), samples) in enumerate(zip(rows, encoded, outputs)):
+            group = Group(row, ids, samples, grades[p * rc.n:(p + 1) * rc.n])
+            sampled.append(group)
+            if cfg.algorithm.dynamic_sampling and group.uniform:
                 filtered += 1
                 continue
-            groups.append((row, ids, group, g))
-    seqs = [
-        TrainSequence(
-            prompt_ids=ids, response_ids=list(sample.output_ids), reward=float(grade.reward), group=gi,
-            behaviour_logp=sample.logprobs, truncated=sample.finish_reason == "length", correct=bool(grade.correct),
-            loss_weight=0.0 if (cfg.algorithm.overlong_filter and sample.finish_reason == "length") else 1.0,
-        )
-        for gi, (row, ids, group, g) in enumerate(groups) for sample, grade in zip(group, g)
-    ]
-    all_grades = [x for _, g in sampled for x in g]
-    reflection = reflection_rates([s.text for group, _ in sampled for s in group], [bool(x.correct) for x in all_grades],
-                                  cfg.logging.reflection_words)
-    metrics = step_metrics.rollout_metrics(seqs, all_grades, prompts=len(groups), filtered=filtered, rounds=rounds,
-                                           truncated_prompts=truncated_prompts, epoch=prompts.epoch, weight_versions=versions,
-                                           reflection=reflection)
-    samples = [
-        {"prompt": setup.tokenizer.decode(ids), "response": group[0].text, "gold": row.answer, "reward": g[0].reward}
-        for row, ids, group, g in groups[:cfg.logging.samples_per_step]
-    ]
-    return RolloutBatch(seqs, metrics, samples)
+            groups.append(group)
+    return build_batch(setup, groups, sampled, filtered=filtered, rounds=rounds, truncated_prompts=truncated_prompts,
+                       epoch=prompts.epoch)

@@ -43,7 +43,7 @@ class OldLogprobPlan:
         # rollout.overlap (one step off-policy): the ratio is taken against the policy that sampled the
         # batch, from the servers' log-probs (with importance_correction=tis, against the recomputed
         # log-probs instead, with a capped importance weight toward the behaviour).
-        behaviour = cfg.rollout.overlap and a.importance_correction == "none"
+        behaviour = cfg.rollout.off_policy and a.importance_correction == "none"
         return cls(single, behaviour, not (single or (behaviour and not a.kl_in_reward)))
 
 
