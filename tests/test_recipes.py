@@ -14,7 +14,7 @@ from megarl.models.spec import ModelSpec
 
 REPO = Path(__file__).parent.parent
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-CLUSTER = [p for p in CONFIGS if p.stem != "tiny_cpu"]
+CLUSTER = [p for p in CONFIGS if not p.stem.startswith("tiny_cpu")]  # the CPU demos name no real model
 
 # Published config.json facts of the models the recipes name (no download needed).
 REAL_MODELS = {

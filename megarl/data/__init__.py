@@ -30,17 +30,19 @@ TOY_PREFIX = "toy-arith:"
 
 def load_prompts(source: str, levels: list[int] | None = None) -> list[PromptRecord]:
     """Prompt records for training or evaluation from a shipped set name, a path, or the CPU
-    demo's generated sets (`toy-arith:rl_train`, `toy-arith:heldout[:N]`, see megarl.demo), or a
+    demo's generated sets (`toy-arith:rl_train`, `toy-arith:heldout[:N]`, `toy-arith-long:...`, see
+    megarl.demo.builtins), or a
     SimpleRL-Zoo difficulty level by name: `easy` (GSM8K train + MATH level 1), `medium` (MATH
     1-4), `hard` (MATH 3-5).
 
     `levels`: keep only MATH problems whose level is in the list (difficulty control)."""
-    if source.startswith(TOY_PREFIX):
-        from megarl.demo.toy_task import format_prompt, toy_problems
+    from megarl.demo.builtins import is_toy_source
 
-        parts = source[len(TOY_PREFIX):].split(":")
-        split, count = parts[0], int(parts[1]) if len(parts) > 1 else 1000
-        rows = toy_problems(split, count, seed=0)
+    if is_toy_source(source) or source.startswith(TOY_PREFIX):  # a bad toy-arith: name fails in toy_source_rows
+        from megarl.demo.builtins import toy_source_rows
+        from megarl.demo.toy_task import format_prompt
+
+        rows = toy_source_rows(source)
         # The toy model's prompt is the problem plus one newline (template "none").
         records = [PromptRecord(id=r["id"], problem=format_prompt(r["problem"]), answer=r["answer"], source=source)
                    for r in rows]

@@ -15,6 +15,12 @@ _EXPORTS = {
     "ToyModelSettings": "megarl.demo.toy_model",
     "build_toy_model": "megarl.demo.toy_model",
     "evaluate_toy_model": "megarl.demo.toy_model",
+    "long_problems": "megarl.demo.toy_task",
+    "BUILTIN_MODELS": "megarl.demo.builtins",
+    "builtin_model_dir": "megarl.demo.builtins",
+    "builtin_model_settings": "megarl.demo.builtins",
+    "is_toy_source": "megarl.demo.builtins",
+    "toy_source_rows": "megarl.demo.builtins",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -47,7 +47,7 @@ from typing import Sequence
 
 import torch
 
-from megarl.demo.toy_task import DEFAULT_BOXED_FRACTION, format_prompt, pretraining_examples
+from megarl.demo.toy_task import DEFAULT_BOXED_FRACTION, format_prompt, long_pretraining_examples, pretraining_examples
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -75,6 +75,10 @@ class ToyModelSettings:
     num_kv_heads: int = 2
     max_position_embeddings: int = 256
     loss_on: str = "solution"  # "solution": loss on the worked solution and eos; "document": on every token
+    # Share of chain problems in the pretraining corpus (megarl.demo.toy_task.long_problems): 0 is
+    # the demo's toy-arith corpus; > 0 is the long-tailed variant (builtin:toy-arith-long), whose
+    # batches are grouped by length so padding does not multiply the cost.
+    chain_fraction: float = 0.0
     # torch intra-op threads while pretraining. 1, not 2: ops this small gain little from a
     # second thread, and on a busy 2-core machine two threads measured 3-10x slower per step
     # (see megarl/demo/README.md).
@@ -89,10 +93,19 @@ class ToyModelSettings:
             raise ValueError(f"num_heads={self.num_heads} must be divisible by num_kv_heads={self.num_kv_heads}")
         if self.loss_on not in ("solution", "document"):
             raise ValueError(f"loss_on={self.loss_on!r} must be 'solution' or 'document'")
+        if not 0.0 <= self.chain_fraction <= 1.0:
+            raise ValueError(f"chain_fraction={self.chain_fraction} must be within [0, 1]")
+
+    @property
+    def name(self) -> str:
+        """The built-in model name these settings belong to (and the cache directory's prefix)."""
+        return "toy-arith-long" if self.chain_fraction > 0 else "toy-arith"
 
     def cache_key(self) -> str:
         fields = dataclasses.asdict(self)
         fields.pop("threads")  # thread count changes speed, not the recipe
+        if fields["chain_fraction"] == 0.0:  # added later: the demo model's key stays what it was
+            fields.pop("chain_fraction")
         fields["version"] = TOY_MODEL_VERSION
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -174,6 +187,28 @@ def _batch_tensors(
     return input_ids, mask, labels
 
 
+def pretraining_corpus(settings: ToyModelSettings) -> list[tuple[str, str]]:
+    """The (prompt, solution) pairs of every pretraining batch, in batch order.
+
+    With chain problems in the corpus, documents range from ~50 to ~450 tokens; batches are then
+    made of documents of similar length (sorted within windows of 64 batches, batch order
+    shuffled), so a batch's padding follows its own longest document, not the corpus's.
+    """
+    count = settings.steps * settings.batch_size
+    if settings.chain_fraction == 0.0:
+        return pretraining_examples(count, settings.seed, settings.boxed_fraction)
+    import random
+
+    examples = long_pretraining_examples(count, settings.seed, settings.boxed_fraction, settings.chain_fraction)
+    window = 64 * settings.batch_size
+    batches = []
+    for start in range(0, count, window):
+        chunk = sorted(examples[start:start + window], key=lambda pair: len(pair[0]) + len(pair[1]))
+        batches.extend(chunk[i:i + settings.batch_size] for i in range(0, len(chunk), settings.batch_size))
+    random.Random(f"toy-arith-long-batches:{settings.seed}").shuffle(batches)
+    return [pair for batch in batches for pair in batch]
+
+
 def _learning_rate(step: int, settings: ToyModelSettings) -> float:
     """Linear warmup, then cosine decay to 10% of the peak."""
     if step < settings.warmup_steps:
@@ -191,7 +226,7 @@ def pretrain_toy_model(settings: ToyModelSettings, out_dir: Path, show_progress:
     torch.set_num_threads(settings.threads)
     try:
         started = time.perf_counter()
-        examples = pretraining_examples(settings.steps * settings.batch_size, settings.seed, settings.boxed_fraction)
+        examples = pretraining_corpus(settings)
         corpus = [prompt + solution for prompt, solution in examples[: settings.tokenizer_corpus_size]]
         tokenizer = build_tokenizer(corpus, settings.tokenizer_vocab_size)
         config = toy_model_config(settings, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
@@ -266,7 +301,8 @@ def build_toy_model(
     """The toy base model's HF directory, pretrained on first use and cached afterwards.
 
     cache_dir is the cache root (default `~/.cache/megarl`, or `$MEGARL_CACHE_DIR`); the model
-    lives in `<cache_dir>/toy-arith-<hash of the settings>`. Other `ToyModelSettings` fields can
+    lives in `<cache_dir>/<settings.name>-<hash of the settings>` (`toy-arith-...`, or
+    `toy-arith-long-...` with chain problems in the corpus). Other `ToyModelSettings` fields can
     be overridden by keyword (e.g. `hidden_size=64` for a smaller model).
     """
     unknown = set(overrides) - {f.name for f in dataclasses.fields(ToyModelSettings)}
@@ -277,7 +313,7 @@ def build_toy_model(
         )
     settings = ToyModelSettings(steps=steps, seed=seed, **overrides)
     root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_ROOT
-    final = root / f"toy-arith-{settings.cache_key()}"
+    final = root / f"{settings.name}-{settings.cache_key()}"
     if _is_complete(final):
         return final
     root.mkdir(parents=True, exist_ok=True)

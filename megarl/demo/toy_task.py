@@ -31,9 +31,10 @@ sampling at temperature 1 still boxes a fair share of them: the lever that RL pu
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 Split = Literal["pretrain", "rl_train", "heldout"]
 SPLITS: tuple[str, ...] = ("pretrain", "rl_train", "heldout")
@@ -141,11 +142,20 @@ def toy_problems(split: Split, n: int, seed: int = 0) -> list[dict]:
 
 
 def worked_solution(row: dict, boxed: bool) -> str:
-    """The worked solution of a toy problem row: one arithmetic line, then the (boxed or plain) answer."""
-    template = TEMPLATE_BY_KEY[row["template"]]
-    verb = "We add" if template.operation == "+" else "We subtract"
+    """The worked solution of a toy problem row: one arithmetic line per operation, then the (boxed or
+    plain) answer. One-step rows read "We add: 23 + 45 = 68. The answer is 68."; chain rows (the
+    long-tailed variant) "Step by step: 23 + 45 = 68. 68 - 12 = 56. The answer is 56."."""
     answer = row["answer"]
     final = f"\\boxed{{{answer}}}" if boxed else answer
+    if row["template"] == "chain":
+        total, lines = row["a"], []
+        for op, b in row["ops"]:
+            after = total + b if op == "+" else total - b
+            lines.append(f"{total} {op} {b} = {after}.")
+            total = after
+        return f"Step by step: {' '.join(lines)} The answer is {final}."
+    template = TEMPLATE_BY_KEY[row["template"]]
+    verb = "We add" if template.operation == "+" else "We subtract"
     return f"{verb}: {row['a']} {template.operation} {row['b']} = {answer}. The answer is {final}."
 
 
@@ -168,3 +178,112 @@ def pretraining_examples(n: int, seed: int = 0, boxed_fraction: float = DEFAULT_
 def pretraining_documents(n: int, seed: int = 0, boxed_fraction: float = DEFAULT_BOXED_FRACTION) -> list[str]:
     """The pretraining examples as plain documents, prompt followed by its worked solution."""
     return [prompt + solution for prompt, solution in pretraining_examples(n, seed, boxed_fraction)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The long-tailed variant ("toy-arith-long"): most problems as above, some a chain of many steps
+
+
+LONG_TASK_SEED_TAG = "toy-arith-long"
+DEFAULT_CHAIN_FRACTION = 0.3  # share of toy-arith-long problems that are chains
+CHAIN_STEPS_MIN = 2
+CHAIN_STEPS_MAX = 24
+CHAIN_TOTAL_MAX = 999  # running totals stay within 0..999 (at most three digits)
+CHAIN_VERBS = {"+": ("buys {b} more", "finds {b}", "gets {b} more"), "-": ("gives away {b}", "loses {b}", "sells {b}")}
+
+
+def chain_steps(rng: random.Random) -> int:
+    """Operations in one chain problem: log-uniform over CHAIN_STEPS_MIN..CHAIN_STEPS_MAX.
+
+    Log-uniform makes the tail long: half the chains have at most ~7 steps, one in twelve has
+    20 or more, so response lengths spread over an order of magnitude as zero-RL's do.
+    """
+    return int(math.exp(rng.uniform(math.log(CHAIN_STEPS_MIN), math.log(CHAIN_STEPS_MAX + 1))))
+
+
+def chain_key(start: int, ops: Sequence[tuple[str, int]]) -> str:
+    return "chain:" + str(start) + "".join(f"{op}{b}" for op, b in ops)
+
+
+def split_of_chain(start: int, ops: Sequence[tuple[str, int]]) -> str:
+    """The split that owns a chain problem (by the same hash buckets as the one-step problems)."""
+    digest = hashlib.sha256(chain_key(start, ops).encode()).digest()
+    bucket = int.from_bytes(digest[:8], "big") % 100
+    return next(split for split, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
+
+
+def _random_chain(rng: random.Random) -> tuple[int, list[tuple[str, int]]]:
+    total = start = rng.randint(OPERAND_MIN, OPERAND_MAX)
+    ops = []
+    for _ in range(chain_steps(rng)):
+        b = rng.randint(OPERAND_MIN, OPERAND_MAX)
+        can_add, can_subtract = total + b <= CHAIN_TOTAL_MAX, total - b >= 0
+        op = "+" if can_add and (not can_subtract or rng.random() < 0.5) else "-"
+        total = total + b if op == "+" else total - b
+        ops.append((op, b))
+    return start, ops
+
+
+def chain_answer(start: int, ops: Sequence[tuple[str, int]]) -> int:
+    total = start
+    for op, b in ops:
+        total = total + b if op == "+" else total - b
+    return total
+
+
+def render_chain(start: int, ops: Sequence[tuple[str, int]], name: str, item: str, rng: random.Random) -> str:
+    actions = ", ".join(rng.choice(CHAIN_VERBS[op]).format(b=b) for op, b in ops)
+    return f"{name} has {start} {item}. Then {name} {actions}. How many {item} does {name} have now?"
+
+
+def long_problems(split: Split, n: int, seed: int = 0, chain_fraction: float = DEFAULT_CHAIN_FRACTION) -> list[dict]:
+    """n rows of the long-tailed variant: a `chain_fraction` share are chain problems, the rest
+    one-step problems of `toy_problems`' kind (drawn from the same split's keys).
+
+    A chain row has `template` "chain", `a` its start and `ops` its [operation, operand] pairs,
+    e.g. "Tom has 23 apples. Then Tom buys 45 more, gives away 12. How many apples does Tom have
+    now?"; its worked solution is one line per operation (see `worked_solution`), so its length
+    grows with the number of operations. Chains are assigned to splits by a hash of the chain,
+    exactly as the one-step problems are, so held-out chains never occur in pretraining or RL.
+    Deterministic in (split, n, seed, chain_fraction); chain problems are distinct within a call.
+    """
+    if n < 0:
+        raise ValueError(f"n={n} must be >= 0")
+    if not 0.0 <= chain_fraction <= 1.0:
+        raise ValueError(f"chain_fraction={chain_fraction} must be within [0, 1]")
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not a toy-task split; use one of {', '.join(SPLITS)}")
+    rng = random.Random(f"{LONG_TASK_SEED_TAG}:{split}:{seed}")
+    is_chain = [rng.random() < chain_fraction for _ in range(n)]
+    short_rows = iter(toy_problems(split, n - sum(is_chain), seed=seed))
+    rows: list[dict] = []
+    seen: set[str] = set()
+    for index, chain in enumerate(is_chain):
+        if not chain:
+            row = dict(next(short_rows))
+        else:
+            while True:
+                start, ops = _random_chain(rng)
+                key = chain_key(start, ops)
+                if key not in seen and split_of_chain(start, ops) == split:
+                    break
+            seen.add(key)
+            name, item = rng.choice(NAMES), rng.choice(ITEMS)
+            row = {"problem": render_chain(start, ops, name, item, rng), "answer": str(chain_answer(start, ops)),
+                   "template": "chain", "a": start, "ops": [[op, b] for op, b in ops]}
+        row["id"] = f"toy-long-{split}-{seed}-{index}"
+        rows.append({"id": row.pop("id"), **row})
+    return rows
+
+
+def long_pretraining_examples(
+    n: int, seed: int = 0, boxed_fraction: float = DEFAULT_BOXED_FRACTION, chain_fraction: float = DEFAULT_CHAIN_FRACTION
+) -> list[tuple[str, str]]:
+    """n pretraining (prompt, worked solution) pairs of the long-tailed variant."""
+    if not 0.0 <= boxed_fraction <= 1.0:
+        raise ValueError(f"boxed_fraction={boxed_fraction} must be within [0, 1]")
+    rng = random.Random(f"toy-arith-long-boxing:{seed}")
+    return [
+        (format_prompt(row["problem"]), worked_solution(row, boxed=rng.random() < boxed_fraction))
+        for row in long_problems("pretrain", n, seed, chain_fraction)
+    ]

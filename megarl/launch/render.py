@@ -78,11 +78,9 @@ def resolve_model_dir(cfg: Config, build: bool = True) -> str:
     """The HF directory the rollout servers load (built-in models resolved, megarl checkpoints' hf/)."""
     path = cfg.model.path
     if path.startswith(BUILTIN_PREFIX):
-        from megarl.demo import toy_model
+        from megarl.demo.builtins import builtin_model_dir, builtin_name
 
-        if build:
-            return str(toy_model.build_toy_model())
-        return str(toy_model.DEFAULT_CACHE_ROOT / f"toy-arith-{toy_model.ToyModelSettings().cache_key()}")
+        return str(builtin_model_dir(builtin_name(path), build=build))
     model = Path(path).resolve()
     return str(model / "hf" if (model / "megarl_checkpoint.json").exists() else model)
 
