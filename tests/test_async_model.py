@@ -106,7 +106,9 @@ def test_long_tail_async_beats_sync_and_overlap():
     assert results["async"].steps_per_hour > 1.2 * results["sync"].steps_per_hour
     assert results["async"].steps_per_hour > 1.05 * results["overlap"].steps_per_hour
     assert results["async"].server_idle_frac < results["sync"].server_idle_frac
-    assert results["async"].partial_frac > 0  # long samples run across weight updates
+    assert 0 < results["async"].partial_frac < 1  # long samples run across weight updates
+    # a partial sample's newer tokens are less stale than its oldest one
+    assert results["async"].token_staleness_mean < results["async"].staleness_mean
     assert results["async"].staleness_max <= 2
 
 
@@ -116,6 +118,23 @@ def test_without_partial_rollouts_samples_never_span_versions():
     assert drained.partial_frac == 0
     partial = am.simulate(tail_cluster(), work, am.Schedule("async", True, 2), steps=12, seed=1)
     assert partial.steps_per_hour > drained.steps_per_hour
+
+
+def test_partial_sample_across_a_weight_update_by_hand():
+    # One sample per step, 30 tokens at 1 s per decode step, update 5 s, sync 1 s, K=1.
+    # t=0: groups 0 and 1 decode together, done at 30. Step 0 trains group 0: update 30-35, sync 35-36.
+    # Group 2 starts at 36 (v1). Step 1 trains group 1 (made by v0: staleness 1): update 36-41, sync
+    # pauses group 2 after 5 tokens (41-42). It finishes its last 25 tokens with v2 at 67; step 2 trains
+    # it: oldest token 1 step old, token-weighted (5 x 1 + 25 x 0) / 30, a partial sample.
+    c = cluster(update_fixed_s=5.0, sync_s=1.0)
+    work = am.Workload(prompts=1, n=1, prompt_tokens=1, lengths=fixed(30))
+    result = am.simulate(c, work, am.Schedule("async", True, 1), steps=3, warmup=0)
+    assert [r.end_s for r in result.steps] == pytest.approx([36, 42, 73])
+    assert [r.staleness for r in result.steps] == [[0], [1], [1]]
+    assert [r.token_staleness for r in result.steps] == pytest.approx([0, 1, 5 / 30])
+    assert [r.partial for r in result.steps] == [0, 0, 1]
+    drained = am.simulate(c, work, am.Schedule("async", False, 1), steps=3, warmup=0)
+    assert [r.partial for r in drained.steps] == [0, 0, 0]  # the update waited for the sample instead
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -142,6 +161,7 @@ def test_staleness_bound_holds_over_random_schedules(seed):
     assert all(s.seconds >= c.sync_s - 1e-9 for s in result.steps)
     overlap = am.simulate(c, work, am.Schedule("overlap"), steps=4, seed=seed)
     assert [max(r.staleness) for r in overlap.steps] == [0, 1, 1, 1]
+    assert [r.token_staleness for r in overlap.steps] == [0, 1, 1, 1]
     assert am.simulate(c, work, am.Schedule("sync"), steps=3, seed=seed).staleness_max == 0
 
 
@@ -168,7 +188,8 @@ def test_zero_rl_lengths_and_percentiles():
 def test_gpu_prediction_runs_and_reports_every_schedule():
     layout = am.GpuLayout(prompts=32, n=4, rollout_gpus=4, train_gpus=4)
     prediction = am.predict(layout, am.ZeroRLLengths(max_tokens=2048), steps=4, warmup=1)
-    assert len(prediction["rows"]) == 5
+    assert len(prediction["rows"]) == 6  # 5 schedules + async on the best split
+    assert [(r["rollout_gpus"], r["train_gpus"]) for r in prediction["async_split_scan"]] == [(2, 6), (4, 4), (6, 2)]
     assert all(r["steps_per_hour"] > 0 for r in prediction["rows"].values())
     assert prediction["speedup_async_over_best_sync"] > 0
 

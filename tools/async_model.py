@@ -100,7 +100,10 @@ class Cluster:
     sync_s: float = 0.0
     max_running: int = 256
     batching: Literal["continuous", "static"] = "continuous"
-    resume: Literal["in_place", "reprefill"] = "in_place"  # how a partial sample continues after a sync
+    # How a partial sample continues after a sync: "in_place" (SGLang's pause_generation(in_place):
+    # the server keeps it and its KV cache) or "reprefill" (aborted; the client resubmits prompt + tokens
+    # so far as a new request, queued behind the others, and the server prefills that prefix again).
+    resume: Literal["in_place", "reprefill"] = "in_place"
 
     def __post_init__(self) -> None:
         if self.servers < 1 or self.max_running < 1:
@@ -143,6 +146,8 @@ class StepRecord:
     tokens: int  # prompt + response tokens trained
     response_tokens: int
     staleness: list[int]  # per trained group: trainer version - oldest token's version
+    token_staleness: float  # mean over the trained response tokens of (trainer version - the version that made it)
+    samples: int  # trained samples
     partial: int  # trained samples whose tokens came from more than one weight version
     dropped: int  # groups dropped as too stale before this step's batch was taken
 
@@ -185,13 +190,20 @@ class SimResult:
 
     @property
     def staleness_mean(self) -> float:
+        """Per group, of its oldest token."""
         values = [s for r in self.measured for s in r.staleness]
         return statistics.fmean(values) if values else 0.0
 
     @property
+    def token_staleness_mean(self) -> float:
+        """Token-weighted, as megarl's `rollout/staleness_mean`."""
+        rows = self.measured
+        return sum(r.token_staleness * r.response_tokens for r in rows) / max(1, sum(r.response_tokens for r in rows))
+
+    @property
     def partial_frac(self) -> float:
-        trained = sum(len(r.staleness) for r in self.measured)
-        return sum(r.partial for r in self.measured) / max(1, trained) if trained else 0.0
+        trained = sum(r.samples for r in self.measured)
+        return sum(r.partial for r in self.measured) / trained if trained else 0.0
 
     @property
     def dropped(self) -> int:
@@ -202,6 +214,7 @@ class SimResult:
             "mode": self.schedule.mode, "partial": self.schedule.partial, "max_staleness": self.schedule.max_staleness,
             "step_s": self.step_s, "steps_per_hour": self.steps_per_hour, "tokens_per_s": self.tokens_per_s,
             "server_idle_frac": self.server_idle_frac, "staleness_mean": self.staleness_mean,
+            "token_staleness_mean": self.token_staleness_mean,
             "staleness_max": self.staleness_max, "partial_frac": self.partial_frac, "dropped_groups": self.dropped,
             "steps": len(self.steps), "warmup_steps": self.warmup,
         }
@@ -218,6 +231,14 @@ class _Seq:
     first_version: int | None = None
     versions: int = 0  # distinct weight versions that produced its tokens
     last_version: int | None = None
+    segments: list = field(default_factory=list)  # [(weight version, tokens)] in order
+    marked: int = 0  # tokens already in `segments`
+
+    def mark(self, produced: int) -> None:
+        """Attribute the tokens decoded since the last mark (`produced` in all) to the current version."""
+        if produced > self.marked:
+            self.segments.append((self.last_version, produced - self.marked))
+            self.marked = produced
 
 
 @dataclass
@@ -310,6 +331,7 @@ class _Server:
             self.ctx_base -= seq.prompt_tokens + seq.generated - seq.admit_step
             self.sim.generated -= (self.steps - seq.admit_step) - (seq.length - seq.generated)  # pad rows (static)
             seq.generated = seq.length
+            seq.mark(seq.length)
             self.sim.seq_done(seq, self.clock)
 
     def run_until(self, t: float) -> None:
@@ -342,11 +364,18 @@ class _Server:
                 real = min(seq.length - seq.generated, decoded)
                 self.sim.generated -= decoded - real  # pad rows of a static batch
                 seq.generated += real
+                seq.mark(seq.generated)
                 if seq.generated >= seq.length:
                     self.sim.seq_done(seq, self.clock)
                 else:
                     resubmit.append(seq)
-            self.waiting.extendleft(reversed(resubmit))
+            if self.sim.cluster.resume == "reprefill":  # new requests from the client: behind what is queued
+                self.waiting.extend(resubmit)
+            else:
+                self.waiting.extendleft(reversed(resubmit))
+        else:  # paused in place: what each has decoded so far came from the current weights
+            for _, _, seq in self.running:
+                seq.mark(seq.generated + self.steps - seq.admit_step)
 
     def resume(self, now: float) -> None:
         self.paused = self.draining = False
@@ -478,6 +507,9 @@ class _Simulation:
             tokens=sum(s.prompt_tokens + s.length for g in batch for s in g.seqs),
             response_tokens=sum(s.length for g in batch for s in g.seqs),
             staleness=[self.group_staleness(g) for g in batch],
+            token_staleness=sum((self.trainer_version - v) * t for g in batch for s in g.seqs for v, t in s.segments)
+            / max(1, sum(s.length for g in batch for s in g.seqs)),
+            samples=sum(len(g.seqs) for g in batch),
             partial=sum(s.versions > 1 for g in batch for s in g.seqs), dropped=self.step_dropped,
         ))
         self.last_end, self.step_dropped = self.now, 0
@@ -645,8 +677,10 @@ class GpuLayout:
 
 
 def predict(layout: GpuLayout, lengths: Callable[[random.Random], int], *, max_staleness: int = 2, steps: int = 12,
-            warmup: int = 2, seed: int = 0) -> dict:
-    """Steps per hour of each schedule on `layout`, and async's speed-up over the others."""
+            warmup: int = 2, seed: int = 0, split_scan: bool = True) -> dict:
+    """Steps per hour of each schedule on `layout`, and async's speed-up over the others; with
+    `split_scan`, also async on the best split of the same GPUs into rollout and trainer (async
+    needs the two sides balanced; colocated sync balances itself by taking turns)."""
     workload = layout.workload(lengths)
     rows = {}
     cases = [
@@ -660,9 +694,23 @@ def predict(layout: GpuLayout, lengths: Callable[[random.Random], int], *, max_s
         rows[label] = simulate(cluster, workload, schedule, steps=steps, seed=seed, warmup=warmup).summary()
     best_sync = max(rows[k]["steps_per_hour"] for k in rows if k.startswith("sync"))
     async_key = f"async partial K={max_staleness}"
+    scan = []
+    if split_scan:
+        total = layout.rollout_gpus + layout.train_gpus
+        stride = max(layout.server_tp, (total // 8) // layout.server_tp * layout.server_tp)
+        scan = best_split(layout, lengths, max_staleness=max_staleness, steps=max(6, steps // 2), seed=seed, stride=stride)
+        best = max(scan, key=lambda r: r["steps_per_hour"])
+        candidate = dataclasses.replace(layout, rollout_gpus=best["rollout_gpus"], train_gpus=best["train_gpus"])
+        label = f"async partial K={max_staleness}, {best['rollout_gpus']} rollout + {best['train_gpus']} trainer GPUs"
+        rows[label] = simulate(candidate.cluster(), candidate.workload(lengths), Schedule("async", True, max_staleness),
+                               steps=steps, seed=seed, warmup=warmup).summary()
+        rows[label]["split"] = best
+    best_async = max(r["steps_per_hour"] for k, r in rows.items() if k.startswith("async partial"))
     return {
         "layout": dataclasses.asdict(layout),
         "rows": rows,
+        "async_split_scan": scan,
+        "speedup_best_async_over_best_sync": best_async / best_sync,
         "speedup_async_over_best_sync": rows[async_key]["steps_per_hour"] / best_sync,
         "speedup_async_over_sync_disaggregated": rows[async_key]["steps_per_hour"] / rows["sync (disaggregated)"]["steps_per_hour"],
         "speedup_async_over_overlap": rows[async_key]["steps_per_hour"] / rows["overlap (disaggregated)"]["steps_per_hour"],
@@ -670,11 +718,14 @@ def predict(layout: GpuLayout, lengths: Callable[[random.Random], int], *, max_s
 
 
 def best_split(layout: GpuLayout, lengths: Callable[[random.Random], int], *, max_staleness: int = 2, steps: int = 10,
-               seed: int = 0) -> list[dict]:
-    """async steps/hour for every split of the same GPUs into rollout and trainer (server_tp steps)."""
+               seed: int = 0, stride: int | None = None) -> list[dict]:
+    """async steps/hour for splits of the same GPUs into rollout and trainer, every `stride` GPUs
+    (default server_tp), from a quarter to three quarters of the GPUs on rollout."""
     total = layout.rollout_gpus + layout.train_gpus
+    stride = stride or layout.server_tp
     out = []
-    for rollout in range(layout.server_tp, total, layout.server_tp):
+    low = max(layout.server_tp, (total // 4) // stride * stride)
+    for rollout in range(low, total * 3 // 4 + 1, stride):
         candidate = dataclasses.replace(layout, rollout_gpus=rollout, train_gpus=total - rollout)
         result = simulate(candidate.cluster(), candidate.workload(lengths), Schedule("async", True, max_staleness),
                           steps=steps, seed=seed)
@@ -694,7 +745,7 @@ def print_prediction(prediction: dict, lengths_info: dict, console=None, title: 
         table.add_column(col, justify="left" if col == "schedule" else "right")
     for label, r in prediction["rows"].items():
         table.add_row(label, f"{r['step_s']:.1f}", f"{r['steps_per_hour']:.1f}", f"{r['tokens_per_s']:,.0f}",
-                      f"{100 * r['server_idle_frac']:.0f}%", f"{r['staleness_mean']:.2f} / {r['staleness_max']}",
+                      f"{100 * r['server_idle_frac']:.0f}%", f"{r['token_staleness_mean']:.2f} / {r['staleness_max']}",
                       f"{100 * r['partial_frac']:.0f}%", str(r["dropped_groups"]))
     console.print(table)
     console.print(
@@ -704,9 +755,10 @@ def print_prediction(prediction: dict, lengths_info: dict, console=None, title: 
         f"{layout['decode_per_ctx_token_s'] * 1e9:g} ns/context token, max {layout['max_running']} running; "
         f"update {layout['update_per_token_gpu_s'] * 1e6:g} us/token/GPU + {layout['update_fixed_s']:g} s; sync {layout['sync_s']:g} s")
     console.print("response lengths: " + ", ".join(f"{k} {v:,.0f}" for k, v in lengths_info.items()))
-    console.print(f"[bold]predicted async speed-up: {prediction['speedup_async_over_best_sync']:.2f}x over the faster sync layout, "
-                  f"{prediction['speedup_async_over_sync_disaggregated']:.2f}x over sync on the same layout, "
-                  f"{prediction['speedup_async_over_overlap']:.2f}x over overlap[/]")
+    console.print(f"[bold]predicted async speed-up on the same layout: {prediction['speedup_async_over_sync_disaggregated']:.2f}x "
+                  f"over sync, {prediction['speedup_async_over_overlap']:.2f}x over overlap, "
+                  f"{prediction['speedup_async_over_best_sync']:.2f}x over colocated sync; best async split of the same GPUs "
+                  f"over the best sync: {prediction['speedup_best_async_over_best_sync']:.2f}x[/]")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -726,20 +778,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=ZeroRLLengths.max_tokens)
     parser.add_argument("--max-staleness", type=int, default=2)
     parser.add_argument("--steps", type=int, default=12, help="simulated RL steps per schedule (first 2 left out)")
-    parser.add_argument("--split", action="store_true", help="also scan the rollout/trainer split of the same GPUs for async")
+    parser.add_argument("--no-split", action="store_true", help="skip the scan of rollout/trainer splits of the same GPUs for async")
     parser.add_argument("--json", default=None, help="write the prediction here")
     args = parser.parse_args(argv)
     layout = GpuLayout(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GpuLayout)})
     lengths = ZeroRLLengths(args.median_length, args.sigma, args.truncated, args.max_tokens)
     info = length_percentiles(lengths)
-    prediction = predict(layout, lengths, max_staleness=args.max_staleness, steps=args.steps)
+    prediction = predict(layout, lengths, max_staleness=args.max_staleness, steps=args.steps, split_scan=not args.no_split)
     prediction["lengths"] = {"assumed": dataclasses.asdict(lengths), **info}
     print_prediction(prediction, info, title="predicted RL steps on the GPU layout (a model, not a measurement)")
-    if args.split:
-        prediction["async_split_scan"] = best_split(layout, lengths, max_staleness=args.max_staleness)
-        for row in prediction["async_split_scan"]:
-            print(f"  async, {row['rollout_gpus']:3d} rollout + {row['train_gpus']:3d} trainer GPUs: "
-                  f"{row['steps_per_hour']:.1f} steps/hour, server idle {100 * row['server_idle_frac']:.0f}%")
+    for row in prediction["async_split_scan"]:
+        print(f"  async, {row['rollout_gpus']:3d} rollout + {row['train_gpus']:3d} trainer GPUs: "
+              f"{row['steps_per_hour']:.1f} steps/hour, server idle {100 * row['server_idle_frac']:.0f}%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(prediction, f, indent=2)
