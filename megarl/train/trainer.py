@@ -283,7 +283,7 @@ class Trainer:
         if self.is_driver:
             client = self._generation_client()
             busy = client.busy_seconds() - busy_before
-            metrics["rollout/server_idle_frac"] = max(0.0, 1.0 - busy / (step_s * len(client.servers)))
+            metrics["perf/server_idle_frac"] = max(0.0, 1.0 - busy / (step_s * len(client.servers)))
         if offloaded:
             metrics["colocate/offloaded_gib"] = offloaded / 2**30
         return metrics, progress.batch
