@@ -137,8 +137,10 @@ def test_partial_sample_is_continuous_across_a_weight_update(toy_model, servers,
         pusher.push(list(new.named_parameters()), weight_version="1")
         producer.after_update(1)
         server.forward_delay_s = 0.0
-        # groups admitted after the update may finish first: the cut group is in one of the next batches
-        batches = [producer.take(1, timeout_s=120) for _ in range(3)]
+        # groups queued or admitted after the update may finish first: the cut group is in one of the next batches
+        batches = []
+        while len(batches) < 6 and not any(s.versions[0] == 0 for b in batches for s in b.seqs):
+            batches.append(producer.take(1, timeout_s=120))
     finally:
         producer.stop()
         pusher.close()
