@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from megarl.algorithms.registry import algorithm_names, get_algorithm
+from megarl.algorithms.registry import CORRECTION_SETTINGS, algorithm_names, correction_names, get_algorithm, get_correction
 from megarl.rewards.extraction import ExtractionMode
 from megarl.rewards.grading import DEFAULT_TIMEOUT_S
 from megarl.rewards.schemes import RewardScheme, load_reward_function
@@ -113,8 +113,20 @@ class AlgorithmConfig(Section):
     dynamic_sampling: bool = False
     dynamic_sampling_max_rounds: int = Field(4, ge=1)
     overlong_filter: bool = False
-    importance_correction: Literal["none", "tis"] = "none"
-    importance_cap: float = 2.0
+    importance_correction: str = Field("none", description=(
+        "off-policy correction of the policy gradient toward the servers' behaviour policy, a registered one "
+        "(megarl/algorithms/registry.py): none, tis (truncated IS), mis (masked IS), icepop, decoupled (decoupled PPO); "
+        "every one but none recomputes the old log-probs and weights each token by pi_old / pi_behaviour"))
+    importance_cap: float | None = Field(2.0, gt=0, description=(
+        "upper bound of the importance weight: tis truncates at it; mis and icepop (beta) drop tokens or sequences "
+        "above it; decoupled drops tokens whose behaviour weight exceeds it (AReaL's behav_imp_weight_cap, which "
+        "it recommends at 5; null: no bound, decoupled only)"))
+    importance_low: float | None = Field(None, gt=0, description=(
+        "mis, icepop (alpha): lower bound; tokens or sequences whose weight is below it are dropped "
+        "(null: 1 / importance_cap, verl's default)"))
+    importance_level: Literal["token", "sequence", "geometric"] = Field("token", description=(
+        "mis: the ratio compared with the bounds: per token, the sequence's product exp(sum of log-ratios), or "
+        "its geometric mean exp(mean of log-ratios); a sequence's tokens are kept or dropped together"))
     whiten_advantages: bool = Field(False, description=(
         "whiten a group algorithm's advantages over every token of the global batch (ppo and the REINFORCE++ "
         "estimators always whiten)"))
@@ -133,11 +145,37 @@ class AlgorithmConfig(Section):
             raise ValueError(f"{name!r} is not a registered algorithm; choose one of: {', '.join(algorithm_names())}")
         return name
 
+    @field_validator("importance_correction")
+    @classmethod
+    def _registered_correction(cls, name: str) -> str:
+        if name not in correction_names():
+            raise ValueError(f"{name!r} is not a registered importance correction; choose one of: {', '.join(correction_names())}")
+        return name
+
     @model_validator(mode="after")
     def _check(self):
         if self.loss_agg == "seq-sum-constant" and not self.loss_constant:
             raise ValueError("loss_agg=seq-sum-constant needs algorithm.loss_constant (Dr. GRPO uses the max generation length)")
+        self._check_correction()
         return self
+
+    def _check_correction(self) -> None:
+        """The chosen correction's settings: a changed setting it does not read is refused (it would be
+        silently ignored); importance_correction=none ignores them all, so a recipe can switch it off."""
+        spec = get_correction(self.importance_correction)
+        if not spec.reweights:
+            return
+        for key in CORRECTION_SETTINGS:
+            value, default = getattr(self, key), type(self).model_fields[key].default
+            if key not in spec.reads and value != default:
+                raise ValueError(
+                    f"importance_correction={spec.name} does not read algorithm.{key} (it reads: {', '.join(spec.reads)}); "
+                    f"remove {key}={value}")
+        cap, low = self.importance_cap, self.importance_low
+        if cap is None and not spec.cap_optional:
+            raise ValueError(f"importance_correction={spec.name} needs algorithm.importance_cap (an upper bound > 0)")
+        if cap is not None and low is not None and low >= cap:
+            raise ValueError(f"algorithm.importance_low={low} must be below algorithm.importance_cap={cap}")
 
 
 class RolloutConfig(Section):
