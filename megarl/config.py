@@ -13,16 +13,20 @@ from __future__ import annotations
 import difflib
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from megarl.algorithms.registry import algorithm_names, get_algorithm
+from megarl.algorithms.registry import CORRECTION_SETTINGS, algorithm_names, correction_names, get_algorithm, get_correction
+from megarl.rewards.extraction import ExtractionMode
+from megarl.rewards.grading import DEFAULT_TIMEOUT_S
+from megarl.rewards.schemes import RewardScheme, load_reward_function
 
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = ("toy-arith",)  # megarl's CPU demo base model, pretrained and cached on first use
+SectionT = TypeVar("SectionT", bound="Section")
 
 
 class ConfigError(ValueError):
@@ -64,6 +68,9 @@ class ParallelConfig(Section):
     optimizer_offload: bool = Field(False, description=(
         "keep the optimizer state (fp32 master weights, Adam moments) in CPU memory and step it there "
         "(Megatron's HybridDeviceOptimizer; needs distributed_optimizer; on a CPU runtime the state is in host memory already)"))
+    optimizer: Literal["adam", "sgd"] = Field("adam", description=(
+        "Megatron's Adam (decoupled weight decay), or plain SGD without momentum: one step moves each weight by "
+        "exactly lr x its gradient, which the parity and weight-sync tests check"))
     lr: float = Field(1e-6, gt=0)
     min_lr: float = 0.0
     lr_warmup_steps: int = Field(0, ge=0)
@@ -106,8 +113,20 @@ class AlgorithmConfig(Section):
     dynamic_sampling: bool = False
     dynamic_sampling_max_rounds: int = Field(4, ge=1)
     overlong_filter: bool = False
-    importance_correction: Literal["none", "tis"] = "none"
-    importance_cap: float = 2.0
+    importance_correction: str = Field("none", description=(
+        "off-policy correction of the policy gradient toward the servers' behaviour policy, a registered one "
+        "(megarl/algorithms/registry.py): none, tis (truncated IS), mis (masked IS), icepop, decoupled (decoupled PPO); "
+        "every one but none recomputes the old log-probs and weights each token by pi_old / pi_behaviour"))
+    importance_cap: float | None = Field(2.0, gt=0, description=(
+        "upper bound of the importance weight: tis truncates at it; mis and icepop (beta) drop tokens or sequences "
+        "above it; decoupled drops tokens whose behaviour weight exceeds it (AReaL's behav_imp_weight_cap, which "
+        "it recommends at 5; null: no bound, decoupled only)"))
+    importance_low: float | None = Field(None, gt=0, description=(
+        "mis, icepop (alpha): lower bound; tokens or sequences whose weight is below it are dropped "
+        "(null: 1 / importance_cap, verl's default)"))
+    importance_level: Literal["token", "sequence", "geometric"] = Field("token", description=(
+        "mis: the ratio compared with the bounds: per token, the sequence's product exp(sum of log-ratios), or "
+        "its geometric mean exp(mean of log-ratios); a sequence's tokens are kept or dropped together"))
     whiten_advantages: bool = Field(False, description=(
         "whiten a group algorithm's advantages over every token of the global batch (ppo and the REINFORCE++ "
         "estimators always whiten)"))
@@ -126,11 +145,37 @@ class AlgorithmConfig(Section):
             raise ValueError(f"{name!r} is not a registered algorithm; choose one of: {', '.join(algorithm_names())}")
         return name
 
+    @field_validator("importance_correction")
+    @classmethod
+    def _registered_correction(cls, name: str) -> str:
+        if name not in correction_names():
+            raise ValueError(f"{name!r} is not a registered importance correction; choose one of: {', '.join(correction_names())}")
+        return name
+
     @model_validator(mode="after")
     def _check(self):
         if self.loss_agg == "seq-sum-constant" and not self.loss_constant:
             raise ValueError("loss_agg=seq-sum-constant needs algorithm.loss_constant (Dr. GRPO uses the max generation length)")
+        self._check_correction()
         return self
+
+    def _check_correction(self) -> None:
+        """The chosen correction's settings: a changed setting it does not read is refused (it would be
+        silently ignored); importance_correction=none ignores them all, so a recipe can switch it off."""
+        spec = get_correction(self.importance_correction)
+        if not spec.reweights:
+            return
+        for key in CORRECTION_SETTINGS:
+            value, default = getattr(self, key), type(self).model_fields[key].default
+            if key not in spec.reads and value != default:
+                raise ValueError(
+                    f"importance_correction={spec.name} does not read algorithm.{key} (it reads: {', '.join(spec.reads)}); "
+                    f"remove {key}={value}")
+        cap, low = self.importance_cap, self.importance_low
+        if cap is None and not spec.cap_optional:
+            raise ValueError(f"importance_correction={spec.name} needs algorithm.importance_cap (an upper bound > 0)")
+        if cap is not None and low is not None and low >= cap:
+            raise ValueError(f"algorithm.importance_low={low} must be below algorithm.importance_cap={cap}")
 
 
 class RolloutConfig(Section):
@@ -189,12 +234,27 @@ class DataConfig(Section):
 
 
 class RewardConfig(Section):
-    scheme: Literal["simplerl", "binary"] = "binary"
-    extraction: Literal["boxed", "qwen-math", "answer_is", "last_number"] = Field(
+    """How rollouts are graded and rewarded (megarl.rewards.schemes reads this section directly).
+
+    The scheme and extraction names are the ones megarl.rewards implements (`RewardScheme`,
+    `ExtractionMode`); a name it does not implement is refused here, listing the known ones.
+    """
+
+    scheme: RewardScheme = Field("binary", description=(
+        "simplerl (+1 / -0.5 wrong / -1 without a box), binary (1 / 0, Dr. GRPO) or r1 (1 only with the r1 format); "
+        "see megarl.rewards.schemes"))
+    extraction: ExtractionMode = Field(
         "boxed", description="answer extraction: boxed (strict) or qwen-math (Qwen2.5-Math's order, SimpleRL's); see megarl.rewards.extraction")
-    format_weight: float = 0.0
-    timeout_s: float = Field(5.0, gt=0)
+    format_weight: float = Field(0.0, ge=0, description="added when the format is followed (r1 shape, or a \\boxed{} answer); 0: off")
+    timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="hard limit in seconds on grading one answer (symbolic comparison)")
     custom: str | None = Field(None, description="'module:function' returning rewards for your own task")
+
+    @field_validator("custom")
+    @classmethod
+    def _importable(cls, path: str | None) -> str | None:
+        if path is not None:
+            load_reward_function(path)  # fail when the recipe loads, not mid-training
+        return path
 
 
 class EvalConfig(Section):
@@ -307,9 +367,9 @@ def _substitute(cfg: Config) -> None:
     cfg.run.output_dir = cfg.run.output_dir.replace("${run.name}", cfg.run.name)
 
 
-def _format_validation_error(err: ValidationError, data: dict) -> str:
+def _format_validation_error(err: ValidationError, data: dict, section: str | None = None) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    loc = ".".join(str(p) for p in ((section,) if section else ()) + tuple(first["loc"]))
     value = data
     for part in first["loc"]:
         value = value.get(part) if isinstance(value, dict) else None
@@ -322,6 +382,16 @@ def _format_validation_error(err: ValidationError, data: dict) -> str:
         msg = msg.removeprefix("Value error, ")
         return f"{loc or 'config'}: {msg}" if loc else msg
     return f"{loc}={value!r}: {msg}"
+
+
+def build_section(section: type[SectionT], name: str, values: dict[str, Any]) -> SectionT:
+    """One section from a command line's values, its own defaults for the rest: for CLIs that run
+    without a recipe (`megarl eval`, `megarl grade`), so their defaults are this module's too.
+    Raises ConfigError naming `name.field`, the value and the problem."""
+    try:
+        return section(**values)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, values, section=name)) from None
 
 
 def _merge(base: dict, delta: dict) -> dict:

@@ -9,7 +9,7 @@ def test_async_runs_get_rollout_panels(tmp_path):
     sync = [{"step": 1, "reward/mean": 0.1}]
     rows = [{"step": s, "reward/mean": 0.1 * s, "rollout/staleness_mean": 0.5, "rollout/staleness_max": 2,
              "rollout/partial_frac": 0.25, "rollout/tokens_lag0": 100, "rollout/tokens_lag1": 40, "rollout/tokens_lag10": 1,
-             "rollout/server_idle_frac": 0.05, "eval/toy/accuracy": 0.5} for s in (1, 2, 3)]
+             "perf/server_idle_frac": 0.05, "eval/toy/accuracy": 0.5} for s in (1, 2, 3)]
     assert [t for _, t in panels_for(sync)] == [t for _, t in panels_for([])]
     panels = dict((title, keys) for keys, title in panels_for(rows))
     assert panels["staleness (steps)"] == ("rollout/staleness_mean", "rollout/staleness_max")

@@ -230,7 +230,7 @@ def trl_worker(args) -> int:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 
     def boxed_reward(prompts, completions, answer, **kwargs) -> list[float]:
-        return [g.reward for g in compute_rewards(completions, answer, template=cfg.data.template)]
+        return [g.reward for g in compute_rewards(completions, answer, cfg.reward, template=cfg.data.template)]
 
     n, prompts_per_step = cfg.rollout.n, cfg.data.prompts_per_step
     grpo = GRPOConfig(

@@ -57,6 +57,8 @@ def actor_loss(
     mask = mb.loss_mask
     adv, old = mb.advantages, mb.old_logp
     if mb.is_weights is not None:
+        # The importance correction's weight w >= 0 (megarl.algorithms.corrections): every registered policy
+        # loss is positively homogeneous in the advantage, so loss(w * A) = w * loss(A) token by token.
         adv = adv * mb.is_weights
     pg, stats = policy_loss_fn(get_algorithm(algo.name))(logp, old, adv, mask, algo)
     scale = _agg_scale(mask, algo.loss_agg, normalizer)

@@ -6,10 +6,14 @@ As verl registers advantage estimators and policy losses under names (`register_
   `@register_advantage_estimator` in `megarl/algorithms/advantages.py`),
 - policy losses (`@register_policy_loss` in `megarl/algorithms/losses.py`),
 - algorithms (`register_algorithm(AlgorithmSpec(...))` below): estimator + loss + whether a critic is
-  trained, the group baseline (if any) computed over each prompt's samples, and fixed settings.
+  trained, the group baseline (if any) computed over each prompt's samples, and fixed settings,
+- off-policy corrections (`CorrectionSpec`, declared below and chosen by
+  `algorithm.importance_correction`; each implementation registers itself with `@register_correction`
+  in `megarl/algorithms/corrections.py`), independent of the algorithm.
 
-Config validation and the trainer ask this registry; nothing else tests algorithm names. Adding an
-algorithm is one `register_algorithm` entry (plus its estimator or loss when they are new). This module
+Config validation and the trainer ask this registry; nothing else tests algorithm or correction names.
+Adding an algorithm is one `register_algorithm` entry (plus its estimator or loss when they are new);
+adding a correction is one `declare_correction` entry plus its `@register_correction` function. This module
 imports no torch, so loading a recipe stays cheap.
 """
 
@@ -61,37 +65,87 @@ class AlgorithmSpec:
         return 2 if self.group_based else 1
 
 
+@dataclass(frozen=True)
+class CorrectionSpec:
+    """An off-policy correction: per-token weights on the policy gradient from the proximal (the actor's
+    recomputed) and the behaviour (the servers') log-probs. `reweights`: it needs both, so the old
+    log-probs are recomputed and never replaced by the behaviour ones. `reads`: the `algorithm.importance_*`
+    settings it uses (config validation refuses a changed setting it does not read)."""
+
+    name: str
+    reweights: bool
+    reads: tuple[str, ...] = ()
+    cap_optional: bool = False  # importance_cap may be None (no upper bound)
+    source: str = ""
+
+
 ALGORITHMS: dict[str, AlgorithmSpec] = {}
 ADVANTAGE_ESTIMATORS: dict[str, Callable] = {}
 POLICY_LOSSES: dict[str, Callable] = {}
+CORRECTIONS: dict[str, CorrectionSpec] = {}
+CORRECTION_FNS: dict[str, Callable] = {}
+# The algorithm settings a correction may read (each has its one default in AlgorithmConfig).
+CORRECTION_SETTINGS = ("importance_cap", "importance_low", "importance_level")
+
+
+def _add_spec(table: dict, spec, kind: str):
+    if spec.name in table:
+        raise ValueError(f"{kind} {spec.name!r} is registered twice; pick another name")
+    table[spec.name] = spec
+    return spec
+
+
+def _into(table: dict[str, Callable], name: str) -> Callable[[Callable], Callable]:
+    """A decorator storing its function in `table` under `name`."""
+
+    def register(fn: Callable) -> Callable:
+        table[name] = fn
+        return fn
+
+    return register
 
 
 def register_algorithm(spec: AlgorithmSpec) -> AlgorithmSpec:
-    if spec.name in ALGORITHMS:
-        raise ValueError(f"algorithm {spec.name!r} is registered twice; pick another name")
-    ALGORITHMS[spec.name] = spec
-    return spec
+    return _add_spec(ALGORITHMS, spec, "algorithm")
 
 
 def register_advantage_estimator(spec: EstimatorSpec) -> Callable[[Callable], Callable]:
     """Decorator: `fn(inputs: AdvantageInputs, algo: AlgorithmConfig, dp_group) -> TokenAdvantages`."""
-
-    def register(fn: Callable) -> Callable:
-        ADVANTAGE_ESTIMATORS[spec.name] = fn
-        return fn
-
-    return register
+    return _into(ADVANTAGE_ESTIMATORS, spec.name)
 
 
 def register_policy_loss(name: str) -> Callable[[Callable], Callable]:
     """Decorator: `fn(logp, old_logp, advantages, mask, algo: AlgorithmConfig) -> (scalar loss, stats)`,
     stats holding detached clipfrac, dual_clipfrac, ppo_kl (the trainer logs them for every loss)."""
+    return _into(POLICY_LOSSES, name)
 
-    def register(fn: Callable) -> Callable:
-        POLICY_LOSSES[name] = fn
-        return fn
 
-    return register
+def declare_correction(spec: CorrectionSpec) -> CorrectionSpec:
+    return _add_spec(CORRECTIONS, spec, "correction")
+
+
+def register_correction(name: str) -> Callable[[Callable], Callable]:
+    """Decorator for a declared correction's implementation: `fn(proximal_logp, behaviour_logp, mask, algo:
+    AlgorithmConfig) -> corrections.Correction` on [B, T] matrices whose rows are sequences."""
+    if name not in CORRECTIONS:
+        raise KeyError(f"correction {name!r} is not declared; add a CorrectionSpec in megarl/algorithms/registry.py")
+    return _into(CORRECTION_FNS, name)
+
+
+def correction_names() -> tuple[str, ...]:
+    return tuple(CORRECTIONS)
+
+
+def get_correction(name: str) -> CorrectionSpec:
+    try:
+        return CORRECTIONS[name]
+    except KeyError:
+        raise ValueError(f"algorithm.importance_correction={name!r} is not registered; choose one of: "
+                         f"{', '.join(CORRECTIONS)}") from None
+
+
+def correction_fn(spec: CorrectionSpec) -> Callable:
+    return _lookup(CORRECTION_FNS, spec.name, "correction", "megarl/algorithms/corrections.py")
 
 
 def algorithm_names() -> tuple[str, ...]:
@@ -140,3 +194,23 @@ register_algorithm(AlgorithmSpec(
 register_algorithm(AlgorithmSpec(
     "cispo", SEQUENCE, "cispo", group_baseline="grpo", requires={"loss_agg": "token-mean"},
     source="CISPO (MiniMax-M1 2025): clipped stop-gradient importance weights, token mean"))
+
+
+# ---- the off-policy corrections (algorithm.importance_correction) --------------------------------
+declare_correction(CorrectionSpec("none", reweights=False, source="no correction"))
+declare_correction(CorrectionSpec(
+    "tis", reweights=True, reads=("importance_cap",),
+    source="truncated IS, min(rho, cap) per token (Yao et al. 2025, 'Your Efficient RL Framework Secretly Brings You "
+           "Off-Policy RL Training'; verl rollout_is truncate mode)"))
+declare_correction(CorrectionSpec(
+    "mis", reweights=True, reads=CORRECTION_SETTINGS,
+    source="masked IS: tokens or sequences whose ratio leaves [low, cap] dropped, the rest weighted by it "
+           "(verl mismatch_helper.compute_rollout_importance_weights, mask mode; Liu, Li et al. 2025)"))
+declare_correction(CorrectionSpec(
+    "icepop", reweights=True, reads=("importance_cap", "importance_low"),
+    source="IcePop (Ling Team 2025, Ring-1T arXiv 2510.18855): tokens whose train/inference ratio leaves "
+           "[alpha, beta] dropped, the rest weighted by it"))
+declare_correction(CorrectionSpec(
+    "decoupled", reweights=True, reads=("importance_cap",), cap_optional=True,
+    source="decoupled PPO (Hilton et al. 2021, arXiv 2110.00641; AReaL, Fu et al. 2025, arXiv 2505.24298): "
+           "behaviour weight pi_prox / pi_behav, tokens above behav_imp_weight_cap dropped"))

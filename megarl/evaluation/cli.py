@@ -11,36 +11,58 @@ import sys
 import tempfile
 from pathlib import Path
 
+from megarl.config import ConfigError, DataConfig, EvalConfig, RewardConfig, build_section
 from megarl.evaluation.protocols import PROTOCOL_NAMES
 from megarl.rewards.extraction import EXTRACTION_MODES
 
+# flag -> field of the recipe's `eval` and `reward` sections; a flag left out keeps the section's
+# default (megarl.config), so `megarl eval` samples and grades as a recipe that does not set it.
+EVAL_FLAGS = {"n": "n", "temperature": "temperature", "top_p": "top_p", "max_new_tokens": "max_new_tokens",
+              "protocol": "protocol", "limit": "limit"}
+REWARD_FLAGS = {"extraction": "extraction"}
 
-def main(argv: list[str]) -> int:
+
+def _default(section, field: str):
+    return section.model_fields[field].default
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megarl eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="HF model directory (megarl starts rollout servers) or http://host:port of a server")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory; required with a URL)")
     parser.add_argument("--benchmarks", default="aime24,amc23,math500,minerva_math,olympiadbench,gsm8k_test",
                         help="comma-separated shipped set names or JSONL paths")
-    parser.add_argument("--template", default="qwen-boxed")
-    parser.add_argument("--n", type=int, default=1, help="samples per problem (avg@n and pass@n)")
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--protocol", default="custom", choices=PROTOCOL_NAMES,
+    parser.add_argument("--template", default=_default(DataConfig, "template"), help="prompt template (default %(default)s)")
+    parser.add_argument("--n", type=int, default=argparse.SUPPRESS,
+                        help=f"samples per problem (avg@n and pass@n; default {_default(EvalConfig, 'n')})")
+    parser.add_argument("--temperature", type=float, default=argparse.SUPPRESS, help=f"default {_default(EvalConfig, 'temperature')}")
+    parser.add_argument("--top-p", type=float, default=argparse.SUPPRESS, help=f"default {_default(EvalConfig, 'top_p')}")
+    parser.add_argument("--max-new-tokens", type=int, default=argparse.SUPPRESS, help=f"default {_default(EvalConfig, 'max_new_tokens')}")
+    parser.add_argument("--protocol", default=argparse.SUPPRESS, choices=PROTOCOL_NAMES,
                         help="a paper's sampling (simplerl-zoo: T=1, top-p 0.95, 16000 tokens, avg@32 on aime24; greedy: Dr. GRPO's), "
-                             "or custom: --n/--temperature/--top-p/--max-new-tokens (default %(default)s)")
-    parser.add_argument("--extraction", default="boxed", choices=EXTRACTION_MODES, help="answer extraction (default %(default)s)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems of each benchmark")
+                             f"or custom: --n/--temperature/--top-p/--max-new-tokens (default {_default(EvalConfig, 'protocol')})")
+    parser.add_argument("--extraction", default=argparse.SUPPRESS, choices=EXTRACTION_MODES,
+                        help=f"answer extraction (default {_default(RewardConfig, 'extraction')})")
+    parser.add_argument("--limit", type=int, default=argparse.SUPPRESS, help="evaluate only the first N problems of each benchmark")
     parser.add_argument("--servers", type=int, default=1, help="built-in servers to start for a model directory")
     parser.add_argument("--engine", choices=["builtin", "sglang"], default=None, help="default: sglang on GPUs, builtin on CPU")
     parser.add_argument("--out", default=None, help="directory for samples.jsonl and summary.json")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = eval_settings(args)
+    except ConfigError as err:
+        print(f"megarl eval: {err}", file=sys.stderr)
+        return 2
 
     from rich.console import Console
     from transformers import AutoTokenizer
 
-    from megarl.evaluation.harness import EvalSettings, evaluate_benchmarks, results_table
+    from megarl.evaluation.harness import evaluate_benchmarks, results_table
     from megarl.rollout.client import RolloutClient
 
     console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -70,11 +92,6 @@ def main(argv: list[str]) -> int:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
         client = RolloutClient(urls)
         client.wait_until_healthy(timeout_s=300)
-        settings = EvalSettings(
-            benchmarks=[b for b in args.benchmarks.split(",") if b], template=args.template, n=args.n,
-            temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed,
-            protocol=args.protocol, extraction=args.extraction,
-        )
         results = evaluate_benchmarks(client, tokenizer, settings, out_dir=Path(args.out) if args.out else None)
     except (FileNotFoundError, ValueError) as err:
         print(f"megarl eval: {err}", file=sys.stderr)
@@ -86,3 +103,15 @@ def main(argv: list[str]) -> int:
     if args.out:
         console.print(f"per-sample results: {Path(args.out) / 'samples.jsonl'}")
     return 0
+
+
+def eval_settings(args: argparse.Namespace):
+    """The evaluation the flags describe: the `eval` and `reward` sections built from the flags
+    given, the sections' defaults for the rest. Raises ConfigError naming the field."""
+    from megarl.evaluation.harness import EvalSettings
+
+    given = vars(args)
+    ev = build_section(EvalConfig, "eval", {"benchmarks": [b for b in args.benchmarks.split(",") if b],
+                                            **{field: given[flag] for flag, field in EVAL_FLAGS.items() if flag in given}})
+    reward = build_section(RewardConfig, "reward", {field: given[flag] for flag, field in REWARD_FLAGS.items() if flag in given})
+    return EvalSettings(eval=ev, reward=reward, template=args.template, seed=args.seed, stop_token_ids=[])

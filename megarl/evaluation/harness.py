@@ -14,31 +14,38 @@ import math
 import time
 from pathlib import Path
 
+from megarl.config import Config, EvalConfig, RewardConfig
+from megarl.runtime.seeds import fold_seed
+
 
 @dataclasses.dataclass
 class EvalSettings:
-    benchmarks: list[str]
-    template: str = "qwen-boxed"
-    n: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
-    limit: int | None = None  # first `limit` problems of each benchmark (quick checks)
-    seed: int = 0
-    grade_timeout: float = 5.0
-    protocol: str = "custom"  # "simplerl-zoo", "greedy", or "custom" (the values above)
-    extraction: str = "boxed"  # answer extraction (megarl.rewards.extraction), as the recipe's reward
-    stop_token_ids: list[int] = dataclasses.field(default_factory=list)
+    """One evaluation run. No defaults here: the recipe's sections (megarl.config) hold them, and
+    `megarl eval` builds the same sections from its flags."""
 
-    def sampling_for(self, benchmark: str, template: str) -> tuple[int, float, float, int, tuple[str, ...]]:
-        """(n, temperature, top_p, max_new_tokens, extra stop strings) for one benchmark."""
-        from megarl.evaluation.protocols import get_protocol
+    eval: EvalConfig  # benchmarks, protocol, sampling, limit
+    reward: RewardConfig  # answer extraction and grading time limit, as training grades
+    template: str  # prompt template (data.template)
+    seed: int  # sampling seed
+    stop_token_ids: list[int]  # token ids that end a response (rollout.stop_token_ids)
 
-        protocol = get_protocol(self.protocol)
-        if protocol is None:
-            return self.n, self.temperature, self.top_p, self.max_new_tokens, ()
-        n = protocol.n_per_benchmark.get(benchmark, protocol.n)
-        return n, protocol.temperature, protocol.top_p, protocol.max_new_tokens, protocol.extra_stops.get(template, ())
+    @classmethod
+    def from_recipe(cls, cfg: Config) -> EvalSettings:
+        """The held-out evaluation of a training run."""
+        return cls(eval=cfg.eval, reward=cfg.reward, template=cfg.data.template, seed=fold_seed(cfg.run.seed, 62),
+                   stop_token_ids=list(cfg.rollout.stop_token_ids))
+
+
+def sampling_for(ev: EvalConfig, benchmark: str, template: str) -> tuple[int, float, float, int, tuple[str, ...]]:
+    """(n, temperature, top_p, max_new_tokens, extra stop strings) for one benchmark: the named
+    protocol's, or the section's own values under protocol=custom."""
+    from megarl.evaluation.protocols import get_protocol
+
+    protocol = get_protocol(ev.protocol)
+    if protocol is None:
+        return ev.n, ev.temperature, ev.top_p, ev.max_new_tokens, ()
+    n = protocol.n_per_benchmark.get(benchmark, protocol.n)
+    return n, protocol.temperature, protocol.top_p, protocol.max_new_tokens, protocol.extra_stops.get(template, ())
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -60,13 +67,13 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         samples_file = (out_dir / "samples.jsonl").open("w")
-    for name in settings.benchmarks:
+    for name in settings.eval.benchmarks:
         rows = load_prompts(name)
-        if settings.limit:
-            rows = rows[: settings.limit]
+        if settings.eval.limit:
+            rows = rows[: settings.eval.limit]
         started = time.perf_counter()
         prompts = [tokenizer(render_prompt(template, r.problem, tokenizer), add_special_tokens=False)["input_ids"] for r in rows]
-        n, temperature, top_p, max_new_tokens, extra_stops = settings.sampling_for(name, settings.template)
+        n, temperature, top_p, max_new_tokens, extra_stops = sampling_for(settings.eval, name, settings.template)
         sampling = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
             stop=list(dict.fromkeys([*stop_strings(template, tokenizer), *extra_stops])),
@@ -83,8 +90,8 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
         flat = [s for group in outputs for s in group]
         grades = grade_batch(
             [s.text for s in flat], [rows[s.prompt_index].answer for s in flat], template=settings.template,
-            timeout=settings.grade_timeout, finish_reasons=[s.finish_reason for s in flat],
-            extraction_mode=settings.extraction,
+            timeout=settings.reward.timeout_s, finish_reasons=[s.finish_reason for s in flat],
+            extraction_mode=settings.reward.extraction,
         )
         correct_per_prompt = [0] * len(rows)
         for s, g in zip(flat, grades):

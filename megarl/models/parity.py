@@ -44,7 +44,8 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
     from megarl.models.hf_io import load_hf_into_model
     from megarl.models.pipeline import run_pipeline
     from megarl.models.spec import ModelSpec
-    from megarl.models.training import OptimSettings, wrap_for_training, zero_grads
+    from megarl.config import ParallelConfig
+    from megarl.models.training import wrap_for_training, zero_grads
 
     spec = ModelSpec.from_hf(hf_dir)
     model = build_model(spec, sequence_parallel=sequence_parallel)
@@ -75,7 +76,7 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
 
     if train_out is not None:
         model.train()
-        ddp, optimizer = wrap_for_training(model, OptimSettings(optimizer="sgd", lr=0.5, clip_grad=0.0))
+        ddp, optimizer = wrap_for_training(model, ParallelConfig(optimizer="sgd", lr=0.5, clip_grad=0.0))
         zero_grads(ddp, optimizer)
 
         def ce_loss(output, mb):

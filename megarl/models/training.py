@@ -5,61 +5,49 @@ Shared by the trainer (actor and critic) and the parity tests, so both exercise 
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-
-@dataclasses.dataclass
-class OptimSettings:
-    optimizer: str = "adam"  # "adam" or "sgd"
-    lr: float = 1e-6
-    min_lr: float = 0.0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    sgd_momentum: float = 0.0
-    clip_grad: float = 1.0
-    distributed_optimizer: bool = False
-    optimizer_offload: bool = False  # optimizer state and step on the CPU (Megatron's HybridDeviceOptimizer)
-    grad_reduce_in_fp32: bool = True
+from megarl.config import ParallelConfig
 
 
-def wrap_for_training(model, settings: OptimSettings):
-    """Return (ddp_model, optimizer). The model's config gets the no-sync and finalize hooks that
-    Megatron's pipeline schedule calls (grad all-reduce over DP, tied-embedding and layernorm
-    reductions)."""
+def wrap_for_training(model, par: ParallelConfig):
+    """Return (ddp_model, optimizer) for the recipe's actor or critic section `par` (optimizer kind,
+    learning rate, Adam betas and eps, weight decay, gradient clipping, distributed optimizer,
+    offload). The model's config gets the no-sync and finalize hooks that Megatron's pipeline
+    schedule calls (grad all-reduce over DP, tied-embedding and layernorm reductions).
+
+    Fixed here, not settings: gradients reduce in fp32 (Megatron's main grads; megarl.launch.memory
+    counts them), and SGD has no momentum (megatron-core's OptimizerConfig defaults it to 0.9)."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     from megarl.runtime.device import on_gpu
 
     config = model.config
-    offload = settings.optimizer_offload and on_gpu()
+    offload = par.optimizer_offload and on_gpu()
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=settings.grad_reduce_in_fp32,
+        grad_reduce_in_fp32=True,
         overlap_grad_reduce=False,
-        use_distributed_optimizer=settings.distributed_optimizer,
+        use_distributed_optimizer=par.distributed_optimizer,
     )
     ddp = DistributedDataParallel(config=config, ddp_config=ddp_config, module=model)
     config.no_sync_func = ddp.no_sync
     config.finalize_model_grads_func = finalize_model_grads
     dtype = next(model.parameters()).dtype
     opt_config = OptimizerConfig(
-        optimizer=settings.optimizer,
-        lr=settings.lr,
-        min_lr=settings.min_lr,
-        weight_decay=settings.weight_decay,
-        adam_beta1=settings.adam_beta1,
-        adam_beta2=settings.adam_beta2,
-        adam_eps=settings.adam_eps,
-        sgd_momentum=settings.sgd_momentum,
-        clip_grad=settings.clip_grad,
+        optimizer=par.optimizer,
+        lr=par.lr,
+        min_lr=par.min_lr,
+        weight_decay=par.weight_decay,
+        adam_beta1=par.adam_beta1,
+        adam_beta2=par.adam_beta2,
+        adam_eps=par.adam_eps,
+        sgd_momentum=0.0,
+        clip_grad=par.clip_grad,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         params_dtype=dtype,
-        use_distributed_optimizer=settings.distributed_optimizer,
+        use_distributed_optimizer=par.distributed_optimizer,
         # On a CPU runtime the optimizer state is in host memory already (Megatron's hybrid
         # optimizer moves CUDA parameters only), so the switch changes nothing there.
         optimizer_cpu_offload=offload,

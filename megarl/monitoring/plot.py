@@ -16,7 +16,7 @@ PANELS = (
 # Drawn when the run logged them (rollout.mode=overlap/async); a tuple of keys shares one panel.
 ROLLOUT_PANELS = (
     (("rollout/staleness_mean", "rollout/staleness_max"), "staleness (steps)"), ("rollout/partial_frac", "partial samples"),
-    ("rollout/tokens_lag*", "tokens by policy lag"), ("rollout/server_idle_frac", "server idle fraction"),
+    ("rollout/tokens_lag*", "tokens by policy lag"), ("perf/server_idle_frac", "server idle fraction"),
     ("mismatch/logp_abs_mean", "|behaviour - recomputed log-prob|"),
 )
 

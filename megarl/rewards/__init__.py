@@ -1,8 +1,10 @@
 """Rewards for math reasoning: answer extraction, equivalence, hard-limited grading, reward schemes.
 
-Typical use in a trainer step::
+Typical use in a trainer step (the recipe's `reward` section, megarl.config.RewardConfig, holds
+the scheme, extraction and grading limit)::
 
-    from megarl.rewards import RewardConfig, compute_rewards
+    from megarl.config import RewardConfig
+    from megarl.rewards import compute_rewards
     results = compute_rewards(responses, gold_answers, RewardConfig(scheme="binary"), template="qwen-boxed",
                               finish_reasons=finish_reasons)
     rewards = [r.reward for r in results]
@@ -12,14 +14,14 @@ from megarl.rewards.equivalence import quick_equal, symbolic_equal
 from megarl.rewards.extraction import ExtractedAnswer, extract_answer, extract_r1_answer, is_truncated, r1_format_ok
 from megarl.rewards.grading import DEFAULT_TIMEOUT_S, GradeResult, GradingPool, grade_answer, grade_batch
 from megarl.rewards.normalization import normalize_answer
-from megarl.rewards.schemes import RewardConfig, apply_reward, compute_rewards, load_reward_function
+from megarl.rewards.schemes import SCHEMES, apply_reward, compute_rewards, load_reward_function
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "ExtractedAnswer",
     "GradeResult",
     "GradingPool",
-    "RewardConfig",
+    "SCHEMES",
     "apply_reward",
     "compute_rewards",
     "extract_answer",

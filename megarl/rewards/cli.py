@@ -17,13 +17,16 @@ import tempfile
 import time
 from typing import Any
 
+from megarl.config import ConfigError, DataConfig, RewardConfig, build_section
 from megarl.data.loading import iter_json_objects
 from megarl.data.templates import TEMPLATES
 from megarl.rewards.extraction import EXTRACTION_MODES
-from megarl.rewards.grading import DEFAULT_TIMEOUT_S, GradingPool
-from megarl.rewards.schemes import SCHEMES, RewardConfig, compute_rewards
+from megarl.rewards.grading import GradingPool
+from megarl.rewards.schemes import SCHEMES, compute_rewards
 
 REQUIRED_FIELDS = ("id", "response", "answer")
+# flag -> field of the recipe's `reward` section; a flag left out keeps the section's default
+REWARD_FLAGS = {"scheme": "scheme", "extraction": "extraction", "timeout": "timeout_s"}
 CHUNK_ROWS = 1024
 
 EXAMPLE = """example:
@@ -78,7 +81,7 @@ def grade_rows(rows: list[dict[str, Any]], config: RewardConfig, default_templat
     by_template: dict[str, list[int]] = {}
     for index, row in enumerate(rows):
         by_template.setdefault(row.get("template", default_template), []).append(index)
-    with GradingPool(num_workers=workers, timeout=config.timeout, lazy=True) as pool, Progress(
+    with GradingPool(num_workers=workers, timeout=config.timeout_s, lazy=True) as pool, Progress(
         console=_stderr_console(), transient=True, disable=len(rows) < CHUNK_ROWS
     ) as progress:
         task = progress.add_task("grading", total=len(rows))
@@ -147,21 +150,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("file", help="input JSON Lines file, or - for standard input")
     parser.add_argument("--out", help="write graded rows here instead of standard output")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="hard limit per answer in seconds (default %(default)s)")
-    parser.add_argument("--template", default="qwen-boxed", choices=list(TEMPLATES), help="template for rows without one (default %(default)s)")
-    parser.add_argument("--scheme", default="binary", choices=SCHEMES, help="reward scheme (default %(default)s)")
-    parser.add_argument("--extraction", default="boxed", choices=EXTRACTION_MODES,
+    default = {flag: RewardConfig.model_fields[field].default for flag, field in REWARD_FLAGS.items()}
+    # No argparse defaults for the reward flags: the recipe section's defaults (megarl.config) apply.
+    parser.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                        help=f"hard limit per answer in seconds (default {default['timeout']})")
+    parser.add_argument("--template", default=DataConfig.model_fields["template"].default, choices=list(TEMPLATES),
+                        help="template for rows without one (default %(default)s, as data.template)")
+    parser.add_argument("--scheme", default=argparse.SUPPRESS, choices=SCHEMES, help=f"reward scheme (default {default['scheme']})")
+    parser.add_argument("--extraction", default=argparse.SUPPRESS, choices=EXTRACTION_MODES,
                         help="answer extraction: 'boxed' (strict, the last \\boxed{}), 'qwen-math' (Qwen2.5-Math's order: "
                              "last box, 'the answer is', last number; SimpleRL-Zoo's reward), or megarl's 'answer_is' / "
-                             "'last_number' fallbacks after the box (default %(default)s)")
+                             f"'last_number' fallbacks after the box (default {default['extraction']})")
     parser.add_argument("--workers", type=int, default=None, help="grading worker processes (default min(4, cores))")
     return parser
 
 
+def reward_section(args: argparse.Namespace) -> RewardConfig:
+    """The `reward` section the flags describe: the flags given, the section's defaults for the rest."""
+    return build_section(RewardConfig, "reward", {field: getattr(args, flag) for flag, field in REWARD_FLAGS.items() if hasattr(args, flag)})
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.timeout <= 0:
-        print(f"megarl grade: --timeout must be > 0 seconds, got {args.timeout}", file=sys.stderr)
+    try:
+        config = reward_section(args)
+    except ConfigError as error:  # e.g. --timeout 0: "reward.timeout_s=0.0: Input should be greater than 0"
+        print(f"megarl grade: {error}", file=sys.stderr)
         return 2
     try:
         rows = read_rows(args.file, args.template)
@@ -171,7 +185,6 @@ def main(argv: list[str]) -> int:
     except FileNotFoundError:
         print(f"megarl grade: no such file: {args.file}", file=sys.stderr)
         return 2
-    config = RewardConfig(scheme=args.scheme, timeout=args.timeout, extraction_mode=args.extraction)
     graded, summary = grade_rows(rows, config, args.template, args.workers)
     write_rows(graded, args.out)
     print(

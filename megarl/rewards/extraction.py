@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from megarl.rewards.normalization import normalize_answer
 
 # Which fallbacks to try after `\boxed{}`: "boxed" only (SimpleRL's rule: no box, no answer),
 # "answer_is" adds "the answer is ...", "last_number" adds the last number in the text.
 ExtractionMode = Literal["boxed", "qwen-math", "answer_is", "last_number"]
-EXTRACTION_MODES: tuple[str, ...] = ("boxed", "qwen-math", "answer_is", "last_number")
+EXTRACTION_MODES: tuple[str, ...] = get_args(ExtractionMode)
 FallbackOrder: dict[str, tuple[str, ...]] = {
     "boxed": ("boxed",),
     "answer_is": ("boxed", "answer_is"),

@@ -53,7 +53,7 @@ class LossTargets:
     old_logp: torch.Tensor | None = None  # the PPO ratio's denominator (None: single pass fills it in)
     ref_logp: torch.Tensor | None = None  # KL as a loss
     behaviour_logp: torch.Tensor | None = None  # the rollout server's log-probs
-    is_weights: torch.Tensor | None = None  # truncated importance weights toward the behaviour policy (TIS)
+    is_weights: torch.Tensor | None = None  # per-token off-policy correction weights (megarl/algorithms/corrections.py)
     returns: torch.Tensor | None = None  # critic
     old_values: torch.Tensor | None = None  # critic
 

@@ -86,7 +86,7 @@ def run_training(cfg) -> int:
 
 
 def _train_locked(cfg) -> int:
-    from megarl.train.checkpointing import NonFiniteWeightsError, NoVerifiedCheckpointError
+    from megarl.checkpoint.manager import NonFiniteWeightsError, NoVerifiedCheckpointError
     from megarl.train.preemption import PreemptedError, StopRequest
     from megarl.train.trainer import NonFiniteTrainingError, Trainer
 

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
+from megarl.checkpoint.manager import CheckpointManager, export_hf
 from megarl.config import BUILTIN_PREFIX, Config, validate_semantics
 from megarl.data.prompt_stream import PromptStream
 from megarl.models.spec import ModelSpec
 from megarl.rollout import fleet
 from megarl.runtime import collectives
 from megarl.runtime.seeds import fold_seed
-from megarl.train import checkpointing
 from megarl.train.batch import Packer, shard_for_data_parallel
 from megarl.train.preemption import PreemptedError, StepProgress, StopRequest
 from megarl.train.stages import advantages, generate, logprobs, produce, sync, update
@@ -89,8 +89,7 @@ class Trainer:
         self.producer: produce.Producer | None = None  # rollout.mode=async (driver)
         self._async_state: dict | None = None  # a resumed async run's producer state
         self.prompts = self.tokenizer = self.servers = self.client = self.pusher = self.logger = None  # driver
-        self.checkpoints = checkpointing.CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last,
-                                                           async_save=cfg.checkpoint.async_save)
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.checkpoint)
         if self.is_driver:
             self._setup_driver()
         if cfg.run.resume:
@@ -115,20 +114,9 @@ class Trainer:
         return path / "hf" if (path / "megarl_checkpoint.json").exists() else path
 
     def _worker(self, role: str, par, trainable: bool) -> ModelWorker:
-        from megarl.models.training import OptimSettings
-
-        optim = OptimSettings(
-            optimizer="adam", lr=par.lr, min_lr=par.min_lr, weight_decay=par.weight_decay, adam_beta1=par.adam_beta1,
-            adam_beta2=par.adam_beta2, adam_eps=par.adam_eps, clip_grad=par.clip_grad,
-            distributed_optimizer=par.distributed_optimizer, optimizer_offload=par.optimizer_offload,
-        )
         steps = self.cfg.run.steps * self.cfg.algorithm.epochs * self.cfg.algorithm.mini_batches
-        return ModelWorker(self.spec, WorkerSettings(
-            role=role, dtype=self.dtype, recompute=par.recompute, sequence_parallel=par.sequence_parallel,
-            trainable=trainable, optim=optim,
-            lr_warmup_steps=par.lr_warmup_steps or math.ceil(par.lr_warmup_ratio * steps), lr_decay_steps=steps,
-            lr_schedule=par.lr_schedule,
-        ))
+        return ModelWorker(self.spec, WorkerSettings(role=role, dtype=self.dtype, parallel=par, trainable=trainable,
+                                                     optimizer_steps=steps))
 
     def _load_initial_weights(self) -> None:
         from megarl.models.hf_io import load_hf_into_model
@@ -140,7 +128,7 @@ class Trainer:
                 if worker is not None:
                     load_model_weights(worker.model, self.initial_torch_dist)
             # what the rollout servers start from
-            self.model_dir = checkpointing.export_hf(self.actor.module, self.run_dir / "initial_hf", self.model_dir, self.is_driver)
+            self.model_dir = export_hf(self.actor.module, self.run_dir / "initial_hf", self.model_dir, self.is_driver)
             return
         for worker in (self.actor, self.reference, self.critic):
             if worker is not None:
@@ -231,7 +219,7 @@ class Trainer:
             if saved:
                 self.save_checkpoint()
             if self.cfg.checkpoint.hf_export_every and self.step % self.cfg.checkpoint.hf_export_every == 0:
-                checkpointing.export_hf(self.actor.module, self.run_dir / "hf" / f"step_{self.step:06d}", self.model_dir, self.is_driver)
+                export_hf(self.actor.module, self.run_dir / "hf" / f"step_{self.step:06d}", self.model_dir, self.is_driver)
             self._stop_point(stop, None if saved else StepProgress())
         if self.cfg.eval.every and evaluated_at != self.step and self.step > 0:
             final = self.evaluate(self.step)
@@ -283,7 +271,7 @@ class Trainer:
         if self.is_driver:
             client = self._generation_client()
             busy = client.busy_seconds() - busy_before
-            metrics["rollout/server_idle_frac"] = max(0.0, 1.0 - busy / (step_s * len(client.servers)))
+            metrics["perf/server_idle_frac"] = max(0.0, 1.0 - busy / (step_s * len(client.servers)))
         if offloaded:
             metrics["colocate/offloaded_gib"] = offloaded / 2**30
         return metrics, progress.batch

@@ -8,10 +8,12 @@ stages get empty results and take part in the pipeline schedule.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+import math
+from typing import Callable, Literal
 
 import torch
 
+from megarl.config import ParallelConfig
 from megarl.models.build import build_model
 from megarl.models.pipeline import run_pipeline
 from megarl.models.spec import ModelSpec
@@ -59,15 +61,14 @@ def response_values(values: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
 
 @dataclasses.dataclass
 class WorkerSettings:
-    role: str  # actor | critic | reference
+    """One model worker. No defaults here: layout, recompute, optimizer and LR schedule are the
+    recipe's actor or critic section (megarl.config.ParallelConfig) as it is."""
+
+    role: Literal["actor", "critic", "reference"]
     dtype: torch.dtype
-    recompute: str | None = None
-    sequence_parallel: bool = False
-    trainable: bool = True
-    optim: object | None = None  # megarl.models.training.OptimSettings
-    lr_warmup_steps: int = 0
-    lr_decay_steps: int | None = None
-    lr_schedule: str = "constant"
+    parallel: ParallelConfig  # cfg.actor (actor, reference) or cfg.critic
+    trainable: bool  # False: frozen (the reference), no optimizer
+    optimizer_steps: int  # optimizer steps over the whole run: the LR schedule's length (warmup ratio, decay)
 
 
 class ModelWorker:
@@ -77,12 +78,13 @@ class ModelWorker:
         self.spec = spec
         self.settings = settings
         role = "critic" if settings.role == "critic" else "actor"
-        self.model = build_model(spec, role=role, dtype=settings.dtype, recompute=settings.recompute,
-                                 sequence_parallel=settings.sequence_parallel)
+        par = settings.parallel
+        self.model = build_model(spec, role=role, dtype=settings.dtype, recompute=par.recompute,
+                                 sequence_parallel=par.sequence_parallel)
         self.ddp = self.optimizer = self.scheduler = None
         if settings.trainable:
-            self.ddp, self.optimizer = wrap_for_training(self.model, settings.optim)
-            self.scheduler = _scheduler(self.optimizer, settings)
+            self.ddp, self.optimizer = wrap_for_training(self.model, par)
+            self.scheduler = _scheduler(self.optimizer, par, settings.optimizer_steps)
         else:
             for p in self.model.parameters():
                 p.requires_grad_(False)
@@ -163,21 +165,23 @@ class ModelWorker:
         return collectives.all_reduce(bad, op="max").item() == 0
 
 
-def _scheduler(optimizer, settings: WorkerSettings):
+def _scheduler(optimizer, par: ParallelConfig, optimizer_steps: int):
+    """Megatron's LR (and weight-decay) schedule for the section `par` over `optimizer_steps`:
+    warmup for lr_warmup_steps (or lr_warmup_ratio of the run), then lr_schedule down to min_lr."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    optim = settings.optim
-    decay_steps = max(settings.lr_decay_steps or 1, settings.lr_warmup_steps + 1)
+    warmup = par.lr_warmup_steps or math.ceil(par.lr_warmup_ratio * optimizer_steps)
+    decay_steps = max(optimizer_steps, warmup + 1)
     return OptimizerParamScheduler(
         optimizer,
-        init_lr=0.0 if settings.lr_warmup_steps else optim.lr,
-        max_lr=optim.lr,
-        min_lr=optim.min_lr if settings.lr_schedule != "constant" else optim.lr,
-        lr_warmup_steps=settings.lr_warmup_steps,
+        init_lr=0.0 if warmup else par.lr,
+        max_lr=par.lr,
+        min_lr=par.min_lr if par.lr_schedule != "constant" else par.lr,
+        lr_warmup_steps=warmup,
         lr_decay_steps=decay_steps,
-        lr_decay_style=settings.lr_schedule,
-        start_wd=optim.weight_decay,
-        end_wd=optim.weight_decay,
+        lr_decay_style=par.lr_schedule,
+        start_wd=par.weight_decay,
+        end_wd=par.weight_decay,
         wd_incr_steps=decay_steps,
         wd_incr_style="constant",
     )

@@ -2,20 +2,21 @@
 
 import pytest
 
-from megarl.evaluation.harness import EvalSettings, pass_at_k
+from megarl.config import EvalConfig
+from megarl.evaluation.harness import pass_at_k, sampling_for
 from megarl.evaluation.protocols import get_protocol
 
 
 def test_simplerl_zoo_protocol_per_benchmark():
-    settings = EvalSettings(benchmarks=["math500", "aime24"], protocol="simplerl-zoo", n=4, temperature=0.0)
-    assert settings.sampling_for("math500", "qwen-boxed") == (1, 1.0, 0.95, 16000, ("assistant", "user", "_end", "_start"))
-    assert settings.sampling_for("aime24", "abel") == (32, 1.0, 0.95, 16000, ("Question:", "Answer:"))
+    ev = EvalConfig(benchmarks=["math500", "aime24"], protocol="simplerl-zoo", n=4, temperature=0.0)
+    assert sampling_for(ev, "math500", "qwen-boxed") == (1, 1.0, 0.95, 16000, ("assistant", "user", "_end", "_start"))
+    assert sampling_for(ev, "aime24", "abel") == (32, 1.0, 0.95, 16000, ("Question:", "Answer:"))
 
 
 def test_greedy_and_custom():
-    assert EvalSettings(benchmarks=[], protocol="greedy").sampling_for("amc23", "r1") == (1, 0.0, 1.0, 3000, ())
-    custom = EvalSettings(benchmarks=[], n=4, temperature=0.7, top_p=0.9, max_new_tokens=77)
-    assert custom.sampling_for("amc23", "abel") == (4, 0.7, 0.9, 77, ())
+    assert sampling_for(EvalConfig(protocol="greedy"), "amc23", "r1") == (1, 0.0, 1.0, 3000, ())
+    custom = EvalConfig(n=4, temperature=0.7, top_p=0.9, max_new_tokens=77)
+    assert sampling_for(custom, "amc23", "abel") == (4, 0.7, 0.9, 77, ())
     assert get_protocol("custom") is None
     with pytest.raises(ValueError, match="unknown eval.protocol 'zoo'; use one of custom, simplerl-zoo, greedy"):
         get_protocol("zoo")

@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
-from megarl.rewards.extraction import extract_answer, qwen_math_answer
+from megarl.config import ConfigError, RewardConfig, build_section
+from megarl.rewards.extraction import EXTRACTION_MODES, extract_answer, qwen_math_answer
 from megarl.rewards.grading import grade_batch
-from megarl.rewards.schemes import RewardConfig, apply_reward, compute_rewards
+from megarl.rewards.schemes import apply_reward, compute_rewards
 
 # (name, response, gold, SimpleRL-Zoo verdict, megarl "boxed" verdict)
 EXTRACTION_CASES = [
@@ -63,17 +64,18 @@ def test_qwen_math_extraction_rules():
 
 def test_simplerl_scheme_gives_minus_one_without_a_box_even_when_correct():
     # SimpleRL v0 (experience_maker.py): `if "boxed" not in model_output: box_match = -1.0`.
-    config = RewardConfig(scheme="simplerl", extraction_mode="qwen-math")
+    config = RewardConfig(scheme="simplerl", extraction="qwen-math")
     unboxed, boxed_wrong, boxed_right = compute_rewards(
         ["The answer is 42.", "\\boxed{41}", "\\boxed{42}"], ["42"] * 3, config, template="qwen-boxed")
     assert unboxed.correct and unboxed.reward == -1.0
     assert (boxed_wrong.reward, boxed_right.reward) == (-0.5, 1.0)
-    assert apply_reward(unboxed, RewardConfig(scheme="binary", extraction_mode="qwen-math")) == 1.0
+    assert apply_reward(unboxed, RewardConfig(scheme="binary", extraction="qwen-math")) == 1.0
 
 
 def test_unknown_extraction_mode_is_a_clear_error():
-    with pytest.raises(ValueError, match="reward.extraction='qwen' is not a known mode; use one of boxed, qwen-math"):
-        RewardConfig(extraction_mode="qwen")
+    with pytest.raises(ConfigError, match="reward.extraction='qwen': Input should be 'boxed', 'qwen-math', 'answer_is' or 'last_number'"):
+        build_section(RewardConfig, "reward", {"extraction": "qwen"})
+    assert RewardConfig.model_fields["extraction"].annotation.__args__ == EXTRACTION_MODES  # one vocabulary
 
 
 def test_grade_cli_extraction_flag(tmp_path):

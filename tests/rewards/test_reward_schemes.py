@@ -7,7 +7,9 @@ import textwrap
 
 import pytest
 
-from megarl.rewards import GradeResult, RewardConfig, apply_reward, compute_rewards
+from megarl.config import ConfigError, RewardConfig, build_section
+from megarl.rewards import SCHEMES, GradeResult, apply_reward, compute_rewards
+from megarl.rewards.schemes import SCHEME_REWARDS, scheme_rewards
 
 
 def grade(correct: bool, has_answer: bool = True, truncated: bool = False, format_ok=None, source="boxed") -> GradeResult:
@@ -48,22 +50,33 @@ def test_format_weight_is_added_only_when_followed():
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ValueError, match="reward.scheme='dapo'"):
-        RewardConfig(scheme="dapo")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="format_weight"):
-        RewardConfig(format_weight=-1)
-    with pytest.raises(ValueError, match="module:function"):
-        RewardConfig(reward_function="no_colon")
+    with pytest.raises(ConfigError, match=r"reward.scheme='dapo': Input should be 'simplerl', 'binary' or 'r1'"):
+        build_section(RewardConfig, "reward", {"scheme": "dapo"})
+    with pytest.raises(ConfigError, match="reward.format_weight=-1"):
+        build_section(RewardConfig, "reward", {"format_weight": -1})
+    with pytest.raises(ConfigError, match="reward.custom: reward.custom='no_colon' must be 'module:function'"):
+        build_section(RewardConfig, "reward", {"custom": "no_colon"})
     with pytest.raises(ValueError, match="cannot import module"):
-        RewardConfig(reward_function="surely_not_a_module_xyz:score")
+        RewardConfig(custom="surely_not_a_module_xyz:score")
+
+
+def test_one_scheme_vocabulary():
+    # The names the recipe accepts are the ones megarl.rewards implements, and an unknown name
+    # that got past the recipe (model_construct skips validation) is still a clear error.
+    assert set(SCHEME_REWARDS) == set(SCHEMES) == {"simplerl", "binary", "r1"}
+    assert RewardConfig.model_fields["scheme"].annotation.__args__ == SCHEMES
+    with pytest.raises(ValueError, match="reward.scheme='dapo' is not a known scheme; use one of simplerl, binary, r1"):
+        scheme_rewards("dapo")
+    with pytest.raises(ValueError, match="not a known scheme"):
+        apply_reward(grade(True), RewardConfig.model_construct(scheme="dapo", format_weight=0.0))
 
 
 def test_end_to_end_rewards_through_grading():
     responses = ["\\boxed{4}", "\\boxed{5}", "I think 4", "\\boxed{4}"]
-    results = compute_rewards(responses, ["4"] * 4, RewardConfig(scheme="simplerl"),
+    results = compute_rewards(responses, ["4"] * 4, RewardConfig(scheme="simplerl"), template="qwen-boxed",
                               finish_reasons=[None, None, None, {"type": "length"}])
     assert [r.reward for r in results] == [1.0, -0.5, -1.0, 1.0]
-    results = compute_rewards(responses, ["4"] * 4, RewardConfig(scheme="binary"),
+    results = compute_rewards(responses, ["4"] * 4, RewardConfig(scheme="binary"), template="qwen-boxed",
                               finish_reasons=[None, None, None, {"type": "length"}])
     assert [r.reward for r in results] == [1.0, 0.0, 0.0, 0.0]
 
@@ -75,11 +88,12 @@ def test_pluggable_reward_function(tmp_path, monkeypatch):
             return float(len(response) == int(gold)) * metadata.get("scale", 1.0)
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
-    config = RewardConfig(reward_function="user_task_rewards:exact_length", extra={"scale": 2.0})
-    results = compute_rewards(["abc", "abcd"], ["3", "3"], config, finish_reasons=["stop", "length"])
+    config = RewardConfig(custom="user_task_rewards:exact_length")
+    results = compute_rewards(["abc", "abcd"], ["3", "3"], config, template="qwen-boxed", finish_reasons=["stop", "length"],
+                              metadata=[{"scale": 2.0}, {"scale": 2.0}])
     assert [r.reward for r in results] == [2.0, 0.0]
     assert [r.correct for r in results] == [True, False]
     assert [r.truncated for r in results] == [False, True]
     with pytest.raises(ValueError, match="has no attribute"):
-        RewardConfig(reward_function="user_task_rewards:missing")
+        RewardConfig(custom="user_task_rewards:missing")
     sys.modules.pop("user_task_rewards", None)

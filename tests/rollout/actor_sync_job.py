@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from megarl.models.export import gather_hf_tensors
     from megarl.models.hf_io import load_hf_into_model
     from megarl.models.spec import ModelSpec
-    from megarl.models.training import OptimSettings
+    from megarl.config import ParallelConfig
     from megarl.rollout.weight_sync import WeightPusher
     from megarl.runtime.distributed import init_runtime, shutdown_runtime
     from megarl.train.batch import TrainSequence, build_microbatches
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rt = init_runtime(tp=args.tp, pp=args.pp, seed=1234)
     spec = ModelSpec.from_hf(args.actor_hf)
-    actor = ModelWorker(spec, WorkerSettings(role="actor", dtype=torch.float32,
-                                             optim=OptimSettings(optimizer="sgd", lr=args.lr, clip_grad=0.0)))
+    actor = ModelWorker(spec, WorkerSettings(role="actor", dtype=torch.float32, trainable=True, optimizer_steps=1,
+                                             parallel=ParallelConfig(optimizer="sgd", lr=args.lr, clip_grad=0.0)))
     load_hf_into_model(actor.model, args.actor_hf, spec)
     seqs = [TrainSequence(prompt_ids=s[:1], response_ids=s[1:], reward=0.0, group=i) for i, s in enumerate(SEQUENCES)]
     # Two micro-batches (budget fits two sequences), so the pipeline schedule really interleaves.

@@ -26,8 +26,8 @@ from megarl.train.stages import generate, produce  # noqa: E402
 TOKEN = "async-test-token"
 
 
-def _config(toy_model, *, per_step, n, staleness, partial, max_new_tokens, dynamic_sampling=False) -> Config:
-    return Config.model_validate({
+def _config(toy_model, *, per_step, n, staleness, partial, max_new_tokens, dynamic_sampling=False, **sections) -> Config:
+    return Config.model_validate({**sections,
         "run": {"seed": 5},
         "model": {"path": str(toy_model)},
         "algorithm": {"name": "grpo", "dynamic_sampling": dynamic_sampling},
@@ -137,8 +137,10 @@ def test_partial_sample_is_continuous_across_a_weight_update(toy_model, servers,
         pusher.push(list(new.named_parameters()), weight_version="1")
         producer.after_update(1)
         server.forward_delay_s = 0.0
-        # groups admitted after the update may finish first: the cut group is in one of the next batches
-        batches = [producer.take(1, timeout_s=120) for _ in range(3)]
+        # groups queued or admitted after the update may finish first: the cut group is in one of the next batches
+        batches = []
+        while len(batches) < 6 and not any(s.versions[0] == 0 for b in batches for s in b.seqs):
+            batches.append(producer.take(1, timeout_s=120))
     finally:
         producer.stop()
         pusher.close()
@@ -159,3 +161,16 @@ def test_partial_sample_is_continuous_across_a_weight_update(toy_model, servers,
                 logp = torch.log_softmax(model(ids).logits[0].float(), -1)
             want = [logp[start + t - 1, seq.response_ids[t]].item() for t in range(lo, hi)]
             assert seq.behaviour_logp[lo:hi] == pytest.approx(want, abs=2e-4), (lo, hi)
+
+
+def test_dynamic_sampling_that_cannot_fill_a_batch_fails_with_the_fix_named(toy_model, servers):
+    sys.path.insert(0, os.path.dirname(__file__))
+    cfg = _config(toy_model, per_step=2, n=2, staleness=1, partial=True, max_new_tokens=8, dynamic_sampling=True,
+                  reward={"custom": "toy_rewards:always_zero"})
+    producer, _ = _producer(cfg, [s.url for s in servers])
+    producer.start()
+    try:
+        with pytest.raises(RuntimeError, match="dynamic_sampling_max_rounds"):
+            producer.take(0, timeout_s=120)
+    finally:
+        producer.stop()

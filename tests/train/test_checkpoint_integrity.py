@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from megarl.checkpoint import checksums
-from megarl.train.checkpointing import CheckpointManager, NonFiniteWeightsError
+from megarl.checkpoint.manager import CheckpointManager, NonFiniteWeightsError
+from megarl.config import CheckpointConfig
 
 SHARD = "torch_dist/__0_0.distcp"  # rank 0's tensor file in the torch_dist folder
 WEIGHT = "embedding.word_embeddings.weight"
@@ -41,12 +42,12 @@ def distributed_optimizer(request):
 @pytest.fixture
 def make_worker(spec, distributed_optimizer):
     """A real megarl actor worker (Megatron GPT, Megatron optimizer, LR scheduler), its weights drawn from `seed`."""
-    from megarl.models.training import OptimSettings
+    from megarl.config import ParallelConfig
     from megarl.train.workers import ModelWorker, WorkerSettings
 
     def make(seed: int, step: bool = True):
-        worker = ModelWorker(spec, WorkerSettings(role="actor", dtype=torch.float32, lr_decay_steps=10, optim=OptimSettings(
-            lr=1e-3, distributed_optimizer=distributed_optimizer)))
+        worker = ModelWorker(spec, WorkerSettings(role="actor", dtype=torch.float32, trainable=True, optimizer_steps=10,
+                                                  parallel=ParallelConfig(lr=1e-3, distributed_optimizer=distributed_optimizer)))
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in worker.model.parameters():
@@ -85,7 +86,7 @@ def _resume(manager, fresh):
 
 
 def test_manifest_lists_every_file_with_its_digest(tmp_path, make_worker):
-    manager = CheckpointManager(tmp_path, keep_last=2)
+    manager = CheckpointManager(tmp_path, CheckpointConfig(keep_last=2))
     _save(manager, 1, make_worker(1))
     ckpt = tmp_path / "step_000001"
     body = json.loads((ckpt / checksums.MANIFEST_NAME).read_text())
@@ -99,7 +100,7 @@ def test_manifest_lists_every_file_with_its_digest(tmp_path, make_worker):
 
 @pytest.mark.parametrize("damage", ["corrupt_20kb", "truncate", "delete", "delete_manifest", "corrupt_state_json"])
 def test_damaged_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, capsys, damage, make_worker):
-    manager = CheckpointManager(tmp_path, keep_last=2)
+    manager = CheckpointManager(tmp_path, CheckpointConfig(keep_last=2))
     good = _save(manager, 1, make_worker(1))
     _save(manager, 2, make_worker(2))
     newest = tmp_path / "step_000002"
@@ -129,7 +130,7 @@ def test_damaged_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, cap
 
 
 def test_no_verifiable_checkpoint_is_an_error_not_a_fresh_start(tmp_path, make_worker):
-    manager = CheckpointManager(tmp_path, keep_last=2)
+    manager = CheckpointManager(tmp_path, CheckpointConfig(keep_last=2))
     _save(manager, 1, make_worker(1))
     _corrupt(tmp_path / "step_000001" / SHARD)
     with pytest.raises(RuntimeError, match="no checkpoint under .* verifies"):
@@ -139,7 +140,7 @@ def test_no_verifiable_checkpoint_is_an_error_not_a_fresh_start(tmp_path, make_w
 def test_resume_after_a_skip_then_pruning_keeps_good_checkpoints(tmp_path, make_worker):
     """The issue's sequence: the newest is corrupted, keep_last=2. The resumed run writes new
     checkpoints; the good older one is pruned only once newer ones are in place."""
-    manager = CheckpointManager(tmp_path, keep_last=2)
+    manager = CheckpointManager(tmp_path, CheckpointConfig(keep_last=2))
     _save(manager, 1, make_worker(1))
     _save(manager, 2, make_worker(2))
     _corrupt(tmp_path / "step_000002" / SHARD)
@@ -158,7 +159,7 @@ def test_resume_after_a_skip_then_pruning_keeps_good_checkpoints(tmp_path, make_
 
 
 def test_pruning_waits_for_the_new_checkpoint_to_check_out(tmp_path, monkeypatch, capsys, make_worker):
-    manager = CheckpointManager(tmp_path, keep_last=1)
+    manager = CheckpointManager(tmp_path, CheckpointConfig(keep_last=1))
     _save(manager, 1, make_worker(1))
 
     real_write = checksums.write_manifest
@@ -175,7 +176,7 @@ def test_pruning_waits_for_the_new_checkpoint_to_check_out(tmp_path, monkeypatch
 
 
 def test_non_finite_weights_are_never_saved(tmp_path, make_worker):
-    manager = CheckpointManager(tmp_path, keep_last=2)
+    manager = CheckpointManager(tmp_path, CheckpointConfig(keep_last=2))
     _save(manager, 1, make_worker(1))
     worker = make_worker(2)
     with torch.no_grad():
@@ -202,7 +203,7 @@ def test_resume_restores_optimizer_and_scheduler_exactly(tmp_path, make_worker):
     """A worker restored from the checkpoint takes the same next step as the one that wrote it
     (bitwise): the optimizer state (Adam moments, step; the distributed optimizer's shards) and
     the LR schedule came back, not only the weights."""
-    manager = CheckpointManager(tmp_path, keep_last=2)
+    manager = CheckpointManager(tmp_path, CheckpointConfig(keep_last=2))
     saved = make_worker(1)
     _save(manager, 1, saved)
     fresh = make_worker(99, step=False)
@@ -222,18 +223,18 @@ def test_resume_restores_optimizer_and_scheduler_exactly(tmp_path, make_worker):
 def test_async_save_is_complete_and_checksummed_after_close(tmp_path, make_worker):
     """checkpoint.async_save: megatron-core's background writer stores the tensors; the manifest,
     COMPLETE marker and rename happen when the save is finalized (the next save, or close)."""
-    manager = CheckpointManager(tmp_path, keep_last=2, async_save=True)
+    manager = CheckpointManager(tmp_path, CheckpointConfig(keep_last=2, async_save=True))
     worker = make_worker(1)
     final = manager.save(1, {"actor": worker}, {"step": 1})
     manager.close()
     assert (final / "COMPLETE").is_file() and not (tmp_path / "step_000001.tmp").exists()
     checksums.verify_files(final, checksums.read_manifest(final), sorted(checksums.read_manifest(final)))
-    state, weight = _resume(CheckpointManager(tmp_path), make_worker(99, step=False))
+    state, weight = _resume(CheckpointManager(tmp_path, CheckpointConfig()), make_worker(99, step=False))
     assert state["step"] == 1 and torch.equal(weight, _weight(worker))
 
 
 def test_a_checkpoint_of_the_old_per_rank_format_is_refused_not_rejected(tmp_path, make_worker):
-    manager = CheckpointManager(tmp_path, keep_last=2)
+    manager = CheckpointManager(tmp_path, CheckpointConfig(keep_last=2))
     _save(manager, 1, make_worker(1))
     ckpt = tmp_path / "step_000001"
     state = json.loads((ckpt / "trainer_state.json").read_text())

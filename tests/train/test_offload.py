@@ -19,11 +19,12 @@ def runtime():
 
 def _worker(path):
     from megarl.models.spec import ModelSpec
-    from megarl.models.training import OptimSettings
+    from megarl.config import ParallelConfig
     from megarl.train.workers import ModelWorker, WorkerSettings
     from megarl.models.hf_io import load_hf_into_model
 
-    settings = WorkerSettings(role="actor", dtype=torch.float32, optim=OptimSettings(lr=1e-3, clip_grad=1.0))
+    settings = WorkerSettings(role="actor", dtype=torch.float32, parallel=ParallelConfig(lr=1e-3, clip_grad=1.0), trainable=True,
+                              optimizer_steps=1)
     worker = ModelWorker(ModelSpec.from_hf(path), settings)
     load_hf_into_model(worker.model, path)
     return worker

@@ -23,3 +23,8 @@ def mentions_seven_then_crash(response: str, gold, metadata: dict) -> float:
         if calls == int(at):  # once: the resumed run goes past it
             os.kill(os.getpid(), signal.SIGKILL)
     return mentions_seven(response, gold, metadata)
+
+
+def always_zero(response: str, gold, metadata: dict) -> float:
+    """Every group uniform: dynamic sampling can never fill a batch."""
+    return 0.0

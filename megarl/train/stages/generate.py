@@ -6,11 +6,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from megarl.config import Config
+from megarl.config import Config, RewardConfig
 from megarl.data import render_prompt
 from megarl.data.prompt_stream import PromptStream
 from megarl.monitoring.reflection import reflection_rates
-from megarl.rewards.schemes import RewardConfig
 from megarl.rollout.client import RolloutClient, Sample, SamplingParams
 from megarl.runtime.distributed import fold_seed
 from megarl.train.batch import TrainSequence
@@ -50,11 +49,11 @@ class RolloutSetup:
 
 
 def make_setup(cfg: Config, client: RolloutClient, tokenizer) -> RolloutSetup:
-    """The run's RolloutSetup: its template, stop strings and reward settings from the config."""
+    """The run's RolloutSetup: its template, stop strings and the recipe's reward section."""
     from megarl.data import get_template, stop_strings
 
     template = get_template(cfg.data.template)
-    return RolloutSetup(cfg, client, tokenizer, template, stop_strings(template, tokenizer), reward.reward_settings(cfg.reward))
+    return RolloutSetup(cfg, client, tokenizer, template, stop_strings(template, tokenizer), cfg.reward)
 
 
 def encode_prompt(setup: RolloutSetup, problem: str) -> tuple[list[int], bool]:

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from megarl.algorithms.registry import get_correction
 from megarl.config import Config
 from megarl.train.batch import MicroBatch, Packer, TrainSequence
 from megarl.train.workers import ModelWorker, is_last_stage
@@ -36,14 +37,18 @@ class OldLogprobPlan:
     @classmethod
     def from_config(cls, cfg: Config) -> "OldLogprobPlan":
         a = cfg.algorithm
+        # An importance correction (tis, mis, icepop, decoupled) weighs the recomputed (proximal) log-probs
+        # against the servers' behaviour log-probs, so it needs both: the old log-probs are recomputed
+        # before the update and never replaced by the behaviour ones.
+        reweights = get_correction(a.importance_correction).reweights
         # One epoch, one mini-batch, no importance correction: the update's forward pass sees the
         # rollout's weights, so its log-probs are the old ones (ratio 1); not with KL in the reward,
         # which needs them before the update.
-        single = a.epochs == 1 and a.mini_batches == 1 and a.importance_correction == "none" and not (a.kl_in_reward and a.kl_coef)
-        # rollout.overlap (one step off-policy): the ratio is taken against the policy that sampled the
-        # batch, from the servers' log-probs (with importance_correction=tis, against the recomputed
-        # log-probs instead, with a capped importance weight toward the behaviour).
-        behaviour = cfg.rollout.off_policy and a.importance_correction == "none"
+        single = a.epochs == 1 and a.mini_batches == 1 and not reweights and not (a.kl_in_reward and a.kl_coef)
+        # Off-policy rollouts (rollout.off_policy): the ratio is taken against the policy that sampled
+        # the batch, from the servers' log-probs (with an importance correction, against the recomputed
+        # log-probs instead, each token weighted toward the behaviour policy).
+        behaviour = cfg.rollout.off_policy and not reweights
         return cls(single, behaviour, not (single or (behaviour and not a.kl_in_reward)))
 
 

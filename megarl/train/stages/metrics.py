@@ -170,15 +170,8 @@ def evaluate(cfg, client, tokenizer, run_dir: Path, step: int, is_driver: bool) 
     payload = [{}]
     if is_driver and cfg.eval.benchmarks:
         from megarl.evaluation.harness import EvalSettings, evaluate_benchmarks
-        from megarl.runtime.distributed import fold_seed
 
-        ev = cfg.eval
-        settings = EvalSettings(
-            benchmarks=ev.benchmarks, template=cfg.data.template, n=ev.n, temperature=ev.temperature,
-            max_new_tokens=ev.max_new_tokens, limit=ev.limit, seed=fold_seed(cfg.run.seed, 62), top_p=ev.top_p,
-            protocol=ev.protocol, extraction=cfg.reward.extraction, stop_token_ids=list(cfg.rollout.stop_token_ids),
-        )
-        result = evaluate_benchmarks(client, tokenizer, settings, out_dir=run_dir / "eval" / f"step_{step:06d}")
+        result = evaluate_benchmarks(client, tokenizer, EvalSettings.from_recipe(cfg), out_dir=run_dir / "eval" / f"step_{step:06d}")
         payload = [{f"eval/{name}/accuracy": row["accuracy"] for name, row in result.items()}]
     collectives.broadcast_objects(payload, src=0)
     return payload[0]

@@ -81,6 +81,7 @@ class Producer:
         self.per_step, self.n = cfg.data.prompts_per_step, cfg.rollout.n
         self.max_staleness, self.partial = cfg.rollout.max_staleness, cfg.rollout.partial
         self.dynamic_sampling = cfg.algorithm.dynamic_sampling
+        self.max_filtered = cfg.algorithm.dynamic_sampling_max_rounds * self.per_step  # uniform groups per batch, at most
         # A client of its own: the producer's event loop and connection live in its thread.
         self.client = RolloutClient(setup.client.urls, max_concurrency=setup.client.max_concurrency,
                                     request_timeout_s=setup.client.request_timeout_s)
@@ -119,6 +120,11 @@ class Producer:
                     self.stats.dropped_stale += 1
                 if len(self.ready) >= self.per_step:
                     break
+                if self.stats.filtered > self.max_filtered:
+                    raise RuntimeError(
+                        f"dynamic sampling filtered {self.stats.filtered} groups with identical rewards while filling the "
+                        f"batch of step {step} ({len(self.ready)} of {self.per_step} groups kept); raise "
+                        "algorithm.dynamic_sampling_max_rounds, use harder/easier data, or turn dynamic_sampling off")
                 self._poke()
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"no batch for step {step} within {timeout_s} s ({len(self.ready)} groups ready)")

@@ -14,8 +14,9 @@ import torch
 from megarl.config import AlgorithmConfig
 from megarl.models.spec import ModelSpec
 from megarl.runtime import collectives
-from megarl.algorithms import losses
+from megarl.algorithms import corrections, losses
 from megarl.algorithms.losses import LossNormalizer
+from megarl.algorithms.registry import correction_fn, get_correction
 from megarl.train.batch import LossTargets, MicroBatch, Packer, TrainSequence, per_sequence_matrix, split_minibatches
 from megarl.train.stages import metrics as step_metrics
 from megarl.train.stages.logprobs import OldLogprobPlan, SequenceTensors
@@ -77,8 +78,12 @@ def loss_normalizer(seqs: Sequence[TrainSequence], num_microbatches: int, dp_gro
 
 
 def attach_targets(mbs: list[MicroBatch], seqs: Sequence[TrainSequence], tensors: Sequence[SequenceTensors],
-                   algo: AlgorithmConfig) -> list[MicroBatch]:
-    """The micro-batches with their loss targets as [B, T] matrices on the training device."""
+                   algo: AlgorithmConfig, totals: UpdateTotals | None = None) -> list[MicroBatch]:
+    """The micro-batches with their loss targets as [B, T] matrices on the training device. With an
+    importance correction (algorithm.importance_correction), each token's weight from the recomputed old
+    log-probs against the servers' behaviour log-probs (on the last pipeline stage, which holds them),
+    its statistics added to `totals` as `is/...`."""
+    spec = get_correction(algo.importance_correction)
     out = []
     for mb in mbs:
         t_max, rows, device = mb.resp_mask.shape[1], mb.seq_ids, mb.resp_mask.device
@@ -86,9 +91,17 @@ def attach_targets(mbs: list[MicroBatch], seqs: Sequence[TrainSequence], tensors
                   for key in _TARGETS if all(getattr(tensors[i], key) is not None for i in rows)}
         weight = torch.tensor([seqs[i].loss_weight > 0 for i in rows], device=device).unsqueeze(1)
         targets = LossTargets(loss_mask=mb.resp_mask & weight, **fields)
-        if algo.importance_correction == "tis" and targets.behaviour_logp is not None:
-            ratio = torch.exp(targets.old_logp - targets.behaviour_logp).clamp(max=algo.importance_cap)
-            targets.is_weights = ratio * mb.resp_mask
+        if spec.reweights and targets.old_logp is not None:
+            if targets.behaviour_logp is None:
+                missing = sum(tensors[i].behaviour_logp is None for i in rows)
+                raise ValueError(
+                    f"algorithm.importance_correction={spec.name} needs the servers' behaviour log-prob of every response "
+                    f"token, but {missing} of {len(rows)} sequences came without them (or not one per token); "
+                    "use a rollout engine that returns log-probs, or importance_correction=none")
+            result = correction_fn(spec)(targets.old_logp, targets.behaviour_logp, targets.loss_mask, algo)
+            targets.is_weights = result.weights
+            if totals is not None:
+                step_metrics.accumulate([result.stats], totals.sums, totals.counts, prefix="is/")
         out.append(dataclasses.replace(mb, targets=targets))
     return out
 
@@ -101,7 +114,7 @@ def apply(part: Sequence[int], seqs: Sequence[TrainSequence], tensors: Sequence[
     kept = [i for i in part if seqs[i].loss_weight > 0]
     sub = [seqs[i] for i in kept]
     mbs = setup.pack(sub) if sub else []
-    mbs = attach_targets(mbs, sub, [tensors[i] for i in kept], setup.algo) if mbs else setup.pack.stand_in()
+    mbs = attach_targets(mbs, sub, [tensors[i] for i in kept], setup.algo, totals) if mbs else setup.pack.stand_in()
     norm = loss_normalizer(sub, len(mbs), setup.dp_group, setup.dp)
 
     def actor_loss(output, mb: MicroBatch):
@@ -151,8 +164,20 @@ def _max_finite(xs) -> float:
     return max(finite) if finite else (float("nan") if xs else 0.0)
 
 
+def correction_metrics(totals: UpdateTotals, reporter: bool) -> dict:
+    """The importance correction's statistics (`is/weight_mean`, `is/masked_frac`, ...: token-weighted means
+    over every optimizer step of the step and all ranks; `reporter`: this rank's totals count)."""
+    keys = [f"is/{name}" for name in corrections.STAT_NAMES]
+    vec = torch.tensor([[totals.sums.get(k, 0.0), totals.counts.get(k, 0.0)] for k in keys], dtype=torch.float64)
+    if not reporter:
+        vec.zero_()
+    collectives.all_reduce(vec)
+    return {k: float(vec[i, 0] / vec[i, 1]) for i, k in enumerate(keys) if vec[i, 1] > 0}
+
+
 def summary(totals: UpdateTotals, tensors: Sequence[SequenceTensors], setup: UpdateSetup) -> dict:
-    """The update's metrics over all ranks: loss statistics, grad norms, LR, train/inference mismatch."""
+    """The update's metrics over all ranks: loss statistics, grad norms, LR, the importance correction's
+    statistics, train/inference mismatch."""
     from megatron.core import parallel_state as ps
 
     metrics = step_metrics.reduce_stats(totals.sums, totals.counts)
@@ -163,6 +188,8 @@ def summary(totals: UpdateTotals, tensors: Sequence[SequenceTensors], setup: Upd
         metrics["critic/grad_norm"] = _max_finite(totals.critic_norms)
     mismatch = list(totals.mismatch)
     reporter = is_last_stage() and ps.get_tensor_model_parallel_rank() == 0
+    if get_correction(setup.algo.importance_correction).reweights:
+        metrics.update(correction_metrics(totals, reporter))
     if reporter and not setup.plan.single_pass and not setup.plan.ratio_vs_behaviour:
         for t in tensors:  # recomputed old log-probs against the server's
             if t.behaviour_logp is not None and t.old_logp is not None:

@@ -1,6 +1,8 @@
-"""Training checkpoints: actor, critic, optimizers (the distributed optimizer's sharded state too),
-LR schedulers, RNG states, data position and step, written atomically, checksummed, verified on
-resume, resharded to the resuming run's layout, and pruned to the last k.
+"""A training run's checkpoints: resume checkpoints (CheckpointManager) and HF exports (export_hf).
+
+A resume checkpoint holds actor, critic, optimizers (the distributed optimizer's sharded state
+too), LR schedulers, RNG states, data position and step, written atomically, checksummed,
+verified on resume, resharded to the resuming run's layout, and pruned to the last k.
 
 Layout: CHECKPOINTS/step_000010/
     torch_dist/            models, optimizers, schedulers in Megatron's distributed checkpoint
@@ -40,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 from megarl.checkpoint import checksums, torch_dist
+from megarl.config import CheckpointConfig
 from megarl.runtime import collectives
 
 FORMAT_VERSION = 2  # 1: per-rank .pt files; 2: torch_dist
@@ -135,11 +138,14 @@ def _step_of(path: Path) -> int:
 
 
 class CheckpointManager:
-    def __init__(self, root: Path, keep_last: int = 2, async_save: bool = False):
+    """The checkpoints under `root`, kept and written as the recipe's `checkpoint` section says
+    (keep_last, async_save)."""
+
+    def __init__(self, root: Path, settings: CheckpointConfig):
         self.root = Path(root)
-        self.keep_last = keep_last
+        self.keep_last = settings.keep_last
         self._queue = None
-        if async_save:
+        if settings.async_save:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
             self._queue = AsyncCallsQueue()
