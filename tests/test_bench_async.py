@@ -28,13 +28,14 @@ def step(i, step_s, tokens, **extra):
 
 def test_summarize_leaves_out_warmup_and_weights_tokens_per_second_by_time():
     rows = [step(1, 10.0, 100), step(2, 2.0, 200, **{"perf/update_s": 1.0, "rollout/staleness_max": 2}),
-            step(3, 4.0, 600, **{"perf/update_s": 3.0, "rollout/dropped_stale": 3, "rollout/server_idle_frac": 0.5})]
+            step(3, 4.0, 600, **{"perf/update_s": 3.0, "rollout/dropped_stale": 3, "perf/server_idle_frac": 0.5})]
     out = ba.summarize(rows, warmup=1)
     assert out["measured_steps"] == 2
     assert out["step_s_mean"] == pytest.approx(3.0)
     assert out["tokens_per_s"] == pytest.approx(800 / 6.0)  # total tokens over total time, not a mean of ratios
     assert out["stages_s_mean"] == {"update_s": pytest.approx(2.0)}
-    assert out["rollout"]["rollout/server_idle_frac"] == pytest.approx(0.5)
+    assert out["server_idle_frac"] == pytest.approx(0.5)
+    assert ba.summarize([step(1, 1.0, 10, **{"rollout/server_idle_frac": 0.25})], warmup=0)["server_idle_frac"] == 0.25
     assert out["staleness_max_all_steps"] == 2 and out["dropped_stale_all_steps"] == 3
 
 

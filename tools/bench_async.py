@@ -25,7 +25,7 @@ assumptions: a 127k-parameter model's CPU costs say nothing about a 7B model's G
 schedule logic carries over. Prints tables and writes JSON (--out).
 
 example:
-  python tools/bench_async.py --out /tmp/bench_async.json              # ~8 min on 2 cores
+  python tools/bench_async.py --out /tmp/bench_async.json              # ~6-8 min on 2 cores (model cached)
   python tools/bench_async.py --steps 6 --modes sync async --eval-problems 50   # a quick look
   python tools/bench_async.py --set rollout.max_staleness=1 --out /tmp/k1.json
 """
@@ -52,7 +52,8 @@ MODES = {
     "async": ["rollout.mode=async", "rollout.partial=true"],  # max_staleness from --max-staleness
 }
 STAGES = ["rollout_s", "logprobs_s", "advantages_s", "update_s", "rollout_wait_s", "sync_s"]
-ROLLOUT_KEYS = ["rollout/server_idle_frac", "rollout/staleness_mean", "rollout/staleness_max", "rollout/partial_frac",
+IDLE_KEYS = ("perf/server_idle_frac", "rollout/server_idle_frac")  # the name megarl logs it under, then the older one
+ROLLOUT_KEYS = ["rollout/staleness_mean", "rollout/staleness_max", "rollout/partial_frac",
                 "rollout/dropped_stale", "response/length_mean", "response/length_max", "response/truncated",
                 "reward/accuracy"]
 
@@ -223,6 +224,7 @@ def summarize(steps: list[dict], warmup: int) -> dict:
         "tokens_per_s": sum(tokens) / sum(step_s),
         "stages_s_mean": {k: _mean(measured, f"perf/{k}") for k in STAGES if _mean(measured, f"perf/{k}") is not None},
         "rollout": {k: _mean(measured, k) for k in ROLLOUT_KEYS if _mean(measured, k) is not None},
+        "server_idle_frac": next((_mean(measured, k) for k in IDLE_KEYS if _mean(measured, k) is not None), None),
         "staleness_max_all_steps": max((r.get("rollout/staleness_max", 0) for r in steps), default=0),
         "dropped_stale_all_steps": sum(r.get("rollout/dropped_stale", 0) for r in steps),
     }
@@ -370,7 +372,7 @@ def model_replay(am, results: dict, lengths: list[int], decode: dict, cfg, args)
         def run(scale: float, schedule=schedule, cluster_at=cluster_at):
             return am.simulate(cluster_at(scale), workload, schedule, steps=max(args.steps, 8), seed=0, warmup=args.warmup)
 
-        measured_idle = result["rollout"].get("rollout/server_idle_frac")
+        measured_idle = result["server_idle_frac"]
         scale = 1.0
         if measured_idle is not None:
             for _ in range(3):  # busy time is nearly linear in the decode cost: a few fixed-point rounds
@@ -382,7 +384,7 @@ def model_replay(am, results: dict, lengths: list[int], decode: dict, cfg, args)
         out["modes"][mode] = {"update_fit": update, "decode_scale": scale,
                               "cluster": dataclasses.asdict(cluster), "predicted": sim.summary(),
                               "measured_step_s": result["step_s_mean"],
-                              "measured_server_idle_frac": result["rollout"].get("rollout/server_idle_frac")}
+                              "measured_server_idle_frac": measured_idle}
     return out
 
 
@@ -414,7 +416,7 @@ def print_tables(result: dict, console) -> None:
         row("speed-up vs sync (s/step)", lambda r: f"{base['step_s_mean'] / r['step_s_mean']:.2f}x")
     row("rollout / wait / update / sync s", lambda r: " / ".join(
         f"{r['stages_s_mean'].get(k, 0.0):.2f}" for k in ("rollout_s", "rollout_wait_s", "update_s", "sync_s")))
-    row("server idle fraction", lambda r: f"{100 * r['rollout']['rollout/server_idle_frac']:.0f}%")
+    row("server idle fraction", lambda r: f"{100 * r['server_idle_frac']:.0f}%")
     row("staleness mean / max", lambda r: f"{r['rollout'].get('rollout/staleness_mean', 0.0):.2f} / {r['staleness_max_all_steps']}")
     row("partial samples", lambda r: f"{100 * r['rollout'].get('rollout/partial_frac', 0.0):.1f}%")
     row("dropped stale groups", lambda r: str(r["dropped_stale_all_steps"]))
@@ -492,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         args.steps, args.warmup, args.prompts, args.n = result["steps"], result["warmup"], result["prompts"], result["n"]
         args.max_staleness = result["max_staleness"]
         cfg = load_recipe(REPO / result["config"], result["overrides"])
+        for run in result["runs"].values():  # the summaries as this version of the tool makes them
+            run.update(summarize(run["per_step"], args.warmup))
         print_tables(result, console)
         model_part(args, cfg, result["model_dir"], result, am, console)
         if args.out:
