@@ -209,14 +209,6 @@ class RolloutConfig(Section):
     request_timeout_s: float = 600.0
     max_concurrency: int = 256
 
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, values):
-        if isinstance(values, dict) and "overlap" in values:
-            raise ValueError(f"rollout.overlap was replaced by rollout.mode; write rollout.mode="
-                             f"{'overlap' if values['overlap'] in (True, 'true', 'True', 1) else 'sync'}")
-        return values
-
     @property
     def off_policy(self) -> bool:
         """Batches may come from an older policy than the one trained (overlap, async)."""
@@ -336,10 +328,16 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
+# Keys that were replaced: what to write instead.
+RENAMED_KEYS = {"rollout.overlap": "rollout.mode (overlap for true, sync for false)"}
+
+
 def _check_keys(data: dict, model: type[BaseModel], prefix: str = "") -> None:
     for key, value in data.items():
         if key not in model.model_fields:
             dotted = prefix + key
+            if dotted in RENAMED_KEYS:
+                raise ConfigError(f"{dotted} was replaced by {RENAMED_KEYS[dotted]}")
             close = difflib.get_close_matches(dotted, _known_keys(Config), n=1, cutoff=0.7)
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys here: {', '.join(model.model_fields)}"
             raise ConfigError(f"unknown key {dotted!r}{hint}")
@@ -467,9 +465,9 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
             f"rollout.mode={cfg.rollout.mode} needs the servers to keep generating while the trainer computes, but "
             "rollout.colocate=true gives their GPUs to training; set rollout.mode=sync or rollout.colocate=false"
         )
-    if cfg.rollout.mode != "async" and (cfg.rollout.partial or "max_staleness" in cfg.rollout.model_fields_set):
-        raise ConfigError(f"rollout.partial and rollout.max_staleness apply to rollout.mode=async, not {cfg.rollout.mode}; "
-                          "set rollout.mode=async or remove them")
+    if cfg.rollout.partial and cfg.rollout.mode != "async":
+        raise ConfigError(f"rollout.partial=true applies to rollout.mode=async, not {cfg.rollout.mode}; "
+                          "set rollout.mode=async or rollout.partial=false")
     if cfg.rollout.n < algo.min_n:
         raise ConfigError(
             f"rollout.n={cfg.rollout.n}: group baselines need at least {algo.min_n} samples per prompt "

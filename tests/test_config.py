@@ -46,6 +46,11 @@ def test_load_and_override(recipe):
         (["algorithm.name=drgrpo"], r"drgrpo needs algorithm.loss_agg=seq-sum-constant"),
         (["actor.tp"], r"override 'actor.tp' is not key=value"),
         (["rollout.mode=overlap", "rollout.colocate=true"], r"rollout.mode=overlap needs the servers to keep generating"),
+        (["rollout.mode=async", "rollout.colocate=true"], r"rollout.mode=async needs the servers to keep generating"),
+        (["rollout.overlap=true"], r"rollout.overlap was replaced by rollout.mode \(overlap for true, sync for false\)"),
+        (["rollout.partial=true"], r"rollout.partial=true applies to rollout.mode=async, not sync"),
+        (["rollout.mode=eager"], r"rollout.mode='eager': Input should be 'sync', 'overlap' or 'async'"),
+        (["rollout.mode=async", "rollout.max_staleness=-1"], r"rollout.max_staleness=-1: Input should be greater than or equal to 0"),
     ],
 )
 def test_bad_values_name_field_value_and_fix(recipe, override, message):

@@ -52,7 +52,7 @@ def load_recipe(config: Path, overrides: list[str]):
 
 
 def thread_env(threads: int, overlap: bool = False) -> dict:
-    """Thread counts for one side on `threads` cores. megarl with rollout.overlap runs its trainer
+    """Thread counts for one side on `threads` cores. megarl with rollout.mode=overlap runs its trainer
     and its server at the same time, so they split the cores (as `megarl train` does by itself);
     otherwise every process gets all of them (megarl's trainer and server take turns)."""
     trainer, server = threads, threads
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="repeat megarl + TRL this many times, alternating which goes first (default 1)")
     parser.add_argument("--threads", type=int, default=2,
                         help="cores for each side (default 2): both sides are pinned to the same cores; every process "
-                             "gets that many torch threads, except megarl with rollout.overlap, whose trainer and "
+                             "gets that many torch threads, except megarl with rollout.mode=overlap, whose trainer and "
                              "server compute at once and split them")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override for both sides (repeatable), e.g. --set actor.micro_batch_tokens=512")

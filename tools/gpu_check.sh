@@ -86,10 +86,10 @@ cd "$REPO" || exit 1
 # (`tensor`) to a built-in server on the same GPU, no overlap so every step syncs before it samples.
 RUN_DIR="$(mktemp -d)/gpu_check_run"
 TRAIN_ARGS=(configs/tiny_cpu.yaml run.steps=3 run.name=gpu_check "run.output_dir=$RUN_DIR" run.resume=false
-            rollout.transport=tensor rollout.overlap=false eval.every=0 logging.wandb=disabled)
+            rollout.transport=tensor rollout.mode=sync eval.every=0 logging.wandb=disabled)
 # One more step with the distributed optimizer's state offloaded to the CPU (Megatron's hybrid optimizer).
 OFFLOAD_ARGS=(configs/tiny_cpu.yaml run.steps=1 run.name=gpu_check_offload "run.output_dir=$RUN_DIR-offload" run.resume=false
-              rollout.overlap=false eval.every=0 logging.wandb=disabled checkpoint.every=0
+              rollout.mode=sync eval.every=0 logging.wandb=disabled checkpoint.every=0
               actor.distributed_optimizer=true actor.optimizer_offload=true)
 
 step() {  # step NAME TIMEOUT_S CMD... : run one step under a timeout, log it, record rc and seconds

@@ -287,8 +287,8 @@ class ServerFleet:
 def builtin_thread_split(num_servers: int, overlap: bool) -> tuple[int | None, int]:
     """CPU threads for (this trainer process, each built-in server) on one machine.
 
-    Without rollout.overlap the trainer and the servers take turns: the trainer keeps torch's
-    default and each server gets $MEGARL_SERVER_THREADS (default 1). With overlap they compute at
+    On-policy (rollout.mode=sync) the trainer and the servers take turns: the trainer keeps torch's
+    default and each server gets $MEGARL_SERVER_THREADS (default 1). Off-policy they compute at
     the same time, so the cores are split (half to the servers, the rest to the trainer) instead
     of oversubscribed, which on CPU costs more than the overlap gains. $OMP_NUM_THREADS (trainer)
     and $MEGARL_SERVER_THREADS (servers), when set, win.
@@ -423,3 +423,37 @@ def post_to_servers(urls: list[str], path: str, body: dict | None = None, token:
 
     with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
         return list(pool.map(post, urls))
+
+
+# ---- the trainer's servers ----------------------------------------------------------------------
+@dataclass
+class RunServers:
+    """The rollout servers a training run generates with: started here (`fleet`) or given in
+    rollout.servers (started by the Slurm job or by hand, sharing its token)."""
+
+    urls: list[str]  # every server: weight sync and admin calls
+    generation_urls: list[str]  # /generate: the router when there is one
+    token: str | None
+    master_address: str  # where the servers connect back to for the distributed transport
+    fleet: ServerFleet | None = None
+    trainer_threads: int | None = None  # built-in servers sharing this machine: torch threads for the trainer
+
+    def stop(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
+
+
+def start_for_run(rc, model_dir: str | Path, log_dir: Path, seed: int) -> RunServers:
+    """The servers of a run with rollout section `rc` (megarl.config.RolloutConfig): rc.servers when
+    given, else rc.num_servers built-in or SGLang servers started here with `seed`."""
+    if rc.servers:
+        return RunServers(list(rc.servers), list(rc.servers), os.environ.get(TOKEN_ENV),
+                          os.environ.get("MASTER_ADDR", "127.0.0.1"))
+    trainer_threads = None
+    if rc.engine == "builtin":
+        trainer_threads, server_threads = builtin_thread_split(rc.num_servers, rc.off_policy)
+        fleet = start_builtin_servers(model_dir, rc.num_servers, log_dir, seed=seed, threads=server_threads)
+    else:
+        fleet = start_sglang_servers(model_dir, rc.num_servers, rc.server_tp, log_dir, colocate=rc.colocate, router=rc.router,
+                                     seed=seed, mem_fraction_static=rc.mem_fraction_static)
+    return RunServers(fleet.server_urls, fleet.generation_urls, fleet.admin_token, "127.0.0.1", fleet, trainer_threads)

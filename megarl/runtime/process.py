@@ -38,6 +38,11 @@ def die_with_launcher() -> None:
     launcher = os.environ.get(LAUNCHER_PID_ENV)
     if not launcher:
         return
+    # Processes a rank forks die with it too: megatron-core's checkpoint writer forks workers that
+    # report on a queue, and one orphaned in the middle of a save blocks on that queue forever.
+    # (They fork from the main thread, whose exit is the rank's: PR_SET_PDEATHSIG follows the
+    # forking thread.)
+    os.register_at_fork(after_in_child=die_with_parent)
     if die_with_parent(signal.SIGKILL) and not Path(f"/proc/{int(launcher)}").exists():
         os._exit(1)  # the launcher died before the signal was armed
 

@@ -1,5 +1,5 @@
 """The RL trainer: the loop and the state that persists from step to step (models, optimizers,
-servers, prompt stream position, step, the prefetched batch). One step reads as the algorithm, each
+servers, prompt stream position, step, the prefetched batch or the async producer). One step reads as the algorithm, each
 line a stage in megarl.train.stages:
 
     batch   = generate(step)                      prompts -> n graded samples each, dynamic sampling (driver)
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -84,8 +83,7 @@ class Trainer:
         self.step = 0
         self.skip_streak: dict[str, int] = {}  # role -> optimizer steps skipped in a row (non-finite)
         self._resumed: StepProgress | None = None  # a checkpoint written mid-step: where that step continues
-        self._prefetch = None  # rollout.overlap (driver): Future or RolloutBatch of step+1
-        self._prefetch_pool = None
+        self.prefetch = generate.Prefetcher()  # rollout.mode=overlap (driver): step+1's batch
         self.producer: produce.Producer | None = None  # rollout.mode=async (driver)
         self._async_state: dict | None = None  # a resumed async run's producer state
         self.prompts = self.tokenizer = self.servers = self.client = self.pusher = self.logger = None  # driver
@@ -158,39 +156,17 @@ class Trainer:
 
     def _start_servers(self) -> None:
         from megarl.rollout.client import RolloutClient
-
-        rc = self.cfg.rollout
-        self.server_token = None
-        master_address = "127.0.0.1"
-        if rc.servers:
-            urls, generation_urls = list(rc.servers), list(rc.servers)
-            # Servers started by the Slurm job (or by hand) share its token; for the distributed
-            # transport they connect back to this node.
-            self.server_token = os.environ.get("MEGARL_SERVE_TOKEN")
-            master_address = os.environ.get("MASTER_ADDR", "127.0.0.1")
-        elif rc.engine == "builtin":
-            trainer_threads, server_threads = fleet.builtin_thread_split(rc.num_servers, rc.off_policy)
-            if trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
-                torch.set_num_threads(trainer_threads)
-            self.servers = fleet.start_builtin_servers(self.model_dir, rc.num_servers, self.run_dir / "logs",
-                                                       seed=fold_seed(self.cfg.run.seed, 31), threads=server_threads)
-            urls, generation_urls = self.servers.server_urls, self.servers.generation_urls
-            self.server_token = self.servers.admin_token
-        else:
-            self.servers = fleet.start_sglang_servers(
-                self.model_dir, rc.num_servers, rc.server_tp, self.run_dir / "logs", colocate=rc.colocate, router=rc.router,
-                seed=fold_seed(self.cfg.run.seed, 31),  # SGLang seeds NumPy with it (< 2**32)
-                mem_fraction_static=rc.mem_fraction_static,
-            )
-            urls, generation_urls = self.servers.server_urls, self.servers.generation_urls
-            self.server_token = self.servers.admin_token
-        self.server_urls = urls
         from megarl.rollout.weight_sync import WeightPusher
 
-        self.pusher = WeightPusher(urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20, token=self.server_token,
-                                   master_address=master_address, server_tp_size=rc.server_tp if rc.engine == "sglang" else 1,
-                                   sglang_serializer=rc.engine == "sglang")
-        self.client = RolloutClient(generation_urls, max_concurrency=rc.max_concurrency, request_timeout_s=rc.request_timeout_s)
+        rc = self.cfg.rollout
+        self.servers = fleet.start_for_run(rc, self.model_dir, self.run_dir / "logs", seed=fold_seed(self.cfg.run.seed, 31))
+        if self.servers.trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
+            torch.set_num_threads(self.servers.trainer_threads)
+        self.pusher = WeightPusher(self.servers.urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20,
+                                   token=self.servers.token, master_address=self.servers.master_address,
+                                   server_tp_size=rc.server_tp if rc.engine == "sglang" else 1, sglang_serializer=rc.engine == "sglang")
+        self.client = RolloutClient(self.servers.generation_urls, max_concurrency=rc.max_concurrency,
+                                    request_timeout_s=rc.request_timeout_s)
         self.client.wait_until_healthy(timeout_s=300)
 
     # ---- the loop -----------------------------------------------------------------------
@@ -242,7 +218,8 @@ class Trainer:
         self._stop_point(stop, progress)
         seqs = advantages.with_group_advantages(progress.batch.seqs, self.cfg.algorithm)
         metrics = {**step_metrics.policy_lag(progress.batch.metrics, self.step), **step_metrics.advantage_metrics(seqs)}
-        self._start_prefetch()  # rollout.overlap: step+1's batch generates during this update
+        if self.cfg.rollout.mode == "overlap" and self.is_driver and self.step + 1 < self.cfg.run.steps:
+            self.prefetch.start(self.rollout_setup, self.prompts, self.step + 1)  # generates during this update
         mine = shard_for_data_parallel(seqs, self.rt.dp_rank, self.rt.dp)
         if progress.tensors is None:
             with timer("logprobs"):
@@ -262,8 +239,8 @@ class Trainer:
                 progress.updates_done = u + 1
             metrics.update(update.summary(progress.totals, progress.tensors, self.update_setup))
         self._server_memory("resume")
-        with timer("rollout_wait"):  # rollout.overlap: step+1's batch must finish on the old weights
-            self._finish_prefetch()
+        with timer("rollout_wait"):  # overlap: step+1's batch must finish on the old weights
+            self.prefetch.finish()
         with timer("sync"):
             self.sync_weights(self.step + 1)
         step_s = time.perf_counter() - start
@@ -291,7 +268,7 @@ class Trainer:
 
     def _server_memory(self, action: str) -> None:
         if self.cfg.rollout.colocate:
-            sync.server_memory(action, self.server_urls, self.server_token, self.is_driver)
+            sync.server_memory(action, self.servers, self.is_driver)
 
     def _trainer_memory(self, action: str) -> int:
         """Colocated mode: `offload` the trainer's weights, gradients and optimizer state to host memory
@@ -301,12 +278,12 @@ class Trainer:
         workers = [w for w in (self.actor, self.reference, self.critic) if w is not None]
         return sum(w.offload() if action == "offload" else w.reload() for w in workers)
 
-    # ---- rollout (driver), overlapped with the update under rollout.overlap ------------------
+    # ---- rollout (driver): generated now, prefetched (overlap) or taken from the producer (async) ----
     def rollout(self, batch: generate.RolloutBatch | None = None) -> generate.RolloutBatch:
         """The step's batch on every rank: `batch` (a resumed step's), the prefetched one, or a new one."""
         payload = [None]
         if self.is_driver:
-            payload = [batch or self._take_prefetched() or (self.producer.take(self.step) if self.producer is not None else
+            payload = [batch or self.prefetch.take() or (self.producer.take(self.step) if self.producer is not None else
                                                              generate.generate(self.rollout_setup, self.prompts, self.step))]
         collectives.broadcast_objects(payload, src=0)
         return payload[0]
@@ -324,30 +301,6 @@ class Trainer:
     def _generation_client(self):
         """The client whose requests generate training batches (for the servers' idle time)."""
         return self.producer.client if self.producer is not None else self.client
-
-    def _start_prefetch(self) -> None:
-        """rollout.overlap: start generating step+1's batch with the servers' current weights (this
-        step's rollout weights) in a background thread; the update runs meanwhile. The sync waits
-        for it (_finish_prefetch), so the batch is exactly one optimizer step stale."""
-        if not (self.cfg.rollout.mode == "overlap" and self.is_driver) or self.step + 1 >= self.cfg.run.steps:
-            return
-        if self._prefetch is not None:  # restored from a mid-step checkpoint
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        if self._prefetch_pool is None:
-            self._prefetch_pool = ThreadPoolExecutor(1, thread_name_prefix="megarl-rollout")
-        self._prefetch = self._prefetch_pool.submit(generate.generate, self.rollout_setup, self.prompts, self.step + 1)
-
-    def _finish_prefetch(self) -> None:
-        """Wait for the prefetched batch (raising its error, if any) before the servers' weights change."""
-        if self._prefetch is not None and not isinstance(self._prefetch, generate.RolloutBatch):
-            self._prefetch = self._prefetch.result()
-
-    def _take_prefetched(self) -> generate.RolloutBatch | None:
-        self._finish_prefetch()
-        batch, self._prefetch = self._prefetch, None
-        return batch
 
     # ---- weight sync, evaluation, checkpoints ---------------------------------------------------
     def sync_weights(self, version: int) -> None:
@@ -370,9 +323,9 @@ class Trainer:
             if self.producer is not None:  # async: the stream runs ahead; the drawn but untrained prompts are regenerated
                 state["async"] = self.producer.state()
                 state["prompts"] = state["async"]["prompts"]
-            self._finish_prefetch()
-            if self._prefetch is not None:  # rollout.overlap: the next step's batch, already sampled
-                state["prefetched"] = self._prefetch.to_state()
+            prefetched = self.prefetch.finish()  # rollout.mode=overlap: the next step's batch, already sampled
+            if prefetched is not None:
+                state["prefetched"] = prefetched.to_state()
             if progress is not None and progress.batch is not None:
                 state["in_progress"] = progress.batch.to_state()
         rank_state = progress.rank_state() if progress is not None and progress.batch is not None else None
@@ -392,7 +345,7 @@ class Trainer:
         if self.is_driver:
             self.prompts.restore(found["prompts"])
             if "prefetched" in found:
-                self._prefetch = generate.RolloutBatch.from_state(found["prefetched"])
+                self.prefetch.restore(found["prefetched"])
             self._async_state = found.get("async")
             self.logger.truncate_after(self.step)
             self.logger.console.print(f"resumed from checkpoint at step {self.step}"
@@ -402,8 +355,7 @@ class Trainer:
         if self.producer is not None:
             self.producer.stop()
         self.checkpoints.close()  # completes an asynchronous save in flight
-        if self._prefetch_pool is not None:
-            self._prefetch_pool.shutdown(wait=True, cancel_futures=True)
+        self.prefetch.close()
         if self.is_driver:
             self.pusher.close()
             if self.servers is not None:

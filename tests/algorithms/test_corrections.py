@@ -305,7 +305,7 @@ def test_adding_a_correction_is_one_entry():
     spec = declare_correction(CorrectionSpec("test_only_half", reweights=True, source="test"))
     try:
         register_correction("test_only_half")(lambda prox, behav, mask, algo: None)
-        cfg = _load("algorithm.importance_correction=test_only_half", "rollout.overlap=true")
+        cfg = _load("algorithm.importance_correction=test_only_half", "rollout.mode=overlap")
         assert get_correction(cfg.algorithm.importance_correction) is spec and OldLogprobPlan.from_config(cfg).recompute
         with pytest.raises(ConfigError, match="test_only_half does not read algorithm.importance_cap"):
             _load("algorithm.importance_correction=test_only_half", "algorithm.importance_cap=3")
@@ -354,7 +354,7 @@ def test_every_correction_recomputes_the_old_logprobs(name, overlap):
     """A correction needs the proximal (recomputed) log-probs and keeps the behaviour ones as its second input:
     no single pass, never the behaviour log-probs as the ratio's denominator; without one, off-policy rollouts
     take the ratio against the behaviour log-probs and on-policy one-epoch runs use a single pass."""
-    plan = OldLogprobPlan.from_config(_load(f"algorithm.importance_correction={name}", f"rollout.overlap={overlap}"))
+    plan = OldLogprobPlan.from_config(_load(f"algorithm.importance_correction={name}", f"rollout.mode={'overlap' if overlap else 'sync'}"))
     if name == "none":
         assert (plan.single_pass, plan.ratio_vs_behaviour, plan.recompute) == (True, overlap, False)
     else:

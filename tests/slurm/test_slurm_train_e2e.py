@@ -61,7 +61,7 @@ def test_requeued_training_resumes_to_the_same_result(slurm_cluster, straight_ru
 
     run_dir = tmp_path / "requeued"
     # The trainer waits in the grading of the third batch while the gate file exists: by then the
-    # step-1 checkpoint is written (with rollout.overlap the third batch is generated during step 2).
+    # step-1 checkpoint is written (with rollout.mode=overlap the third batch is generated during step 2).
     gate = tmp_path / "gate"
     gate.write_text("closed")
     job_id = _submit_tiny(slurm_cluster, run_dir, ["--requeue"],

@@ -1,5 +1,5 @@
 """End-to-end CPU runs of the trainer with off-policy corrections (real Megatron actor, real built-in
-rollout server, one step off-policy with rollout.overlap): decoupled PPO and IcePop train with their
+rollout server, one step off-policy with rollout.mode=overlap): decoupled PPO and IcePop train with their
 statistics in the metrics, and IcePop's mask reaches the gradient."""
 
 import math
@@ -15,7 +15,7 @@ from test_train_e2e import _metrics, _train
 def test_off_policy_run_with_correction(write_recipe, correction, settings):
     """Bounds tight enough for the toy run (one optimizer step of lag moves log-probs by about 0.02; the
     published settings, AReaL's cap 5 and IcePop's wide [alpha, beta], would keep every token here)."""
-    recipe, run_dir = write_recipe(correction, run={"steps": 3}, rollout={"overlap": True},
+    recipe, run_dir = write_recipe(correction, run={"steps": 3}, rollout={"mode": "overlap"},
                                    reward={"custom": "toy_rewards:mentions_seven"},
                                    algorithm={"name": "grpo", "importance_correction": correction, **settings})
     _train(recipe)

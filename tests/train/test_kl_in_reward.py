@@ -1,4 +1,4 @@
-"""KL in the reward under rollout.overlap uses the actor's recomputed log-probs, not the servers'
+"""KL in the reward under rollout.mode=overlap uses the actor's recomputed log-probs, not the servers'
 behaviour log-probs that replace old_logp for the PPO ratio (it used the behaviour ones: the
 recomputed log-probs were computed and thrown away; fails before the fix)."""
 

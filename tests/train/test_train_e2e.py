@@ -76,7 +76,7 @@ def test_layout_parity_first_step(write_recipe):
 @pytest.mark.parametrize("overlap", [False, True], ids=["on-policy", "overlap"])
 def test_kill_and_resume_reproduces_uninterrupted_run(write_recipe, tmp_path, overlap):
     """SIGKILL in the middle of step 3's grading (16 samples a step), then a resumed run: the
-    metrics equal the uninterrupted run's. With rollout.overlap the checkpoint also holds the next
+    metrics equal the uninterrupted run's. With rollout.mode=overlap the checkpoint also holds the next
     step's batch, already sampled."""
     settings = dict(run={"steps": 4}, checkpoint={"every": 1, "keep_last": 2}, rollout={"mode": "overlap" if overlap else "sync"},
                     reward={"custom": "toy_rewards:mentions_seven_then_crash"})
@@ -112,7 +112,7 @@ def test_kill_and_resume_reproduces_uninterrupted_run(write_recipe, tmp_path, ov
 
 @pytest.mark.parametrize("algorithm", [{"mini_batches": 2}, {"importance_correction": "tis"}], ids=["two-minibatches", "tis"])
 def test_overlap_off_policy_variants(write_recipe, algorithm):
-    """rollout.overlap beyond the single-pass case: ratio against the behaviour log-probs over two
+    """rollout.mode=overlap beyond the single-pass case: ratio against the behaviour log-probs over two
     optimizer steps, or against recomputed log-probs with a TIS weight."""
     recipe, run_dir = write_recipe("overlap", run={"steps": 3}, rollout={"mode": "overlap"},
                                    reward={"custom": "toy_rewards:mentions_seven"}, algorithm={"name": "grpo", **algorithm})

@@ -163,3 +163,39 @@ def generate(setup: RolloutSetup, prompts: PromptStream, step: int) -> RolloutBa
             groups.append(group)
     return build_batch(setup, groups, sampled, filtered=filtered, rounds=rounds, truncated_prompts=truncated_prompts,
                        epoch=prompts.epoch)
+
+
+class Prefetcher:
+    """rollout.mode=overlap: the next step's batch generates in a background thread on the servers'
+    current weights while this step trains; `finish` waits for it before the weights change, so the
+    batch is exactly one optimizer step stale."""
+
+    def __init__(self):
+        self._batch = None  # a Future, or the finished RolloutBatch (also one restored from a checkpoint)
+        self._pool = None
+
+    def start(self, setup: RolloutSetup, prompts: PromptStream, step: int) -> None:
+        if self._batch is not None:  # restored from a mid-step checkpoint
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="megarl-rollout")
+        self._batch = self._pool.submit(generate, setup, prompts, step)
+
+    def finish(self) -> RolloutBatch | None:
+        """The prefetched batch once generated (raising its error, if any); None when there is none."""
+        if self._batch is not None and not isinstance(self._batch, RolloutBatch):
+            self._batch = self._batch.result()
+        return self._batch
+
+    def take(self) -> RolloutBatch | None:
+        batch, self._batch = self.finish(), None
+        return batch
+
+    def restore(self, state: dict) -> None:
+        self._batch = RolloutBatch.from_state(state)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

@@ -78,7 +78,7 @@ def advantage_metrics(seqs: Sequence[TrainSequence]) -> dict:
 
 def policy_lag(rollout: dict, step: int) -> dict:
     """Optimizer steps between the weights that sampled the batch and the ones it trains (0 on-policy;
-    1 with rollout.overlap); replaces the batch's weight version."""
+    1 with rollout.mode=overlap, up to max_staleness with async); replaces the batch's weight version."""
     out = dict(rollout)
     out["rollout/policy_lag"] = step - out.pop("rollout/weight_version", step)
     return out
