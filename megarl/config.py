@@ -19,13 +19,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from megarl.algorithms.registry import CORRECTION_SETTINGS, algorithm_names, correction_names, get_algorithm, get_correction
+from megarl.demo.builtins import BUILTIN_MODELS, BUILTIN_PREFIX  # the CPU demo's models, pretrained and cached on first use
 from megarl.rewards.extraction import ExtractionMode
 from megarl.rewards.grading import DEFAULT_TIMEOUT_S
 from megarl.rewards.schemes import RewardScheme, load_reward_function
 
 
-BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = ("toy-arith",)  # megarl's CPU demo base model, pretrained and cached on first use
 SectionT = TypeVar("SectionT", bound="Section")
 
 
@@ -482,7 +481,7 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
         name = cfg.model.path[len(BUILTIN_PREFIX):]
         if name not in BUILTIN_MODELS:
             raise ConfigError(f"model.path={cfg.model.path!r}: unknown built-in model; available: {', '.join(BUILTIN_PREFIX + m for m in BUILTIN_MODELS)}")
-        spec = _builtin_model_spec()
+        spec = _builtin_model_spec(name)
     else:
         model_path = Path(cfg.model.path)
         if not model_path.exists():
@@ -503,12 +502,13 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
             raise ConfigError(str(err)) from None
 
 
-def _builtin_model_spec():
-    """The built-in toy model's architecture, from its settings (no pretraining needed)."""
-    from megarl.demo.toy_model import ToyModelSettings, toy_model_config
+def _builtin_model_spec(name: str):
+    """A built-in toy model's architecture, from its settings (no pretraining needed)."""
+    from megarl.demo.builtins import builtin_model_settings
+    from megarl.demo.toy_model import toy_model_config
     from megarl.models.spec import ModelSpec
 
-    settings = ToyModelSettings()
+    settings = builtin_model_settings(name)
     hf = toy_model_config(settings, vocab_size=settings.tokenizer_vocab_size, eos_id=0, pad_id=1)
     return ModelSpec.from_hf(hf.to_dict())
 
@@ -516,7 +516,9 @@ def _builtin_model_spec():
 def _data_exists(item: str) -> bool:
     from megarl.data.difficulty import DIFFICULTY_PRESETS
 
-    if Path(item).exists() or item.startswith("toy-arith:") or item in DIFFICULTY_PRESETS:
+    from megarl.demo.builtins import is_toy_source
+
+    if Path(item).exists() or is_toy_source(item) or item in DIFFICULTY_PRESETS:
         return True
     try:
         from megarl.datasets import dataset_path

@@ -97,12 +97,12 @@ class Trainer:
     def _resolve_model(self) -> Path:
         path = self.cfg.model.path
         if path.startswith(BUILTIN_PREFIX):
-            from megarl.demo.toy_model import build_toy_model
+            from megarl.demo.builtins import builtin_model_dir, builtin_name
 
             if self.is_driver:
-                build_toy_model()
+                builtin_model_dir(builtin_name(path))
             collectives.barrier()
-            return Path(build_toy_model())  # cached: every rank gets the same directory
+            return builtin_model_dir(builtin_name(path))  # cached: every rank gets the same directory
         path = Path(path)
         from megarl.checkpoint import torch_dist
 
