@@ -67,6 +67,10 @@ DEFAULT_REQUEST_TIMEOUT_S = 600.0  # the rollout client's own default: past it n
 DEFAULT_MAX_REQUEST_SEQUENCES = 4096  # prompts x n in one /generate request
 DEFAULT_STALL_TIMEOUT_S = 300.0  # a batch with no decode step for this long marks the server unhealthy
 HEALTH_GENERATE_TIMEOUT_S = 20.0  # SGLang's /health_generate limit
+# A batch starts this long after its first request arrived (or when full): the requests a client sends
+# together (one per prompt) run as one batch instead of the first alone and the rest after it, each
+# batch decoding to its own longest row (static batching).
+BATCH_WINDOW_S = 0.01
 DISCONNECT_POLL_S = 0.25  # how often a waiting /generate handler checks that its client is still there
 
 
@@ -100,7 +104,7 @@ class RolloutServer:
     def __init__(self, engine: GenerationEngine, *, token: str | None = None, max_batch_sequences: int = 64,
                  served_model_name: str | None = None, request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
                  max_request_sequences: int = DEFAULT_MAX_REQUEST_SEQUENCES,
-                 stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S):
+                 stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S, batch_window_s: float = BATCH_WINDOW_S):
         if max_batch_sequences < 1 or max_request_sequences < 1:
             raise ValueError(f"max_batch_sequences={max_batch_sequences} and max_request_sequences={max_request_sequences} must be >= 1")
         self.engine = engine
@@ -109,6 +113,7 @@ class RolloutServer:
         self.request_timeout_s = request_timeout_s
         self.max_request_sequences = max_request_sequences
         self.stall_timeout_s = stall_timeout_s
+        self.batch_window_s = batch_window_s
         self.last_progress = time.monotonic()  # the worker's last decode step or batch start/end
         self.served_model_name = served_model_name or engine.model_path
         self.jobs: queue.Queue[_Job | None] = queue.Queue()
@@ -149,6 +154,7 @@ class RolloutServer:
                 if first is None:
                     return
                 backlog.append((first, 0))
+                self._collect(backlog)
             with self.state:
                 self.holding = len(backlog)
                 while self.paused and not self.stopping:
@@ -174,6 +180,22 @@ class RolloutServer:
                     self.running_batch = False
                     self.last_progress = time.monotonic()
                     self.state.notify_all()
+
+    def _collect(self, backlog: collections.deque) -> None:
+        """Wait up to batch_window_s for more requests to join a new batch (until it would be full)."""
+        deadline = time.monotonic() + self.batch_window_s
+        while sum(len(job.sequences) - start for job, start in backlog) < self.max_batch_sequences:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                job = self.jobs.get(timeout=left)
+            except queue.Empty:
+                return
+            if job is None:
+                self.jobs.put(None)  # stop: seen by the loop
+                return
+            backlog.append((job, 0))
 
     def _take_batch(self, backlog: collections.deque) -> list[tuple[_Job, int, int]]:
         """Up to max_batch_sequences sequences from the front of the backlog, as (job, start, end)

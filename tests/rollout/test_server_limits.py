@@ -180,3 +180,23 @@ def test_model_path_is_taken_literally(tiny_model_dir, tmp_path):
     literal.mkdir()
     save_file(weights, str(literal / "model.safetensors"))
     assert engine.load_weights_from_disk(str(literal)) == len(weights)
+
+
+def test_requests_sent_together_run_as_one_batch(inproc):
+    """Two requests sent within the batch window share one batch (the server waits batch_window_s for
+    more before it starts one); before, the first ran alone and the second waited for its longest row.
+    (A 0.5 s window and 50 ms between the requests keep the test independent of the machine's load.)"""
+    body = {"input_ids": [5, 6, 7], "sampling_params": {"max_new_tokens": 4, "ignore_eos": True, "n": 2}}
+    batches, window = inproc.server.batches_run, inproc.server.batch_window_s
+    inproc.server.batch_window_s = 0.5
+    results = []
+    try:
+        first = threading.Thread(target=lambda: results.append(generate(inproc.url, body)))
+        first.start()
+        time.sleep(0.05)
+        results.append(generate(inproc.url, body))
+        first.join()
+    finally:
+        inproc.server.batch_window_s = window
+    assert [status for status, _ in results] == [200, 200]
+    assert inproc.server.batches_run == batches + 1 and inproc.server.batch_sizes[-1] == 4
