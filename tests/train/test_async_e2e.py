@@ -3,13 +3,9 @@ max_staleness 0 it trains exactly the synchronous run's batches; kill -9 and res
 once; the staleness in the per-step metrics stays within the bound."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
-from test_train_e2e import _metrics, _train
+from test_train_e2e import _metrics, _train, _train_until_killed
 
 from megarl.data import load_prompts
 from megarl.data.prompt_stream import PromptStream
@@ -48,13 +44,7 @@ def test_async_kill_9_and_resume_trains_every_prompt_once(write_recipe, tmp_path
                     rollout={"mode": "async", "max_staleness": 2, "partial": True},
                     reward={"custom": "toy_rewards:mentions_seven_then_crash"})
     recipe, run_dir = write_recipe("killed_async", **settings)
-    here = os.path.dirname(__file__)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MEGARL_TEST_CRASH_AT_CALL=str(6 * 16 + 4),
-               MEGARL_TEST_CRASH_COUNTER=str(tmp_path / "grading_calls"),
-               PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "megarl.cli", "train", str(recipe)], env=env, capture_output=True, text=True,
-                          timeout=420)
-    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
+    _train_until_killed(recipe, tmp_path, 6 * 16 + 4)
     # the producer runs up to max_staleness + 1 steps ahead: the kill lands around step 3
     done = sorted(p for p in (run_dir / "checkpoints").glob("step_??????") if (p / "COMPLETE").exists())
     assert done and done[-1].name < "step_000006", done

@@ -32,6 +32,18 @@ def _train(recipe, *overrides, nproc=1, timeout=420):
     return proc
 
 
+def _train_until_killed(recipe, tmp_path, at_call: int):
+    """Run `megarl train` until the reward function SIGKILLs the process at grading call `at_call`
+    (toy_rewards:mentions_seven_then_crash), as a node failure would."""
+    here = os.path.dirname(__file__)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MEGARL_TEST_CRASH_AT_CALL=str(at_call),
+               MEGARL_TEST_CRASH_COUNTER=str(tmp_path / "grading_calls"),
+               PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "megarl.cli", "train", str(recipe)], env=env, capture_output=True, text=True,
+                          timeout=420)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
+
+
 @pytest.mark.parametrize(
     "algorithm,extra",
     [
@@ -86,13 +98,7 @@ def test_kill_and_resume_reproduces_uninterrupted_run(write_recipe, tmp_path, ov
     assert [r["rollout/policy_lag"] for r in expected] == ([0, 1, 1, 1] if overlap else [0, 0, 0, 0])
 
     recipe2, run_dir2 = write_recipe("killed", **settings)
-    here = os.path.dirname(__file__)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MEGARL_TEST_CRASH_AT_CALL=str(2 * 16 + 8),
-               MEGARL_TEST_CRASH_COUNTER=str(tmp_path / "grading_calls"),
-               PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "megarl.cli", "train", str(recipe2)], env=env, capture_output=True, text=True,
-                          timeout=420)
-    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
+    _train_until_killed(recipe2, tmp_path, 2 * 16 + 8)
     done = sorted(p.name for p in (run_dir2 / "checkpoints").glob("step_*") if (p / "COMPLETE").exists())
     assert done and done[-1] < "step_000004", done  # killed before the end
     _train(recipe2)  # resumes from the newest complete checkpoint
