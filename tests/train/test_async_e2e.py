@@ -18,7 +18,7 @@ def _prompts(run_dir) -> list[dict]:
 def test_async_with_zero_staleness_equals_sync(write_recipe):
     """max_staleness 0: every token from the trained policy, so the async producer must hand the trainer
     the synchronous run's batches (same prompts, same samples, same rewards) step for step."""
-    common = dict(run={"steps": 3}, reward={"custom": "toy_rewards:mentions_seven"})
+    common = dict(run={"steps": 2}, reward={"custom": "toy_rewards:mentions_seven"})
     recipe, run_dir = write_recipe("sync", rollout={"mode": "sync"}, **common)
     _train(recipe)
     recipe2, run_dir2 = write_recipe("async0", rollout={"mode": "async", "max_staleness": 0, "partial": True}, **common)
