@@ -223,8 +223,7 @@ class RolloutClient:
         if n < 1:
             raise ValueError(f"n={n} must be >= 1")
         for i, prompt in enumerate(prompts_token_ids):
-            if not prompt or not all(isinstance(t, int) for t in prompt):
-                raise ValueError(f"prompt {i} must be a non-empty list of token ids")
+            _check_prompt(i, prompt)
         dead = [s for s in self.servers if not s.alive]
         if dead:  # give servers marked dead by an earlier call one more chance
             await self.acheck_health()
@@ -272,8 +271,7 @@ class RolloutClient:
         `agenerate`. keep_aborted: a sample cut short by /pause_generation (mode=abort) comes back as it
         is, finish_reason "abort" with the tokens and log-probs generated so far, instead of re-sending
         the request; check_version: enforce `expected_weight_version`."""
-        if not prompt or not all(isinstance(t, int) for t in prompt):
-            raise ValueError(f"prompt {index} must be a non-empty list of token ids")
+        _check_prompt(index, prompt)
         results: list = [None]
         await self._one_prompt(conn, index, prompt, sampling, n, results, keep_aborted=keep_aborted,
                                check_version=check_version, slot=0)
@@ -380,6 +378,11 @@ class RolloutClient:
                 weight_version=version, prompt_tokens=meta.get("prompt_tokens", 0),
                 completion_tokens=meta.get("completion_tokens", 0), server=server.url, meta_info=meta))
         return samples
+
+
+def _check_prompt(index: int, prompt) -> None:
+    if not prompt or not all(isinstance(t, int) for t in prompt):
+        raise ValueError(f"prompt {index} must be a non-empty list of token ids")
 
 
 def _server_message(text: str) -> str:

@@ -104,6 +104,15 @@ def token_versions(sample: Sample) -> list[int] | None:
     return [int(version)] * len(sample.output_ids) if version is not None and str(version).isdigit() else None
 
 
+def min_version(sample: Sample) -> int | None:
+    """The oldest policy version among the sample's output tokens (None: no tokens, or no step numbers;
+    -1 for a segment whose server gave no step number)."""
+    if sample.token_versions is not None:
+        return min(sample.token_versions, default=None)
+    version = sample.weight_version
+    return int(version) if sample.output_ids and version is not None and str(version).isdigit() else None
+
+
 def build_batch(setup: RolloutSetup, groups: list[Group], sampled: list[Group], *, filtered: int, rounds: int,
                 truncated_prompts: int, epoch: int) -> RolloutBatch:
     """The step's batch from its kept `groups` (all `sampled` ones count in the reward metrics)."""
@@ -121,7 +130,7 @@ def build_batch(setup: RolloutSetup, groups: list[Group], sampled: list[Group], 
     reflection = reflection_rates([s.text for g in sampled for s in g.samples], [bool(x.correct) for x in all_grades],
                                   cfg.logging.reflection_words)
     versions = {s.weight_version for g in sampled for s in g.samples}
-    versions.update(v for s in seqs for v in (s.versions or ()))
+    versions.update(str(v) for s in seqs if (v := min((x for x in s.versions or () if x >= 0), default=None)) is not None)
     metrics = step_metrics.rollout_metrics(seqs, all_grades, prompts=len(groups), filtered=filtered, rounds=rounds,
                                            truncated_prompts=truncated_prompts, epoch=epoch, weight_versions=versions,
                                            reflection=reflection)

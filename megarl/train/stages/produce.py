@@ -44,7 +44,7 @@ from megarl.rollout.client import RolloutClient, Sample
 from megarl.runtime.seeds import fold_seed
 from megarl.train.stages import reward
 from megarl.train.stages.generate import (Group, RolloutBatch, RolloutSetup, build_batch, encode_prompt, rollout_seed,
-                                          sampling_params, token_versions)
+                                          min_version, sampling_params, token_versions)
 
 
 @dataclasses.dataclass
@@ -135,7 +135,8 @@ class Producer:
             buffered, in_flight = len(self.ready), len(self.in_flight)
         self._poke()  # room for more
         chosen.sort(key=lambda p: p.serial)
-        batch = build_batch(self.setup, [p.group for p in chosen], [p.group for p in chosen], filtered=stats.filtered,
+        groups = [p.group for p in chosen]
+        batch = build_batch(self.setup, groups, groups, filtered=stats.filtered,
                             rounds=1, truncated_prompts=sum(p.truncated_prompt for p in chosen), epoch=self.prompts.epoch)
         batch.metrics.update(staleness_metrics(batch, step, self.max_staleness))
         batch.metrics.update({
@@ -258,13 +259,13 @@ class Producer:
         grades = await asyncio.get_running_loop().run_in_executor(
             self._grading, reward.grade, samples, [row.answer] * len(samples), setup.reward, cfg.data.template)
         group = Group(row, ids, list(samples), grades)
-        versions = [v for s in samples for v in (token_versions(s) or ())]
+        oldest = min((v for s in samples if (v := min_version(s)) is not None), default=None)
         with self.cond:
             del self.in_flight[serial]
             if self.dynamic_sampling and group.uniform:
                 self.stats.filtered += 1
             else:
-                self.ready.append(Produced(serial, key, group, cut, min(versions) if versions else None))
+                self.ready.append(Produced(serial, key, group, cut, oldest))
             self.cond.notify_all()
         self._wake.set()
 
@@ -308,13 +309,14 @@ def join_segments(head: Sample, tail: Sample, tokenizer) -> Sample:
 def staleness_metrics(batch: RolloutBatch, step: int, bound: int) -> dict:
     """Per-step staleness of the trained tokens: mean and max of (step - version), the tokens each
     policy lag produced, and the fraction of samples generated in more than one segment."""
-    lags = [step - v for s in batch.seqs for v in (s.versions or ())]
+    lags = collections.Counter(step - v for s in batch.seqs for v in (s.versions or ()))  # lag -> tokens
+    tokens = sum(lags.values())
     partial = sum(len(set(s.versions or ())) > 1 for s in batch.seqs)
     out = {
-        "rollout/staleness_mean": sum(lags) / len(lags) if lags else 0.0,
+        "rollout/staleness_mean": sum(lag * n for lag, n in lags.items()) / tokens if tokens else 0.0,
         "rollout/staleness_max": max(lags, default=0),
         "rollout/partial_frac": partial / max(1, len(batch.seqs)),
     }
     for lag in range(bound + 1):
-        out[f"rollout/tokens_lag{lag}"] = sum(x == lag for x in lags)
+        out[f"rollout/tokens_lag{lag}"] = lags[lag]
     return out
