@@ -275,19 +275,17 @@ class Producer:
         segments = 0
         while sample.finish_reason == "abort" and not self.stopping:
             segments += 1
-            done = sample.output_ids if self.partial else []
-            if not self.partial:
-                with self.cond:
-                    self.stats.discarded_tokens += len(sample.output_ids)
-            budget = self.setup.cfg.rollout.max_new_tokens - len(done)
-            sampling = sampling_params(self.setup, fold_seed(seed * 131 + segments, 51), max_new_tokens=max(1, budget))
-            (more,) = await self._send(conn, 0, prompt + list(done), sampling, 1)
-            if not self.partial:
-                sample = dataclasses.replace(more, prompt_index=sample.prompt_index, sample_index=sample.sample_index)
-                continue
+            prefix = list(sample.output_ids) if self.partial else []
             with self.cond:
-                self.stats.continued += 1
-            sample = join_segments(sample, more, self.setup.tokenizer)
+                if self.partial:
+                    self.stats.continued += 1
+                else:
+                    self.stats.discarded_tokens += len(sample.output_ids)
+            budget = self.setup.cfg.rollout.max_new_tokens - len(prefix)
+            sampling = sampling_params(self.setup, fold_seed(seed * 131 + segments, 51), max_new_tokens=max(1, budget))
+            (more,) = await self._send(conn, 0, prompt + prefix, sampling, 1)
+            sample = (join_segments(sample, more, self.setup.tokenizer) if self.partial else
+                      dataclasses.replace(more, prompt_index=sample.prompt_index, sample_index=sample.sample_index))
         return sample
 
 
