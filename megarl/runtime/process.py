@@ -5,6 +5,7 @@ the kernel releases when their holder dies.
 `megarl train` relaunches itself under torchrun when tp*pp > 1: torchrun is started with a
 parent-death signal, and every rank arms one too (its parent is the torchrun agent), so `kill -9`
 of the launcher ends the whole tree instead of leaving ranks that keep training and checkpointing.
+Whatever a training process forks (checkpoint writers) dies with it too.
 """
 
 from __future__ import annotations
@@ -32,19 +33,42 @@ def die_with_parent(sig: int = signal.SIGKILL) -> bool:
         return False
 
 
-def die_with_launcher() -> None:
-    """In a rank that `megarl train` launched through torchrun: die when the torchrun agent dies
-    (it dies with the launcher), and exit now if the launcher is already gone."""
+def tie_training_process() -> None:
+    """In a training process (`megarl train`'s own process or a rank): the processes it forks die with
+    it, and under `megarl train`'s torchrun it dies with the launcher (exiting now if that is gone)."""
+    forks_die_with_this_process()
     launcher = os.environ.get(LAUNCHER_PID_ENV)
-    if not launcher:
-        return
-    # Processes a rank forks die with it too: megatron-core's checkpoint writer forks workers that
-    # report on a queue, and one orphaned in the middle of a save blocks on that queue forever.
-    # (They fork from the main thread, whose exit is the rank's: PR_SET_PDEATHSIG follows the
-    # forking thread.)
-    os.register_at_fork(after_in_child=die_with_parent)
-    if die_with_parent(signal.SIGKILL) and not Path(f"/proc/{int(launcher)}").exists():
+    if launcher and die_with_parent(signal.SIGKILL) and not Path(f"/proc/{int(launcher)}").exists():
         os._exit(1)  # the launcher died before the signal was armed
+
+
+_forks_tied = False
+_forking_pid: int | None = None  # in a forked child: the pid of the process that forked it
+
+
+def forks_die_with_this_process() -> None:
+    """Every child this process forks without exec dies when this process dies (kill -9 included).
+
+    megatron-core's checkpoint writer forks workers that report on a queue; one orphaned by a kill in
+    the middle of a save blocks on that queue forever, keeps the run's stdout open (so whoever waits
+    for the output waits for ever) and holds the dead run's memory. They fork from the main thread,
+    whose exit is the process's: PR_SET_PDEATHSIG follows the forking thread. Children started with
+    exec (subprocess) are not affected: the at-fork hooks do not run for them."""
+    global _forks_tied
+    if not _forks_tied:
+        os.register_at_fork(before=_remember_forking_pid, after_in_child=_die_with_forking_process)
+        _forks_tied = True
+
+
+def _remember_forking_pid() -> None:
+    global _forking_pid
+    _forking_pid = os.getpid()
+
+
+def _die_with_forking_process() -> None:
+    # the parent may have died between the fork and the prctl: then no signal would ever come
+    if die_with_parent(signal.SIGKILL) and os.getppid() != _forking_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class LockBusyError(RuntimeError):

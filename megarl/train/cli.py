@@ -67,9 +67,9 @@ def run_training(cfg) -> int:
 
     warnings.filterwarnings("ignore")
     from megarl.runtime.distributed import launcher_env
-    from megarl.runtime.process import LockBusyError, RunDirectoryLock, die_with_launcher
+    from megarl.runtime.process import LockBusyError, RunDirectoryLock, tie_training_process
 
-    die_with_launcher()
+    tie_training_process()
     lock = RunDirectoryLock(cfg.run.output_dir)
     if launcher_env()[0] == 0:  # the driver holds the run directory for the whole run
         try:

@@ -86,3 +86,32 @@ def test_kill_9_of_the_launcher_ends_its_ranks(write_recipe):
                 p.kill()
             except psutil.Error:
                 pass
+
+
+def test_a_training_process_killed_mid_checkpoint_leaves_no_forked_writer():
+    """A training process (here: not under the launcher, as `megarl train` at tp*pp = 1 or a Slurm rank)
+    that forks the way megatron-core's checkpoint writer does, then dies by SIGKILL: the forked child dies
+    with it, so nothing holds the run's stdout or memory. Before `tie_training_process` armed the at-fork
+    hook outside the launcher's ranks, such a child blocked on its queue for ever (and `megarl train`'s
+    stdout never closed)."""
+    script = (
+        "import multiprocessing as mp, os, signal, sys, time\n"
+        "from megarl.runtime.process import tie_training_process\n"
+        "tie_training_process()\n"
+        "q = mp.get_context('fork').JoinableQueue()\n"
+        "writer = mp.get_context('fork').Process(target=q.join)\n"  # waits for task_done that never comes
+        "q.put(1); writer.start()\n"
+        "print(writer.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {k: v for k, v in _env().items() if k != "MEGARL_LAUNCHER_PID"}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    writer = int(proc.stdout.readline())
+    assert proc.wait(30) == -signal.SIGKILL
+    try:
+        psutil.Process(writer).wait(timeout=10)
+    except psutil.TimeoutExpired:
+        os.kill(writer, signal.SIGKILL)
+        pytest.fail("the forked child outlived the process that forked it")
+    except psutil.NoSuchProcess:
+        pass
