@@ -61,16 +61,31 @@ def servers(toy_model):
         server.stop()
 
 
+def _in_flight_for(producer, seconds: float, timeout_s: float = 1.0) -> bool:
+    """Wait until the producer has requests in flight, then `seconds` more (tokens are being generated);
+    False if it sent nothing within `timeout_s` (its groups all finished, up to the bound)."""
+    deadline = time.monotonic() + timeout_s
+    while producer.requests == 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    time.sleep(seconds)
+    return True
+
+
 def test_staleness_bound_and_prompt_accounting_under_random_schedules(toy_model, servers):
-    """Random server speeds, training times, bounds and partial modes: every trained token is at most
-    max_staleness steps old; every prompt drawn is trained once or still pending, never both."""
+    """Random server speeds, training times and token budgets, every bound with and without partial
+    rollouts: every trained token is at most max_staleness steps old; every prompt drawn is trained
+    once or still pending, never both. Some updates are made to land mid-generation, so partial
+    samples are exercised whatever the machine's speed."""
     urls = [s.url for s in servers]
     seen_stale = seen_partial = 0
     for schedule in range(10):
         rng = random.Random(schedule)
-        staleness, partial = rng.choice([0, 1, 2]), rng.random() < 0.6
+        staleness, partial = schedule % 3, schedule % 2 == 1  # each (bound, partial) pair at least once
+        delay = rng.choice([0.0, 0.002, 0.01])
         for server in servers:
-            server.forward_delay_s = rng.choice([0.0, 0.002, 0.01])
+            server.forward_delay_s = delay
         _update_versions(urls, 0)
         cfg = _config(toy_model, per_step=2, n=2, staleness=staleness, partial=partial, max_new_tokens=rng.choice([8, 24]))
         producer, stream = _producer(cfg, urls)
@@ -86,12 +101,19 @@ def test_staleness_bound_and_prompt_accounting_under_random_schedules(toy_model,
                 seen_partial += batch.metrics["rollout/partial_frac"] > 0
                 assert len(batch.seqs) == 2 * 2 and len(batch.prompt_ids) == 2
                 trained += batch.prompt_ids
-                time.sleep(rng.uniform(0, 0.15))  # the update
+                if staleness and rng.random() < 0.5:  # the update lands while the next groups generate
+                    for server in servers:
+                        server.forward_delay_s = 0.01
+                    _in_flight_for(producer, 0.03)
+                else:
+                    time.sleep(rng.uniform(0, 0.15))  # the update
                 producer.before_update()
                 if not partial:
                     assert producer.requests == 0  # drained before the weights change
                 _update_versions(urls, step + 1)
                 producer.after_update(step + 1)
+                for server in servers:
+                    server.forward_delay_s = delay
             state = producer.state()
         finally:
             producer.stop()
