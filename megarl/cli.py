@@ -22,12 +22,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "config": ("megarl.config", "load, override and validate a recipe; print the resolved config"),
 }
 
+# Commands that end without CPython's finalization when run as a program (megarl.runtime.process).
+FAST_EXIT = ("train", "serve")
+
 USAGE = "usage: megarl <command> [args...]\n\ncommands:\n" + "\n".join(
     f"  {name:<8} {desc}" for name, (_, desc) in SUBCOMMANDS.items()
 ) + "\n\nRun `megarl <command> --help` for a command's options."
 
 
 def main(argv: list[str] | None = None) -> int:
+    program = argv is None  # the `megarl` program, not a call from Python code that goes on afterwards
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -46,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megarl: unknown command {name!r}.{hint} Run `megarl --help` for the list.", file=sys.stderr)
         return 2
     module_name = SUBCOMMANDS[name][0]
+    fast_exit = program and name in FAST_EXIT
+    if fast_exit:
+        from megarl.runtime import process
+
+        process.skip_finalization_at_exit()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
@@ -53,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"megarl {name}: not yet available in this version ({module_name} is not built yet).", file=sys.stderr)
             return 3
         raise
-    return int(module.main(rest) or 0)
+    code = int(module.main(rest) or 0)
+    if fast_exit:
+        process.finished(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -5,9 +5,30 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 
 from megarl.runtime.distributed import free_port  # noqa: F401  (re-exported for the tests)
+
+
+def run_to_exit(cmd: list[str], *, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`subprocess.run(cmd, capture_output=True, text=True)`, except that it returns when the process
+    exits: its output goes through files, not pipes. torch's shared-memory manager (started by the
+    tensor weight transport) inherits a trainer's stdout and stderr and stays about 2 s after the
+    trainer exits (its shutdown timeout); a pipe reader waits for it, once per run."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            out.seek(0)
+            err.seek(0)
+            raise subprocess.TimeoutExpired(cmd, timeout, output=out.read(), stderr=err.read()) from None
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, code, out.read(), err.read())
 
 
 def torchrun(args: list[str], nproc: int, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -21,7 +42,7 @@ def torchrun(args: list[str], nproc: int, timeout: float = 300, env: dict | None
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=path, **(env or {}))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    proc = run_to_exit(cmd, timeout=timeout, env=full_env)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-6000:]
         raise AssertionError(f"torchrun failed (rc={proc.returncode}): {' '.join(cmd)}\n{tail}")

@@ -39,7 +39,6 @@ tokens. Everything is deterministic given the seed.
 from __future__ import annotations
 
 import argparse
-import bisect
 import collections
 import dataclasses
 import heapq

@@ -166,7 +166,7 @@ def run_mode(args, mode: str, model_dir: str, work: Path, progress, bt) -> dict:
     overrides = [f"run.steps={args.steps}", "eval.every=0", f"checkpoint.hf_export_every={args.steps}",
                  "logging.wandb=disabled", f"run.output_dir={out_dir}", "checkpoint.every=0", f"model.path={model_dir}",
                  f"data.prompts_per_step={args.prompts}", f"rollout.n={args.n}", *mode_overrides(args, mode), *args.set]
-    cfg = load_recipe(args.config, overrides)
+    load_recipe(args.config, overrides)  # a bad override fails here, before any run starts
     cmd = [sys.executable, "-m", "megarl.cli", "train", str(args.config), *overrides]
     metrics = out_dir / "metrics.jsonl"
     log = work / f"{mode}.log"

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Sequence
 
-from megarl.rewards.equivalence import MAX_SYMBOLIC_CHARS, any_gold_quick, any_gold_symbolic
+from megarl.rewards.equivalence import MAX_SYMBOLIC_CHARS, any_gold_quick
 from megarl.rewards.extraction import ExtractedAnswer, extract_answer, extract_r1_answer, is_truncated, r1_format_ok
 
 DEFAULT_TIMEOUT_S = 5.0

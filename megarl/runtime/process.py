@@ -10,10 +10,12 @@ Whatever a training process forks (checkpoint writers) dies with it too.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -69,6 +71,40 @@ def _die_with_forking_process() -> None:
     # the parent may have died between the fork and the prctl: then no signal would ever come
     if die_with_parent(signal.SIGKILL) and os.getppid() != _forking_pid:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+_finished_with: list[int] = []  # the exit code of a command that returned normally
+
+
+def skip_finalization_at_exit() -> None:
+    """Let a command that returns normally (`finished(code)`) end right after the atexit handlers,
+    without CPython's finalization. Call it before the command imports anything heavy: this handler
+    then runs last (atexit is last in, first out), after every library's own handlers and after
+    non-daemon threads were joined.
+
+    Finalizing the heap of torch, megatron-core and transformers (half a million objects, native
+    destructors) takes about 4 s after the last line of a training run or a built-in server: 4 s of a
+    one-step toy run's 16, and the time a stopped server takes to go away. Nothing is lost by skipping
+    it: the commands close what they wrote (metrics, checkpoints, servers) before returning, streams
+    are flushed here, and a command that raised gets the normal teardown."""
+    atexit.register(_exit_now_if_finished)
+
+
+def finished(code: int) -> None:
+    _finished_with.append(code)
+
+
+def _exit_now_if_finished() -> None:
+    if not _finished_with:
+        return
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(_finished_with[-1])
 
 
 class LockBusyError(RuntimeError):

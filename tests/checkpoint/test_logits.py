@@ -3,10 +3,8 @@
 loads the checkpoint with the trainer's loader and saves it back."""
 
 import json
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 from ckpt_helpers import ARCHS, assert_same_tensors, load_megatron_files
 from dist_utils import torchrun

@@ -4,14 +4,14 @@ newest checkpoint make the resumed run skip it with a message and continue from 
 import json
 import math
 import os
-import subprocess
 import sys
+
+from dist_utils import run_to_exit
 
 
 def _train(recipe, *overrides):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "megarl.cli", "train", str(recipe), *overrides], capture_output=True,
-                          text=True, timeout=600, env=env)
+    return run_to_exit([sys.executable, "-m", "megarl.cli", "train", str(recipe), *overrides], timeout=600, env=env)
 
 
 def test_corrupted_newest_checkpoint_is_skipped_and_training_resumes(write_recipe):

@@ -4,10 +4,10 @@ non-finite weights."""
 
 import json
 import os
-import subprocess
 import sys
 
 import torch
+from dist_utils import run_to_exit
 
 
 def _actor_weights(torch_dist_dir, scratch):
@@ -37,8 +37,7 @@ def test_nan_loss_skips_updates_then_stops_before_a_nonfinite_checkpoint(write_r
                                    checkpoint={"every": 1, "keep_last": 10}, reward={"custom": "toy_rewards:mentions_seven"})
     here = os.path.dirname(__file__)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MEGARL_TEST_NAN_FROM_STEP="2")
-    proc = subprocess.run([sys.executable, os.path.join(here, "nan_loss_job.py"), str(recipe)], capture_output=True,
-                          text=True, timeout=600, env=env)
+    proc = run_to_exit([sys.executable, os.path.join(here, "nan_loss_job.py"), str(recipe)], timeout=600, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 3, out[-3000:]
     assert "actor: 2 optimizer steps in a row skipped for a non-finite loss or gradient at step 4" in out, out[-3000:]

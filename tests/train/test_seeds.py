@@ -3,10 +3,10 @@ inside SGLang's signed 64-bit range, and the built-in server accepts them."""
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+from dist_utils import run_to_exit
 
 from megarl.train.stages.generate import rollout_seed
 
@@ -34,8 +34,7 @@ def test_small_seeds_keep_their_rollout_seeds():
 def test_training_with_a_large_seed(write_recipe, seed):
     recipe, run_dir = write_recipe(f"seed{seed}", run={"steps": 1, "seed": seed})
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "megarl.cli", "train", str(recipe)], capture_output=True, text=True,
-                          timeout=420, env=env)
+    proc = run_to_exit([sys.executable, "-m", "megarl.cli", "train", str(recipe)], timeout=420, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert [r["step"] for r in rows] == [1]

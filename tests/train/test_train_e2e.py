@@ -5,12 +5,10 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
-from dist_utils import free_port
+from dist_utils import free_port, run_to_exit
 
 
 def _metrics(run_dir):
@@ -26,7 +24,7 @@ def _train(recipe, *overrides, nproc=1, timeout=420):
     here = os.path.dirname(__file__)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
                PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = run_to_exit(cmd, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise AssertionError(f"training failed rc={proc.returncode}\n{(proc.stdout + proc.stderr)[-5000:]}")
     return proc
@@ -39,8 +37,7 @@ def _train_until_killed(recipe, tmp_path, at_call: int):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MEGARL_TEST_CRASH_AT_CALL=str(at_call),
                MEGARL_TEST_CRASH_COUNTER=str(tmp_path / "grading_calls"),
                PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "megarl.cli", "train", str(recipe)], env=env, capture_output=True, text=True,
-                          timeout=420)
+    proc = run_to_exit([sys.executable, "-m", "megarl.cli", "train", str(recipe)], env=env, timeout=420)
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
 
 
@@ -192,8 +189,7 @@ def test_stop_request_is_honoured_between_phases_and_the_resumed_run_matches(wri
         log = tmp_path / f"{name}.phases"
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MEGARL_TEST_SIGNAL_IN=signal_in,
                    MEGARL_TEST_PHASE_LOG=str(log), PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
-        proc = subprocess.run([sys.executable, os.path.join(here, "signal_in_phase.py"), str(recipe2)], env=env,
-                              capture_output=True, text=True, timeout=420)
+        proc = run_to_exit([sys.executable, os.path.join(here, "signal_in_phase.py"), str(recipe2)], env=env, timeout=420)
         assert proc.returncode == 75, (signal_in, proc.returncode, proc.stderr[-3000:])
         assert "checkpointed at step 2 (in progress)" in proc.stdout + proc.stderr
         assert log.read_text().split().count("update") == updates_run, signal_in  # nothing after the stop point
