@@ -22,8 +22,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "config": ("megarl.config", "load, override and validate a recipe; print the resolved config"),
 }
 
-# Commands that end without CPython's finalization when run as a program (megarl.runtime.process).
-FAST_EXIT = ("train", "serve")
+# Commands that end without CPython's finalization when run as a program (megarl.runtime.process):
+# the built-in server, whose stop every training run waits for.
+FAST_EXIT = ("serve",)
 
 USAGE = "usage: megarl <command> [args...]\n\ncommands:\n" + "\n".join(
     f"  {name:<8} {desc}" for name, (_, desc) in SUBCOMMANDS.items()

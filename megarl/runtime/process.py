@@ -82,11 +82,10 @@ def skip_finalization_at_exit() -> None:
     then runs last (atexit is last in, first out), after every library's own handlers and after
     non-daemon threads were joined.
 
-    Finalizing the heap of torch, megatron-core and transformers (half a million objects, native
-    destructors) takes about 4 s after the last line of a training run or a built-in server: 4 s of a
-    one-step toy run's 16, and the time a stopped server takes to go away. Nothing is lost by skipping
-    it: the commands close what they wrote (metrics, checkpoints, servers) before returning, streams
-    are flushed here, and a command that raised gets the normal teardown."""
+    A built-in server (torch and transformers loaded) spent 0.97 s finalizing after its last request
+    was answered, and every training run waits for its servers to stop; with this it is gone in
+    0.11 s. Nothing is lost: the command has closed what it wrote before returning, streams are
+    flushed here, and a command that raised gets the normal teardown."""
     atexit.register(_exit_now_if_finished)
 
 

@@ -115,3 +115,25 @@ def test_a_training_process_killed_mid_checkpoint_leaves_no_forked_writer():
         pytest.fail("the forked child outlived the process that forked it")
     except psutil.NoSuchProcess:
         pass
+
+
+@pytest.mark.parametrize("finished", [True, False], ids=["returned", "raised"])
+def test_a_finished_command_exits_after_the_atexit_handlers_with_its_code(tmp_path, finished):
+    """skip_finalization_at_exit: a command that returned (finished(code)) exits with its code right
+    after the other atexit handlers (which still run, and buffered output is flushed); one that raised
+    gets Python's normal exit (status 1, the traceback printed)."""
+    marker = tmp_path / "handler_ran"
+    script = (
+        "import atexit, sys\n"
+        "from megarl.runtime import process\n"
+        "process.skip_finalization_at_exit()\n"
+        f"atexit.register(lambda: open({str(marker)!r}, 'w').write('yes'))\n"  # a library's handler, registered later
+        "sys.stdout.write('unflushed output')\n"
+        + ("process.finished(3)\n" if finished else "raise RuntimeError('the command failed')\n")
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=_env())
+    assert marker.read_text() == "yes" and proc.stdout == "unflushed output"
+    if finished:
+        assert proc.returncode == 3 and proc.stderr == ""
+    else:
+        assert proc.returncode == 1 and "RuntimeError: the command failed" in proc.stderr
