@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from megarl.algorithms.registry import CORRECTION_SETTINGS, algorithm_names, correction_names, get_algorithm, get_correction
-from megarl.demo.builtins import BUILTIN_MODELS, BUILTIN_PREFIX  # the CPU demo's models, pretrained and cached on first use
+from megarl.demo.builtins import builtin_name  # the CPU demo's models, pretrained and cached on first use
 from megarl.rewards.extraction import ExtractionMode
 from megarl.rewards.grading import DEFAULT_TIMEOUT_S
 from megarl.rewards.schemes import RewardScheme, load_reward_function
@@ -477,11 +477,12 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
     for i, item in enumerate(cfg.data.train):
         if not _data_exists(item):
             raise ConfigError(f"data.train[{i}]={item!r} does not exist; give a JSONL/Parquet path or a shipped set name")
-    if cfg.model.path.startswith(BUILTIN_PREFIX):
-        name = cfg.model.path[len(BUILTIN_PREFIX):]
-        if name not in BUILTIN_MODELS:
-            raise ConfigError(f"model.path={cfg.model.path!r}: unknown built-in model; available: {', '.join(BUILTIN_PREFIX + m for m in BUILTIN_MODELS)}")
-        spec = _builtin_model_spec(name)
+    builtin = builtin_name(cfg.model.path)
+    if builtin is not None:
+        try:
+            spec = _builtin_model_spec(builtin)
+        except ValueError as err:  # an unknown name: builtins.check_builtin_model lists the known ones
+            raise ConfigError(str(err)) from None
     else:
         model_path = Path(cfg.model.path)
         if not model_path.exists():

@@ -23,12 +23,13 @@ def run_to_exit(cmd: list[str], *, timeout: float, env: dict | None = None) -> s
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            out.seek(0)
-            err.seek(0)
-            raise subprocess.TimeoutExpired(cmd, timeout, output=out.read(), stderr=err.read()) from None
+            code = None
         out.seek(0)
         err.seek(0)
-        return subprocess.CompletedProcess(cmd, code, out.read(), err.read())
+        stdout, stderr = out.read(), err.read()
+    if code is None:
+        raise subprocess.TimeoutExpired(cmd, timeout, output=stdout, stderr=stderr)
+    return subprocess.CompletedProcess(cmd, code, stdout, stderr)
 
 
 def torchrun(args: list[str], nproc: int, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

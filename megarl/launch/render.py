@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from megarl.config import BUILTIN_PREFIX, Config
+from megarl.config import Config
+from megarl.demo.builtins import builtin_model_dir, builtin_name
 from megarl.launch.layout import JobLayout, LaunchError, LaunchOptions
 from megarl.launch.node_servers import ServerPlan, server_commands
 from megarl.runtime.seeds import fold_seed
@@ -77,10 +78,9 @@ def slurm_source_dir() -> Path:
 def resolve_model_dir(cfg: Config, build: bool = True) -> str:
     """The HF directory the rollout servers load (built-in models resolved, megarl checkpoints' hf/)."""
     path = cfg.model.path
-    if path.startswith(BUILTIN_PREFIX):
-        from megarl.demo.builtins import builtin_model_dir, builtin_name
-
-        return str(builtin_model_dir(builtin_name(path), build=build))
+    builtin = builtin_name(path)
+    if builtin is not None:
+        return str(builtin_model_dir(builtin, build=build))
     model = Path(path).resolve()
     return str(model / "hf" if (model / "megarl_checkpoint.json").exists() else model)
 

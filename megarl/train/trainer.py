@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from megarl.checkpoint.manager import CheckpointManager, export_hf
-from megarl.config import BUILTIN_PREFIX, Config, validate_semantics
+from megarl.config import Config, validate_semantics
 from megarl.data.prompt_stream import PromptStream
+from megarl.demo.builtins import builtin_model_dir, builtin_name
 from megarl.models.spec import ModelSpec
 from megarl.rollout import fleet
 from megarl.runtime import collectives
@@ -96,13 +97,12 @@ class Trainer:
     # ---- setup --------------------------------------------------------------------------
     def _resolve_model(self) -> Path:
         path = self.cfg.model.path
-        if path.startswith(BUILTIN_PREFIX):
-            from megarl.demo.builtins import builtin_model_dir, builtin_name
-
+        builtin = builtin_name(path)
+        if builtin is not None:
             if self.is_driver:
-                builtin_model_dir(builtin_name(path))
+                builtin_model_dir(builtin)
             collectives.barrier()
-            return builtin_model_dir(builtin_name(path))  # cached: every rank gets the same directory
+            return builtin_model_dir(builtin)  # cached: every rank gets the same directory
         path = Path(path)
         from megarl.checkpoint import torch_dist
 

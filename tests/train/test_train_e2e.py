@@ -15,16 +15,20 @@ def _metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+def _env(**extra) -> dict:
+    """A training run's environment: one thread, no warnings, toy_rewards on the path."""
+    here = os.path.dirname(__file__)
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+                PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]), **extra)
+
+
 def _train(recipe, *overrides, nproc=1, timeout=420):
     if nproc == 1:
         cmd = [sys.executable, "-m", "megarl.cli", "train", str(recipe), *overrides]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
                "--master-port", str(free_port()), "-m", "megarl.cli", "train", str(recipe), *overrides]
-    here = os.path.dirname(__file__)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
-               PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
-    proc = run_to_exit(cmd, timeout=timeout, env=env)
+    proc = run_to_exit(cmd, timeout=timeout, env=_env())
     if proc.returncode != 0:
         raise AssertionError(f"training failed rc={proc.returncode}\n{(proc.stdout + proc.stderr)[-5000:]}")
     return proc
@@ -33,10 +37,7 @@ def _train(recipe, *overrides, nproc=1, timeout=420):
 def _train_until_killed(recipe, tmp_path, at_call: int):
     """Run `megarl train` until the reward function SIGKILLs the process at grading call `at_call`
     (toy_rewards:mentions_seven_then_crash), as a node failure would."""
-    here = os.path.dirname(__file__)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MEGARL_TEST_CRASH_AT_CALL=str(at_call),
-               MEGARL_TEST_CRASH_COUNTER=str(tmp_path / "grading_calls"),
-               PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    env = _env(MEGARL_TEST_CRASH_AT_CALL=str(at_call), MEGARL_TEST_CRASH_COUNTER=str(tmp_path / "grading_calls"))
     proc = run_to_exit([sys.executable, "-m", "megarl.cli", "train", str(recipe)], env=env, timeout=420)
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
 
@@ -187,8 +188,7 @@ def test_stop_request_is_honoured_between_phases_and_the_resumed_run_matches(wri
         name = "stopped_" + signal_in.split(":")[0]
         recipe2, run_dir2 = write_recipe(name, **settings)
         log = tmp_path / f"{name}.phases"
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MEGARL_TEST_SIGNAL_IN=signal_in,
-                   MEGARL_TEST_PHASE_LOG=str(log), PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+        env = _env(MEGARL_TEST_SIGNAL_IN=signal_in, MEGARL_TEST_PHASE_LOG=str(log))
         proc = run_to_exit([sys.executable, os.path.join(here, "signal_in_phase.py"), str(recipe2)], env=env, timeout=420)
         assert proc.returncode == 75, (signal_in, proc.returncode, proc.stderr[-3000:])
         assert "checkpointed at step 2 (in progress)" in proc.stdout + proc.stderr
