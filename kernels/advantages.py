@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.dispatch import HAS_TRITON, autotune_configs, resolve_impl
+from megarl.kernels.dispatch import HAS_TRITON, autotune_configs, resolve_impl
 
 GROUP_MODES = ("grpo", "drgrpo", "rloo")
 

@@ -4,7 +4,7 @@
 `logprobs_and_entropy(hidden @ weight.T, labels)` but walks the vocabulary in chunks of
 `vocab_chunk` columns (and the tokens in chunks of `token_chunk` rows): each chunk's logits
 [token_chunk, vocab_chunk] come from one matmul (cuBLAS on GPUs, the CPU BLAS otherwise), feed
-the per-row online statistics of `kernels.logprob` (Triton or torch), and are dropped. The
+the per-row online statistics of `megarl.kernels.logprob` (Triton or torch), and are dropped. The
 backward recomputes each chunk's logits, overwrites them with d(logits) in place, and
 accumulates d(hidden) = dL @ W_chunk and d(W_chunk) = dL^T @ hidden. Beyond its inputs and the
 gradients it returns, the path holds one logits chunk, a float32 d(hidden) accumulator [N, H]
@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.dispatch import resolve_impl
-from kernels.logprob import (
+from megarl.kernels.dispatch import resolve_impl
+from megarl.kernels.logprob import (
     DEFAULT_CHUNK_ELEMS,
     _empty_stats,
     check_labels,
@@ -153,6 +153,6 @@ def linear_logprobs_and_entropy(
 
 def linear_logprobs_and_entropy_reference(hidden, weight, labels, temperature: float = 1.0, vocab_size: int | None = None):
     """The naive path: full logits = hidden @ weight.T, then float32 log_softmax + gather."""
-    from kernels.logprob import logprobs_and_entropy_reference
+    from megarl.kernels.logprob import logprobs_and_entropy_reference
 
     return logprobs_and_entropy_reference(hidden @ weight.t(), labels, temperature, vocab_size)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from kernels.dispatch import HAS_TRITON, autotune_configs, resolve_impl
+from megarl.kernels.dispatch import HAS_TRITON, autotune_configs, resolve_impl
 from megarl.runtime import collectives
 from megarl.runtime.device import is_gpu_device
 

@@ -2,7 +2,7 @@
 
 Plain torch on purpose: these are a handful of elementwise ops over [B, T] plus one reduction,
 which torch (or torch.compile) already fuses well; the expensive inputs (log-probs) come from
-the fused kernels in `kernels.logprob`.
+the fused kernels in `megarl.kernels.logprob`.
 
 policy_loss, per token with ratio = exp(clamp(logp - old_logp, -20, 20)) and advantage A (the clamp,
 as in verl, OpenRLHF and slime, keeps one far-off-policy token from overflowing exp to inf and

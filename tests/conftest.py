@@ -9,10 +9,6 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).parent))
-# Import the project's top-level `kernels` package now, so that the `tests/kernels` folder on
-# sys.path can never shadow it as a namespace package.
-sys.path.insert(0, str(Path(__file__).parent.parent))
-import kernels  # noqa: E402,F401
 
 import pytest  # noqa: E402
 

@@ -38,11 +38,7 @@ def torchrun(args: list[str], nproc: int, timeout: float = 300, env: dict | None
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
         "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args,
     ]
-    # The repo root first on the path: a script under tests/ would otherwise see tests/kernels/ (a
-    # namespace package) instead of the top-level `kernels` package.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=path, **(env or {}))
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(env or {}))
     proc = run_to_exit(cmd, timeout=timeout, env=full_env)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-6000:]

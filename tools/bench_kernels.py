@@ -10,12 +10,12 @@ estimate plus inputs exceeds the machine's memory.
 Kernels and paths
   logprob: logits [N, V] -> (log p(label), entropy), forward + backward.
     naive          float32 log_softmax + gather + p * log p (what trainers do without a kernel)
-    fused          kernels.logprobs_and_entropy (Triton on GPUs, chunked torch on CPU)
+    fused          megarl.kernels.logprobs_and_entropy (Triton on GPUs, chunked torch on CPU)
     fused-inplace  the same with inplace_backward=True (d logits overwrites the logits buffer)
     liger          Liger-Kernel's cross entropy (log p only), when installed and on a GPU
   linear: hidden [N, H] and output weight [V, H] -> the same outputs.
     naive          logits = hidden @ W^T, then the naive logprob path
-    fused          kernels.linear_logprobs_and_entropy (vocab chunks, never the full logits)
+    fused          megarl.kernels.linear_logprobs_and_entropy (vocab chunks, never the full logits)
     liger          Liger-Kernel's fused linear cross entropy (log p only), when installed and on a GPU
 
 Examples
@@ -90,8 +90,8 @@ def _fill_random(t, scale: float, rows: int = 16) -> None:
 def run_case(case: Case) -> dict:
     import torch
 
-    from kernels import linear_logprobs_and_entropy, logprobs_and_entropy
-    from kernels.logprob import logprobs_and_entropy_reference
+    from megarl.kernels import linear_logprobs_and_entropy, logprobs_and_entropy
+    from megarl.kernels.logprob import logprobs_and_entropy_reference
     from megarl.runtime.device import get_device, on_gpu, synchronize
 
     device = get_device()

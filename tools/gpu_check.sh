@@ -107,7 +107,7 @@ step() {  # step NAME TIMEOUT_S CMD... : run one step under a timeout, log it, r
 if [ "$DRY" = 1 ]; then
   export MEGARL_DEVICE=cpu
   step files 10 ls tests/kernels/test_gpu_compiled.py tools/bench_kernels.py tools/bench_sync.py configs/tiny_cpu.yaml
-  step imports 120 "$PY" -c "import megarl.train.trainer, megarl.rollout.server, megarl.rollout.weight_sync, kernels.logprob, kernels.advantages, megatron.core, pydantic, math_verify, triton"
+  step imports 120 "$PY" -c "import megarl.train.trainer, megarl.rollout.server, megarl.rollout.weight_sync, megarl.kernels.logprob, megarl.kernels.advantages, megatron.core, pydantic, math_verify, triton"
   step kernel_tests_collect 120 "$PY" -m pytest -q --collect-only -p no:cacheprovider tests/kernels/test_gpu_compiled.py
   step bench_kernels_args 60 "$PY" tools/bench_kernels.py --help
   step grpo_recipe 60 "$PY" -m megarl.cli config "${TRAIN_ARGS[@]}"

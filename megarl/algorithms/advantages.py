@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from kernels import gae, group_advantages
+from megarl.kernels import gae, group_advantages
 from megarl.algorithms.registry import GAE, RETURNS, SEQUENCE, estimator_fn, get_algorithm, register_advantage_estimator
 from megarl.runtime import collectives
 from megarl.runtime.device import get_device
@@ -26,7 +26,7 @@ from megarl.runtime.device import get_device
 def sequence_advantages(rewards: Sequence[float], groups: Sequence[int], mode: str, eps: float = 1e-6,
                         impl: str = "auto") -> list[float]:
     """Group-relative advantage per sequence; sequences of one prompt share a group id; `mode` is a
-    `kernels.group_advantages` mode (an algorithm's `group_baseline`).
+    `megarl.kernels.group_advantages` mode (an algorithm's `group_baseline`).
 
     Groups may differ in size (the kernel masks the missing slots)."""
     order = sorted(set(groups))

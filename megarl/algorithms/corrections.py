@@ -41,7 +41,7 @@ import dataclasses
 
 import torch
 
-from kernels.losses import LOG_RATIO_LIMIT
+from megarl.kernels.losses import LOG_RATIO_LIMIT
 from megarl.algorithms.registry import register_correction
 
 # Statistics every correction reports (token means over the mask; `is/<name>` in the step's metrics).

@@ -7,7 +7,7 @@ import dataclasses
 
 import torch
 
-from kernels.losses import aggregate, cispo_policy_loss, gspo_policy_loss, kl_penalty, policy_loss
+from megarl.kernels.losses import aggregate, cispo_policy_loss, gspo_policy_loss, kl_penalty, policy_loss
 from megarl.algorithms.registry import get_algorithm, policy_loss_fn, register_policy_loss
 from megarl.train.batch import LossTargets
 

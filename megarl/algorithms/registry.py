@@ -43,7 +43,7 @@ RETURNS = EstimatorSpec("returns", token_rewards=True, whitens=True,
 
 @dataclass(frozen=True)
 class AlgorithmSpec:
-    """One RL algorithm. `group_baseline` is the `kernels.group_advantages` mode applied to each prompt's
+    """One RL algorithm. `group_baseline` is the `megarl.kernels.group_advantages` mode applied to each prompt's
     rewards before the estimator (None: the estimator sees the raw reward); `requires` holds algorithm
     settings the method is defined with (config validation enforces them)."""
 

@@ -1,7 +1,7 @@
 """Transitional re-export of `megarl.algorithms.advantages` and `megarl.algorithms.losses` (their old home);
 new code imports those modules directly."""
 
-from kernels import kl_penalty  # the trainer's KL-in-reward call reads it from here
+from megarl.kernels import kl_penalty  # the trainer's KL-in-reward call reads it from here
 from megarl.algorithms.advantages import (
     AdvantageInputs,
     TokenAdvantages,

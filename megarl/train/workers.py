@@ -36,7 +36,7 @@ def is_last_stage() -> bool:
 
 def response_logprobs(logits: torch.Tensor, mb: MicroBatch, spec: ModelSpec, temperature: float):
     """Log-probs and entropy of each response token, [B, T] float32 (fused vocab-parallel kernel)."""
-    from kernels import logprobs_and_entropy
+    from megarl.kernels import logprobs_and_entropy
 
     if mb.logits_selected:  # logits [1, n, V/tp] at the response positions only
         logp, entropy = logprobs_and_entropy(

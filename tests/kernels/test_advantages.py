@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.advantages import (
+from megarl.kernels.advantages import (
     gae,
     gae_reference,
     group_advantages,
@@ -110,7 +110,7 @@ def test_masked_whiten(impl, shift_mean):
 def test_masked_whiten_without_mask_on_the_torch_path():
     """mask=None means every element (as on the Triton path); the torch path raised
     AttributeError on None.to (fails before the fix)."""
-    from kernels.advantages import masked_whiten
+    from megarl.kernels.advantages import masked_whiten
 
     x = torch.tensor([1.0, 2.0, 4.0, 7.0])
     expected = (x - x.mean()) / x.std()

@@ -16,7 +16,7 @@ pytestmark = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_logprob_entropy_compiled(dtype):
-    from kernels.logprob import logprobs_and_entropy, logprobs_and_entropy_reference
+    from megarl.kernels.logprob import logprobs_and_entropy, logprobs_and_entropy_reference
 
     device = get_device()
     g = torch.Generator(device=device).manual_seed(0)
@@ -29,7 +29,7 @@ def test_logprob_entropy_compiled(dtype):
 
 
 def test_advantages_compiled():
-    from kernels.advantages import gae, gae_reference, group_advantages, group_advantages_reference
+    from megarl.kernels.advantages import gae, gae_reference, group_advantages, group_advantages_reference
 
     device = get_device()
     r = torch.randn(64, 8, device=device)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.linear_logprob import linear_logprobs_and_entropy, linear_logprobs_and_entropy_reference
+from megarl.kernels.linear_logprob import linear_logprobs_and_entropy, linear_logprobs_and_entropy_reference
 
 
 def _case(n, h, v, dtype, seed=0):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.logprob import logprobs_and_entropy, logprobs_and_entropy_reference
+from megarl.kernels.logprob import logprobs_and_entropy, logprobs_and_entropy_reference
 
 IMPLS = ["triton", "torch"]
 

@@ -8,8 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from kernels.linear_logprob import linear_logprobs_and_entropy, linear_logprobs_and_entropy_reference
-from kernels.logprob import logprobs_and_entropy, logprobs_and_entropy_reference
+from megarl.kernels.linear_logprob import linear_logprobs_and_entropy, linear_logprobs_and_entropy_reference
+from megarl.kernels.logprob import logprobs_and_entropy, logprobs_and_entropy_reference
 
 TP = 2
 N, H, LOCAL_V, TRUE_V = 13, 16, 600, 1150  # 2 x 600 = 1200 columns, Megatron-style padding past 1150

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from kernels.losses import cispo_policy_loss, gspo_policy_loss, gspo_sequence_loss_reference, kl_penalty, policy_loss
+from megarl.kernels.losses import cispo_policy_loss, gspo_policy_loss, gspo_sequence_loss_reference, kl_penalty, policy_loss
 
 
 def _per_token_loss(lp, old, a, clip_low, clip_high, dual):

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from kernels import kl_penalty
+from megarl.kernels import kl_penalty
 from megarl.algorithms.advantages import AdvantageInputs, estimate_advantages, sequence_advantages
 from megarl.algorithms.registry import get_algorithm
 from megarl.config import AlgorithmConfig
