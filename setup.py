@@ -35,6 +35,8 @@ INSTALL_REQUIRES = [
     "wandb>=0.17",
 ]
 
+# Ranges, library-style: the tested versions are pinned in megarl/locks/ (CPU and GPU, written by
+# tools/lock.sh); tools/check_newest.sh tries the newest releases against them.
 EXTRAS = {
     # Everything the CPU tests need beyond the runtime deps.
     # pyarrow/datasets: Parquet and HF `save_to_disk` prompt sets. The SGLang conformance tests import
@@ -56,10 +58,14 @@ setup(
     version="0.1.0",
     description="Zero-RL trainer for math reasoning: Megatron-core actor/critic, SGLang rollouts, Triton kernels, Slurm.",
     python_requires=">=3.10",
+    # megarl's kernels live in the top-level kernels/ folder and install as `megarl.kernels`: that folder
+    # has no __init__.py (the package's lies in megarl/kernels/ and adds the folder to its path in a
+    # checkout), so nothing named `kernels` ever shadows Hugging Face's `kernels`, which transformers
+    # >= 5.25 and sglang import.
     packages=find_packages(include=["megarl", "megarl.*"]),
     package_dir={"megarl.kernels": "kernels"},
     include_package_data=True,
-    package_data={"megarl": ["kernels/__init__.py", "datasets/*.jsonl", "datasets/*.md", "datasets/MD5SUMS"]},
+    package_data={"megarl": ["kernels/__init__.py", "locks/*.txt", "datasets/*.jsonl", "datasets/*.md", "datasets/MD5SUMS"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["megarl=megarl.cli:main"]},

@@ -90,3 +90,16 @@ def set_current_device(local_rank: int) -> None:
     """Bind this process to its local GPU (no-op on CPU)."""
     if on_gpu():
         torch.cuda.set_device(local_rank)
+
+
+def accelerator_facts() -> dict:
+    """What `megarl doctor` reports about the GPU stack: torch's CUDA build, the visible GPUs, NCCL."""
+    facts = {"torch": torch.__version__, "cuda_build": torch.version.cuda, "gpus": 0, "gpu_name": None, "nccl": None}
+    if torch.cuda.is_available():
+        facts["gpus"] = torch.cuda.device_count()
+        facts["gpu_name"] = torch.cuda.get_device_name(0)
+        try:
+            facts["nccl"] = ".".join(str(part) for part in torch.cuda.nccl.version())
+        except (AttributeError, RuntimeError):
+            facts["nccl"] = None
+    return facts
