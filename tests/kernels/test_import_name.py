@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -68,3 +69,18 @@ def test_nothing_at_the_repo_root_is_a_regular_kernels_package():
     """A regular package named `kernels` anywhere on sys.path before site-packages would shadow HF's."""
     assert not (REPO / "kernels" / "__init__.py").exists()
     assert not (REPO / "tests" / "kernels" / "__init__.py").exists()
+
+
+def test_the_wheel_holds_the_kernels_as_megarl_kernels_only(tmp_path):
+    """A non-editable install: the modules of kernels/ land in megarl/kernels/ beside its __init__.py,
+    and nothing named `kernels` is written to site-packages (where it would overwrite HF's)."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = tmp_path.glob("megarl-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    kernel_files = sorted(n for n in names if "kernels" in n.split("/")[0:2])
+    expected = sorted(f"megarl/kernels/{p.name}" for p in (REPO / "kernels").glob("*.py")) + ["megarl/kernels/__init__.py"]
+    assert kernel_files == sorted(expected), kernel_files
+    assert not [n for n in names if n.startswith("kernels/")]
+    assert {"megarl/locks/cpu.txt", "megarl/locks/gpu-py311.txt", "megarl/locks/gpu-py312.txt"} <= set(names)
