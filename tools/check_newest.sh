@@ -35,14 +35,19 @@ step() {  # step NAME TIMEOUT_S COMMAND...
   timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
   rc=$?
   NAMES+=("$name"); SECONDS_TAKEN+=($(( $(date +%s) - t0 )))
-  if [ $rc -eq 0 ]; then RESULTS+=("pass"); else RESULTS+=("FAIL (rc=$rc)"); tail -25 "$WORK/$name.log" | sed 's/^/   | /'; fi
+  if [ $rc -eq 0 ]; then
+    RESULTS+=("pass")
+  else
+    RESULTS+=("FAIL (rc=$rc$([ $rc = 124 ] && echo ", timed out after ${limit}s"))")
+    grep -v "^WARNING: Location" "$WORK/$name.log" | tail -25 | sed 's/^/   | /'
+  fi
 }
 
 echo "== venv $VENV (no lock: the newest releases setup.py admits; torch $TORCH, sglang $SGLANG --no-deps)"
 python3 -m venv "$VENV" || exit 1
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
-step install 600 bash -c "pip install -q torch==$TORCH && pip install -q -e '.[dev]' && pip install -q --no-deps sglang==$SGLANG"
+step install 900 bash -c "pip install -q torch==$TORCH && pip install -q -e '.[dev]' && pip install -q --no-deps sglang==$SGLANG"
 export TRITON_INTERPRET=1 WANDB_MODE=offline PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 step imports 120 python -c "import megarl.train.trainer, megarl.rollout.server, megarl.rollout.weight_sync, megarl.kernels.logprob, megatron.core, transformers, kernels, sglang.srt.utils"
 step kernels_name 180 python -m pytest -q -p no:cacheprovider tests/kernels/test_import_name.py
@@ -79,7 +84,10 @@ for i in "${!NAMES[@]}"; do
   [ "${RESULTS[$i]}" = pass ] || failed=1
 done
 echo "total $(( $(date +%s) - START ))s"
-if [ $failed -ne 0 ]; then
+if [ "${RESULTS[0]}" != pass ]; then
+  echo "RESULT: FAIL - installing the newest releases failed (log above): a release may be missing or conflicting"
+  exit 1
+elif [ $failed -ne 0 ]; then
   echo "RESULT: FAIL - a newest release breaks megarl (logs above); keep the lock, fix or bound the range in setup.py"
   exit 1
 fi
