@@ -158,7 +158,7 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
                 samples_file.write(json.dumps({
                     "benchmark": name, "id": rows[s.prompt_index].id, "sample": s.sample_index, "response": s.text,
                     "answer": rows[s.prompt_index].answer, "extracted": g.extracted, "correct": bool(g.correct),
-                    "finish_reason": s.finish_reason, "completion_tokens": s.completion_tokens,
+                    "finish_reason": s.finish_reason, "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
                 }) + "\n")
         total = len(flat)
         results[name] = {
