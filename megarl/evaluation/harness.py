@@ -2,7 +2,7 @@
 
 Metrics per benchmark: accuracy (mean over all samples = avg@n), pass@k (unbiased estimator,
 k = n), mean response length in tokens, truncation rate, answers/s. Per-sample rows go to
-JSON Lines so results can be inspected and compared. A named protocol (`protocol`, see
+JSON Lines so results can be inspected and compared; averages.json holds the two labelled averages. A named protocol (`protocol`, see
 megarl.evaluation.protocols) replaces n, temperature, top-p and the token limit with a paper's.
 
 A benchmark whose requests failed (a server rejected them) raises `EvaluationFailed`: no score is
@@ -174,7 +174,8 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
         }
     if out_dir is not None:
         samples_file.close()
-        (out_dir / "summary.json").write_text(json.dumps({**results, "averages": averages(results)}, indent=2))
+        (out_dir / "summary.json").write_text(json.dumps(results, indent=2))
+        (out_dir / "averages.json").write_text(json.dumps(averages(results), indent=2))
     return results
 
 

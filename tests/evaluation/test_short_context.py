@@ -65,8 +65,7 @@ def test_simplerl_zoo_on_a_short_context_model_generates(short_context_model, tm
         assert with_bos[0] == tokenizer.bos_token_id and len(with_bos) == len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + 1
         assert row["prompt_tokens"] == len(with_bos)  # BOS added, as vLLM with a text prompt
         assert 0 < row["completion_tokens"] <= CONTEXT - row["prompt_tokens"]  # generated, up to the context left
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["averages"]) == {"average (paper: one run per benchmark)", "average (all samples: avg@n)"}
+    assert set(json.loads((tmp_path / "averages.json").read_text())) == {"average (paper: one run per benchmark)", "average (all samples: avg@n)"}
 
 
 def test_failed_requests_are_an_error_not_zero(short_context_model):
