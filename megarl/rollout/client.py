@@ -19,7 +19,9 @@ naming every failed prompt, with the finished prompts' samples in its `partial_r
 
 Context: with `context_length` (the served model's, `context_length_of(config)`), each request's
 `max_new_tokens` is capped at what the context leaves after its prompt, as vLLM generates "up to
-the model's length"; SGLang and the built-in server would reject prompt + max_new_tokens beyond it.
+the model's length"; SGLang (`TokenizerManager._validate_one_request`: prompt + max_new_tokens must
+not exceed context_len; extra reserved slots only with EAGLE speculative decoding, which megarl does
+not launch) and the built-in server (the same check) would reject the request otherwise.
 """
 
 from __future__ import annotations
