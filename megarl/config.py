@@ -242,7 +242,8 @@ class RewardConfig(Section):
     """
 
     scheme: RewardScheme = Field("binary", description=(
-        "simplerl (+1 / -0.5 wrong / -1 without a box), binary (1 / 0, Dr. GRPO) or r1 (1 only with the r1 format); "
+        "simplerl (+1 / -0.5 wrong / -1 without a box), binary (1 / 0, truncated 0: Dr. GRPO), hf-math-verify (1 / 0, "
+        "truncated graded: SimpleRL-Zoo) or r1 (1 only with the r1 format); "
         "see megarl.rewards.schemes"))
     extraction: ExtractionMode = Field(
         "boxed", description="answer extraction: boxed (strict) or qwen-math (Qwen2.5-Math's order, SimpleRL's); see megarl.rewards.extraction")
