@@ -75,6 +75,10 @@ class ParallelConfig(Section):
     lr_warmup_steps: int = Field(0, ge=0)
     lr_warmup_ratio: float = Field(0.0, ge=0, lt=1, description="warmup as a fraction of all optimizer steps (used when lr_warmup_steps=0)")
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    lr_horizon_steps: int | None = Field(None, ge=1, description=(
+        "optimizer steps the LR schedule spans (lr_warmup_ratio and the decay to min_lr are fractions of it); null: the "
+        "run's optimizer steps (run.steps x epochs x mini_batches). A run shorter than its horizon stops partway down "
+        "the schedule (SimpleRL v0: a 20-episode cosine, trained about 120 steps)"))
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -91,6 +95,9 @@ class ParallelConfig(Section):
 class CriticConfig(ParallelConfig):
     lr: float = Field(5e-6, gt=0)
     value_clip: float | None = 0.5
+    loss_agg: Literal["token-mean", "seq-mean-token-mean"] = Field("token-mean", description=(
+        "value-loss aggregation: token-mean (mean over the mini-batch's tokens, verl's default) or seq-mean-token-mean "
+        "(each sequence's token mean, then the mean over sequences: OpenRLHF's ValueLoss)"))
 
 
 class AlgorithmConfig(Section):
@@ -189,6 +196,9 @@ class RolloutConfig(Section):
     top_k: int = -1
     max_new_tokens: int = Field(1024, ge=1)
     stop_token_ids: list[int] = Field(default_factory=list, description="token ids that end a response (a recipe's model-specific stops)")
+    template_stops: bool = Field(True, description=(
+        "stop at the template's stop strings (the ChatML turn end, r1's </answer>); false: only at EOS and "
+        "stop_token_ids (Dr. GRPO's qwen_math run unsets every stop)"))
     transport: Literal["tensor", "distributed", "disk"] = "tensor"
     bucket_mb: int = Field(512, ge=1)
     colocate: bool = False
@@ -232,7 +242,8 @@ class RewardConfig(Section):
     """
 
     scheme: RewardScheme = Field("binary", description=(
-        "simplerl (+1 / -0.5 wrong / -1 without a box), binary (1 / 0, Dr. GRPO) or r1 (1 only with the r1 format); "
+        "simplerl (+1 / -0.5 wrong / -1 without a box), binary (1 / 0, truncated 0: Dr. GRPO), hf-math-verify (1 / 0, "
+        "truncated graded: SimpleRL-Zoo) or r1 (1 only with the r1 format); "
         "see megarl.rewards.schemes"))
     extraction: ExtractionMode = Field(
         "boxed", description="answer extraction: boxed (strict) or qwen-math (Qwen2.5-Math's order, SimpleRL's); see megarl.rewards.extraction")
@@ -258,6 +269,8 @@ class EvalConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = 1024
     limit: int | None = None
+    stop_token_ids: list[int] | None = Field(None, description=(
+        "token ids that end an evaluation response (upstream harnesses set their own per model); null: rollout.stop_token_ids"))
 
 
 class CheckpointConfig(Section):

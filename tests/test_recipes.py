@@ -124,3 +124,35 @@ def test_megarl_config_prints_the_published_values(tiny_model_dir):
         for field, megarl_value, *_ in tables[path.stem]:
             if not field.startswith("("):
                 assert dotted(printed, field) == yaml.safe_load(megarl_value), f"{path.stem}: {field}"
+
+
+def _recipe(stem: str):
+    return load_config(REPO / "configs" / f"{stem}.yaml", check_files=False)
+
+
+def test_upstream_reread_values():
+    """The values the re-read of the upstream files changed (docs/recipes.md, "What the re-read changed")."""
+    zoo = [p.stem for p in CONFIGS if p.stem.startswith("simplerl_zoo_")]
+    for stem in zoo:
+        cfg = _recipe(stem)
+        assert cfg.reward.scheme == "hf-math-verify", stem  # truncated responses graded, as hf_math_verify.py
+        assert cfg.eval.stop_token_ids is not None, stem  # math_eval.py's own ids, not the rollout's
+    # The simple (abel) prompt only for Llama-3.1-8B, Mistral-7B and Qwen2.5-0.5B/1.5B (paper §2.1, App. B.3).
+    simple = {s for s in zoo if _recipe(s).data.template == "abel"}
+    assert simple == {"simplerl_zoo_llama3.1_8b", "simplerl_zoo_mistral_7b", "simplerl_zoo_qwen2.5_0.5b", "simplerl_zoo_qwen2.5_1.5b"}
+    # 4k-context models: the script's 3072, which with the 1024-token prompt fills 4096 exactly.
+    for stem in ("simplerl_zoo_qwen2.5_math_7b", "simplerl_zoo_deepseek_math_7b"):
+        cfg = _recipe(stem)
+        assert cfg.rollout.max_new_tokens + cfg.data.max_prompt_tokens == 4096
+    assert _recipe("simplerl_zoo_llama3.1_8b").eval.stop_token_ids == []
+    assert _recipe("simplerl_zoo_deepseek_math_7b").eval.stop_token_ids == []
+    assert _recipe("simplerl_zoo_mistral_7b").eval.stop_token_ids == [22478, 24994, 26307, 9977]
+    assert _recipe("simplerl_zoo_qwen2.5_7b").eval.stop_token_ids == [151645, 151643]
+    dr = _recipe("drgrpo_qwen2.5_math_7b")
+    assert dr.rollout.template_stops is False and dr.rollout.stop_token_ids == [] and dr.reward.scheme == "binary"
+    assert dr.eval.benchmarks == ["aime24", "amc_drgrpo", "math500", "minerva_math_drgrpo", "olympiadbench"]
+    ppo = _recipe("simplerl_ppo_qwen2.5_math_7b")
+    assert ppo.algorithm.loss_agg == ppo.critic.loss_agg == "seq-mean-token-mean"
+    episodes, prompts, n, train_batch = 20, 8523, 8, 128  # ppo_actor.py max_steps
+    assert ppo.actor.lr_horizon_steps == ppo.critic.lr_horizon_steps == episodes * (prompts * n // train_batch) == 10640
+    assert ppo.run.steps * ppo.algorithm.mini_batches < ppo.actor.lr_horizon_steps  # the run stops partway down the cosine

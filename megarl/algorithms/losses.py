@@ -79,8 +79,10 @@ def actor_loss(
     return loss * scale, stats
 
 
-def value_loss(values: torch.Tensor, mb: LossTargets, clip: float | None, normalizer: LossNormalizer) -> tuple[torch.Tensor, dict]:
-    """Clipped value loss, token-mean over the mini-batch."""
+def value_loss(values: torch.Tensor, mb: LossTargets, clip: float | None, normalizer: LossNormalizer,
+               agg: str) -> tuple[torch.Tensor, dict]:
+    """Clipped value loss 0.5 x max((v - R)^2, (v_clipped - R)^2), aggregated over the mini-batch with `agg`
+    (critic.loss_agg: token-mean, or seq-mean-token-mean as OpenRLHF's ValueLoss)."""
     mask = mb.loss_mask.float()
     returns, old = mb.returns, mb.old_values
     err = (values - returns) ** 2
@@ -88,8 +90,8 @@ def value_loss(values: torch.Tensor, mb: LossTargets, clip: float | None, normal
         clipped = old + (values - old).clamp(-clip, clip)
         err = torch.maximum(err, (clipped - returns) ** 2)
     tokens = mask.sum()
-    loss = 0.5 * (err * mask).sum() / tokens.clamp(min=1)
-    scale = _agg_scale(mb.loss_mask, "token-mean", normalizer)
+    loss = 0.5 * aggregate(err, mb.loss_mask, agg)
+    scale = _agg_scale(mb.loss_mask, agg, normalizer)
     stats = {"vf_loss": loss.detach(), "values": (values * mask).sum().detach() / tokens.clamp(min=1), "tokens": tokens.detach()}
     return loss * scale, stats
 

@@ -76,10 +76,11 @@ def render_prompt(template: str | PromptTemplate, question: str, tokenizer: Any 
     return spec.prompt_format.replace("{question}", question)
 
 
-def stop_strings(template: str | PromptTemplate, tokenizer: Any = None) -> list[str]:
-    """Stop strings for a template: its own plus the tokenizer's EOS token."""
+def stop_strings(template: str | PromptTemplate, tokenizer: Any = None, *, template_stops: bool = True) -> list[str]:
+    """Stop strings for a template: its own (unless template_stops is false: rollout.template_stops) plus the
+    tokenizer's EOS token."""
     spec = get_template(template) if isinstance(template, str) else template
-    stops = list(spec.stop)
+    stops = list(spec.stop) if template_stops else []
     eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
     if eos:
         stops.append(eos)

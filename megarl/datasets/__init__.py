@@ -13,7 +13,7 @@ from pathlib import Path
 DATASETS_DIR = Path(__file__).resolve().parent
 
 # Evaluation benchmarks (never train on these) and training sets.
-EVAL_SETS = ("aime24", "amc23", "gsm8k_test", "math500", "minerva_math", "minerva_math_drgrpo", "olympiadbench")
+EVAL_SETS = ("aime24", "amc23", "amc_drgrpo", "gsm8k_test", "math500", "minerva_math", "minerva_math_drgrpo", "olympiadbench")
 TRAIN_SETS = ("gsm8k_train", "math_lvl1_train", "math_lvl1to4_train", "math_lvl3to5_train")
 # Short names used by `megarl eval --benchmarks` and recipes.
 ALIASES = {"gsm8k": "gsm8k_test", "math": "math500", "minerva": "minerva_math", "olympiad": "olympiadbench"}

@@ -11,14 +11,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from megarl.config import ConfigError, DataConfig, EvalConfig, RewardConfig, build_section
+from megarl.config import ConfigError, DataConfig, EvalConfig, RewardConfig, RolloutConfig, build_section
 from megarl.evaluation.protocols import PROTOCOL_NAMES
 from megarl.rewards.extraction import EXTRACTION_MODES
 
 # flag -> field of the recipe's `eval` and `reward` sections; a flag left out keeps the section's
 # default (megarl.config), so `megarl eval` samples and grades as a recipe that does not set it.
 EVAL_FLAGS = {"n": "n", "temperature": "temperature", "top_p": "top_p", "max_new_tokens": "max_new_tokens",
-              "protocol": "protocol", "limit": "limit"}
+              "protocol": "protocol", "limit": "limit", "stop_token_ids": "stop_token_ids"}
 REWARD_FLAGS = {"extraction": "extraction"}
 
 
@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--extraction", default=argparse.SUPPRESS, choices=EXTRACTION_MODES,
                         help=f"answer extraction (default {_default(RewardConfig, 'extraction')})")
     parser.add_argument("--limit", type=int, default=argparse.SUPPRESS, help="evaluate only the first N problems of each benchmark")
+    parser.add_argument("--stop-token-ids", type=_id_list, default=argparse.SUPPRESS,
+                        help="comma-separated token ids that end a response (a recipe's eval.stop_token_ids, e.g. 151645,151643 for Qwen)")
+    parser.add_argument("--no-template-stops", dest="template_stops", action="store_false",
+                        default=_default(RolloutConfig, "template_stops"),
+                        help="stop only at EOS and --stop-token-ids, not at the template's stop strings (Dr. GRPO's qwen_math run)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="the model is a base model (step 0): under simplerl-zoo its one-run scores are greedy, as the paper's baselines")
     parser.add_argument("--servers", type=int, default=1, help="built-in servers to start for a model directory")
     parser.add_argument("--engine", choices=["builtin", "sglang"], default=None, help="default: sglang on GPUs, builtin on CPU")
     parser.add_argument("--out", default=None, help="directory for samples.jsonl and summary.json")
@@ -62,7 +69,7 @@ def main(argv: list[str]) -> int:
     from rich.console import Console
     from transformers import AutoTokenizer
 
-    from megarl.evaluation.harness import evaluate_benchmarks, results_table
+    from megarl.evaluation.harness import EvaluationFailed, evaluate_benchmarks, results_table
     from megarl.rollout.client import RolloutClient
 
     console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -90,10 +97,10 @@ def main(argv: list[str]) -> int:
             urls = group.generation_urls
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-        client = RolloutClient(urls)
+        client = RolloutClient(urls, context_length=_context_length(Path(args.tokenizer or args.model)))
         client.wait_until_healthy(timeout_s=300)
         results = evaluate_benchmarks(client, tokenizer, settings, out_dir=Path(args.out) if args.out else None)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, EvaluationFailed) as err:
         print(f"megarl eval: {err}", file=sys.stderr)
         return 2
     finally:
@@ -114,4 +121,22 @@ def eval_settings(args: argparse.Namespace):
     ev = build_section(EvalConfig, "eval", {"benchmarks": [b for b in args.benchmarks.split(",") if b],
                                             **{field: given[flag] for flag, field in EVAL_FLAGS.items() if flag in given}})
     reward = build_section(RewardConfig, "reward", {field: given[flag] for flag, field in REWARD_FLAGS.items() if flag in given})
-    return EvalSettings(eval=ev, reward=reward, template=args.template, seed=args.seed, stop_token_ids=[])
+    return EvalSettings(eval=ev, reward=reward, template=args.template, seed=args.seed, stop_token_ids=list(ev.stop_token_ids or []),
+                        template_stops=args.template_stops, baseline=args.baseline)
+
+
+def _id_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of token ids, e.g. 151645,151643") from None
+
+
+def _context_length(directory: Path) -> int | None:
+    """The context length in `directory`'s config.json (None without one: requests are not capped)."""
+    import json
+
+    from megarl.rollout.client import context_length_of
+
+    config = directory / "config.json"
+    return context_length_of(json.loads(config.read_text())) if config.is_file() else None

@@ -12,6 +12,18 @@
 - "custom": the recipe's own `eval.n`, `eval.temperature`, `eval.top_p`, `eval.max_new_tokens`.
 Every benchmark is scored as the mean correctness over all its samples (pass@1 averaged over
 the samples), which is how both harnesses score; pass@n is reported beside it.
+
+Averages (simplerl-zoo): the paper's "Avg." takes one run per benchmark, AIME24 included
+(README: "Average scores are based on AIME (Avg@1) and other benchmarks"), and its step-0
+baselines are greedy ("For AIME24 (Pass@1) and other benchmarks, baselines use greedy decoding").
+The harness reports both averages, labelled: the paper's (one run per benchmark; a base model's
+single run greedy, `baseline_greedy`) and the one with AIME24 as avg@32.
+
+Prompt encoding: every upstream harness hands vLLM the prompt text, and vLLM's tokenizer call
+adds the special tokens (BOS for Llama-3.1, Mistral and DeepSeek-Math; Qwen has none). oat says
+so in `oat/actors/base.py` ("removeprefix bos_token because vllm will add it"). The named
+protocols do the same (`add_special_tokens`); training prompts carry no BOS, as verl's
+`tokenize_and_postprocess_data(..., add_special_tokens=False)` in SimpleRL-Zoo's trainer.
 """
 
 from __future__ import annotations
@@ -30,11 +42,13 @@ class EvalProtocol:
     n: int = 1
     n_per_benchmark: dict[str, int] = field(default_factory=dict)  # benchmarks sampled more often
     extra_stops: dict[str, tuple[str, ...]] = field(default_factory=dict)  # template -> stop strings
+    add_special_tokens: bool = True  # encode prompts as vLLM does with text prompts (BOS where the tokenizer has one)
+    baseline_greedy: bool = False  # a base model's (step 0) single run is greedy, as the paper's baseline rows
 
 
 PROTOCOLS: dict[str, EvalProtocol] = {
     "simplerl-zoo": EvalProtocol(
-        "simplerl-zoo", temperature=1.0, top_p=0.95, max_new_tokens=16000, n=1, n_per_benchmark={"aime24": 32},
+        "simplerl-zoo", temperature=1.0, top_p=0.95, max_new_tokens=16000, n=1, n_per_benchmark={"aime24": 32}, baseline_greedy=True,
         # math_eval.py adds these to "</s>", "<|im_end|>", "<|endoftext|>" per prompt type.
         extra_stops={
             "abel": ("Question:", "Answer:"),

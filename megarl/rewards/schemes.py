@@ -5,7 +5,11 @@ the defaults live there. Schemes (`reward.scheme`, the names in `RewardScheme`):
 - "simplerl": SimpleRL's rule, +1 correct, -0.5 answered but wrong, -1 no boxed answer (also when
   another extraction rule found a correct unboxed answer: SimpleRL v0's `experience_maker.py`
   gives -1 to every response without "boxed").
-- "binary": 1 correct, 0 otherwise (Dr. GRPO); truncated responses get 0.
+- "binary": 1 correct, 0 otherwise (Dr. GRPO); truncated responses get 0 (understand-r1-zero
+  `train_zero_math.py`: a response without EOS gets reward 0).
+- "hf-math-verify": 1 correct, 0 otherwise, a truncated response graded like any other
+  (SimpleRL-Zoo: hkust-nlp/simpleRL-reason v1 `verl/utils/reward_score/hf_math_verify.py`,
+  `REWORD_FUNCTION_TYPE=mix`, has no truncation rule, and its script runs `remove_clip=False`).
 - "r1": 1 when the answer is correct and the r1 format (<think>...</think><answer>...</answer>)
   holds, else 0 (the r1-template recipe of Dr. GRPO / understand-r1-zero).
 On top of any scheme, `format_weight` adds weight x (format followed): for the r1 template the
@@ -29,7 +33,7 @@ if TYPE_CHECKING:  # megarl.config imports this module for the scheme names
     from megarl.config import RewardConfig
 
 RewardFunction = Callable[[str, Any, dict], float]
-RewardScheme = Literal["simplerl", "binary", "r1"]
+RewardScheme = Literal["simplerl", "binary", "hf-math-verify", "r1"]
 SCHEMES: tuple[str, ...] = get_args(RewardScheme)
 
 
@@ -46,6 +50,7 @@ class SchemeRewards:
 SCHEME_REWARDS: dict[str, SchemeRewards] = {
     "simplerl": SchemeRewards(correct=1.0, wrong=-0.5, no_answer=-1.0, truncated=None),
     "binary": SchemeRewards(correct=1.0, wrong=0.0, no_answer=0.0, truncated=0.0),
+    "hf-math-verify": SchemeRewards(correct=1.0, wrong=0.0, no_answer=0.0, truncated=None),
     "r1": SchemeRewards(correct=1.0, wrong=0.0, no_answer=0.0, truncated=0.0),
 }
 

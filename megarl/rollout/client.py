@@ -16,6 +16,12 @@ so no prompt is lost or duplicated and the order is the prompts' order. HTTP 4xx
 request) fails that prompt at once with the server's message, without a retry and without
 marking any server; the other prompts still finish, then the call raises a `RolloutError`
 naming every failed prompt, with the finished prompts' samples in its `partial_results`.
+
+Context: with `context_length` (the served model's, `context_length_of(config)`), each request's
+`max_new_tokens` is capped at what the context leaves after its prompt, as vLLM generates "up to
+the model's length"; SGLang (`TokenizerManager._validate_one_request`: prompt + max_new_tokens must
+not exceed context_len; extra reserved slots only with EAGLE speculative decoding, which megarl does
+not launch) and the built-in server (the same check) would reject the request otherwise.
 """
 
 from __future__ import annotations
@@ -31,6 +37,19 @@ from typing import Any, Sequence
 import aiohttp
 
 from megarl.rollout.fleet import wait_for_servers
+
+
+# Config fields that hold a model's context length, in the order SGLang's model config reads them.
+CONTEXT_LENGTH_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length_of(config) -> int | None:
+    """A model's context length from its HF config (a PretrainedConfig or the config.json dict), as SGLang reads it."""
+    for name in CONTEXT_LENGTH_FIELDS:
+        value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 class RolloutError(RuntimeError):
@@ -142,7 +161,8 @@ class RolloutClient:
 
     def __init__(self, urls: Sequence[str] | str, *, max_concurrency: int = 64, request_timeout_s: float = 600.0,
                  max_retries: int = 4, backoff_s: float = 0.2, backoff_max_s: float = 5.0, return_logprob: bool = True,
-                 expected_weight_version: str | None = None, health_timeout_s: float = 5.0, dead_after_errors: int = 3):
+                 expected_weight_version: str | None = None, health_timeout_s: float = 5.0, dead_after_errors: int = 3,
+                 context_length: int | None = None):
         urls = [urls] if isinstance(urls, str) else list(urls)
         if not urls:
             raise ValueError("RolloutClient needs at least one server URL")
@@ -159,6 +179,7 @@ class RolloutClient:
             raise ValueError(f"dead_after_errors={dead_after_errors} must be >= 1")
         self.dead_after_errors = dead_after_errors
         self.resends = 0  # requests re-sent after a failure, over the client's life (for logs/tests)
+        self.context_length = context_length  # None: max_new_tokens is sent as asked
 
     @property
     def urls(self) -> list[str]:
@@ -278,8 +299,12 @@ class RolloutClient:
         return results[0]
 
     def request_body(self, prompt: list[int], sampling: SamplingParams, n: int) -> dict[str, Any]:
-        """The SGLang `/generate` JSON for one prompt with `n` samples."""
-        return {"input_ids": prompt, "sampling_params": sampling.to_request(n), "return_logprob": self.return_logprob}
+        """The SGLang `/generate` JSON for one prompt with `n` samples; max_new_tokens capped at the context
+        left after the prompt (a prompt that fills the context is sent as it is, for the server to reject)."""
+        params = sampling.to_request(n)
+        if self.context_length is not None and len(prompt) < self.context_length:
+            params["max_new_tokens"] = min(params["max_new_tokens"], self.context_length - len(prompt))
+        return {"input_ids": prompt, "sampling_params": params, "return_logprob": self.return_logprob}
 
     def _record_failure(self, server: _Server, err: _Retryable) -> None:
         """Mark `server` dead on a connection failure, or after `dead_after_errors` failed requests in a row

@@ -31,14 +31,13 @@ from typing import Any, Iterable
 
 import torch
 
+from megarl.rollout.client import context_length_of
 from megarl.runtime.device import get_device
 
 GREEDY_TEMPERATURE = 1e-6  # SGLang treats temperatures below this as greedy decoding
 TOP_K_ALL = 1 << 30  # SGLang's "no top-k" default
 SEED_RANGE = (-(1 << 63), (1 << 63) - 1)  # sampling_seed range SGLang accepts
 GENERATOR_SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed accepts
-# Config fields that hold a model's context length, in the order SGLang's model config reads them.
-CONTEXT_LENGTH_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 class SamplingParamsError(ValueError):
@@ -250,11 +249,7 @@ class GenerationEngine:
         self._tensors_by_name.update(dict(self.model.named_buffers(remove_duplicate=False)))
 
     def _config_context_length(self) -> int | None:
-        for name in CONTEXT_LENGTH_FIELDS:
-            value = getattr(self.model.config, name, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return None
+        return context_length_of(self.model.config)
 
     # ---- tokenizer helpers -------------------------------------------------------------
     def _eos_token_ids(self) -> set[int]:

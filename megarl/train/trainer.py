@@ -77,7 +77,7 @@ class Trainer:
         # Sequence parallelism splits every row over the TP ranks: rows pad to a multiple of tp too.
         self.pack = Packer(cfg.actor.micro_batch_tokens, self.rt.device, pad_multiple=math.lcm(8, self.rt.tp))
         self.update_setup = update.UpdateSetup(
-            algo=cfg.algorithm, value_clip=cfg.critic.value_clip, plan=self.plan, pack=self.pack, spec=self.spec,
+            algo=cfg.algorithm, value_clip=cfg.critic.value_clip, value_agg=cfg.critic.loss_agg, plan=self.plan, pack=self.pack, spec=self.spec,
             temperature=self.temperature, seed=cfg.run.seed, dp=self.rt.dp, max_skipped_updates=cfg.run.max_skipped_updates,
             dp_group=self.dp_group,
         )
@@ -166,7 +166,7 @@ class Trainer:
                                    token=self.servers.token, master_address=self.servers.master_address,
                                    server_tp_size=rc.server_tp if rc.engine == "sglang" else 1, sglang_serializer=rc.engine == "sglang")
         self.client = RolloutClient(self.servers.generation_urls, max_concurrency=rc.max_concurrency,
-                                    request_timeout_s=rc.request_timeout_s)
+                                    request_timeout_s=rc.request_timeout_s, context_length=self.spec.max_position_embeddings)
         self.client.wait_until_healthy(timeout_s=300)
 
     # ---- the loop -----------------------------------------------------------------------

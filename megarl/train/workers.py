@@ -166,12 +166,14 @@ class ModelWorker:
 
 
 def _scheduler(optimizer, par: ParallelConfig, optimizer_steps: int):
-    """Megatron's LR (and weight-decay) schedule for the section `par` over `optimizer_steps`:
-    warmup for lr_warmup_steps (or lr_warmup_ratio of the run), then lr_schedule down to min_lr."""
+    """Megatron's LR (and weight-decay) schedule for the section `par` over its horizon (`par.lr_horizon_steps`,
+    or the run's `optimizer_steps`): warmup for lr_warmup_steps (or lr_warmup_ratio of the horizon), then
+    lr_schedule down to min_lr at the horizon's end."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    warmup = par.lr_warmup_steps or math.ceil(par.lr_warmup_ratio * optimizer_steps)
-    decay_steps = max(optimizer_steps, warmup + 1)
+    horizon = par.lr_horizon_steps or optimizer_steps
+    warmup = par.lr_warmup_steps or math.ceil(par.lr_warmup_ratio * horizon)
+    decay_steps = max(horizon, warmup + 1)
     return OptimizerParamScheduler(
         optimizer,
         init_lr=0.0 if warmup else par.lr,

@@ -34,6 +34,21 @@ def test_binary_dr_grpo_truncated_is_zero():
     assert apply_reward(grade(True, truncated=True), config) == 0.0
 
 
+def test_hf_math_verify_grades_truncated_responses():
+    # SimpleRL-Zoo's hf_math_verify.py (mix): 1 / 0 on correctness alone, no truncation rule.
+    config = RewardConfig(scheme="hf-math-verify")
+    assert apply_reward(grade(True), config) == 1.0
+    assert apply_reward(grade(False), config) == 0.0
+    assert apply_reward(grade(False, has_answer=False), config) == 0.0
+    assert apply_reward(grade(True, truncated=True), config) == 1.0
+    assert apply_reward(grade(True, truncated=True, source="answer_is"), config) == 1.0
+    assert apply_reward(grade(False, truncated=True), config) == 0.0
+    results = compute_rewards(["so it is 4", "\\boxed{4} and then"], ["4", "4"], RewardConfig(scheme="hf-math-verify", extraction="qwen-math"),
+                              template="qwen-boxed", finish_reasons=[{"type": "length"}, {"type": "length"}])
+    assert [r.reward for r in results] == [1.0, 1.0]
+    assert all(r.truncated for r in results)
+
+
 def test_r1_needs_format_and_correctness():
     config = RewardConfig(scheme="r1")
     assert apply_reward(grade(True, format_ok=True, source="r1_answer"), config) == 1.0
@@ -50,7 +65,7 @@ def test_format_weight_is_added_only_when_followed():
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ConfigError, match=r"reward.scheme='dapo': Input should be 'simplerl', 'binary' or 'r1'"):
+    with pytest.raises(ConfigError, match=r"reward.scheme='dapo': Input should be 'simplerl', 'binary', 'hf-math-verify' or 'r1'"):
         build_section(RewardConfig, "reward", {"scheme": "dapo"})
     with pytest.raises(ConfigError, match="reward.format_weight=-1"):
         build_section(RewardConfig, "reward", {"format_weight": -1})
@@ -63,9 +78,9 @@ def test_config_errors_name_the_field():
 def test_one_scheme_vocabulary():
     # The names the recipe accepts are the ones megarl.rewards implements, and an unknown name
     # that got past the recipe (model_construct skips validation) is still a clear error.
-    assert set(SCHEME_REWARDS) == set(SCHEMES) == {"simplerl", "binary", "r1"}
+    assert set(SCHEME_REWARDS) == set(SCHEMES) == {"simplerl", "binary", "hf-math-verify", "r1"}
     assert RewardConfig.model_fields["scheme"].annotation.__args__ == SCHEMES
-    with pytest.raises(ValueError, match="reward.scheme='dapo' is not a known scheme; use one of simplerl, binary, r1"):
+    with pytest.raises(ValueError, match="reward.scheme='dapo' is not a known scheme; use one of simplerl, binary, hf-math-verify, r1"):
         scheme_rewards("dapo")
     with pytest.raises(ValueError, match="not a known scheme"):
         apply_reward(grade(True), RewardConfig.model_construct(scheme="dapo", format_weight=0.0))

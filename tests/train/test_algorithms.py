@@ -117,6 +117,6 @@ def test_loss_scale_sums_microbatches_to_global_mean():
 def test_value_loss_clipping_by_hand():
     values = torch.tensor([[1.0, 0.0]])
     mb = LossTargets(loss_mask=torch.tensor([[True, True]]), returns=torch.tensor([[0.0, 1.0]]), old_values=torch.tensor([[0.8, 0.5]]))
-    loss, _ = A.value_loss(values, mb, clip=0.1, normalizer=_norm(2, 1))
+    loss, _ = A.value_loss(values, mb, clip=0.1, normalizer=_norm(2, 1), agg="token-mean")
     # token 0: unclipped (1-0)^2=1, clipped 0.9^2=0.81 -> 1; token 1: (0-1)^2=1, clipped (0.4-1)^2=0.36 -> 1
     assert loss.item() == pytest.approx(0.5 * (1 + 1) / 2)

@@ -47,8 +47,9 @@ def _train_until_killed(recipe, tmp_path, at_call: int):
     [
         ("grpo", {"algorithm": {"name": "grpo", "kl_coef": 0.01, "entropy_coef": 0.001, "mini_batches": 2}}),
         ("drgrpo", {"algorithm": {"name": "drgrpo", "loss_agg": "seq-sum-constant", "loss_constant": 32}}),
-        ("ppo", {"algorithm": {"name": "ppo", "loss_agg": "token-mean", "lam": 0.95},
-                 "critic": {"tp": 2, "pp": 2, "lr": 1e-4, "micro_batch_tokens": 256}}),
+        # SimpleRL v0's aggregation for both losses (per-sequence token mean, then over sequences)
+        ("ppo", {"algorithm": {"name": "ppo", "loss_agg": "seq-mean-token-mean", "lam": 0.95},
+                 "critic": {"tp": 2, "pp": 2, "lr": 1e-4, "micro_batch_tokens": 256, "loss_agg": "seq-mean-token-mean"}}),
     ],
 )
 def test_three_steps_at_tp2_pp2(write_recipe, algorithm, extra):

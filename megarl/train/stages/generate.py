@@ -53,7 +53,8 @@ def make_setup(cfg: Config, client: RolloutClient, tokenizer) -> RolloutSetup:
     from megarl.data import get_template, stop_strings
 
     template = get_template(cfg.data.template)
-    return RolloutSetup(cfg, client, tokenizer, template, stop_strings(template, tokenizer), cfg.reward)
+    return RolloutSetup(cfg, client, tokenizer, template, stop_strings(template, tokenizer, template_stops=cfg.rollout.template_stops),
+                        cfg.reward)
 
 
 def encode_prompt(setup: RolloutSetup, problem: str) -> tuple[list[int], bool]:

@@ -171,7 +171,7 @@ def evaluate(cfg, client, tokenizer, run_dir: Path, step: int, is_driver: bool) 
     if is_driver and cfg.eval.benchmarks:
         from megarl.evaluation.harness import EvalSettings, evaluate_benchmarks
 
-        result = evaluate_benchmarks(client, tokenizer, EvalSettings.from_recipe(cfg), out_dir=run_dir / "eval" / f"step_{step:06d}")
-        payload = [{f"eval/{name}/accuracy": row["accuracy"] for name, row in result.items()}]
+        result = evaluate_benchmarks(client, tokenizer, EvalSettings.from_recipe(cfg, baseline=step == 0), out_dir=run_dir / "eval" / f"step_{step:06d}")
+        payload = [{f"eval/{name}/{key}": row[key] for name, row in result.items() for key in ("accuracy", "single_run")}]
     collectives.broadcast_objects(payload, src=0)
     return payload[0]

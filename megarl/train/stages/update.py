@@ -35,6 +35,7 @@ class UpdateSetup:
 
     algo: AlgorithmConfig
     value_clip: float | None
+    value_agg: str  # critic.loss_agg
     plan: OldLogprobPlan
     pack: Packer
     spec: ModelSpec
@@ -137,7 +138,7 @@ def apply(part: Sequence[int], seqs: Sequence[TrainSequence], tensors: Sequence[
         def critic_loss(output, mb: MicroBatch):
             if mb.empty:
                 return output.sum() * 0.0, {}
-            return losses.value_loss(response_values(output, mb), mb.targets, setup.value_clip, norm)
+            return losses.value_loss(response_values(output, mb), mb.targets, setup.value_clip, norm, setup.value_agg)
 
         cstats, cnorm, _, stepped = critic.train_step(mbs, critic_loss)
         totals.skipped += _note_update("critic", stepped, skip_streak, setup.max_skipped_updates, step)
