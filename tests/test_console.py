@@ -105,10 +105,10 @@ def test_cache_root_honours_megarl_cache_dir_then_xdg(tmp_path, monkeypatch):
 def test_banner_says_new_or_resumed_and_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MEGARL_CACHE_DIR", str(tmp_path / "cache"))
     cfg = load_config("configs/tiny_cpu.yaml", [f"run.output_dir={tmp_path / 'run'}"])
-    fresh = banner(cfg, resume_step=None, model_note="toy-arith: cached").splitlines()
+    fresh = banner(cfg, resume_step=None, model_note="toy-arith is cached").splitlines()
     assert fresh[0] == "megarl train: tiny_cpu, 30 steps of grpo on builtin:toy-arith"
     assert f"  run dir     {tmp_path / 'run'} (new run)" in fresh
-    assert f"  cache       {tmp_path / 'cache'} (toy-arith: cached)" in fresh
+    assert f"  cache       {tmp_path / 'cache'} (toy-arith is cached)" in fresh
     assert "  samples     a table every 10 steps; all in " + str(tmp_path / "run" / "samples.jsonl") in fresh
     resumed = banner(cfg, resume_step=20)
     assert f"{tmp_path / 'run'} (resuming from the checkpoint at step 20)" in resumed

@@ -101,7 +101,7 @@ def print_banner(cfg) -> None:
     builtin = builtin_name(cfg.model.path)
     note = ""
     if builtin is not None:
-        note = f"{builtin}: cached" if builtin_model_cached(builtin) else f"{builtin}: pretrained now, once (a minute or two)"
+        note = f"{builtin} is cached" if builtin_model_cached(builtin) else f"{builtin} is not cached yet: pretrained now, once"
     print(banner(cfg, resume_step=int(found[-1].name.removeprefix("step_")) if found else None, model_note=note), flush=True)
 
 
