@@ -276,9 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", choices=sorted(PHASES) + ["build"], help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--dst", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments and print what would run; run nothing")
     args = parser.parse_args(argv)
     if args.phase:
         return run_phase_here(args)
+    if args.dry_run:
+        print(f"bench_convert (dry run): random {args.shape} checkpoint in {args.workdir}, TP={args.tp} PP={args.pp}, "
+              f"{args.repeats} repeat(s) of cp and the streaming (and naive, up to {args.naive_max_gb} GB) conversions; "
+              f"results to {args.json or 'the console'}")
+        return 0
 
     from rich.console import Console
     from rich.table import Table
