@@ -135,3 +135,23 @@ def test_third_party_bars_and_warnings_are_quiet_unless_verbose(tmp_path):
     loud = subprocess.run([sys.executable, "-c", SAVE_TINY_MODEL, str(tmp_path / "b")], env={**env, "MEGARL_VERBOSE": "1"},
                           capture_output=True, text=True)
     assert "Writing model shards" in loud.stderr and "FutureWarning: library deprecation" in loud.stderr
+
+
+def test_conversion_and_pass_rate_progress_are_plain_lines_in_a_pipe(capfd):
+    from megarl.checkpoint.progress import TransferProgress
+    from megarl.data.loading import PromptRecord
+    from megarl.data.pass_rate import measure_pass_rates
+
+    with TransferProgress("HF->Megatron 1x1", total_bytes=3 * 10**6) as bar:
+        for _ in range(3):
+            bar.advance(10**6)
+    err = capfd.readouterr().err
+    assert err.startswith("HF->Megatron 1x1: 3 MB ...\n"), err
+    assert "HF->Megatron 1x1: 3/3 MB done in 0 s, 3 tensors" in err and "━" not in err
+
+    records = [PromptRecord(id=str(i), problem=f"{i} + 1?", answer=str(i + 1)) for i in range(3)]
+    rates = measure_pass_rates(records, lambda prompts, k: [[f"\\boxed{{{p.split()[0]}}}"] * k for p in prompts], k=2,
+                               template="none")
+    assert [r.correct for r in rates] == [0, 0, 0]
+    out = capfd.readouterr().out
+    assert "sampling and grading: 3 prompts ...\n" in out and "sampling and grading: 3/3 prompts done in " in out
