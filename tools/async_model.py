@@ -1,6 +1,6 @@
 """A discrete-event model of RL step schedules: sync, overlap and async (partial rollouts, staleness bound K).
 
-Why: issue 16 asks what asynchronous RL would buy on a GPU cluster before anyone has one. The model
+Why: to see what asynchronous RL would buy on a GPU cluster before anyone has one. The model
 replays many RL steps of one layout (rollout servers, a trainer, a weight sync) with sampled response
 lengths and reports steps per hour, server idle time, staleness and dropped samples for each schedule:
 

@@ -20,7 +20,7 @@ Cold cache: `sync` then `echo 3 > /proc/sys/vm/drop_caches` (root); where that i
 `sync` then posix_fadvise(POSIX_FADV_DONTNEED) on every file under --workdir (the JSON and the
 table title say which). No phase calls fsync; the sync before the next phase is not timed.
 
-Goals (issues 3 and 14): streaming peak RSS <= 1.5 GiB + 2 x the largest tensor; streaming
+Goals: streaming peak RSS <= 1.5 GiB + 2 x the largest tensor; streaming
 speed >= --goal-vs-cp (0.8) of `cp`. At the end the round trip HF -> Megatron -> HF is compared
 byte for byte with the input files. Files go under --workdir and are deleted at the end (unless
 --keep); the 7B shape needs about 3 x 15.2 GB free there.
