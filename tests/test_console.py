@@ -115,13 +115,18 @@ def test_banner_says_new_or_resumed_and_the_cache(tmp_path, monkeypatch):
 
 
 SAVE_TINY_MODEL = textwrap.dedent("""
-    import sys
+    import os, sys, warnings
     from megarl.monitoring.console import quiet_third_party
-    quiet_third_party()
-    import warnings
     from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
-    LlamaForCausalLM(cfg).save_pretrained(sys.argv[1])
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2))
+    quiet_third_party()  # MEGARL_VERBOSE=1: does nothing
+    model.save_pretrained(sys.argv[1] + "/a")
+    warnings.warn("library deprecation", FutureWarning)
+    print("== quiet ==", file=sys.stderr, flush=True)
+    del os.environ["MEGARL_VERBOSE"]
+    quiet_third_party()  # transformers is imported already: turned off in place
+    model.save_pretrained(sys.argv[1] + "/b")
     warnings.warn("library deprecation", FutureWarning)
 """)
 
@@ -129,12 +134,12 @@ SAVE_TINY_MODEL = textwrap.dedent("""
 def test_third_party_bars_and_warnings_are_quiet_unless_verbose(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "HF_HUB_DISABLE_PROGRESS_BARS",
                                                             "TRANSFORMERS_VERBOSITY", "MEGARL_VERBOSE")}
-    quiet = subprocess.run([sys.executable, "-c", SAVE_TINY_MODEL, str(tmp_path / "a")], env=env, capture_output=True, text=True)
-    assert quiet.returncode == 0, quiet.stderr
-    assert quiet.stdout + quiet.stderr == ""
-    loud = subprocess.run([sys.executable, "-c", SAVE_TINY_MODEL, str(tmp_path / "b")], env={**env, "MEGARL_VERBOSE": "1"},
+    proc = subprocess.run([sys.executable, "-c", SAVE_TINY_MODEL, str(tmp_path)], env={**env, "MEGARL_VERBOSE": "1"},
                           capture_output=True, text=True)
-    assert "Writing model shards" in loud.stderr and "FutureWarning: library deprecation" in loud.stderr
+    assert proc.returncode == 0, proc.stderr
+    loud, quiet = proc.stderr.split("== quiet ==\n")
+    assert "Writing model shards" in loud and "FutureWarning: library deprecation" in loud
+    assert quiet == "" and proc.stdout == ""
 
 
 def test_conversion_and_pass_rate_progress_are_plain_lines_in_a_pipe(capfd):

@@ -29,13 +29,14 @@ REPO = Path(__file__).resolve().parent.parent
 TOOLS = sorted(p for p in (REPO / "tools").glob("*.py"))
 PROGRAM = re.compile(r"^(megarl |python tools/|torchrun |echo )")
 
-# example -> how it runs: "run" (as written), "dry" (as written plus --dry-run), "train" (the recipe
+# example -> how it runs: "run" (as written), "dry" (as written plus --dry-run; evaluations run for real in
+# tests/train/test_console_e2e.py and tests/test_eval_and_filter_cli.py), "train" (the recipe
 # and overrides loaded and validated as `megarl train` does), "serve" (started, answers /health, stopped).
 HOW = {
     "megarl train configs/tiny_cpu.yaml": "train",
     "megarl train configs/tiny_cpu.yaml actor.tp=2 run.steps=5": "train",
     "torchrun --nproc-per-node 4 -m megarl.cli train configs/tiny_cpu.yaml actor.tp=2 actor.pp=2": "train",
-    "megarl eval --model builtin:toy-arith --benchmarks toy-arith:heldout:200 --template none --max-new-tokens 48": "run",
+    "megarl eval --model builtin:toy-arith --benchmarks toy-arith:heldout:200 --template none --max-new-tokens 48": "dry",
     "megarl eval --model builtin:toy-arith --benchmarks math500,gsm8k_test --template qwen-boxed --limit 50 --dry-run": "run",
     "megarl eval --model runs/tiny_cpu/hf/step_000030 --benchmarks toy-arith:heldout:200 --template none --max-new-tokens 48": "dry",
     "megarl eval --model MODEL_DIR --template qwen-boxed --protocol simplerl-zoo --extraction qwen-math": "dry",
