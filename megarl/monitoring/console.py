@@ -184,11 +184,11 @@ def banner(cfg, *, resume_step: int | None, model_note: str = "") -> str:
         f"  cache       {cache_root()}" + (f" ({model_note})" if model_note else ""),
         f"  rollout     {cfg.data.prompts_per_step} prompts x {cfg.rollout.n} samples, {cfg.rollout.engine} engine, "
         f"mode {cfg.rollout.mode}",
-        f"  held out    " + (f"every {cfg.eval.every} steps on {', '.join(cfg.eval.benchmarks)}"
+        "  held out    " + (f"every {cfg.eval.every} steps on {', '.join(cfg.eval.benchmarks)}"
                              if cfg.eval.every and cfg.eval.benchmarks else "off"),
-        f"  checkpoints " + (f"every {cfg.checkpoint.every} steps in {run_dir / 'checkpoints'}" if cfg.checkpoint.every
+        "  checkpoints " + (f"every {cfg.checkpoint.every} steps in {run_dir / 'checkpoints'}" if cfg.checkpoint.every
                              else "off (checkpoint.every=0); a stop still checkpoints"),
-        f"  samples     " + (f"a table every {every} steps; all in {run_dir / 'samples.jsonl'}" if every
+        "  samples     " + (f"a table every {every} steps; all in {run_dir / 'samples.jsonl'}" if every
                              else f"in {run_dir / 'samples.jsonl'}"),
         f"  metrics     {run_dir / 'metrics.jsonl'}",
     ]
