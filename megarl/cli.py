@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megarl: unknown command {name!r}.{hint} Run `megarl --help` for the list.", file=sys.stderr)
         return 2
     module_name = SUBCOMMANDS[name][0]
+    if program:  # Hugging Face bars and library deprecation warnings, unless MEGARL_VERBOSE=1
+        from megarl.monitoring.console import quiet_third_party
+
+        quiet_third_party()
     fast_exit = program and name in FAST_EXIT
     if fast_exit:
         from megarl.runtime import process

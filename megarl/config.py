@@ -285,7 +285,9 @@ class CheckpointConfig(Section):
 class LoggingConfig(Section):
     wandb: Literal["offline", "online", "disabled"] = "offline"
     project: str = "megarl"
-    samples_per_step: int = 2
+    samples_per_step: int = Field(2, ge=0, description="sample responses written to samples.jsonl each step")
+    samples_every: int = Field(10, ge=0, description=(
+        "print a table of those samples on the console every k steps (0: never); the file gets them every step"))
     reflection_words: list[str] = Field(
         default_factory=lambda: ["wait", "recheck", "retry", "alternatively", "however", "let me check", "verify"]
     )

@@ -1,6 +1,6 @@
 """A discrete-event model of RL step schedules: sync, overlap and async (partial rollouts, staleness bound K).
 
-Why: issue 16 asks what asynchronous RL would buy on a GPU cluster before anyone has one. The model
+Why: to see what asynchronous RL would buy on a GPU cluster before anyone has one. The model
 replays many RL steps of one layout (rollout servers, a trainer, a weight sync) with sampled response
 lengths and reports steps per hour, server idle time, staleness and dropped samples for each schedule:
 
@@ -764,7 +764,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults = GpuLayout()
     parser = argparse.ArgumentParser(
         description="Predict steps/hour of sync, overlap and async RL on a GPU layout with a discrete-event model.",
-        epilog="example: python tools/async_model.py --rollout-gpus 16 --train-gpus 16 --max-staleness 2 --json /tmp/async_model.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: python tools/async_model.py --rollout-gpus 16 --train-gpus 16 --max-staleness 2 --json async_model.json",
     )
     for name in ("rollout_gpus", "train_gpus", "server_tp", "max_running", "prompts", "n", "prompt_tokens"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
@@ -779,9 +780,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=12, help="simulated RL steps per schedule (first 2 left out)")
     parser.add_argument("--no-split", action="store_true", help="skip the scan of rollout/trainer splits of the same GPUs for async")
     parser.add_argument("--json", default=None, help="write the prediction here")
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments and print what would run; run nothing")
     args = parser.parse_args(argv)
     layout = GpuLayout(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GpuLayout)})
     lengths = ZeroRLLengths(args.median_length, args.sigma, args.truncated, args.max_tokens)
+    if args.dry_run:
+        print(f"async_model (dry run): {layout.rollout_gpus} rollout + {layout.train_gpus} trainer GPUs, max_staleness "
+              f"{args.max_staleness}, {args.steps} simulated steps per schedule" + ("" if args.no_split else ", split scan")
+              + f"; prediction to {args.json or 'the console'}")
+        return 0
     info = length_percentiles(lengths)
     prediction = predict(layout, lengths, max_staleness=args.max_staleness, steps=args.steps, split_scan=not args.no_split)
     prediction["lengths"] = {"assumed": dataclasses.asdict(lengths), **info}

@@ -463,7 +463,7 @@ def print_replay(replay: dict, console) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("example:")[1],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="example:" + __doc__.split("example:")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="recipe (default configs/tiny_cpu_longtail.yaml)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
@@ -481,7 +481,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay-from", type=Path, default=None,
                         help="skip the runs: redo the model's part on the measurements of an earlier --out JSON")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep run directories and logs here (default: a temporary directory)")
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments and print what would run; run nothing")
     args = parser.parse_args(argv)
+    if args.dry_run:
+        cfg = load_recipe(args.config, args.set)
+        print(f"bench_async (dry run): {args.config} ({cfg.model.path}), modes {' '.join(args.modes)}, {args.steps} steps each "
+              f"({args.warmup} warm-up), {args.prompts} prompts x {args.n} samples, max_staleness {args.max_staleness}, "
+              f"{args.eval_problems} held-out problems, {args.threads} thread(s); results to {args.out or 'the console'}")
+        return 0
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

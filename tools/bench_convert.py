@@ -20,7 +20,7 @@ Cold cache: `sync` then `echo 3 > /proc/sys/vm/drop_caches` (root); where that i
 `sync` then posix_fadvise(POSIX_FADV_DONTNEED) on every file under --workdir (the JSON and the
 table title say which). No phase calls fsync; the sync before the next phase is not timed.
 
-Goals (issues 3 and 14): streaming peak RSS <= 1.5 GiB + 2 x the largest tensor; streaming
+Goals: streaming peak RSS <= 1.5 GiB + 2 x the largest tensor; streaming
 speed >= --goal-vs-cp (0.8) of `cp`. At the end the round trip HF -> Megatron -> HF is compared
 byte for byte with the input files. Files go under --workdir and are deleted at the end (unless
 --keep); the 7B shape needs about 3 x 15.2 GB free there.
@@ -276,9 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", choices=sorted(PHASES) + ["build"], help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--dst", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments and print what would run; run nothing")
     args = parser.parse_args(argv)
     if args.phase:
         return run_phase_here(args)
+    if args.dry_run:
+        print(f"bench_convert (dry run): random {args.shape} checkpoint in {args.workdir}, TP={args.tp} PP={args.pp}, "
+              f"{args.repeats} repeat(s) of cp and the streaming (and naive, up to {args.naive_max_gb} GB) conversions; "
+              f"results to {args.json or 'the console'}")
+        return 0
 
     from rich.console import Console
     from rich.table import Table

@@ -71,13 +71,20 @@ def run_workload(name, responses, golds, pool, timeout, expect):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("example:")[1],
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="example:" + __doc__.split("example:")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2, help="grading worker processes (default 2)")
     parser.add_argument("--timeout", type=float, default=5.0, help="hard per-answer limit in seconds (default 5)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each MATH500 workload; the best is kept")
     parser.add_argument("--json-out", default="bench_grading.json")
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments and print what would run; run nothing")
     args = parser.parse_args(argv)
+    if args.dry_run:
+        from megarl.data import load_records
+
+        print(f"bench_grading (dry run): {len(load_records('math500'))} MATH500 answers x 2 workloads, {args.repeats} repeat(s), "
+              f"{len(ADVERSARIAL)} adversarial answers; {args.workers} worker(s), {args.timeout} s limit; results to {args.json_out}")
+        return 0
 
     from rich.console import Console
     from rich.table import Table

@@ -277,9 +277,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     parser.add_argument("--json", default="bench_kernels.json", help="where to write the results (JSON)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments and print what would run; run nothing")
     args = parser.parse_args(argv)
     if args.worker:
         return _worker_main(args.worker)
+    if args.dry_run:
+        from megarl.runtime.device import on_gpu
+
+        cases = default_cases(args, on_gpu())
+        print(f"bench_kernels (dry run): {len(cases)} case(s); results to {args.json}")
+        for case in cases:
+            print(f"  {case.kernel} {case.path}: vocab {case.vocab}, {case.tokens} tokens, hidden {case.hidden}, {case.dtype}")
+        return 0
 
     import platform
 

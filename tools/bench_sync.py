@@ -311,7 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments and print what would run; run nothing")
     args = parser.parse_args(argv)
+    if args.dry_run:
+        print(f"bench_sync (dry run): random {args.shape} model ({args.dtype}) under {args.model_root}, sections "
+              f"{' '.join(args.sections)}, transports {' '.join(args.transports)}, buckets {args.bucket_mb} MB, "
+              f"{args.repeats} repeat(s), actor TP={args.tp}; results to {args.json or 'the console'}")
+        return 0
     if args.actor_worker:
         args.tp_worker = int(os.environ.get("WORLD_SIZE", "1"))
         return actor_worker(args)

@@ -351,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="recipe override for both sides (repeatable), e.g. --set actor.micro_batch_tokens=512")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep run directories and logs here (default: a temporary directory)")
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments and print what would run; run nothing")
     parser.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)  # internal: run the TRL side, write steps here
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -361,6 +362,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--config {args.config} does not exist")
     if args.trl_worker:
         return trl_worker(args)
+    if args.dry_run:
+        cfg = load_recipe(args.config, args.set)
+        trl = "installed" if importlib.util.find_spec("trl") is not None else "NOT installed (pip install -e .[bench])"
+        print(f"bench_trl (dry run): {args.config}, {args.rounds} round(s) of megarl and TRL GRPO, {args.steps} measured + "
+              f"{args.warmup} warm-up steps each, {cfg.data.prompts_per_step} prompts x {cfg.rollout.n} samples, "
+              f"{args.threads} thread(s); trl {trl}; results to {args.json or 'the console'}")
+        return 0
 
     if importlib.util.find_spec("trl") is None:
         raise SystemExit("bench_trl: TRL is not installed; `pip install -e .[bench]` (or `pip install trl`)")

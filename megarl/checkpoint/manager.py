@@ -137,6 +137,15 @@ def _step_of(path: Path) -> int:
     return int(path.name.removeprefix("step_"))
 
 
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint directories under `root` with the COMPLETE marker, oldest first (not yet verified)."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    found = [p for p in root.glob("step_*") if p.is_dir() and "." not in p.name and (p / "COMPLETE").exists()]
+    return sorted(found, key=_step_of)
+
+
 class CheckpointManager:
     """The checkpoints under `root`, kept and written as the recipe's `checkpoint` section says
     (keep_last, async_save)."""
@@ -151,11 +160,7 @@ class CheckpointManager:
             self._queue = AsyncCallsQueue()
 
     def _complete(self) -> list[Path]:
-        """Checkpoint directories with the COMPLETE marker, oldest first."""
-        if not self.root.exists():
-            return []
-        found = [p for p in self.root.glob("step_*") if p.is_dir() and "." not in p.name and (p / "COMPLETE").exists()]
-        return sorted(found, key=_step_of)
+        return complete_checkpoints(self.root)
 
     def save(self, step: int, workers: dict, driver_state: dict, rank_state: dict | None = None) -> Path:
         """Collective: write step `step` (with `rank_state`: this rank's part of the next step, stopped

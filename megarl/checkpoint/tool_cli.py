@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from megarl.checkpoint.convert import ConversionReport
+from megarl.monitoring.console import quiet_third_party
 
 # Errors that describe bad input: printed as one line (no traceback), exit status 1.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileExistsError, FileNotFoundError)
@@ -67,6 +68,7 @@ def finish(report: ConversionReport, verify, tolerance: float) -> int:
 def run_tool(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    quiet_third_party()  # no Hugging Face "Loading weights" bar in --verify, unless MEGARL_VERBOSE=1
     try:
         return body(args)
     except USER_ERRORS as err:

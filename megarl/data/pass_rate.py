@@ -53,11 +53,10 @@ def measure_pass_rates(
     """Pass rate of each record over k sampled responses, graded against its gold answer."""
     if k < 1:
         raise ValueError(f"k={k} must be >= 1 samples per prompt")
-    from rich.progress import Progress
+    from megarl.monitoring.console import Progress
 
     rates: list[PassRate] = []
-    with Progress(transient=True, disable=not show_progress) as progress:
-        task = progress.add_task("sampling and grading", total=len(records))
+    with Progress("sampling and grading", total=len(records), unit="prompts", enabled=show_progress) as progress:
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]
             prompts = [render_prompt(template, r.problem, tokenizer) for r in batch]
@@ -78,7 +77,7 @@ def measure_pass_rates(
             for index, record in enumerate(batch):
                 group = results[index * k : (index + 1) * k]
                 rates.append(PassRate(record.id, k, sum(r.correct for r in group), sum(r.truncated for r in group)))
-            progress.advance(task, len(batch))
+            progress.update(len(batch))
     return rates
 
 

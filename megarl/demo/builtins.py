@@ -17,6 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from megarl.runtime.cache import cache_root
+
 BUILTIN_PREFIX = "builtin:"
 DEFAULT_TOY_ROWS = 1000
 
@@ -65,8 +67,15 @@ def builtin_model_dir(name: str, *, build: bool = True, cache_dir: Path | str | 
     settings = builtin_model_settings(name)
     if build:
         return toy_model.build_toy_model(cache_dir, show_progress=show_progress, **BUILTIN_MODELS[name])
-    root = Path(cache_dir) if cache_dir is not None else toy_model.DEFAULT_CACHE_ROOT
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
     return root / f"{settings.name}-{settings.cache_key()}"
+
+
+def builtin_model_cached(name: str) -> bool:
+    """Whether a built-in model is already pretrained in the cache (else the next run builds it)."""
+    from megarl.demo import toy_model
+
+    return toy_model.is_built(builtin_model_dir(name, build=False))
 
 
 def parse_toy_source(source: str) -> tuple[str, str, int] | None:

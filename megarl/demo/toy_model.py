@@ -4,7 +4,8 @@
 tokenizer files, generation_config.json) of a tiny Qwen2-architecture model pretrained from
 scratch on the toy arithmetic word problems of `megarl.demo.toy_task`. It takes about a minute
 on 2 CPU cores the first time and is cached afterwards under
-`~/.cache/megarl/toy-arith-<hash of the settings>` (written to a temporary directory, then
+`<cache root>/toy-arith-<hash of the settings>` (`megarl.runtime.cache`: `$MEGARL_CACHE_DIR`, else
+`$XDG_CACHE_HOME/megarl`, else `~/.cache/megarl`; written to a temporary directory, then
 renamed, so a killed build never leaves a half-written model that looks complete).
 
 Prompt format (template "none"): the problem text followed by one newline, nothing else:
@@ -48,11 +49,11 @@ from typing import Sequence
 import torch
 
 from megarl.demo.toy_task import DEFAULT_BOXED_FRACTION, format_prompt, long_pretraining_examples, pretraining_examples
+from megarl.runtime.cache import cache_root
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 TOY_MODEL_VERSION = 1  # bump when the recipe changes in a way the settings below do not capture
-DEFAULT_CACHE_ROOT = Path(os.environ.get("MEGARL_CACHE_DIR", Path.home() / ".cache" / "megarl"))
 
 
 @dataclass(frozen=True)
@@ -219,8 +220,9 @@ def _learning_rate(step: int, settings: ToyModelSettings) -> float:
 
 def pretrain_toy_model(settings: ToyModelSettings, out_dir: Path, show_progress: bool = True) -> dict:
     """Train tokenizer and model from scratch on CPU and save them to out_dir; returns build stats."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from megarl.monitoring.console import Progress
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
@@ -242,15 +244,8 @@ def pretrain_toy_model(settings: ToyModelSettings, out_dir: Path, show_progress:
         )
         losses: list[float] = []
         train_started = time.perf_counter()
-        columns = (
-            TextColumn("pretraining toy model"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]:.3f}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, disable=not show_progress, transient=False) as progress:
-            task = progress.add_task("pretrain", total=settings.steps, loss=float("nan"))
+        with Progress("pretraining toy model (once, then cached)", total=settings.steps, unit="steps",
+                      enabled=show_progress) as progress:
             for step in range(settings.steps):
                 batch = examples[step * settings.batch_size : (step + 1) * settings.batch_size]
                 input_ids, mask, labels = _batch_tensors(tokenizer, batch, settings.loss_on)
@@ -262,7 +257,7 @@ def pretrain_toy_model(settings: ToyModelSettings, out_dir: Path, show_progress:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 losses.append(loss.item())
-                progress.update(task, advance=1, loss=sum(losses[-20:]) / len(losses[-20:]))
+                progress.update(1, detail=f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
         train_seconds = time.perf_counter() - train_started
 
         model.eval()
@@ -300,7 +295,7 @@ def build_toy_model(
 ) -> Path:
     """The toy base model's HF directory, pretrained on first use and cached afterwards.
 
-    cache_dir is the cache root (default `~/.cache/megarl`, or `$MEGARL_CACHE_DIR`); the model
+    cache_dir is the cache root (default `megarl.runtime.cache.cache_root()`); the model
     lives in `<cache_dir>/<settings.name>-<hash of the settings>` (`toy-arith-...`, or
     `toy-arith-long-...` with chain problems in the corpus). Other `ToyModelSettings` fields can
     be overridden by keyword (e.g. `hidden_size=64` for a smaller model).
@@ -312,9 +307,9 @@ def build_toy_model(
             f"valid ones are {[f.name for f in dataclasses.fields(ToyModelSettings)]}"
         )
     settings = ToyModelSettings(steps=steps, seed=seed, **overrides)
-    root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_ROOT
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
     final = root / f"{settings.name}-{settings.cache_key()}"
-    if _is_complete(final):
+    if is_built(final):
         return final
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
@@ -324,7 +319,7 @@ def build_toy_model(
         try:
             os.rename(staging, final)
         except OSError:
-            if not _is_complete(final):  # not another builder winning the race: a real error
+            if not is_built(final):  # not another builder winning the race: a real error
                 raise
     finally:
         if staging.exists():
@@ -332,7 +327,8 @@ def build_toy_model(
     return final
 
 
-def _is_complete(model_dir: Path) -> bool:
+def is_built(model_dir: Path) -> bool:
+    """Whether `model_dir` holds a finished toy model build."""
     return all((model_dir / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json", "toy_build.json"))
 
 
@@ -439,7 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Build (once, cached) the CPU demo's toy base model and measure it on held-out problems.",
         epilog="example: python -m megarl.demo.toy_model --problems 200 --k 8 --json /tmp/toy_base.json",
     )
-    parser.add_argument("--cache-dir", type=Path, default=None, help="cache root (default ~/.cache/megarl)")
+    parser.add_argument("--cache-dir", type=Path, default=None, 
+                        help="cache root (default $MEGARL_CACHE_DIR, else $XDG_CACHE_HOME/megarl, else ~/.cache/megarl)")
     parser.add_argument("--steps", type=int, default=ToyModelSettings.steps, help="pretraining steps")
     parser.add_argument("--seed", type=int, default=0, help="pretraining seed")
     parser.add_argument("--problems", type=int, default=200, help="held-out problems to evaluate (0: skip)")

@@ -1,7 +1,14 @@
-"""`megarl eval`: evaluate a model (HF directory or running server URL) on math benchmarks.
+"""`megarl eval`: evaluate a model (HF directory, built-in model or running server URL) on math benchmarks.
 
-example: megarl eval --model runs/tiny_cpu/hf/step_000020 --benchmarks math500,gsm8k --template qwen-boxed --n 1 --temperature 0
-         megarl eval --model /models/Qwen2.5-7B --template qwen-boxed --protocol simplerl-zoo --extraction qwen-math
+examples:
+  megarl eval --model builtin:toy-arith --benchmarks toy-arith:heldout:200 --template none --max-new-tokens 48
+  megarl eval --model builtin:toy-arith --benchmarks math500,gsm8k_test --template qwen-boxed --limit 50 --dry-run
+  megarl eval --model runs/tiny_cpu/hf/step_000030 --benchmarks toy-arith:heldout:200 --template none --max-new-tokens 48
+      (the demo's final weights, after `megarl train configs/tiny_cpu.yaml checkpoint.hf_export_every=10`)
+  megarl eval --model MODEL_DIR --template qwen-boxed --protocol simplerl-zoo --extraction qwen-math
+      (an HF model directory of yours, SimpleRL-Zoo's sampling and answer extraction)
+
+--dry-run checks the model and the benchmarks and prints what would run, without starting servers.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ def _default(section, field: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megarl eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="HF model directory (megarl starts rollout servers) or http://host:port of a server")
+    parser.add_argument("--model", required=True, help="HF model directory or builtin:NAME (megarl starts rollout servers), "
+                        "or http://host:port of a server")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory; required with a URL)")
     parser.add_argument("--benchmarks", default="aime24,amc23,math500,minerva_math,olympiadbench,gsm8k_test",
                         help="comma-separated shipped set names or JSONL paths")
@@ -55,7 +63,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=["builtin", "sglang"], default=None, help="default: sglang on GPUs, builtin on CPU")
     parser.add_argument("--out", default=None, help="directory for samples.jsonl and summary.json")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dry-run", action="store_true", help="check the model and benchmarks, print the plan, start nothing")
     return parser
+
+
+def model_directory(model: str, build: bool = True) -> Path:
+    """The HF directory `--model` names: a path, or a built-in model (`builtin:toy-arith`, pretrained
+    on first use unless not `build`)."""
+    from megarl.demo.builtins import builtin_model_dir, builtin_name, check_builtin_model
+
+    name = builtin_name(model)
+    if name is None:
+        return Path(model)
+    check_builtin_model(name)
+    return builtin_model_dir(name, build=build)
+
+
+def print_plan(args: argparse.Namespace, settings) -> int:
+    """--dry-run: what `megarl eval` would evaluate, after checking that every benchmark loads."""
+    from megarl.data import load_prompts
+    from megarl.evaluation.harness import sampling_for
+
+    print(f"megarl eval (dry run): {args.model}, template {settings.template}, extraction {settings.reward.extraction}")
+    for name in settings.eval.benchmarks:
+        rows = load_prompts(name)
+        count = min(len(rows), settings.eval.limit) if settings.eval.limit else len(rows)
+        n, temperature, top_p, max_new_tokens, _ = sampling_for(settings.eval, name, settings.template)
+        print(f"  {name}: {count} problems x {n} samples, temperature {temperature}, top-p {top_p}, "
+              f"up to {max_new_tokens} new tokens")
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -79,11 +115,19 @@ def main(argv: list[str]) -> int:
             print("megarl eval: --tokenizer DIR is required when --model is a server URL", file=sys.stderr)
             return 2
         urls = [args.model]
+        if args.dry_run:
+            return _dry_run(args, settings)
     else:
-        model_dir = Path(args.model)
-        if not (model_dir / "config.json").exists():
+        try:
+            model_dir = model_directory(args.model, build=not args.dry_run)
+        except ValueError as err:
+            print(f"megarl eval: {err}", file=sys.stderr)
+            return 2
+        if not (model_dir / "config.json").exists() and not (args.dry_run and args.model.startswith("builtin:")):
             print(f"megarl eval: {model_dir} is not an HF model directory (no config.json)", file=sys.stderr)
             return 2
+        if args.dry_run:
+            return _dry_run(args, settings)
         from megarl.runtime.device import on_gpu
         from megarl.rollout import fleet
 
@@ -96,8 +140,8 @@ def main(argv: list[str]) -> int:
             group = fleet.start_sglang_servers(model_dir, args.servers, 1, log_dir, router=args.servers > 1)
             urls = group.generation_urls
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-        client = RolloutClient(urls, context_length=_context_length(Path(args.tokenizer or args.model)))
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or model_dir)
+        client = RolloutClient(urls, context_length=_context_length(Path(model_dir)))
         client.wait_until_healthy(timeout_s=300)
         results = evaluate_benchmarks(client, tokenizer, settings, out_dir=Path(args.out) if args.out else None)
     except (FileNotFoundError, ValueError, EvaluationFailed) as err:
@@ -110,6 +154,14 @@ def main(argv: list[str]) -> int:
     if args.out:
         console.print(f"per-sample results: {Path(args.out) / 'samples.jsonl'}")
     return 0
+
+
+def _dry_run(args: argparse.Namespace, settings) -> int:
+    try:
+        return print_plan(args, settings)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"megarl eval: {err}", file=sys.stderr)
+        return 2
 
 
 def eval_settings(args: argparse.Namespace):

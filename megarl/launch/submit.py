@@ -2,9 +2,9 @@
 training job, save it in the run directory and submit it with sbatch.
 
 examples:
-  megarl submit configs/qwen2.5_7b.yaml --nodes 2 --rollout-nodes 1 --partition gpu --time 24:00:00 --requeue
-  megarl submit configs/tiny_cpu.yaml --nodes 2 --rollout-nodes 1 --gpus-per-node 0 run.steps=3
-  megarl submit configs/qwen2.5_32b.yaml --nodes 8 --rollout-nodes 4 --dry-run      (print the script)
+  megarl submit configs/simplerl_zoo_qwen2.5_7b.yaml --nodes 2 --rollout-nodes 1 --partition gpu --time 24:00:00 --requeue
+  megarl submit configs/tiny_cpu.yaml --nodes 2 --rollout-nodes 1 --gpus-per-node 0 run.steps=3 rollout.transport=distributed
+  megarl submit configs/simplerl_zoo_qwen2.5_32b.yaml --nodes 8 --rollout-nodes 4 --dry-run      (print the script)
 
 The job is one allocation split by node rank: the first N-M nodes train (torchrun, rendezvous on
 the first of them), the last M nodes run rollout servers whose URLs reach the trainer as

@@ -1,5 +1,6 @@
-"""Per-step metrics: a JSON Lines file (the source of truth), wandb (offline by default) and a
-rich console line per step plus a table of sample responses."""
+"""Per-step metrics: a JSON Lines file (the source of truth), wandb (offline by default) and the
+console (megarl.monitoring.console): one line per step, held-out results at each evaluation, a
+table of sample responses every `samples_every` steps."""
 
 from __future__ import annotations
 
@@ -9,23 +10,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-# Metrics shown on the console each step (the file and wandb get everything).
-CONSOLE_KEYS = (
-    ("reward/mean", "reward"), ("reward/accuracy", "acc"), ("response/length_mean", "len"),
-    ("response/truncated", "trunc"), ("actor/entropy", "ent"), ("actor/clipfrac", "clip"),
-    ("actor/kl", "kl"), ("actor/grad_norm", "gnorm"), ("perf/tokens_per_s", "tok/s"), ("perf/step_s", "s/step"),
-)
+from megarl.monitoring.console import eval_line, eval_results, step_line
 
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, config: dict, *, wandb_mode: str = "offline", project: str = "megarl",
-                 run_name: str = "run"):
+                 run_name: str = "run", total_steps: int | None = None, samples_every: int = 10, console=None):
         from rich.console import Console
 
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
-        self.console = Console(stderr=False)
+        self.console = console or Console(stderr=False)
+        self.total_steps = total_steps
+        self.samples_every = samples_every
         self.wandb = None
         if wandb_mode != "disabled":
             try:
@@ -57,13 +55,35 @@ class MetricsLogger:
             f.write(json.dumps(row) + "\n")
         if self.wandb is not None:
             self.wandb.log(row, step=step)
-        parts = [f"[bold]step {step}[/]"]
-        for key, short in CONSOLE_KEYS:
-            if key in row and isinstance(row[key], (int, float)):
-                parts.append(f"{short} {row[key]:.3g}")
-        self.console.print("  ".join(parts))
+        if any(not k.startswith("eval/") for k in metrics):
+            self.say(step_line(step, self.total_steps, row))
+        results = eval_results(row)
+        if results:
+            self.say(eval_line(step, results, self._first_eval(step)))
         if samples:
-            self.print_samples(step, samples)
+            self.record_samples(step, samples)
+            if self.samples_every and step % self.samples_every == 0:
+                self.print_samples(step, samples)
+
+    def say(self, line: str) -> None:
+        """One plain line (no markup, no wrapping at the width of a pipe)."""
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def checkpoint_saved(self, step: int, path: Path, background: bool = False) -> None:
+        self.say(f"checkpoint at step {step}: {path}" + (" (being written in the background)" if background else ""))
+
+    def _first_eval(self, step: int) -> tuple[int, dict[str, float]] | None:
+        """(step, results) of the run's first evaluation when earlier than `step` (what later ones are compared with)."""
+        for row in read_metrics(self.run_dir):
+            results = eval_results(row)
+            if results:
+                return (row["step"], results) if row["step"] < step else None
+        return None
+
+    def record_samples(self, step: int, samples: list[dict]) -> None:
+        with (self.run_dir / "samples.jsonl").open("a") as f:
+            for s in samples:
+                f.write(json.dumps({"step": step, **s}) + "\n")
 
     def print_samples(self, step: int, samples: list[dict]) -> None:
         from rich.table import Table
@@ -74,9 +94,6 @@ class MetricsLogger:
         for s in samples:
             table.add_row(s["prompt"][-200:], s["response"][:400], str(s["gold"]), f"{s['reward']:.2f}")
         self.console.print(table)
-        with (self.run_dir / "samples.jsonl").open("a") as f:
-            for s in samples:
-                f.write(json.dumps({"step": step, **s}) + "\n")
 
     def close(self) -> None:
         if self.wandb is not None:

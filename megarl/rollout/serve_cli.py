@@ -2,7 +2,7 @@
 
 Example:
     export MEGARL_SERVE_TOKEN="$(openssl rand -hex 16)"   # or: --token-file FILE (mode 0600)
-    megarl serve --model /path/to/hf_model --port 30000
+    megarl serve --model builtin:toy-arith --port 30000   # or an HF model directory
 
 The admin token (weight updates, pause, flush, ...) comes from $MEGARL_SERVE_TOKEN or --token-file,
 never the command line, where every local user could read it. Without a token those endpoints are
@@ -40,9 +40,12 @@ def admin_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> st
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megarl serve", description=__doc__.split("\n\n")[0],
-        epilog="example: megarl serve --model runs/tiny_hf --port 30000   (admin token: export MEGARL_SERVE_TOKEN=...)",
+        epilog="examples:\n  megarl serve --model builtin:toy-arith --port 0   (0: a free port, printed once listening)\n"
+               "  megarl serve --model runs/tiny_cpu/hf/step_000030 --port 0   (after `megarl train configs/tiny_cpu.yaml "
+               "checkpoint.hf_export_every=10`)\n\nAdmin endpoints (weight updates) need a token: export MEGARL_SERVE_TOKEN=...",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="Hugging Face model directory (config, weights, tokenizer)")
+    parser.add_argument("--model", required=True, help="Hugging Face model directory (config, weights, tokenizer), "
+                        "or builtin:NAME (the demo's toy model, pretrained on first use)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=30000, help="port to bind; 0 picks a free one (default 30000)")
     parser.add_argument("--token-file", default=None,
@@ -76,7 +79,16 @@ def main(argv: list[str]) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    engine = GenerationEngine(args.model, dtype=getattr(torch, args.dtype), seed=args.seed,
+    from megarl.demo.builtins import builtin_model_dir, builtin_name, check_builtin_model
+
+    builtin = builtin_name(args.model)
+    if builtin is not None:
+        try:
+            check_builtin_model(builtin)
+        except ValueError as err:
+            parser.error(str(err))
+    model = builtin_model_dir(builtin) if builtin is not None else args.model
+    engine = GenerationEngine(model, dtype=getattr(torch, args.dtype), seed=args.seed,
                               weight_version=args.weight_version)
 
     def ready(port: int) -> None:

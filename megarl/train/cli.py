@@ -85,11 +85,32 @@ def run_training(cfg) -> int:
         lock.release()
 
 
+def print_banner(cfg) -> None:
+    """The run's startup banner, from the first rank: what runs, the run directory (new, or the
+    checkpoint it resumes from), the cache."""
+    from pathlib import Path
+
+    from megarl.checkpoint.manager import complete_checkpoints
+    from megarl.demo.builtins import builtin_model_cached, builtin_name
+    from megarl.monitoring.console import banner
+    from megarl.runtime.distributed import launcher_env
+
+    if launcher_env()[0] != 0:
+        return
+    found = complete_checkpoints(Path(cfg.run.output_dir) / "checkpoints")
+    builtin = builtin_name(cfg.model.path)
+    note = ""
+    if builtin is not None:
+        note = f"{builtin} is cached" if builtin_model_cached(builtin) else f"{builtin} is not cached yet: pretrained now, once"
+    print(banner(cfg, resume_step=int(found[-1].name.removeprefix("step_")) if found else None, model_note=note), flush=True)
+
+
 def _train_locked(cfg) -> int:
     from megarl.checkpoint.manager import NonFiniteWeightsError, NoVerifiedCheckpointError
     from megarl.train.preemption import PreemptedError, StopRequest
     from megarl.train.trainer import NonFiniteTrainingError, Trainer
 
+    print_banner(cfg)
     try:
         trainer = Trainer(cfg)
     except NoVerifiedCheckpointError as err:

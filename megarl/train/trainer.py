@@ -152,6 +152,7 @@ class Trainer:
         self.rollout_setup = generate.make_setup(cfg, self.client, self.tokenizer)
         self.logger = MetricsLogger(
             self.run_dir, cfg.model_dump(), wandb_mode=cfg.logging.wandb, project=cfg.logging.project, run_name=cfg.run.name,
+            total_steps=cfg.run.steps, samples_every=cfg.logging.samples_every,
         )
 
     def _start_servers(self) -> None:
@@ -195,7 +196,9 @@ class Trainer:
             if saved:
                 self.save_checkpoint()
             if self.cfg.checkpoint.hf_export_every and self.step % self.cfg.checkpoint.hf_export_every == 0:
-                export_hf(self.actor.module, self.run_dir / "hf" / f"step_{self.step:06d}", self.model_dir, self.is_driver)
+                hf_dir = export_hf(self.actor.module, self.run_dir / "hf" / f"step_{self.step:06d}", self.model_dir, self.is_driver)
+                if self.is_driver:
+                    self.logger.say(f"HF model at step {self.step}: {hf_dir}")
             self._stop_point(stop, None if saved else StepProgress())
         if self.cfg.eval.every and evaluated_at != self.step and self.step > 0:
             final = self.evaluate(self.step)
@@ -329,7 +332,9 @@ class Trainer:
             if progress is not None and progress.batch is not None:
                 state["in_progress"] = progress.batch.to_state()
         rank_state = progress.rank_state() if progress is not None and progress.batch is not None else None
-        self.checkpoints.save(self.step, self._workers(), state, rank_state=rank_state)
+        path = self.checkpoints.save(self.step, self._workers(), state, rank_state=rank_state)
+        if self.is_driver:
+            self.logger.checkpoint_saved(self.step, path, background=self.cfg.checkpoint.async_save)
 
     def _workers(self) -> dict:
         return {k: w for k, w in (("actor", self.actor), ("critic", self.critic)) if w is not None}
