@@ -29,6 +29,8 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from megarl.runtime.cache import cache_root
+
 LOCKS = Path(__file__).resolve().parent / "locks"
 # The imports a run needs (every run), and those GPU recipes add.
 RUN_IMPORTS = ("torch", "megatron.core", "transformers", "safetensors", "pydantic", "yaml", "math_verify", "aiohttp", "megarl.kernels")
@@ -238,14 +240,8 @@ def check_slurm() -> list[Finding]:
     return [Finding("info", "slurm", f"not on PATH: {', '.join(missing)} (needed only by `megarl submit` and slurm/)")]
 
 
-def cache_root() -> Path:
-    from megarl.demo.toy_model import DEFAULT_CACHE_ROOT
-
-    return Path(DEFAULT_CACHE_ROOT)
-
-
 def check_cache(root: Path | None = None) -> list[Finding]:
-    root = root or cache_root()
+    root = root or cache_root()  # $MEGARL_CACHE_DIR, $XDG_CACHE_HOME/megarl or ~/.cache/megarl
     probe = root
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
