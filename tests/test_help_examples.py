@@ -57,6 +57,7 @@ HOW = {
     "megarl plot runs/tiny_cpu": "run",
     "megarl plot runs --out all_runs.png": "run",
     "megarl config configs/tiny_cpu.yaml actor.tp=2 rollout.n=8": "run",
+    "megarl doctor --lock cpu": "run",
     "python tools/async_model.py --rollout-gpus 16 --train-gpus 16 --max-staleness 2 --json async_model.json": "dry",
     "python tools/bench_async.py --out /tmp/bench_async.json": "dry",
     "python tools/bench_async.py --steps 6 --modes sync async --eval-problems 50": "dry",
