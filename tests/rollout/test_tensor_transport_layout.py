@@ -18,16 +18,17 @@ def recipe(transport: str, *overrides: str):
     return load_config(RECIPE, [f"rollout.transport={transport}", *overrides], check_files=False)
 
 
-@pytest.mark.parametrize("options, where", [
-    (LaunchOptions(nodes=2, rollout_nodes=1), "on rollout nodes"),
-    (LaunchOptions(nodes=2, colocate=True), "on all 2 nodes (colocated)"),
-    (LaunchOptions(nodes=2), "on all 2 nodes (partitioned)"),
+@pytest.mark.parametrize("options, where, fix", [
+    (LaunchOptions(nodes=2, rollout_nodes=1), "on rollout nodes", "distributed"),
+    # colocated on GPUs: distributed would put trainer rank 0 and a server rank on one GPU in one NCCL group
+    (LaunchOptions(nodes=2, colocate=True), "on all 2 nodes (colocated)", "disk"),
+    (LaunchOptions(nodes=2), "on all 2 nodes (partitioned)", "distributed"),
 ])
-def test_tensor_transport_across_nodes_is_refused(options, where):
-    with pytest.raises(LaunchError, match="set rollout.transport=distributed") as err:
+def test_tensor_transport_across_nodes_is_refused(options, where, fix):
+    with pytest.raises(LaunchError, match=f"set rollout.transport={fix}") as err:
         plan_layout(recipe("tensor", "rollout.num_servers=4"), options)
     assert where in str(err.value) and "\n" not in str(err.value)
-    assert plan_layout(recipe("distributed", "rollout.num_servers=4"), options).num_servers > 0
+    assert plan_layout(recipe(fix, "rollout.num_servers=4"), options).num_servers > 0
 
 
 def test_tensor_transport_on_one_node_is_accepted():
