@@ -288,7 +288,7 @@ class WeightPusher:
         self.disk_dir = disk_dir
         self.group = None
         self.retired: list[torch.Tensor] = []  # GPU tensor-transport buffers kept until the session has ended
-        self.live_buffers: weakref.WeakSet = weakref.WeakSet()  # every bucket buffer made and not yet freed
+        self.live_buffers: list[weakref.ref] = []  # the bucket buffers made and maybe not yet freed
         self._report: WeightSyncReport | None = None
         if reuse_buffers is None:
             reuse_buffers = not on_gpu()
@@ -418,6 +418,7 @@ class WeightPusher:
                 if in_flight is not None:
                     sent, in_flight = in_flight, None
                     self._finish(sent)
+                    del sent  # no reference may keep a finished bucket's buffer alive
                 body = tensor_update_body(payloads)
                 in_flight, packed = (self._post_all("/update_weights_from_tensor", body), packed), None
                 report.num_buckets += 1
@@ -426,6 +427,7 @@ class WeightPusher:
             if in_flight is not None:
                 sent, in_flight = in_flight, None
                 self._finish(sent)
+                del sent  # no reference may keep a finished bucket's buffer alive
         finally:  # after a failure: no buffer goes back to the pool while a server may still read it
             if in_flight is not None:
                 try:
@@ -448,10 +450,14 @@ class WeightPusher:
             view = self.buffer_pool.acquire(nbytes)
         else:
             view = _new_bucket_buffer(nbytes, shared=shared)
-        self.live_buffers.add(view if view._base is None else view._base)
+        base = view if view._base is None else view._base
+        alive = [b for b in (r() for r in self.live_buffers) if b is not None]
+        if not any(b is base for b in alive):
+            alive.append(base)
+        self.live_buffers = [weakref.ref(b) for b in alive]
         if self._report is not None:
-            alive = sum(b.numel() for b in self.live_buffers)
-            self._report.peak_bucket_bytes = max(self._report.peak_bucket_bytes, alive)
+            held = sum(b.numel() for b in alive)
+            self._report.peak_bucket_bytes = max(self._report.peak_bucket_bytes, held)
         return view
 
     def _retire(self, buffer: torch.Tensor, *, receiver_may_read: bool) -> None:
@@ -494,6 +500,7 @@ class WeightPusher:
                 self._wait(futures)
             finally:  # the broadcast has returned: later work on this stream is ordered after it
                 self._retire(buffer, receiver_may_read=False)
+            del buffer  # dropped before the next bucket's buffer is made
             report.num_buckets += 1
             report.num_tensors += len(bucket)
             report.total_bytes += nbytes

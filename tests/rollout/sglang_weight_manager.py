@@ -11,7 +11,8 @@ installed files (read with `ast`, not imported):
 - `sglang.srt.disaggregation.utils`: `DisaggregationMode`;
 - `sglang.srt.utils.weight_checker`: `overall_checksum`.
 
-The stand-ins leave `sys.modules` once the manager's module is imported. The manager's collaborators (the TP
+The stand-ins leave SGLang's names in `sys.modules` once the manager's module is imported (they stay
+under `megarl_test_standin.<name>`, where their structs resolve their annotations). The manager's collaborators (the TP
 worker and its model runners, the scheduler, the cache flush) are constructor arguments; `FakeWorker` records
 what reaches them. Its TP CPU group is a real gloo group of one rank (the manager barriers on it).
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 MANAGER_MODULE = "sglang.srt.managers.scheduler_components.weight_updater"
+STANDIN_PREFIX = "megarl_test_standin."  # stand-ins stay importable under this name only
 _STANDINS = {
     "sglang.srt.managers.io_struct": None,  # the names the manager imports (filled from its source)
     "sglang.srt.disaggregation.utils": ["DisaggregationMode"],
@@ -65,8 +67,9 @@ def _standin(module: str, names: list[str]) -> types.ModuleType:
               "from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union\nimport msgspec\n"
               "from sglang.srt.utils.msgspec_utils import Base64Bytes, msgspec_struct_pydantic_core_schema\n")
     body = ast.Module(body=[n for n in tree.body if getattr(n, "name", None) in wanted], type_ignores=[])
-    standin = types.ModuleType(module)
+    standin = types.ModuleType(STANDIN_PREFIX + module)  # its classes name it (msgspec resolves annotations there)
     standin.__file__ = str(path)
+    sys.modules[standin.__name__] = standin
     exec(compile(header, f"<stand-in header of {module}>", "exec"), standin.__dict__)
     exec(compile(body, str(path), "exec"), standin.__dict__)
     return standin
