@@ -19,7 +19,8 @@ import torch
 from rollout_helpers import ServerProcess, http_json
 
 from megarl.rollout.client import RolloutClient, SamplingParams
-from megarl.rollout.weight_sync import disk_update_body, distributed_update_body, init_group_body, tensor_update_body
+from megarl.rollout.weight_sync import (disk_update_body, distributed_update_body, init_group_body, tensor_update_body,
+                                        version_body)
 
 
 def sglang_dir() -> str | None:
@@ -117,6 +118,7 @@ def test_generate_request_and_response_validate_with_sglang_schema(server):
     ("UpdateWeightsFromDistributedReqInput", distributed_update_body([("w", torch.zeros(2, 3, dtype=torch.bfloat16))], "g")),
     ("InitWeightsUpdateGroupReqInput", init_group_body("127.0.0.1", 1234, 1, 3, "g", "gloo")),
     ("UpdateWeightFromDiskReqInput", disk_update_body("/tmp/w")),
+    ("UpdateWeightVersionReqInput", version_body("3")),
 ])
 def test_weight_update_bodies_match_sglang_io_struct(class_name, body):
     fields, required = io_struct_fields(class_name)

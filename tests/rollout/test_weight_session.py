@@ -106,6 +106,9 @@ def without_repeats(paths: list[str]) -> list[str]:
 @pytest.mark.parametrize("transport", ["tensor", "distributed"])
 def test_pusher_requests_replay_into_sglangs_weight_updater(server, weights, manager_module, tmp_path, transport):
     sent = recorded_push(server.url, transport, weights, tmp_path, pushes=2)
+    answers, log = replay(manager_module, sent)
+    refused = [(path, answer.message) for path, answer in answers if not answer.success]
+    assert not refused, refused[:2]
     paths = [p for p, _ in sent if p != "/init_weights_update_group"]
     one_push = ["/pause_generation", "/begin_weight_update", UPDATE_PATH[transport], "/end_weight_update",
                 "/flush_cache", "/update_weight_version", "/continue_generation"]
@@ -114,9 +117,6 @@ def test_pusher_requests_replay_into_sglangs_weight_updater(server, weights, man
     for path, body in sent:
         if path == "/update_weight_version":  # SGLang's default (true) would abort continued partial rollouts
             assert body["abort_all_requests"] is False
-    answers, log = replay(manager_module, sent)
-    refused = [(path, answer.message) for path, answer in answers if not answer.success]
-    assert not refused, refused
     calls = [c[0] for c in log.calls]
     updates = "runner.tensor" if transport == "tensor" else "runner.load"
     assert calls.count("runner.begin") == calls.count("runner.end") == 2
