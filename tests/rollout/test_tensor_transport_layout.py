@@ -34,3 +34,22 @@ def test_tensor_transport_across_nodes_is_refused(options, where, fix):
 def test_tensor_transport_on_one_node_is_accepted():
     assert plan_layout(recipe("tensor"), LaunchOptions(nodes=1, colocate=True)).mode == "colocated"
     assert plan_layout(recipe("tensor", "rollout.num_servers=2"), LaunchOptions(nodes=1)).mode == "partitioned"
+
+
+def test_colocated_distributed_transport_on_gpus_is_refused_with_the_fix():
+    """Likely defect 5: colocated servers on GPUs with the distributed transport put trainer rank 0 and a
+    server rank on one GPU in one NCCL communicator, which NCCL refuses. megarl has no IPC path for the
+    distributed transport (CUDA IPC is the tensor transport), so the combination is refused at config load
+    (SGLang servers run on GPUs) and by the launcher (--colocate on a GPU layout), in one line naming the fix;
+    on a CPU cluster (gloo, no shared GPU) it stays allowed."""
+    from megarl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="one NCCL group, which NCCL refuses; set rollout.transport=tensor") as err:
+        recipe("distributed", "rollout.colocate=true")
+    assert "\n" not in str(err.value)
+    assert recipe("tensor", "rollout.colocate=true").rollout.colocate
+    with pytest.raises(LaunchError, match="set rollout.transport=tensor"):
+        plan_layout(recipe("distributed"), LaunchOptions(nodes=1, colocate=True))
+    assert plan_layout(recipe("tensor"), LaunchOptions(nodes=1, colocate=True)).mode == "colocated"
+    cpu = recipe("distributed", "rollout.engine=builtin")
+    assert plan_layout(cpu, LaunchOptions(nodes=2, colocate=True, gpus_per_node=0)).mode == "colocated"
