@@ -16,7 +16,7 @@ import weakref
 
 import pytest
 import torch
-from rollout_helpers import SERVER_TOKEN, ServerProcess, http_json
+from rollout_helpers import SERVER_TOKEN, http_json
 
 from megarl.rollout import weight_sync
 from megarl.rollout.weight_sync import WeightPusher, WeightSyncError, sync_peak_bytes
@@ -45,13 +45,6 @@ UPDATE_PATH = {"tensor": "/update_weights_from_tensor", "distributed": "/update_
 @pytest.fixture(scope="module")
 def manager_module():
     return import_manager_module()
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    proc = ServerProcess(tiny_model_dir)
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")
