@@ -257,7 +257,7 @@ class WeightPusher:
                  request_timeout_s: float = 600.0, master_address: str = "127.0.0.1", master_port: int | None = None,
                  group_name: str = "megarl_weight_update", group_backend: str | None = None,
                  disk_dir: str | None = None, reuse_buffers: bool | None = None, sglang_serializer: bool = False):
-        """`reuse_buffers`: pool bucket buffers across buckets and pushes (default: on CPU only, where
+        """`reuse_buffers`: pool bucket buffers across the buckets of a push (default: on CPU only, where
         servers finish copying before they answer; never on GPUs, whose copies are asynchronous).
         `sglang_serializer`: write `tensor` payloads with SGLang's own serializer when sglang is importable
         (the trainer sets it for SGLang servers); megarl's encoder writes the same format without sglang."""
