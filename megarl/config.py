@@ -184,6 +184,20 @@ class AlgorithmConfig(Section):
             raise ValueError(f"algorithm.importance_low={low} must be below algorithm.importance_cap={cap}")
 
 
+WEIGHT_SYNC_SUBDIR = "weight_sync"  # rollout.disk_dir's default, under the run directory
+
+
+def colocated_transport_problem(transport: str, *, colocate: bool, gpus: bool) -> str | None:
+    """Why `transport` cannot serve colocated servers on GPUs (None when it can). The distributed transport's
+    NCCL group would hold trainer rank 0 and the server rank on the same GPU, which NCCL refuses; CUDA IPC
+    (the tensor transport) is the path for a GPU shared by trainer and server."""
+    if colocate and gpus and transport == "distributed":
+        return ("rollout.transport=distributed with colocated servers on GPUs puts trainer rank 0 and a server rank on "
+                "one GPU in one NCCL group, which NCCL refuses; set rollout.transport=tensor (colocated on one node) "
+                "or disk (several nodes, shared filesystem)")
+    return None
+
+
 class RolloutConfig(Section):
     engine: Literal["builtin", "sglang"] = "builtin"
     servers: list[str] = Field(default_factory=list, description="server URLs; empty: megarl starts its own")
@@ -201,6 +215,9 @@ class RolloutConfig(Section):
         "stop_token_ids (Dr. GRPO's qwen_math run unsets every stop)"))
     transport: Literal["tensor", "distributed", "disk"] = "tensor"
     bucket_mb: int = Field(512, ge=1)
+    disk_dir: str | None = Field(None, description=(
+        "transport=disk: the directory each push is written to, which every rollout server must read (a shared "
+        f"filesystem); unset: <run.output_dir>/{WEIGHT_SYNC_SUBDIR}, the run directory"))
     colocate: bool = False
     mem_fraction_static: float = Field(0.5, gt=0, lt=1, description=(
         "colocated SGLang servers: fraction of each GPU for their weights and KV cache (--mem-fraction-static); "
@@ -322,6 +339,11 @@ class Config(Section):
     @property
     def uses_critic(self) -> bool:
         return get_algorithm(self.algorithm.name).critic
+
+    @property
+    def weight_sync_dir(self) -> str:
+        """Where the disk transport writes: rollout.disk_dir, or the run directory's weight_sync folder."""
+        return self.rollout.disk_dir or str(Path(self.run.output_dir) / WEIGHT_SYNC_SUBDIR)
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -479,6 +501,10 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
             f"rollout.mode={cfg.rollout.mode} needs the servers to keep generating while the trainer computes, but "
             "rollout.colocate=true gives their GPUs to training; set rollout.mode=sync or rollout.colocate=false"
         )
+    problem = colocated_transport_problem(cfg.rollout.transport, colocate=cfg.rollout.colocate,
+                                          gpus=cfg.rollout.engine == "sglang")  # SGLang servers always run on GPUs
+    if problem:
+        raise ConfigError(problem)
     if cfg.rollout.partial and cfg.rollout.mode != "async":
         raise ConfigError(f"rollout.partial=true applies to rollout.mode=async, not {cfg.rollout.mode}; "
                           "set rollout.mode=async or rollout.partial=false")

@@ -22,7 +22,7 @@ import math
 import re
 from typing import Literal
 
-from megarl.config import Config, SlurmConfig
+from megarl.config import Config, SlurmConfig, colocated_transport_problem
 
 # torchrun's rendezvous port is drawn from [MASTER_PORT_BASE, MASTER_PORT_BASE + MASTER_PORT_SPAN) by job
 # id (slurm/env.sh), a range rollout server ports must stay out of.
@@ -196,10 +196,15 @@ def plan_layout(cfg: Config, opts: LaunchOptions) -> JobLayout:
                           "use rollout.engine=builtin on CPU clusters (or set --gpus-per-node)")
     if rc.transport == "tensor" and (mode == "split" or (mode in ("colocated", "partitioned") and nodes > 1)):
         where = "on rollout nodes" if mode == "split" else f"on all {nodes} nodes ({mode})"
+        fix = ("disk (on a shared filesystem; distributed cannot share trainer rank 0's GPU)"
+               if colocated_transport_problem("distributed", colocate=mode == "colocated", gpus=gpus > 0)
+               else "distributed (or disk on a shared filesystem)")
         raise LaunchError(
             "rollout.transport=tensor passes shared-memory / CUDA-IPC handles, which work only with servers on the "
-            f"trainer's node (rank 0 sends every weight), but the servers run {where}; "
-            "set rollout.transport=distributed (or disk on a shared filesystem)")
+            f"trainer's node (rank 0 sends every weight), but the servers run {where}; set rollout.transport={fix}")
+    problem = colocated_transport_problem(rc.transport, colocate=mode == "colocated", gpus=gpus > 0)
+    if problem:
+        raise LaunchError(problem)
     if rc.router and mode != "managed":
         raise LaunchError(
             "rollout.router=true: megarl submit passes every server to the trainer, whose rollout client balances "

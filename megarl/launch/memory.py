@@ -16,6 +16,11 @@
                  plus the logits of one micro-batch (V / tp x 2 bytes, and their gradient).
     reference    the frozen reference policy's weights when the KL is a loss (kl_coef > 0).
     critic       PPO's critic at its own layout: weights, gradients, optimizer, activations.
+    weight sync  the bucket buffers one push keeps alive at once on trainer rank 0 (`weight_sync.sync_peak_bytes`):
+                 the whole model in the model dtype for `tensor` on GPUs (kept until the update session ends),
+                 one bucket (max(rollout.bucket_mb, the largest tensor)) for `distributed`, none for `disk`;
+                 plus, on GPUs, the gathered tensors of the bucket being packed (one bucket). Released after
+                 every push; counted in the trainer's peak, which it joins at the sync.
     overhead     CUDA context, NCCL buffers and allocator fragmentation: 3 GiB + 5%.
 
 and for a rollout server GPU: SGLang's static pool (`--mem-fraction-static` x GPU memory: the
@@ -174,6 +179,23 @@ def _model_rows(label: str, shape: Shape, par, dtype_bytes: int, dp: int, tokens
     return rows
 
 
+def _sync_row(cfg: Config, shape: Shape, dtype_bytes: int, layout: JobLayout) -> Row | None:
+    """The weight-sync buckets trainer rank 0 holds at once during a push (peak sync memory)."""
+    from megarl.rollout.weight_sync import sync_peak_bytes
+
+    rc = cfg.rollout
+    largest = shape.vocab * shape.hidden * dtype_bytes  # the embedding / output layer, sent whole
+    buffers = sync_peak_bytes(rc.transport, bucket_bytes=rc.bucket_mb << 20, largest_tensor_bytes=largest,
+                              model_bytes=shape.total_params() * dtype_bytes, gpu=layout.on_gpu)
+    pending = max(rc.bucket_mb << 20, largest) if layout.on_gpu else 0  # gathered tensors of the bucket being packed
+    if not buffers + pending:
+        return None
+    how = {"tensor": "every bucket kept until the update session ends", "distributed": "one bucket at a time",
+           "disk": "written to host memory"}[rc.transport]
+    return Row("weight sync", (buffers + pending) / GIB,
+               f"rank 0 during a push ({rc.transport}: {how}) plus the gathered tensors of one bucket")
+
+
 def estimate_memory(cfg: Config, spec, layout: JobLayout, gpu_gib: float) -> Estimate:
     """The per-GPU estimate for `cfg` at `layout` on GPUs of `gpu_gib` GiB."""
     shape = Shape.of(spec)
@@ -190,6 +212,9 @@ def estimate_memory(cfg: Config, spec, layout: JobLayout, gpu_gib: float) -> Est
         trainer.append(Row("reference weights", ref * dtype_bytes / GIB, "frozen copy for the KL"))
     if cfg.uses_critic:
         trainer += _model_rows("critic", shape, cfg.critic, dtype_bytes, layout.dp, cfg.critic.micro_batch_tokens, n_mb, host)
+    sync = _sync_row(cfg, shape, dtype_bytes, layout)
+    if sync is not None:
+        trainer.append(sync)
     subtotal = sum(r.gib for r in trainer)
     trainer.append(Row("overhead", OVERHEAD_BYTES / GIB + OVERHEAD_FRACTION * subtotal, "CUDA context, NCCL, fragmentation"))
 

@@ -4,7 +4,8 @@ Colocated training shares each GPU between the trainer and an SGLang server: whi
 generates, the trainer's weights, gradients and optimizer state would otherwise stay resident
 next to the server's weights and KV cache. `StorageOffload` moves whole tensor *storages*: each is
 copied to a host buffer (pinned on GPUs, for fast copies back) and then shrunk to zero bytes, so
-the device allocator can hand the memory to the server; `reload` grows each storage back to its
+the device allocator can hand the memory to the server (`empty_cache` returns the freed blocks from this
+process's caching allocator to the driver); `reload` grows each storage back to its
 size and copies the bytes in. Because the storage objects themselves are kept, every tensor and
 view that points into them (parameters that are views of Megatron's contiguous buffers,
 `main_grad`, the optimizer's references) stays valid without re-wiring anything.
@@ -20,6 +21,7 @@ from typing import Iterable
 
 import torch
 
+from megarl.runtime import device
 from megarl.runtime.device import on_gpu, synchronize
 
 
@@ -60,6 +62,7 @@ class StorageOffload:
         synchronize()  # the copies must land before the storages shrink
         for held in self._held:
             held.storage.resize_(0)
+        device.empty_cache()  # else the freed blocks stay in this process's caching allocator, out of SGLang's reach
         return freed
 
     def reload(self) -> int:

@@ -20,15 +20,24 @@ Endpoints (JSON shapes as SGLang 0.5.x; see DESIGN.md):
   POST /generate                       text or input_ids (a list of lists is a batch), sampling_params,
                                        return_logprob, logprob_start_len, return_text_in_logprobs, rid
   POST /update_weights_from_disk       {model_path, weight_version?, flush_cache?, ...}
+  POST /begin_weight_update            {selector?}  opens a weight-update session
   POST /update_weights_from_tensor     {serialized_named_tensors, load_format, weight_version?}
-                                       only from loopback and with the server's token
+                                       only from loopback and with the server's token; inside a session
   POST /init_weights_update_group      {master_address, master_port, rank_offset, world_size, group_name, backend}
   POST /update_weights_from_distributed {names, dtypes, shapes, group_name, load_format?, weight_version?}
+                                       inside a session
+  POST /end_weight_update              {}  closes the session
   POST /destroy_weights_update_group   {group_name}
-  POST /update_weight_version          {new_version}
+  POST /update_weight_version          {new_version, abort_all_requests?}
   GET|POST /flush_cache, POST /pause_generation {mode}, POST /continue_generation
   GET|POST /release_memory_occupation, /resume_memory_occupation (no-ops on CPU)
   GET /health, /health_generate, /model_info, /server_info
+
+Weight-update session (SGLang 0.5.23's `SchedulerWeightUpdaterManager`, same messages, HTTP 400 with
+`{"success": false, "message": ...}` as SGLang's HTTP server answers): `/update_weights_from_tensor` and
+`/update_weights_from_distributed` are refused unless they run between `/begin_weight_update` and
+`/end_weight_update`; a second begin, or an end without a begin, is refused. Disk updates need no
+session (SGLang's disk loader restores and post-processes the weights itself).
 
 Admin endpoints (weight updates and update groups, weight_version, pause/continue, flush,
 memory) require `Authorization: Bearer <token>`; a server started without a token refuses them
@@ -72,6 +81,13 @@ HEALTH_GENERATE_TIMEOUT_S = 20.0  # SGLang's /health_generate limit
 # batch decoding to its own longest row (static batching).
 BATCH_WINDOW_S = 0.01
 DISCONNECT_POLL_S = 0.25  # how often a waiting /generate handler checks that its client is still there
+
+
+# SGLang 0.5.23's weight-update session messages (managers/scheduler_components/weight_updater.py)
+SESSION_REQUIRED = "{endpoint} must run between begin_weight_update() and end_weight_update()"
+SESSION_ALREADY_OPEN = "a weight-update session is already open; call end_weight_update() first"
+SESSION_NOT_OPEN = "no weight-update session is open; call begin_weight_update() first"
+SESSION_SELECTORS = ("target", "draft", "all")  # SGLang's BeginWeightUpdateReqInput.selector
 
 
 class HTTPError(Exception):
@@ -125,6 +141,7 @@ class RolloutServer:
         self.holding = 0  # a dequeued job waiting for /continue_generation
         self.batch_sizes: list[int] = []  # sequences per batch, most recent last (bounded)
         self.update_groups: dict[str, UpdateGroup] = {}
+        self.session_selector: str | None = None  # the open weight-update session's selector (None: no session)
         # Kept between the buckets of one update and dropped by /continue_generation: the mappings of
         # the sender's most recent shared-memory buckets (a sender that reuses its buffers then costs
         # no new mapping and no page faults per bucket) and the distributed transport's receive buffer.
@@ -292,6 +309,8 @@ class RolloutServer:
             ("GET", "/get_model_info", self.handle_model_info),
             ("GET", "/server_info", self.handle_server_info),
             ("POST", "/update_weights_from_disk", self.handle_update_from_disk),
+            ("POST", "/begin_weight_update", self.handle_begin_update),
+            ("POST", "/end_weight_update", self.handle_end_update),
             ("POST", "/update_weights_from_tensor", self.handle_update_from_tensor),
             ("POST", "/init_weights_update_group", self.handle_init_group),
             ("POST", "/destroy_weights_update_group", self.handle_destroy_group),
@@ -567,6 +586,35 @@ class RolloutServer:
                                   "new_version": body["new_version"]})
 
     # ---- weight updates ------------------------------------------------------------------
+    @staticmethod
+    def _refused(message: str) -> web.Response:
+        """What SGLang's HTTP server answers when its weight updater refuses a call."""
+        return web.json_response({"success": False, "message": message}, status=400)
+
+    async def handle_begin_update(self, request: web.Request) -> web.Response:
+        self._check_token(request)
+        body = await self._json(request, optional=True)
+        selector = body.get("selector", "all")
+        if selector not in SESSION_SELECTORS:
+            raise HTTPError(400, f"selector {selector!r} is unknown; use one of {SESSION_SELECTORS}")
+        if self.session_selector is not None:  # handlers run on the event loop's thread: no lock needed
+            return self._refused(SESSION_ALREADY_OPEN)
+        self.session_selector = selector
+        return web.json_response({"success": True, "message": "Success"})
+
+    async def handle_end_update(self, request: web.Request) -> web.Response:
+        self._check_token(request)
+        await self._json(request, optional=True)
+        if self.session_selector is None:
+            return self._refused(SESSION_NOT_OPEN)
+        self.session_selector = None
+        return web.json_response({"success": True, "message": "Success"})
+
+    def _session_refusal(self, endpoint: str) -> web.Response | None:
+        if self.session_selector is None:
+            return self._refused(SESSION_REQUIRED.format(endpoint=endpoint))
+        return None
+
     def _finish_update(self, count: int, body: dict, how: str) -> web.Response:
         if body.get("weight_version") is not None:
             with self.engine.model_lock:
@@ -586,6 +634,9 @@ class RolloutServer:
         self._check_loopback(request)
         self._check_token(request)
         body = await self._json(request)
+        refused = self._session_refusal("update_weights_from_tensor")
+        if refused is not None:
+            return refused
         payloads = body.get("serialized_named_tensors")
         if not isinstance(payloads, list) or not payloads or not all(isinstance(p, str) for p in payloads):
             raise HTTPError(400, "serialized_named_tensors must be a list with one base64 payload per server TP rank")
@@ -644,6 +695,9 @@ class RolloutServer:
     async def handle_update_from_distributed(self, request: web.Request) -> web.Response:
         self._check_token(request)
         body = await self._json(request)
+        refused = self._session_refusal("update_weights_from_distributed")
+        if refused is not None:
+            return refused
         name = body.get("group_name", DEFAULT_GROUP_NAME)
         group = self.update_groups.get(name)
         if group is None:

@@ -13,17 +13,26 @@ flattened buckets and sends every bucket to every server by one of three transpo
 - `disk`: each bucket becomes one safetensors file in a fresh directory (written under a
   temporary name, then renamed whole), loaded through `/update_weights_from_disk`.
 
-Around the update the servers are paused (`/pause_generation`) and resumed; afterwards their
-cache is flushed and their `weight_version` set (`/update_weight_version`).
+One push is SGLang's update protocol, in this order: `/pause_generation`, `/begin_weight_update`, the
+updates, `/end_weight_update`, `/flush_cache`, `/update_weight_version` (with `abort_all_requests=false`:
+requests continued after a partial-rollout pause must not be aborted again), `/continue_generation`.
+SGLang 0.5.23 refuses `/update_weights_from_tensor` and `/update_weights_from_distributed` outside a
+begin/end session (`SchedulerWeightUpdaterManager`), so those two transports open one around their
+updates; the disk transport does not (SGLang's disk loader restores and post-processes the weights itself,
+and a session around it would post-process them twice). The session is closed even when an update fails.
 
 Bucket buffers. On CPU a fresh buffer costs more than the copy itself (a new shared-memory file
 and a page fault on every 4 KB page when it is first written), so the pusher keeps a
-`BucketPool` of at most two buffers, reused across buckets and pushes: bucket k+1 is packed into
+`BucketPool` of at most two buffers, reused across the buckets of a push: bucket k+1 is packed into
 one while bucket k is on the wire from the other, and a buffer goes back to the pool only after
-every server has answered for its bucket (CPU servers copy before they answer). On GPUs (where
-the receiver's copy may still be queued on its stream when it answers) every bucket gets a new
-allocation from the caching allocator, kept alive until the next push has paused the servers;
-no buffer is ever reused there.
+every server has answered for its bucket (CPU servers copy before they answer). On GPUs no buffer is
+ever reused: a `tensor` bucket (CUDA IPC; the receiver's copy may still be queued on its stream when it
+answers) is kept until the servers have answered `/end_weight_update` and `/flush_cache`, requests they
+handle after every copy was issued; a `distributed` bucket is dropped once its broadcast returned (the
+caching allocator reuses its block only for work queued after the broadcast on this stream). After every
+push no bucket is left alive: the pool is emptied and the kept buffers dropped, so nothing of the sync
+stays allocated while the trainer computes. `WeightSyncReport.peak_bucket_bytes` is the most bucket
+memory alive at once during the push (`sync_peak_bytes` gives it before a run, for the memory plan).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 import urllib.error
 import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,7 +59,9 @@ from megarl.runtime.distributed import free_port
 from megarl.runtime.device import get_device, is_gpu_device, on_gpu, synchronize
 
 TRANSPORTS = ("tensor", "distributed", "disk")
+SESSION_TRANSPORTS = ("tensor", "distributed")  # the updates SGLang accepts only inside a begin/end session
 DEFAULT_BUCKET_BYTES = 512 << 20
+POOL_BUFFERS = 2  # CPU: bucket buffers pooled within a push (one packed while the other is on the wire)
 
 
 class WeightSyncError(RuntimeError):
@@ -65,6 +77,7 @@ class WeightSyncReport:
     total_bytes: int = 0
     seconds: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    peak_bucket_bytes: int = 0  # the most bucket-buffer bytes alive at once during the push
 
     @property
     def gigabytes_per_second(self) -> float:
@@ -135,7 +148,7 @@ class BucketPool:
     every bucket.
     """
 
-    def __init__(self, *, shared: bool, min_bytes: int, max_buffers: int = 2):
+    def __init__(self, *, shared: bool, min_bytes: int, max_buffers: int = POOL_BUFFERS):
         self.shared, self.min_bytes, self.max_buffers = shared, int(min_bytes), max_buffers
         self.free: list[torch.Tensor] = []
         self.lent: dict[int, torch.Tensor] = {}  # data_ptr of a view -> its whole buffer
@@ -214,6 +227,28 @@ def disk_update_body(model_path: str) -> dict:
     return {"model_path": model_path, "flush_cache": False}
 
 
+def version_body(version: str) -> dict:
+    """`/update_weight_version` JSON. SGLang's default `abort_all_requests=true` would abort the requests
+    a partial rollout continues after the pause; megarl never wants that."""
+    return {"new_version": version, "abort_all_requests": False}
+
+
+def sync_peak_bytes(transport: str, *, bucket_bytes: int, largest_tensor_bytes: int, model_bytes: int,
+                    gpu: bool) -> int:
+    """The most bucket-buffer memory one push keeps alive at once on the sending rank (what
+    `WeightSyncReport.peak_bucket_bytes` measures): on GPUs a `tensor` push keeps every bucket until the
+    session ends (the whole model), a `distributed` push one bucket; on CPU the pool's two buffers; a
+    `disk` push writes host tensors only. A bucket is at most max(bucket size, largest tensor)."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport {transport!r} is unknown; choose one of {TRANSPORTS}")
+    bucket = max(bucket_bytes, largest_tensor_bytes)
+    if transport == "disk":
+        return 0
+    if not gpu:
+        return POOL_BUFFERS * bucket
+    return model_bytes if transport == "tensor" else bucket
+
+
 class WeightPusher:
     """Pushes weights to a fixed set of servers; keeps the distributed group between pushes."""
 
@@ -222,7 +257,7 @@ class WeightPusher:
                  request_timeout_s: float = 600.0, master_address: str = "127.0.0.1", master_port: int | None = None,
                  group_name: str = "megarl_weight_update", group_backend: str | None = None,
                  disk_dir: str | None = None, reuse_buffers: bool | None = None, sglang_serializer: bool = False):
-        """`reuse_buffers`: pool bucket buffers across buckets and pushes (default: on CPU only, where
+        """`reuse_buffers`: pool bucket buffers across the buckets of a push (default: on CPU only, where
         servers finish copying before they answer; never on GPUs, whose copies are asynchronous).
         `sglang_serializer`: write `tensor` payloads with SGLang's own serializer when sglang is importable
         (the trainer sets it for SGLang servers); megarl's encoder writes the same format without sglang."""
@@ -247,9 +282,14 @@ class WeightPusher:
         self.master_port = master_port
         self.group_name = group_name
         self.group_backend = group_backend or collective_backend()
+        if transport == "disk" and not disk_dir:
+            raise ValueError("the disk transport needs disk_dir=...: a directory every server can read (the trainer "
+                             "passes rollout.disk_dir, by default <run dir>/weight_sync on the shared filesystem)")
         self.disk_dir = disk_dir
         self.group = None
-        self.retired: list[torch.Tensor] = []  # GPU buffers kept until the servers passed a sync point
+        self.retired: list[torch.Tensor] = []  # GPU tensor-transport buffers kept until the session has ended
+        self.live_buffers: list[weakref.ref] = []  # the bucket buffers made and maybe not yet freed
+        self._report: WeightSyncReport | None = None
         if reuse_buffers is None:
             reuse_buffers = not on_gpu()
         if reuse_buffers and on_gpu():
@@ -303,26 +343,66 @@ class WeightPusher:
     # ---- the push --------------------------------------------------------------------------
     def push(self, named_tensors: Iterable[tuple[str, torch.Tensor]], weight_version: str | int | None = None
              ) -> WeightSyncReport:
+        """pause, [init group], begin, updates, end, flush, version, continue (see the module docstring)."""
         version = None if weight_version is None else str(weight_version)
-        report = WeightSyncReport(transport=self.transport, weight_version=version)
+        report = self._report = WeightSyncReport(transport=self.transport, weight_version=version)
         started = time.perf_counter()
         self._wait(self._post_all("/pause_generation", {"mode": self.pause_mode}))
-        self.retired.clear()  # the servers answered a request queued after every earlier copy
         report.phase_seconds["pause"] = time.perf_counter() - started
         try:
             if self.transport == "distributed" and self.group is None:
                 self._init_group()
             send = {"tensor": self._send_tensor, "distributed": self._send_distributed, "disk": self._send_disk}
-            send[self.transport](iter_buckets(named_tensors, self.bucket_bytes), report)
-            mark = time.perf_counter()
-            self._wait(self._post_all("/flush_cache"))
+            try:
+                with self._session():
+                    send[self.transport](iter_buckets(named_tensors, self.bucket_bytes), report)
+                mark = time.perf_counter()
+                self._wait(self._post_all("/flush_cache"))
+            finally:
+                self._release_buckets()  # the servers answered requests they handle after every copy
             if version is not None:
-                self._wait(self._post_all("/update_weight_version", {"new_version": version}))
+                self._wait(self._post_all("/update_weight_version", version_body(version)))
             report.phase_seconds["finish"] = time.perf_counter() - mark
         finally:
+            self._report = None
             self._wait(self._post_all("/continue_generation"))
         report.seconds = time.perf_counter() - started
         return report
+
+    @contextmanager
+    def _session(self):
+        """SGLang's weight-update session around the updates of a `tensor` or `distributed` push; closed on
+        every server that opened it, also when an update failed (its error is the one raised)."""
+        if self.transport not in SESSION_TRANSPORTS:
+            yield
+            return
+        futures = self._post_all("/begin_weight_update", {"selector": "all"})
+        opened = [server for server, future in zip(self.servers, futures) if future.exception() is None]
+        try:
+            self._wait(futures)
+        except WeightSyncError:
+            self._end_session(opened, quiet=True)
+            raise
+        try:
+            yield
+        except BaseException:
+            self._end_session(opened, quiet=True)
+            raise
+        self._end_session(opened, quiet=False)
+
+    def _end_session(self, servers: list[str], *, quiet: bool) -> None:
+        futures = [self.pool.submit(self._post, server, "/end_weight_update", {}) for server in servers]
+        try:
+            self._wait(futures)
+        except WeightSyncError:
+            if not quiet:
+                raise
+
+    def _release_buckets(self) -> None:
+        """Nothing of the push stays alive: kept GPU buffers dropped, the CPU pool emptied."""
+        self.retired.clear()
+        if self.buffer_pool is not None:
+            self.buffer_pool.clear()
 
     def _send_tensor(self, buckets: Iterator[list], report: WeightSyncReport) -> None:
         in_flight: tuple[list[Future], torch.Tensor] | None = None  # one bucket on the wire ...
@@ -338,6 +418,7 @@ class WeightPusher:
                 if in_flight is not None:
                     sent, in_flight = in_flight, None
                     self._finish(sent)
+                    del sent  # no reference may keep a finished bucket's buffer alive
                 body = tensor_update_body(payloads)
                 in_flight, packed = (self._post_all("/update_weights_from_tensor", body), packed), None
                 report.num_buckets += 1
@@ -346,6 +427,7 @@ class WeightPusher:
             if in_flight is not None:
                 sent, in_flight = in_flight, None
                 self._finish(sent)
+                del sent  # no reference may keep a finished bucket's buffer alive
         finally:  # after a failure: no buffer goes back to the pool while a server may still read it
             if in_flight is not None:
                 try:
@@ -353,7 +435,7 @@ class WeightPusher:
                 except WeightSyncError:
                     pass  # the original error is being raised
             if packed is not None:
-                self._retire(packed)
+                self._retire(packed, receiver_may_read=True)
 
     def _finish(self, in_flight: tuple[list[Future], torch.Tensor]) -> None:
         """Wait until every server answered for a bucket (raising their errors), then retire its buffer."""
@@ -361,18 +443,28 @@ class WeightPusher:
         try:
             self._wait(futures)  # waits for every future, even when one failed
         finally:
-            self._retire(buffer)
+            self._retire(buffer, receiver_may_read=True)
 
     def _acquire(self, nbytes: int, *, shared: bool) -> torch.Tensor:
         if self.buffer_pool is not None:
-            return self.buffer_pool.acquire(nbytes)
-        return _new_bucket_buffer(nbytes, shared=shared)
+            view = self.buffer_pool.acquire(nbytes)
+        else:
+            view = _new_bucket_buffer(nbytes, shared=shared)
+        base = view if view._base is None else view._base
+        alive = [b for b in (r() for r in self.live_buffers) if b is not None]
+        if not any(b is base for b in alive):
+            alive.append(base)
+        self.live_buffers = [weakref.ref(b) for b in alive]
+        if self._report is not None:
+            held = sum(b.numel() for b in alive)
+            self._report.peak_bucket_bytes = max(self._report.peak_bucket_bytes, held)
+        return view
 
-    def _retire(self, buffer: torch.Tensor) -> None:
+    def _retire(self, buffer: torch.Tensor, *, receiver_may_read: bool) -> None:
         """Every server has answered for this buffer's bucket (or it was never sent)."""
         if self.buffer_pool is not None:  # CPU servers copy before answering: reuse it
             self.buffer_pool.release(buffer)
-        elif on_gpu():  # a GPU server's copy may still be queued on its stream: keep it until the next pause
+        elif receiver_may_read and on_gpu():  # a CUDA-IPC reader's copy may still be queued: keep it until the end
             self.retired.append(buffer)
 
     def _init_group(self) -> None:
@@ -406,8 +498,9 @@ class WeightPusher:
                     detail = [str(f.exception()) for f in futures if f.done() and f.exception()]
                     raise WeightSyncError(f"broadcast of a {nbytes}-byte bucket failed: {err}; servers: {detail}") from err
                 self._wait(futures)
-            finally:
-                self._retire(buffer)  # the broadcast has returned: the buffer's bytes are out
+            finally:  # the broadcast has returned: later work on this stream is ordered after it
+                self._retire(buffer, receiver_may_read=False)
+            del buffer  # dropped before the next bucket's buffer is made
             report.num_buckets += 1
             report.num_tensors += len(bucket)
             report.total_bytes += nbytes
@@ -415,7 +508,7 @@ class WeightPusher:
     def _send_disk(self, buckets: Iterator[list], report: WeightSyncReport) -> None:
         from safetensors.torch import save_file
 
-        parent = self.disk_dir or tempfile.gettempdir()
+        parent = self.disk_dir
         os.makedirs(parent, exist_ok=True)
         partial = tempfile.mkdtemp(prefix=".partial-weights-", dir=parent)
         final = partial.replace(".partial-weights-", "weights-")

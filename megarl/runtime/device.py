@@ -65,6 +65,13 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
+def empty_cache() -> None:
+    """Hand the caching allocator's free blocks back to the driver, so another process on this GPU (a
+    colocated SGLang server) can use them (no-op on CPU)."""
+    if on_gpu():
+        torch.cuda.empty_cache()
+
+
 def max_memory_allocated() -> int | None:
     """Peak device memory in bytes since the last reset, or None on CPU (measure RSS there)."""
     return torch.cuda.max_memory_allocated() if on_gpu() else None

@@ -27,12 +27,13 @@ from pathlib import Path
 import torch
 
 from megarl.checkpoint.manager import CheckpointManager, export_hf
-from megarl.config import Config, validate_semantics
+from megarl.config import Config, ConfigError, colocated_transport_problem, validate_semantics
 from megarl.data.prompt_stream import PromptStream
 from megarl.demo.builtins import builtin_model_dir, builtin_name
 from megarl.models.spec import ModelSpec
 from megarl.rollout import fleet
 from megarl.runtime import collectives
+from megarl.runtime.device import on_gpu
 from megarl.runtime.seeds import fold_seed
 from megarl.train.batch import Packer, shard_for_data_parallel
 from megarl.train.preemption import PreemptedError, StepProgress, StopRequest
@@ -160,11 +161,15 @@ class Trainer:
         from megarl.rollout.weight_sync import WeightPusher
 
         rc = self.cfg.rollout
+        problem = colocated_transport_problem(rc.transport, colocate=rc.colocate, gpus=on_gpu())
+        if problem:  # the built-in engine on GPUs (the config check covers SGLang)
+            raise ConfigError(problem)
         self.servers = fleet.start_for_run(rc, self.model_dir, self.run_dir / "logs", seed=fold_seed(self.cfg.run.seed, 31))
         if self.servers.trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
             torch.set_num_threads(self.servers.trainer_threads)
         self.pusher = WeightPusher(self.servers.urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20,
                                    token=self.servers.token, master_address=self.servers.master_address,
+                                   disk_dir=self.cfg.weight_sync_dir,
                                    server_tp_size=rc.server_tp if rc.engine == "sglang" else 1, sglang_serializer=rc.engine == "sglang")
         self.client = RolloutClient(self.servers.generation_urls, max_concurrency=rc.max_concurrency,
                                     request_timeout_s=rc.request_timeout_s, context_length=self.spec.max_position_embeddings)

@@ -18,6 +18,14 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    """One built-in server (a `megarl serve` process with the test token) per test module."""
+    proc = ServerProcess(tiny_model_dir)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
 def two_servers(tiny_model_dir):
     servers = [ServerProcess(tiny_model_dir), ServerProcess(tiny_model_dir)]
     yield servers

@@ -11,13 +11,6 @@ from rollout_helpers import SERVER_TOKEN, ServerProcess, http_json
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    proc = ServerProcess(tiny_model_dir)
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def hf(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

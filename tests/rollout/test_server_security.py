@@ -27,6 +27,8 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tiny_model_dir, tmp_path):
     payload = base64.b64encode(pickle.dumps(RunsACommand(f"touch {marker}"))).decode()
     server = ServerProcess(tiny_model_dir)
     try:
+        # inside a weight-update session, as a sender must be (outside one the update is refused unread)
+        assert http_json(server.url + "/begin_weight_update", {}, token=SERVER_TOKEN)[0] == 200
         for load_format in ("flattened_bucket", None):
             status, out = http_json(server.url + "/update_weights_from_tensor",
                                     {"serialized_named_tensors": [payload], "load_format": load_format}, token=SERVER_TOKEN)

@@ -16,10 +16,11 @@ import sys
 
 import pytest
 import torch
-from rollout_helpers import ServerProcess, http_json
+from rollout_helpers import http_json
 
 from megarl.rollout.client import RolloutClient, SamplingParams
-from megarl.rollout.weight_sync import disk_update_body, distributed_update_body, init_group_body, tensor_update_body
+from megarl.rollout.weight_sync import (disk_update_body, distributed_update_body, init_group_body, tensor_update_body,
+                                        version_body)
 
 
 def sglang_dir() -> str | None:
@@ -56,13 +57,6 @@ needs_sglang = pytest.mark.skipif(API is None, reason="sglang (and msgspec) not 
 DOC_SAMPLING = {"max_new_tokens", "temperature", "top_p", "top_k", "min_p", "stop", "stop_token_ids", "n", "ignore_eos",
                 "skip_special_tokens", "no_stop_trim", "sampling_seed"}
 DOC_META = {"id", "finish_reason", "prompt_tokens", "completion_tokens", "cached_tokens", "weight_version", "e2e_latency"}
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    proc = ServerProcess(tiny_model_dir)
-    yield proc
-    proc.stop()
 
 
 def client_body():
@@ -117,6 +111,7 @@ def test_generate_request_and_response_validate_with_sglang_schema(server):
     ("UpdateWeightsFromDistributedReqInput", distributed_update_body([("w", torch.zeros(2, 3, dtype=torch.bfloat16))], "g")),
     ("InitWeightsUpdateGroupReqInput", init_group_body("127.0.0.1", 1234, 1, 3, "g", "gloo")),
     ("UpdateWeightFromDiskReqInput", disk_update_body("/tmp/w")),
+    ("UpdateWeightVersionReqInput", version_body("3")),
 ])
 def test_weight_update_bodies_match_sglang_io_struct(class_name, body):
     fields, required = io_struct_fields(class_name)

@@ -45,13 +45,13 @@ def perturbed_weights(model, seed: int) -> list[tuple[str, torch.Tensor]]:
 
 
 @pytest.mark.parametrize("transport", ["tensor", "distributed", "disk"])
-def test_push_makes_servers_match_the_new_weights(two_servers, model, transport):
+def test_push_makes_servers_match_the_new_weights(two_servers, model, transport, tmp_path):
     urls = [s.url for s in two_servers]
     before = [server_logprobs(u, SEQUENCES[0])[0] for u in urls]
     version = f"{transport}-1"
     named = perturbed_weights(model, seed=hash(transport) % 1000)
     report = push_weights(named, urls, transport=transport, bucket_bytes=64 << 10, weight_version=version,
-                          token=SERVER_TOKEN)
+                          token=SERVER_TOKEN, disk_dir=str(tmp_path))
     assert report.num_tensors == len(named) and report.num_buckets >= 4
     assert report.total_bytes == sum(t.numel() * t.element_size() for _, t in named)
     for url, old in zip(urls, before):
@@ -82,13 +82,14 @@ def test_pusher_reuses_its_group_and_fresh_buffers(two_servers, model):
         assert torch.allclose(server_logprobs(url, SEQUENCES[0])[0], reference_logprobs(model, SEQUENCES[0]), atol=1e-4, rtol=0)
 
 
-def test_bad_updates_are_refused_and_change_nothing(two_servers, model):
+def test_bad_updates_are_refused_and_change_nothing(two_servers, model, tmp_path):
     urls = [s.url for s in two_servers]
     before = server_logprobs(urls[0], SEQUENCES[0])
     bad = [("model.layers.0.mlp.up_proj.weight", torch.zeros(128, 64)), ("model.layers.0.self_attn.q_prj.weight", torch.zeros(64, 64))]
     for transport in ("tensor", "disk"):
         with pytest.raises(WeightSyncError, match="unknown parameter 'model.layers.0.self_attn.q_prj.weight'"):
-            push_weights(bad, urls, transport=transport, bucket_bytes=1 << 20, weight_version="bad", token=SERVER_TOKEN)
+            push_weights(bad, urls, transport=transport, bucket_bytes=1 << 20, weight_version="bad", token=SERVER_TOKEN,
+                         disk_dir=str(tmp_path))
     with pytest.raises(WeightSyncError, match=r"shape \(3, 3\)"):
         push_weights([("lm_head.weight", torch.zeros(3, 3))], urls, transport="tensor", token=SERVER_TOKEN)
     after = server_logprobs(urls[0], SEQUENCES[0])

@@ -116,7 +116,7 @@ def test_colocated_gpu_layout_shares_the_gpus(tmp_path):
     model = qwen_dir(tmp_path, "7b")
     code, script, err = run_submit([
         str(REPO / "configs/simplerl_zoo_qwen2.5_7b.yaml"), "--dry-run", "--nodes", "2", "--rollout-nodes", "0",
-        "--colocate", f"model.path={model}", "rollout.transport=distributed", f"run.output_dir={tmp_path}/colo",
+        "--colocate", f"model.path={model}", "rollout.transport=disk", f"run.output_dir={tmp_path}/colo",
         "rollout.mem_fraction_static=0.25"])  # the trainer stays resident while SGLang generates: 0.5 does not fit
     assert code == 0, err
     assert "mode=colocated" in script and "TP 4 x PP 1 x DP 4" in script

@@ -78,3 +78,27 @@ def test_views_into_one_storage_are_offloaded_once():
     assert base.untyped_storage().nbytes() == 0
     held.reload()
     assert torch.equal(base, torch.arange(12.0)) and torch.equal(views[1], torch.arange(6.0, 12.0))
+
+
+def test_offload_returns_the_freed_blocks_through_the_device_module(monkeypatch):
+    """Likely defect 6: after the storages shrink, the caching allocator's free blocks go back to the driver
+    (`megarl.runtime.device.empty_cache`, torch.cuda.empty_cache on GPUs, a no-op on CPU) so a colocated
+    SGLang server can use them. The real CUDA call cannot run here: the spy checks it is made, once, after
+    every storage was released; the unpatched function runs too (a no-op on CPU)."""
+    from megarl.runtime import device
+
+    base = torch.arange(12.0)
+    other = torch.ones(5)
+    seen = []
+    real = device.empty_cache
+
+    def spy():
+        seen.append((base.untyped_storage().nbytes(), other.untyped_storage().nbytes()))
+        real()
+
+    monkeypatch.setattr(device, "empty_cache", spy)
+    held = StorageOffload()
+    held.offload([base, other])
+    assert seen == [(0, 0)]
+    held.reload()
+    assert seen == [(0, 0)]  # reloading allocates; nothing to return

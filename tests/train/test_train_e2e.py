@@ -161,11 +161,15 @@ def test_rloo_colocated_with_hf_export(write_recipe):
 
 
 def test_reinforce_pp_with_kl_in_reward(write_recipe):
+    """Also the disk transport: each push goes to rollout.disk_dir's default, the run directory."""
     recipe, run_dir = write_recipe("rpp", run={"steps": 2}, reward={"custom": "toy_rewards:mentions_seven"},
-                                   algorithm={"name": "reinforce_pp", "kl_coef": 0.05, "kl_in_reward": True, "gamma": 1.0})
+                                   algorithm={"name": "reinforce_pp", "kl_coef": 0.05, "kl_in_reward": True, "gamma": 1.0},
+                                   rollout={"transport": "disk"})
     _train(recipe)
     rows = _metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2] and all(r["actor/grad_norm"] > 0 for r in rows)
+    assert rows[-1]["mismatch/logp_abs_mean"] < 1e-3  # the server generated step 2 on the pushed weights
+    assert (run_dir / "weight_sync").is_dir() and not any((run_dir / "weight_sync").iterdir())  # each push cleaned up
 
 
 def test_cli_relaunches_itself_under_torchrun_for_tp2(write_recipe):
