@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -485,8 +486,11 @@ def run_gpu(args, steps: Steps) -> dict:
     other = "builtin" if engine == "sglang" else "sglang"
     row = steps.step(f"grpo_{engine}", STEP_LIMITS["grpo"], [py, "-m", "megarl.cli", "train", *recipe["grpo"]],
                      f"{GRPO_STEPS} steps, bf16, THD packing, distributed transport (NCCL update group)")
+    metrics = work / f"grpo_{engine}" / "metrics.jsonl"
+    if metrics.is_file():
+        shutil.copy(metrics, steps.out / f"grpo_{engine}_metrics.jsonl")
     if row.status == "pass":
-        status, detail, data = check_logprobs(work / f"grpo_{engine}" / "metrics.jsonl", GRPO_STEPS)
+        status, detail, data = check_logprobs(metrics, GRPO_STEPS)
         steps.add(Row(f"logprobs_{engine}", status, 0.0, detail, data))
     else:
         steps.add(Row(f"logprobs_{engine}", "fail", 0.0, f"grpo_{engine} failed: no metrics to compare"))
@@ -610,6 +614,7 @@ def run_dry(args, steps: Steps) -> dict:
     if args.wheels:
         problems = check_wheels(Path(args.wheels), gpu_lock("3.12"))
         steps.add(Row("wheels_folder", "fail" if problems else "pass", 0.0, "; ".join(problems) or f"{args.wheels} fits gpu-py312.txt"))
+    shutil.rmtree(work, ignore_errors=True)
     return info
 
 
