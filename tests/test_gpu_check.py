@@ -34,7 +34,7 @@ def test_dry_run_checks_every_step(tmp_path):
     status = {s["step"]: s["status"] for s in result["steps"]}
     assert list(status) == ["files", "arguments", "locks", "wheels_py3.11", "wheels_py3.12", "environment", "imports",
                             "te_layers", "check_model", "recipe_grpo_sglang", "recipe_colocated_sglang",
-                            "recipe_grpo_builtin", "recipe_colocated_builtin"]
+                            "recipe_grpo_builtin", "recipe_colocated_builtin", "recipe_optimizer_offload"]
     assert status.pop("te_layers") == "skipped"  # no transformer-engine on CPU: skipped, not passed
     assert set(status.values()) == {"pass"} and result["ok"]
     for version in ("3.11", "3.12"):  # megarl's run requirements lead the list; the image's CUDA stack is left out
@@ -124,6 +124,10 @@ def test_carried_wheels_checked_against_the_lock(tmp_path):
     _wheel(tmp_path, "pydantic", gpu_check.read_lock(lock)["pydantic"], 10)
     problems = gpu_check.check_wheels(tmp_path, lock)
     assert any("two wheels" in p for p in problems) and any(p.startswith("pydantic 1.0: gpu-py312.txt pins") for p in problems)
+
+
+def test_step_limits_fit_eight_minutes():
+    assert sum(gpu_check.STEP_LIMITS.values()) <= 8 * 60
 
 
 def test_logprob_check_holds_the_stated_bound(tmp_path):

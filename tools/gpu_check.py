@@ -15,11 +15,13 @@ On one H100/H200 (Python 3.11 or 3.12, CUDA torch and triton installed, no netwo
                    update group and SGLang's weight-update session), rollout.mode=sync so every step generates
                    with the weights the last step pushed
   logprobs_<engine> every step's mismatch/logp_abs_mean (the trainer's log-prob of each sampled token minus
-                   the server's, megarl/train/stages/metrics.py) at most MISMATCH_BOUND; steps 1 and 2
-                   generate with pushed weights, so a lost or corrupted push shows here
+                   the server's, megarl/train/stages/metrics.py) at most MISMATCH_BOUND; every step generates
+                   with weights the trainer pushed (version 0 at the start, then after each update), so a lost
+                   or corrupted push shows here
   colocated_<engine> one colocated step (trainer offloads weights, gradients and optimizer state while the
                    server generates; transport tensor, as colocated GPUs share one device), with the device
                    memory allocated before, after and at peak
+  optimizer_offload one step with the optimizer state in host memory (HybridDeviceOptimizer, built-in server)
 
 `--dry-run` checks all of it on a CPU machine: the files, the imports that work on CPU, the arguments,
 every recipe override through `megarl config`, the GPU lock chosen for 3.11 and 3.12, the wheel list
@@ -60,9 +62,9 @@ SGLANG_VERSION = "0.5.23"
 # bf16 train/inference gaps of real models are around 1e-3 to 1e-2; this allows 5x the upper end.
 MISMATCH_BOUND = 0.05
 GRPO_STEPS = 3
-# Seconds per step; together 470 s, under the 8 minutes this check may take on one H100/H200.
-STEP_LIMITS = {"install": 30, "environment": 40, "kernel_tests": 60, "check_model": 30, "sglang": 20, "te_layers": 30,
-               "grpo": 150, "colocated": 110}
+# Seconds per step; together 480 s, the 8 minutes this check may take on one H100/H200.
+STEP_LIMITS = {"install": 30, "environment": 35, "kernel_tests": 45, "check_model": 30, "sglang": 20, "te_layers": 20,
+               "grpo": 140, "colocated": 100, "optimizer_offload": 60}
 # The CUDA stack a CUDA torch image brings (built for its driver): never carried as wheels.
 IMAGE_STACK = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
 WHEEL_PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in range(39, 16, -1)] + ["manylinux2014_x86_64", "linux_x86_64"]
@@ -266,8 +268,9 @@ def make_check_model(out_dir: Path) -> dict:
 
 # ---- the recipes ---------------------------------------------------------------------------------------
 def recipes(engine: str, model_dir: Path, run_root: Path) -> dict[str, list[str]]:
-    """`megarl train` arguments of the two runs, on the demo recipe's task: `grpo` (bf16, distributed
-    transport, sync mode) and `colocated` (one colocated step, trainer state offloaded while generating)."""
+    """`megarl train` arguments of the runs, on the demo recipe's task: `grpo` (bf16, distributed transport,
+    sync mode), `colocated` (one colocated step, trainer state offloaded while generating) and
+    `optimizer_offload` (one step with the optimizer state in host memory)."""
     common = [RECIPE, f"model.path={model_dir}", "model.dtype=bf16", f"rollout.engine={engine}", "rollout.mode=sync",
               "run.resume=false", "eval.every=0", "checkpoint.every=0", "logging.wandb=disabled",
               "data.prompts_per_step=8", "rollout.n=4", "rollout.max_new_tokens=32",
@@ -281,6 +284,9 @@ def recipes(engine: str, model_dir: Path, run_root: Path) -> dict[str, list[str]
         # colocated step takes the weights as CUDA IPC handles (tensor transport).
         "colocated": [*common, "run.steps=1", f"run.name=colocated_{engine}", f"run.output_dir={run_root}/colocated_{engine}",
                       "rollout.transport=tensor", "rollout.colocate=true", "rollout.mem_fraction_static=0.3"],
+        # The optimizer state in host memory, stepped there (Megatron's HybridDeviceOptimizer).
+        "optimizer_offload": [*common, "run.steps=1", f"run.name=offload_{engine}", f"run.output_dir={run_root}/offload_{engine}",
+                              "rollout.transport=tensor", "actor.distributed_optimizer=true", "actor.optimizer_offload=true"],
     }
 
 
@@ -386,9 +392,12 @@ class Steps:
 
 
 def python_env(site: Path | None) -> dict[str, str]:
+    """The steps' environment: the carried site folder and the repository first on PYTHONPATH; compiled
+    Triton and the GPU (TRITON_INTERPRET and MEGARL_DEVICE=cpu would give the CPU path)."""
     paths = [str(site)] if site else []
     paths += [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MEGARL_DEVICE")}
+    return dict(env, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
 
 
 def install(steps: Steps, wheels: Path, lock: Path) -> Path | None:
@@ -433,7 +442,11 @@ def print_table(table: list, limit: int = 40) -> None:
 
 def gpu_facts(env: dict[str, str]) -> dict:
     code = "import json; from megarl.runtime.device import accelerator_facts as f; print(json.dumps(f()))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
+                              timeout=STEP_LIMITS["environment"])
+    except subprocess.TimeoutExpired:
+        return {"error": f"importing torch took over {STEP_LIMITS['environment']} s"}
     if proc.returncode:
         return {"error": (proc.stderr.strip().splitlines() or ["torch failed to import"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -502,6 +515,9 @@ def run_gpu(args, steps: Steps) -> dict:
             f"offloaded {memory['offloaded_gib']:.3f} GiB while generating"), memory))
     else:
         steps.add(Row(f"colocated_{engine}", "fail", secs, f"{'timed out' if rc == 124 else f'exit {rc}'} (gpu_check.log)"))
+    steps.step("optimizer_offload", STEP_LIMITS["optimizer_offload"],
+               [py, "-m", "megarl.cli", "train", *recipes("builtin", model_dir, work)["optimizer_offload"]],
+               "one step, distributed optimizer with its state in host memory (built-in server)")
     if engine == "builtin":
         for name in (f"grpo_{other}", f"logprobs_{other}", f"colocated_{other}"):
             steps.add(Row(name, "skipped", 0.0, f"sglang {SGLANG_VERSION} not importable; the built-in server ran these steps"))
@@ -600,6 +616,8 @@ def run_dry(args, steps: Steps) -> dict:
                 return "fail", err.getvalue().strip()
             cfg = config.load_config(argv[0], argv[1:])
             transport = "distributed" if name == "grpo" else "tensor"
+            if (name == "colocated") != cfg.rollout.colocate or (name == "optimizer_offload") != cfg.actor.optimizer_offload:
+                return "fail", f"{name}: rollout.colocate={cfg.rollout.colocate}, actor.optimizer_offload={cfg.actor.optimizer_offload}"
             ok = (cfg.model.dtype, cfg.rollout.engine, cfg.rollout.transport) == ("bf16", engine, transport)
             return ("pass" if ok else "fail"), f"megarl config {' '.join(argv[1:4])} ... rollout.transport={transport}"
         return check
@@ -611,6 +629,7 @@ def run_dry(args, steps: Steps) -> dict:
     for engine in ENGINES:
         for name in ("grpo", "colocated"):
             dry_check(steps, f"recipe_{name}_{engine}", recipe_check(engine, name))
+    dry_check(steps, "recipe_optimizer_offload", recipe_check("builtin", "optimizer_offload"))
     if args.wheels:
         problems = check_wheels(Path(args.wheels), gpu_lock("3.12"))
         steps.add(Row("wheels_folder", "fail" if problems else "pass", 0.0, "; ".join(problems) or f"{args.wheels} fits gpu-py312.txt"))
