@@ -340,7 +340,7 @@ def check_logprobs(metrics: Path, steps: int, bound: float = MISMATCH_BOUND) -> 
     if any(m is None for m in means):
         return "fail", "a step logged no mismatch/logp_abs_mean (no behaviour log-probs from the server)", data
     worst = max(means)
-    detail = f"mean |trainer - served| per step {', '.join(f'{m:.4f}' for m in means)} (bound {bound}); max token {max(maxes):.3f}"
+    detail = f"mean |trainer - served| per step {', '.join(f'{m:.2e}' for m in means)} (bound {bound}); max token {max(maxes):.2e}"
     return ("pass" if worst <= bound else "fail"), detail, data
 
 
