@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from megarl.runtime.device import on_gpu
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "gpu_check.sh"
 _SPEC = importlib.util.spec_from_file_location("gpu_check", ROOT / "tools" / "gpu_check.py")
@@ -45,7 +47,7 @@ def test_dry_run_checks_every_step(tmp_path):
 
 
 def test_gpu_mode_without_a_gpu_says_what_is_missing(tmp_path):
-    if torch.cuda.is_available():
+    if on_gpu():
         pytest.skip("on a GPU machine this would start the real check")
     out = tmp_path / "o"
     proc = _run("--out", str(out), "--python", sys.executable, cwd=tmp_path)
