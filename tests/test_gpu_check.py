@@ -128,8 +128,14 @@ def test_carried_wheels_checked_against_the_lock(tmp_path):
     assert any("two wheels" in p for p in problems) and any(p.startswith("pydantic 1.0: gpu-py312.txt pins") for p in problems)
 
 
-def test_step_limits_fit_eight_minutes():
-    assert sum(gpu_check.STEP_LIMITS.values()) <= 8 * 60
+def test_step_limits_fit_eight_minutes(tmp_path):
+    assert sum(gpu_check.STEP_LIMITS.values()) <= gpu_check.TOTAL_LIMIT_S <= 8 * 60
+    steps = gpu_check.Steps(tmp_path, dict(os.environ))
+    rc, text, _ = steps.run("sleep", 5, ["sleep", "30"])
+    assert rc == 124  # killed at its own limit
+    steps.deadline = gpu_check.time.monotonic()  # the check's 8 minutes are spent: later steps do not start
+    assert steps.run("echo", 60, ["echo", "hi"])[0] == 124
+    assert "timed out after 5 s" in gpu_check.failure(124, 5, "")
 
 
 def test_logprob_check_holds_the_stated_bound(tmp_path):

@@ -62,9 +62,11 @@ SGLANG_VERSION = "0.5.23"
 # bf16 train/inference gaps of real models are around 1e-3 to 1e-2; this allows 5x the upper end.
 MISMATCH_BOUND = 0.05
 GRPO_STEPS = 3
-# Seconds per step; together 480 s, the 8 minutes this check may take on one H100/H200.
-STEP_LIMITS = {"install": 30, "environment": 35, "kernel_tests": 45, "check_model": 30, "sglang": 20, "te_layers": 20,
-               "grpo": 140, "colocated": 100, "optimizer_offload": 60}
+# Seconds per step; together 480 s, the 8 minutes this check may take on one H100/H200 (TOTAL_LIMIT_S
+# also cuts the last steps short when the in-process checks took longer than expected).
+TOTAL_LIMIT_S = 480
+STEP_LIMITS = {"install": 30, "environment": 30, "kernel_tests": 40, "check_model": 30, "sglang": 30, "te_layers": 25,
+               "grpo": 140, "colocated": 100, "optimizer_offload": 55}
 # The CUDA stack a CUDA torch image brings (built for its driver): never carried as wheels.
 IMAGE_STACK = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
 WHEEL_PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in range(39, 16, -1)] + ["manylinux2014_x86_64", "linux_x86_64"]
@@ -350,6 +352,7 @@ class Steps:
 
     def __init__(self, out: Path, env: dict[str, str]):
         self.out, self.env, self.rows = out, env, []
+        self.deadline = time.monotonic() + TOTAL_LIMIT_S
         self.log = out / "gpu_check.log"
         self.log.write_text("")
 
@@ -360,8 +363,12 @@ class Steps:
         return row
 
     def run(self, name: str, limit: float, cmd: list[str]) -> tuple[int, str, float]:
-        """(exit code, this step's output, seconds); 124 on timeout (the whole process group is killed)."""
+        """(exit code, this step's output, seconds); 124 on timeout (the whole process group is killed),
+        also when less than `limit` is left of TOTAL_LIMIT_S (then it runs for what is left)."""
         start = time.monotonic()
+        limit = min(limit, self.deadline - start)
+        if limit < 1:
+            return 124, f"no time left of the check's {TOTAL_LIMIT_S} s", 0.0
         with open(self.log, "a") as log:
             log.write(f"=== {name} (limit {limit:.0f}s): {' '.join(cmd)}\n")
             log.flush()
@@ -377,7 +384,7 @@ class Steps:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
                 rc = 124
-        text = self.log.read_text()[offset:]
+        text = self.log.read_bytes()[offset:].decode(errors="replace")  # a byte offset: progress bars are not ASCII
         with open(self.log, "a") as log:
             log.write(f"=== {name}: rc={rc}\n")
         return rc, text, time.monotonic() - start
@@ -386,9 +393,14 @@ class Steps:
         rc, text, secs = self.run(name, limit, cmd)
         if rc == 0:
             return self.add(Row(name, "pass", secs, ok_detail))
-        why = "timed out" if rc == 124 else f"exit {rc}"
-        tail = [line for line in text.splitlines() if line.strip()][-1:] or [""]
-        return self.add(Row(name, "fail", secs, f"{why}: {tail[0][:200]} (gpu_check.log)"))
+        return self.add(Row(name, "fail", secs, failure(rc, limit, text)))
+
+
+def failure(rc: int, limit: float, text: str) -> str:
+    """Why a step failed: the timeout or exit code and the output's last line."""
+    why = f"timed out after {limit:.0f} s" if rc == 124 else f"exit {rc}"
+    tail = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
+    return f"{why}: {tail[0][:200]} (gpu_check.log)"
 
 
 def python_env(site: Path | None) -> dict[str, str]:
@@ -483,7 +495,7 @@ def run_gpu(args, steps: Steps) -> dict:
     if engine == "sglang":
         steps.add(Row("sglang", "pass", secs, f"sglang {SGLANG_VERSION} imports: the runs use rollout.engine=sglang"))
     else:
-        why = f"version {version[0]}, not {SGLANG_VERSION}" if version else (text.strip().splitlines() or ["no output"])[-1][:160]
+        why = f"version {version[0]}, not {SGLANG_VERSION}" if version else failure(rc, STEP_LIMITS["sglang"], text)
         steps.add(Row("sglang", "skipped", secs, f"sglang {SGLANG_VERSION} not importable ({why}): the runs use the built-in server"))
     rc, text, secs = steps.run("te_layers", STEP_LIMITS["te_layers"], [py, "-c", (
         "from megarl.models.build import layer_impl; print('LAYERS', layer_impl())")])
@@ -491,8 +503,8 @@ def run_gpu(args, steps: Steps) -> dict:
     if impl == ["te"]:
         steps.add(Row("te_layers", "pass", secs, "megarl builds Transformer Engine layers"))
     else:
-        steps.add(Row("te_layers", "skipped" if rc == 0 else "fail", secs,
-                      f"layers: {impl[0] if impl else 'unknown'} (transformer-engine does not import; Megatron's local layers run)"))
+        steps.add(Row("te_layers", "skipped", secs, f"layers: {impl[0]} (transformer-engine does not import; Megatron's local layers run)")
+                  if impl else Row("te_layers", "fail", secs, failure(rc, STEP_LIMITS["te_layers"], text)))
     if model.status != "pass":
         return info
     recipe = recipes(engine, model_dir, work)
@@ -514,7 +526,7 @@ def run_gpu(args, steps: Steps) -> dict:
             f"device memory before {memory['before_gib']} GiB, after {memory['after_gib']} GiB, peak {memory['peak_gib']} GiB; "
             f"offloaded {memory['offloaded_gib']:.3f} GiB while generating"), memory))
     else:
-        steps.add(Row(f"colocated_{engine}", "fail", secs, f"{'timed out' if rc == 124 else f'exit {rc}'} (gpu_check.log)"))
+        steps.add(Row(f"colocated_{engine}", "fail", secs, failure(rc, STEP_LIMITS["colocated"], text)))
     steps.step("optimizer_offload", STEP_LIMITS["optimizer_offload"],
                [py, "-m", "megarl.cli", "train", *recipes("builtin", model_dir, work)["optimizer_offload"]],
                "one step, distributed optimizer with its state in host memory (built-in server)")
