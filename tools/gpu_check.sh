@@ -6,8 +6,10 @@
 # (rollout.engine=sglang) when it imports, else runs the same steps on the built-in server and marks
 # the SGLang rows skipped; trains a Qwen2 model with Qwen2.5-0.5B's layer shapes in bf16 (TE layers
 # when transformer-engine imports, THD packing) for 3 GRPO steps, pushing weights over the
-# distributed transport (NCCL update group, weight-update session), and checks the served log-probs
-# against the trainer's (mean |difference| per token <= 0.05, tools/gpu_check.py MISMATCH_BOUND);
+# distributed transport (NCCL update group, weight-update session) to a server on GPU 1 when there
+# are two GPUs (on one GPU NCCL refuses two ranks on the device: that row is skipped and the run
+# pushes CUDA IPC tensors), and checks the served log-probs against the trainer's (mean
+# |difference| per token <= 0.05, tools/gpu_check.py MISMATCH_BOUND);
 # runs one colocated step with offload, printing device memory before, after and at peak. Each step
 # has a time limit. Results: a pass/fail/skipped table, gpu_check.json, gpu_check.md, gpu_check.log.
 #
@@ -33,7 +35,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --python) [ $# -ge 2 ] || { echo "gpu_check: --python needs an interpreter path" >&2; exit 2; }
               PY="$2"; shift 2 ;;
-    -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1"); shift ;;
   esac
 done
