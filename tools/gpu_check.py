@@ -580,7 +580,8 @@ def run_gpu(args, steps: Steps) -> dict:
     memory = parse_memory(text)
     if rc == 0 and memory:
         steps.add(Row(f"colocated_{engine}", "pass", secs, (
-            f"device memory before {memory['before_gib']} GiB, after {memory['after_gib']} GiB, peak {memory['peak_gib']} GiB; "
+            f"trainer's device memory before {memory['before_gib']} GiB, after {memory['after_gib']} GiB, "
+            f"peak {memory['peak_gib']} GiB; "
             f"offloaded {memory['offloaded_gib']:.3f} GiB while generating"), memory))
     else:
         steps.add(Row(f"colocated_{engine}", "fail", secs, failure(rc, STEP_LIMITS["colocated"], text)))
