@@ -154,3 +154,15 @@ def test_logprob_check_holds_the_stated_bound(tmp_path):
     metrics.write_text('{"step": 0}\n' * 3)
     assert gpu_check.check_logprobs(metrics, 3)[:2] == ("fail", "a step logged no mismatch/logp_abs_mean (no behaviour log-probs from the server)")
     assert gpu_check.check_logprobs(tmp_path / "none.jsonl", 3)[0] == "fail"
+
+
+def test_kernel_tests_skipped_on_a_gpu_machine_fail_the_row(tmp_path):
+    """The check runs tests/kernels/test_gpu_compiled.py with compiled Triton (TRITON_INTERPRET empty, which
+    tests/conftest.py keeps); tests that skip anyway (here: no GPU) fail the row instead of passing it."""
+    steps = gpu_check.Steps(tmp_path, gpu_check.python_env(None))
+    assert steps.env["TRITON_INTERPRET"] == ""
+    row = gpu_check.kernel_tests(steps)
+    if on_gpu():
+        assert row.status == "pass", row.detail
+    else:
+        assert row.status == "fail" and "skipped on a GPU machine" in row.detail, row.detail

@@ -408,11 +408,12 @@ def failure(rc: int, limit: float, text: str) -> str:
 
 def python_env(site: Path | None) -> dict[str, str]:
     """The steps' environment: the carried site folder and the repository first on PYTHONPATH; compiled
-    Triton and the GPU (TRITON_INTERPRET and MEGARL_DEVICE=cpu would give the CPU path)."""
+    Triton (TRITON_INTERPRET set empty: tests/conftest.py defaults an unset one to the interpreter) and
+    the GPU (MEGARL_DEVICE=cpu would give the CPU path)."""
     paths = [str(site)] if site else []
     paths += [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MEGARL_DEVICE")}
-    return dict(env, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
+    env = {k: v for k, v in os.environ.items() if k != "MEGARL_DEVICE"}
+    return dict(env, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1", WANDB_MODE="disabled", TRITON_INTERPRET="")
 
 
 def install(steps: Steps, wheels: Path, lock: Path) -> Path | None:
@@ -517,6 +518,19 @@ def grpo_apart(steps: Steps, engine: str, model_dir: Path, work: Path, extra: li
         log.close()
 
 
+def kernel_tests(steps: Steps) -> Row:
+    """The compiled-kernel tests; a test skipped on a GPU machine (interpreter, no GPU seen) fails the row."""
+    limit = STEP_LIMITS["kernel_tests"]
+    rc, text, secs = steps.run("kernel_tests", limit, [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", KERNEL_TESTS])
+    passed, skipped = (re.findall(rf"(\d+) {word}", text) for word in ("passed", "skipped"))
+    if rc == 0 and passed and not skipped:
+        return steps.add(Row("kernel_tests", "pass", secs, f"{passed[-1]} compiled Triton kernel tests match the torch references"))
+    if rc == 0:
+        return steps.add(Row("kernel_tests", "fail", secs, f"{skipped[-1] if skipped else 'all'} tests skipped on a GPU machine "
+                             "(TRITON_INTERPRET=1 or no GPU seen; gpu_check.log)"))
+    return steps.add(Row("kernel_tests", "fail", secs, failure(rc, limit, text)))
+
+
 def run_gpu(args, steps: Steps) -> dict:
     py = sys.executable
     lock = gpu_lock(f"{sys.version_info.major}.{sys.version_info.minor}")
@@ -536,7 +550,7 @@ def run_gpu(args, steps: Steps) -> dict:
     print_table(table)
     if env_row.status == "fail":
         return info
-    steps.step("kernel_tests", STEP_LIMITS["kernel_tests"], [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", KERNEL_TESTS])
+    kernel_tests(steps)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     model_dir = work / "check_model"
     model = steps.step("check_model", STEP_LIMITS["check_model"], [py, __file__, "make-model", str(model_dir)],
