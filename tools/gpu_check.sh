@@ -10,8 +10,9 @@
 # are two GPUs (on one GPU NCCL refuses two ranks on the device: that row is skipped and the run
 # pushes CUDA IPC tensors), and checks the served log-probs against the trainer's (mean
 # |difference| per token <= 0.05, tools/gpu_check.py MISMATCH_BOUND);
-# runs one colocated step with offload, printing device memory before, after and at peak. Each step
-# has a time limit. Results: a pass/fail/skipped table, gpu_check.json, gpu_check.md, gpu_check.log.
+# runs one colocated step with offload, printing the trainer's device memory before, after and at
+# peak, and one step with the optimizer state offloaded. Each step has a time limit. Results: a
+# pass/fail/skipped table, gpu_check.json, gpu_check.md, gpu_check.log.
 #
 # Usage:
 #   tools/gpu_check.sh [--out DIR] [--wheels DIR] [--dry-run] [--python PY]
@@ -35,7 +36,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --python) [ $# -ge 2 ] || { echo "gpu_check: --python needs an interpreter path" >&2; exit 2; }
               PY="$2"; shift 2 ;;
-    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1"); shift ;;
   esac
 done
