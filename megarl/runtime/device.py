@@ -72,6 +72,11 @@ def empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
+def memory_allocated() -> int | None:
+    """Device memory in bytes that tensors hold now, or None on CPU."""
+    return torch.cuda.memory_allocated() if on_gpu() else None
+
+
 def max_memory_allocated() -> int | None:
     """Peak device memory in bytes since the last reset, or None on CPU (measure RSS there)."""
     return torch.cuda.max_memory_allocated() if on_gpu() else None
