@@ -129,22 +129,26 @@ def bwrap_argv(bwrap: str, python: str, read_only: list[str], tmp_mb: int, uid: 
         elif os.path.isdir(path):
             argv += ["--ro-bind", path, path]
             roots.append(path)
-    for path in SYSTEM_FILES:
-        argv += ["--ro-bind-try", path, path]
     made = {"/"}
-    for path in sorted({os.path.realpath(p) for p in read_only if os.path.exists(p)}):
-        if _covered(path, roots):
-            continue
+
+    def bind(path: str) -> None:
         parents = []
         for parent in Path(path).parents:
             if str(parent) in made:
                 break
             parents.append(str(parent))
-        for parent in reversed(parents):  # bwrap would make them 0700, unreadable to the dropped uid
-            argv += ["--perms", "0755", "--dir", parent]
+        for parent in reversed(parents):  # bwrap would make them 0700, closed to the worker's dropped uid
+            argv.extend(["--perms", "0755", "--dir", parent])
             made.add(parent)
-        argv += ["--ro-bind", path, path]
+        argv.extend(["--ro-bind", path, path])
         roots.append(path)
+
+    for path in SYSTEM_FILES:
+        if os.path.isfile(path):
+            bind(path)
+    for path in sorted({os.path.realpath(p) for p in read_only if os.path.exists(p)}):
+        if not _covered(path, roots):
+            bind(path)
     argv += ["--proc", "/proc", "--dev", "/dev",
              "--perms", "1777", "--size", str(tmp_mb << 20), "--tmpfs", "/tmp",
              "--perms", "0755", "--dir", "/sandbox", "--ro-bind", str(WORKER_SOURCE), WORKER_PATH,
@@ -265,11 +269,20 @@ class SandboxPool:
         self._all: list[SandboxWorker] = []
         self._lock = threading.Lock()
         self._closed = False
-        with ThreadPoolExecutor(self.workers) as starter:
-            for worker in starter.map(lambda _: self._start(), range(self.workers)):
+        # bubblewrap's --die-with-parent is PR_SET_PDEATHSIG, which fires when the *thread* that started
+        # it ends: so every worker is started by one of these threads, which live as long as the pool.
+        self._starter = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox-start")
+        try:
+            for worker in self._starter.map(lambda _: self._start_here(), range(self.workers)):
                 self._idle.put(worker)
+        except BaseException:
+            self.close()
+            raise
 
     def _start(self) -> SandboxWorker:
+        return self._starter.submit(self._start_here).result()
+
+    def _start_here(self) -> SandboxWorker:
         uid = _fresh_uid() if os.geteuid() == 0 else None
         # an answer carries two outputs, each at most output_bytes of text, JSON-escaped (\uXXXX: 6 bytes per byte)
         worker = SandboxWorker(bwrap_argv(self._bwrap, self.python, self._paths, self.tmp_mb, uid),
@@ -291,16 +304,31 @@ class SandboxPool:
                              "make the pool with the larger SandboxLimits")
         if self._closed:
             raise RuntimeError("SandboxPool.run after close()")
-        worker = self._idle.get()
+        worker = self._take()
         try:
+            if not worker.alive:  # died while idle (killed from outside): this call gets a fresh one
+                worker = self._replace(worker)
             result = worker.call(code, limits)
         finally:
             if not worker.alive:
-                with self._lock:
-                    self._all.remove(worker)
-                worker = self._start()
+                worker = self._replace(worker)
             self._idle.put(worker)
         return result
+
+    def _take(self) -> SandboxWorker:
+        while True:
+            try:
+                return self._idle.get(timeout=1.0)
+            except queue.Empty:
+                with self._lock:
+                    if not self._all:  # every worker died and could not be restarted
+                        raise SandboxUnavailable("megarl sandbox: no sandbox worker left (restarts failed)") from None
+
+    def _replace(self, dead: SandboxWorker) -> SandboxWorker:
+        dead.kill()
+        with self._lock:
+            self._all.remove(dead)
+        return self._start()
 
     def run_file(self, path: str | os.PathLike, **kwargs) -> SandboxResult:
         return self.run(Path(path).read_text(encoding="utf-8"), **kwargs)
@@ -325,6 +353,7 @@ class SandboxPool:
             workers, self._all = self._all, []
         for worker in workers:
             worker.kill()
+        self._starter.shutdown(wait=True)
 
     def __enter__(self) -> SandboxPool:
         return self
