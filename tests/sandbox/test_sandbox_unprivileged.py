@@ -14,6 +14,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,14 +31,30 @@ def _readable_by_others(path: Path) -> bool:
     return all(os.stat(p).st_mode & 0o005 == 0o005 for p in [path, *path.parents])
 
 
+def _interpreter_for_others() -> str | None:
+    """A Python another user can run (the venv's base interpreter, or a system one)."""
+    candidates = [os.path.realpath(sys.executable)]
+    candidates += [shutil.which("python3", path=d) for d in ("/usr/local/bin", "/usr/bin", "/bin")]
+    for python in filter(None, candidates):
+        if _readable_by_others(Path(os.path.realpath(python)).parent):
+            return python
+    return None
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the whole suite already runs unprivileged here")
 def test_hostile_programs_as_an_unprivileged_user():
-    python = shutil.which("python3", path="/usr/bin:/bin")
-    if python is None or not _readable_by_others(WORKTREE) or not shutil.which("setpriv"):
-        pytest.fail("this check needs /usr/bin/python3, setpriv (util-linux) and a checkout other users can read")
+    python = _interpreter_for_others()
+    if python is None or not shutil.which("setpriv"):
+        pytest.fail("this check needs a Python interpreter other users can run and setpriv (util-linux)")
     work = Path(tempfile.mkdtemp(prefix="megarl-sandbox-unpriv-", dir="/tmp"))  # pytest's tmp_path is root-only
-    os.chown(work, TEST_UID, TEST_UID)
     try:
+        # the checkout may sit where other users cannot read (/root): copy the stdlib-only package over
+        shutil.copytree(WORKTREE / "megarl" / "sandbox", work / "src" / "megarl" / "sandbox",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(WORKTREE / "megarl" / "__init__.py", work / "src" / "megarl" / "__init__.py")
+        os.chmod(work, 0o755)
+        (work / "run").mkdir()
+        os.chown(work / "run", TEST_UID, TEST_UID)
         _check(python, work)
     finally:
         shutil.rmtree(work)
@@ -50,9 +67,10 @@ def _check(python: str, work: Path) -> None:
     server.setblocking(False)
     token = secrets.token_hex(16)
     env = {"PATH": "/usr/bin:/bin", "MEGARL_TEST_SECRET": token}
+    shutil.copy(CHECK, work / "src")
     done = subprocess.run(["setpriv", f"--reuid={TEST_UID}", f"--regid={TEST_UID}", "--clear-groups", python, "-I",
-                           str(CHECK), str(WORKTREE), str(server.getsockname()[1]), token],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=180)
+                           str(work / "src" / CHECK.name), str(work / "src"), str(server.getsockname()[1]), token],
+                          cwd=work / "run", env=env, capture_output=True, text=True, timeout=180)
     try:
         server.accept()
         accepted = True
@@ -71,7 +89,7 @@ def _check(python: str, work: Path) -> None:
     assert found["loopback"] == "ConnectionRefusedError\n" and not accepted
     assert token not in found["peek"] and "MEGARL_TEST_SECRET" not in found["peek"]
     assert found["peek"].splitlines()[1:] == ["False", "absent"], found["peek"]
-    assert found["write"].splitlines() == ["/ False", "/usr False", f"{work} False", "/tmp True"], found["write"]
+    assert found["write"].splitlines() == ["/ False", "/usr False", f"{work / 'run'} False", "/tmp True"], found["write"]
     deadline = time.monotonic() + 10
     while (left := [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == TEST_UID]):
         assert time.monotonic() < deadline, f"processes of the test uid left running: {left}"

@@ -3,7 +3,7 @@
 Started by test_sandbox_unprivileged.py (as root, under `setpriv` to a uid of its own), because the
 rest of the suite runs as whatever user CI is (root there), and non-root users get a different
 bubblewrap set-up: a user namespace instead of a dropped uid. Standard library only.
-Usage: unprivileged_check.py WORKTREE LOOPBACK_PORT SECRET
+Usage: unprivileged_check.py SOURCE_ROOT LOOPBACK_PORT SECRET (SOURCE_ROOT holds megarl/sandbox)
 """
 
 import json
