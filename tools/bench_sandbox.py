@@ -1,6 +1,7 @@
 """Benchmark the tool sandbox: what one call costs with a pool of warm sandboxes and without one.
 
-Rows (each timed on the host, from the call to its result; median and 90th percentile over --calls):
+Rows (each timed on the host, from the call to its result; median and 90th percentile over --calls;
+the first three rows are interleaved call by call, so load from other work hits them alike):
 - `python -I` alone: a bare interpreter subprocess running the program, no sandbox (the floor);
 - no pool: `run_sandboxed`, which starts a bubblewrap sandbox and its worker for the one call;
 - pool, 1 worker, sequential calls: the sandbox is already up; each call forks a fresh child inside;
@@ -48,29 +49,26 @@ def main(argv: list[str] | None = None) -> int:
     limits = SandboxLimits(timeout_s=30)
     rows = ["| path | host ms per call (median) | p90 | inside ms (median) | calls/s |", "|---|---|---|---|---|"]
 
-    start = time.monotonic()
-    bare = [_timed(lambda: subprocess.run([sys.executable, "-I", "-c", args.program], capture_output=True, check=True))
-            for _ in range(args.calls)]
-    rows.append(_summary("`python -I` subprocess, no sandbox", bare, None, time.monotonic() - start))
-
-    start, host, inside = time.monotonic(), [], []
-    for _ in range(args.calls):
-        t0 = time.monotonic()
-        result = run_sandboxed(args.program, limits)
-        host.append(time.monotonic() - t0)
-        inside.append(result.seconds)
-        assert result.status == "ok", result
-    rows.append(_summary("no pool: a fresh sandbox per call (`run_sandboxed`)", host, inside, time.monotonic() - start))
-
+    # The three sequential paths are interleaved call by call, so load from other work hits them alike.
+    bare, fresh, fresh_inside, warm, warm_inside = [], [], [], [], []
     with SandboxPool(workers=1, limits=limits) as pool:
-        pool.run(args.program)  # warm the page cache the same way for both
-        start, host, inside = time.monotonic(), [], []
+        pool.run(args.program)  # warm the page cache the same way for every path
         for _ in range(args.calls):
+            bare.append(_timed(lambda: subprocess.run([sys.executable, "-I", "-c", args.program],
+                                                      capture_output=True, check=True)))
+            t0 = time.monotonic()
+            result = run_sandboxed(args.program, limits)
+            fresh.append(time.monotonic() - t0)
+            fresh_inside.append(result.seconds)
+            assert result.status == "ok", result
             t0 = time.monotonic()
             result = pool.run(args.program)
-            host.append(time.monotonic() - t0)
-            inside.append(result.seconds)
-        rows.append(_summary("pool, 1 warm worker, sequential", host, inside, time.monotonic() - start))
+            warm.append(time.monotonic() - t0)
+            warm_inside.append(result.seconds)
+            assert result.status == "ok", result
+    rows.append(_summary("`python -I` subprocess, no sandbox", bare, None, sum(bare)))
+    rows.append(_summary("no pool: a fresh sandbox per call (`run_sandboxed`)", fresh, fresh_inside, sum(fresh)))
+    rows.append(_summary("pool, 1 warm worker, sequential", warm, warm_inside, sum(warm)))
 
     with SandboxPool(workers=args.workers, limits=limits) as pool:
         def one(_):

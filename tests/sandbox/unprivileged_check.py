@@ -63,6 +63,9 @@ def main() -> None:
         found["peek"] = peek.stdout
         write = pool.run(f"import os\nfor d in ('/', '/usr', {os.getcwd()!r}, '/tmp'):\n    print(d, os.access(d, os.W_OK))")
         found["write"] = write.stdout
+        nested = pool.run("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                          "print('NESTED' if libc.unshare(0x10000000) == 0 else ctypes.get_errno())")  # CLONE_NEWUSER
+        found["nested_userns"] = nested.stdout
     print(json.dumps(found))
 
 
