@@ -221,7 +221,8 @@ class SandboxWorker:
             self.proc.stdin.write(json.dumps({"code": code, "limits": limits.wire()}).encode() + b"\n")
             self.proc.stdin.flush()
             answer = json.loads(self.reader.line(start + limits.timeout_s + ANSWER_GRACE_S))
-            answer.pop("retire") and self.kill()
+            if answer.pop("retire"):  # the worker could not clean up after this call and has exited
+                self.kill()
             return SandboxResult(**answer)
         except (OSError, TimeoutError, EOFError, ValueError, TypeError, KeyError) as err:
             self.kill()
@@ -310,9 +311,12 @@ class SandboxPool:
                 worker = self._replace(worker)
             result = worker.call(code, limits)
         finally:
-            if not worker.alive:
-                worker = self._replace(worker)
-            self._idle.put(worker)
+            if self._closed:
+                worker.kill()
+            else:
+                if not worker.alive:
+                    worker = self._replace(worker)
+                self._idle.put(worker)
         return result
 
     def _take(self) -> SandboxWorker:
