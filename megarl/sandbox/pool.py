@@ -35,6 +35,12 @@ UID_BASE, UID_SPAN = 1_600_000_000, 100_000_000
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 START_TIMEOUT_S = 60.0  # a loaded 2-core machine can take seconds to start Python
+NAMESPACE_HINT = {  # by "the caller is root"
+    False: "unprivileged user namespaces must be allowed: sysctl user.max_user_namespaces=10000, and "
+           "kernel.unprivileged_userns_clone=1 where that knob exists",
+    True: "as root, bubblewrap needs to create namespaces and mounts: in a container, run it with "
+          "CAP_SYS_ADMIN or a seccomp profile that allows unshare and mount",
+}
 ANSWER_GRACE_S = 10.0  # on top of the call's wall-clock limit before the host gives up on a worker
 
 
@@ -47,7 +53,7 @@ class SandboxLimits:
     """What one call may use. Every limit applies to each process of the program (rlimits)."""
 
     timeout_s: float = 10.0  # wall clock for the whole call; then every process of it is killed
-    cpu_s: float | None = None  # CPU seconds per process; None: the same as timeout_s
+    cpu_s: float | None = None  # CPU seconds per process, rounded up to whole seconds; None: timeout_s
     memory_mb: int = 1024  # address space per process (RLIMIT_AS)
     max_processes: int = 32  # processes and threads the program may have at once (RLIMIT_NPROC)
     file_size_mb: int = 16  # largest file it may write (RLIMIT_FSIZE)
@@ -206,9 +212,8 @@ class SandboxWorker:
             self.kill()
             message = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
             why = message[-1] if message else str(err)
-            raise SandboxUnavailable(f"megarl sandbox: bubblewrap could not start a sandbox: {why} (unprivileged "
-                                     "user namespaces must be allowed: sysctl kernel.unprivileged_userns_clone=1 "
-                                     "where that knob exists, user.max_user_namespaces > 0)") from None
+            raise SandboxUnavailable(f"megarl sandbox: bubblewrap could not start a sandbox: {why} "
+                                     f"({NAMESPACE_HINT[os.geteuid() == 0]})") from None
         self.pid_outside, self.uid = self.proc.pid, hello["uid"]
 
     @property

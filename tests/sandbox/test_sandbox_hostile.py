@@ -47,7 +47,7 @@ def test_cpu_time_limit(clean_pool):
 
 def test_memory_bomb_stops_at_the_limit_and_the_host_is_unaffected(clean_pool):
     host_rss = psutil.Process().memory_info().rss
-    code = "chunks = []\nwhile True:\n    chunks.append(bytearray(8 << 20))\n"
+    code = "chunks = []\nwhile True:\n    chunks.append(b\"x\" * (8 << 20))  # touched pages: resident, not just reserved\n"
     result = clean_pool.run(code, memory_mb=200)
     assert result.status in ("error", "killed"), result
     assert "MemoryError" in result.stderr

@@ -78,6 +78,10 @@ def test_missing_bubblewrap_is_refused_with_the_fix():
         SandboxPool(workers=1, bwrap="/nonexistent/bwrap")
     message = str(info.value)
     assert "\n" not in message and "apt-get install bubblewrap" in message
+    with pytest.raises(SandboxUnavailable) as info:  # a bwrap that cannot make namespaces exits at once
+        SandboxPool(workers=1, bwrap="false")
+    message = str(info.value)
+    assert "\n" not in message and "could not start a sandbox" in message and "namespaces" in message
 
 
 def test_bad_limits_are_refused_with_the_field():
