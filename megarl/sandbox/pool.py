@@ -5,8 +5,8 @@ Each worker is one bubblewrap sandbox (see `megarl.sandbox` for what it isolates
 a fresh child process and answers with a `SandboxResult`. Starting a sandbox costs a bubblewrap
 launch plus a Python start-up; the pool pays that once per worker instead of once per call
 (docs/benchmarks.md, "Tool sandbox"). A worker that dies, hangs past its deadline or answers
-garbage is killed as a whole (its bubblewrap process, then the kernel empties its PID namespace)
-and replaced; that call gets status `killed` and every other call goes on.
+garbage is killed as a whole (SIGKILL to the worker, the init of the sandbox's PID namespace, through a
+pidfd, so the kernel kills everything else in the namespace; then its bubblewrap process) and replaced; that call gets status `killed` and every other call goes on.
 """
 
 from __future__ import annotations
@@ -199,21 +199,43 @@ class _LineReader:
         return line
 
 
+def _read_to_end(fd: int, deadline: float, max_bytes: int = 65536) -> bytes:
+    data = b""
+    while len(data) < max_bytes:
+        if not select.select([fd], [], [], max(deadline - time.monotonic(), 0))[0]:
+            raise TimeoutError("bubblewrap wrote no sandbox information before the deadline")
+        chunk = os.read(fd, max_bytes)
+        if not chunk:
+            return data
+        data += chunk
+    raise ValueError(f"bubblewrap's sandbox information is longer than {max_bytes} bytes")
+
+
 class SandboxWorker:
     """One warm sandbox; runs one call at a time."""
 
     def __init__(self, argv: list[str], answer_bytes: int):
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     start_new_session=True, close_fds=True, env={"PATH": os.defpath})
+        info_read, info_write = os.pipe()  # bubblewrap writes {"child-pid": host pid of the worker} here
+        argv = [argv[0], "--info-fd", str(info_write), *argv[1:]]
+        self.worker = None  # a pidfd of the worker: killing the namespace's init kills the whole namespace
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         start_new_session=True, pass_fds=(info_write,), env={"PATH": os.defpath})
+        finally:
+            os.close(info_write)
         self.reader = _LineReader(self.proc.stdout.fileno(), answer_bytes)
         try:
-            hello = json.loads(self.reader.line(time.monotonic() + START_TIMEOUT_S))
-        except (TimeoutError, EOFError, ValueError) as err:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            self.worker = os.pidfd_open(json.loads(_read_to_end(info_read, deadline))["child-pid"])
+            hello = json.loads(self.reader.line(deadline))
+        except (TimeoutError, EOFError, ValueError, KeyError, OSError) as err:
             self.kill()
             message = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
             why = message[-1] if message else str(err)
             raise SandboxUnavailable(f"megarl sandbox: bubblewrap could not start a sandbox: {why} "
                                      f"({NAMESPACE_HINT[os.geteuid() == 0]})") from None
+        finally:
+            os.close(info_read)
         self.pid_outside, self.uid = self.proc.pid, hello["uid"]
 
     @property
@@ -235,8 +257,15 @@ class SandboxWorker:
                                  exit_code=None, detail=f"sandbox worker lost ({err}); it was killed and replaced")
 
     def kill(self) -> None:
-        """Kill the bubblewrap process; its PID-1 child dies with it (--die-with-parent), and the kernel
-        then kills everything left in the PID namespace."""
+        """Kill the worker, the init of the sandbox's PID namespace, so the kernel kills everything else in
+        it; then bubblewrap. (The worker's pidfd names that process alone: no pid-reuse race.)"""
+        if self.worker is not None:
+            try:
+                signal.pidfd_send_signal(self.worker, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.close(self.worker)
+            self.worker = None
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)

@@ -46,13 +46,13 @@ def test_one_bad_call_fails_alone(clean_pool):
 
 def test_a_worker_killed_from_outside_is_replaced():
     with SandboxPool(workers=2, limits=SandboxLimits(timeout_s=3, memory_mb=256)) as pool:
-        first = pool.worker_pids()
-        os.killpg(first[0], signal.SIGKILL)  # the whole sandbox, from the host
+        first, first_uids = pool.worker_pids(), set(pool.worker_uids())
+        os.killpg(first[0], signal.SIGKILL)  # its bubblewrap process, from the host
         results = pool.map([f"print({i})" for i in range(4)])
         assert [r.status for r in results] == ["ok"] * 4
         assert first[0] not in pool.worker_pids() and len(pool.worker_pids()) == 2
         assert_only_idle_workers(pool)
-        pids, uids = pool.worker_pids() + first, set(pool.worker_uids())
+        pids, uids = pool.worker_pids() + first, set(pool.worker_uids()) | first_uids
     assert_all_gone(pids, uids)
 
 
@@ -61,7 +61,7 @@ def test_a_hung_worker_is_killed_and_its_call_reports_it(monkeypatch):
 
     monkeypatch.setattr(pool_module, "ANSWER_GRACE_S", 0.5)
     with SandboxPool(workers=1, limits=SandboxLimits(timeout_s=3, memory_mb=256)) as pool:
-        hung = pool.worker_pids()
+        hung, hung_uids = pool.worker_pids(), set(pool.worker_uids())
         for proc in psutil.Process(hung[0]).children(recursive=True):
             proc.suspend()  # a wedged worker: it never answers
         result = pool.run("print('never')", timeout_s=0.5)
@@ -69,7 +69,7 @@ def test_a_hung_worker_is_killed_and_its_call_reports_it(monkeypatch):
         assert pool.run("print('again')").stdout == "again\n"
         assert pool.worker_pids() != hung
         assert_only_idle_workers(pool)
-        pids, uids = pool.worker_pids() + hung, set(pool.worker_uids())
+        pids, uids = pool.worker_pids() + hung, set(pool.worker_uids()) | hung_uids
     assert_all_gone(pids, uids)
 
 
