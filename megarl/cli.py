@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("megarl.data.cli", "data tools: filter prompts by measured pass rate"),
     "plot": ("megarl.monitoring.plot", "plot a run's metrics as PNG curves"),
     "config": ("megarl.config", "load, override and validate a recipe; print the resolved config"),
+    "sandbox": ("megarl.sandbox.cli", "run a Python file in the tool sandbox; print the result as JSON"),
     "doctor": ("megarl.doctor", "check this environment against the tested lock: versions, shadowed modules, GPU stack"),
 }
 
