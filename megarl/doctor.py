@@ -4,7 +4,7 @@ It compares Python and every installed package with megarl's tested lock (megarl
 tools/lock.sh), finds modules that another path shadows (a folder named like an installed package
 in the working directory or on PYTHONPATH: the `kernels` case), tries the imports a run needs, and
 reports the GPU stack (CUDA, NCCL, transformer-engine, flash-attn, apex, SGLang), the Slurm commands
-on PATH, the cache directory and its free disk. It exits 1 when something found would break a run,
+and bubblewrap (the tool sandbox) on PATH, the cache directory and its free disk. It exits 1 when something found would break a run,
 naming the fix; a version that differs from the lock is reported, not fatal.
 
   megarl doctor                   # against the lock for this machine (CPU, or GPU for the Python version)
@@ -240,6 +240,14 @@ def check_slurm() -> list[Finding]:
     return [Finding("info", "slurm", f"not on PATH: {', '.join(missing)} (needed only by `megarl submit` and slurm/)")]
 
 
+def check_sandbox() -> list[Finding]:
+    path = shutil.which("bwrap")
+    if path:
+        return [Finding("ok", "sandbox", f"bubblewrap at {path} (the tool sandbox, `megarl sandbox`)")]
+    return [Finding("info", "sandbox", "bubblewrap (bwrap) not on PATH: `megarl sandbox` and tool calls cannot run",
+                    "apt-get install bubblewrap (Debian/Ubuntu)")]
+
+
 def check_cache(root: Path | None = None) -> list[Finding]:
     root = root or cache_root()  # $MEGARL_CACHE_DIR, $XDG_CACHE_HOME/megarl or ~/.cache/megarl
     probe = root
@@ -263,7 +271,7 @@ def run_checks(lock: Path | None = None) -> list[Finding]:
         findings.append(Finding("fail", "lock", f"no lock file {lock}", "choose one of megarl/locks/ with --lock"))
     else:
         findings = check_python(lock) + check_versions(lock) + findings
-    return findings + accelerator + check_slurm() + check_cache()
+    return findings + accelerator + check_slurm() + check_sandbox() + check_cache()
 
 
 MARKS = {"ok": "ok  ", "info": "info", "warn": "WARN", "fail": "FAIL"}
@@ -288,7 +296,7 @@ def main(argv: list[str]) -> int:
     else:
         for finding in findings:
             print(f"{MARKS[finding.level]}  {finding.check:<10} {finding.detail}")
-            if finding.fix and finding.level in ("warn", "fail"):
+            if finding.fix and finding.level != "ok":
                 print(f"{'':16}fix: {finding.fix}")
         warned = sum(f.level == "warn" for f in findings)
         print(f"\n{len(failed)} problem(s) that break a run, {warned} warning(s)." if failed or warned else "\nAll checks passed.")

@@ -20,7 +20,7 @@ def test_doctor_passes_on_this_install(tmp_path):
     failed = [f for f in report["findings"] if f["level"] == "fail"]
     assert proc.returncode == 0 and report["ok"] and not failed, failed or proc.stderr[-2000:]
     checks = {f["check"] for f in report["findings"]}
-    assert {"python", "shadowing", "import", "gpu", "slurm", "cache"} <= checks, checks
+    assert {"python", "shadowing", "import", "gpu", "slurm", "sandbox", "cache"} <= checks, checks
 
 
 def test_a_package_at_another_version_than_the_lock_is_named(tmp_path):

@@ -58,6 +58,8 @@ HOW = {
     "megarl plot runs --out all_runs.png": "run",
     "megarl config configs/tiny_cpu.yaml actor.tp=2 rollout.n=8": "run",
     "megarl doctor --lock cpu": "run",
+    "megarl sandbox run solve.py --timeout 5 --memory-mb 512": "run",
+    "python tools/bench_sandbox.py --calls 20 --workers 2": "dry",
     "python tools/async_model.py --rollout-gpus 16 --train-gpus 16 --max-staleness 2 --json async_model.json": "dry",
     "python tools/bench_async.py --out /tmp/bench_async.json": "dry",
     "python tools/bench_async.py --steps 6 --modes sync async --eval-problems 50": "dry",
@@ -180,6 +182,7 @@ def workspace(tmp_path_factory, toy_model):
         assert convert(["--hf-dir", str(model), "--out", str(root / "mlm_ckpt"), "--format", "torch_dist", "--no-progress"]) == 0
     rows = [{"id": 1, "response": "so \\boxed{4}", "answer": "4"}, {"id": 2, "response": "it is 7", "answer": "8"}]
     (root / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "solve.py").write_text("print(6 * 7)\n")
     (root / "my_train.jsonl").write_text(json.dumps({"problem": "What is 17 + 25?", "answer": "42"}) + "\n")
     return root, env
 

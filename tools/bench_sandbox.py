@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -26,11 +27,16 @@ from concurrent.futures import ThreadPoolExecutor
 from megarl.sandbox import SandboxLimits, SandboxPool, run_sandboxed
 
 
-def _summary(name: str, host: list[float], inside: list[float] | None, wall: float) -> str:
+def _summary(name: str, host: list[float], inside: list[float] | None, wall: float) -> dict:
     host_ms = sorted(x * 1000 for x in host)
-    p90 = host_ms[min(len(host_ms) - 1, int(0.9 * len(host_ms)))]
-    inside_ms = f"{statistics.median(inside) * 1000:.0f}" if inside else "-"
-    return f"| {name} | {statistics.median(host_ms):.0f} | {p90:.0f} | {inside_ms} | {len(host) / wall:.1f} |"
+    return {"path": name, "host_ms_median": statistics.median(host_ms),
+            "host_ms_p90": host_ms[min(len(host_ms) - 1, int(0.9 * len(host_ms)))],
+            "inside_ms_median": statistics.median(inside) * 1000 if inside else None, "calls_per_s": len(host) / wall}
+
+
+def _markdown(row: dict) -> str:
+    inside = f"{row['inside_ms_median']:.0f}" if row["inside_ms_median"] is not None else "-"
+    return f"| {row['path']} | {row['host_ms_median']:.0f} | {row['host_ms_p90']:.0f} | {inside} | {row['calls_per_s']:.1f} |"
 
 
 def _timed(fn) -> float:
@@ -45,9 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=20, help="calls per row (default 20)")
     parser.add_argument("--workers", type=int, default=2, help="workers (and callers) of the concurrent row")
     parser.add_argument("--program", default="print(sum(range(1000)))", help="the Python program every call runs")
+    parser.add_argument("--json", default="bench_sandbox.json", help="where to write the rows (JSON)")
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments and print what would run; run nothing")
     args = parser.parse_args(argv)
+    if args.calls < 1 or args.workers < 1:
+        parser.error("--calls and --workers must be at least 1")
+    if args.dry_run:
+        print(f"bench_sandbox (dry run): 4 rows of {args.calls} calls ({args.workers} workers in the concurrent row) "
+              f"running {args.program!r}; results to {args.json}")
+        return 0
     limits = SandboxLimits(timeout_s=30)
-    rows = ["| path | host ms per call (median) | p90 | inside ms (median) | calls/s |", "|---|---|---|---|---|"]
+    rows = []
 
     # The three sequential paths are interleaved call by call, so load from other work hits them alike.
     bare, fresh, fresh_inside, warm, warm_inside = [], [], [], [], []
@@ -83,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_summary(f"pool, {args.workers} workers, {args.workers} concurrent callers",
                              [t for t, _ in timed], [s for _, s in timed], wall))
     print(f"program: {args.program!r}, {args.calls} calls per row")
-    print("\n".join(rows))
+    print("| path | host ms per call (median) | p90 | inside ms (median) | calls/s |\n|---|---|---|---|---|")
+    print("\n".join(_markdown(row) for row in rows))
+    with open(args.json, "w") as out:
+        json.dump({"program": args.program, "calls": args.calls, "workers": args.workers, "rows": rows}, out, indent=1)
+    print(f"wrote {args.json}")
     return 0
 
 
