@@ -155,7 +155,8 @@ class Trainer:
         from megarl.rollout.weight_sync import WeightPusher
 
         rc = self.cfg.rollout
-        self.servers = fleet.start_for_run(rc, self.model_dir, self.run_dir / "logs", seed=fold_seed(self.cfg.run.seed, 31))
+        self.servers = fleet.start_for_run(rc, self.model_dir, self.run_dir / "logs", seed=fold_seed(self.cfg.run.seed, 31),
+                                           dtype=self.cfg.model.dtype)
         if self.servers.trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
             torch.set_num_threads(self.servers.trainer_threads)
         self.pusher = WeightPusher(self.servers.urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20,
