@@ -328,7 +328,8 @@ def start_builtin_servers(model_dir: str | Path, count: int, log_dir: Path, *, s
         for i in range(count):
             port = free_port()
             log = Path(log_dir) / f"rollout_server_{i}.log"
-            fleet.processes.append(spawn_server(builtin_server_command(model_dir, port, seed=seed + i, dtype=server_dtype(dtype)), log, env))
+            argv = builtin_server_command(model_dir, port, seed=seed + i, dtype=server_dtype(dtype))
+            fleet.processes.append(spawn_server(argv, log, env))
             fleet.server_urls.append(f"http://127.0.0.1:{port}")
             fleet.logs.append(log)
         deadline = time.monotonic() + timeout_s
