@@ -165,18 +165,28 @@ def _optimizers(optimizer) -> list:
 
 
 def _ensure_optimizer_state(optimizer) -> None:
-    """A Megatron distributed optimizer that has not stepped yet has no Adam state, and its
-    `state_dict` needs one (to read the step): give it zero state, keeping the main params."""
+    """An optimizer that has not stepped yet (a run stopped during its first step, or checkpointed
+    before it) has no Adam state, while a resume builds its load request with moments for every
+    parameter: give it the state a fresh Adam starts from, keeping the (main) params. The distributed
+    optimizer's `state_dict` needs one to read the step: a zero-gradient step fills it. The plain one
+    (fp32, or bf16/fp16 with main copies) gets Megatron's zero moments, plus step 0 for torch's Adam."""
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
     for opt in _optimizers(optimizer):
-        if isinstance(opt, DistributedOptimizer) and len(opt.optimizer.state) == 0:
+        if len(opt.optimizer.state) != 0:
+            continue
+        if isinstance(opt, DistributedOptimizer):
             saved = [p.detach().clone() for group in opt.optimizer.param_groups for p in group["params"]]
             opt._init_optimizer_states_with_dummy_values()
             params = [p for group in opt.optimizer.param_groups for p in group["params"]]
             with torch.no_grad():
                 for p, s in zip(params, saved):
                     p.copy_(s)
+        elif opt.init_state_fn is not None:
+            opt.init_state_fn(opt.optimizer, opt.config)
+            if isinstance(opt.optimizer, torch.optim.Adam):  # fused Adams keep the step per param group
+                for state in opt.optimizer.state.values():
+                    state.setdefault("step", torch.tensor(0.0))
 
 
 # ---- resume state (collective) -------------------------------------------------------------------
@@ -194,12 +204,32 @@ def _training_state(workers: dict, *, is_loading: bool) -> dict:
             raise ValueError(f"no checkpoint prefix for worker {role!r}; known: {', '.join(ROLE_PREFIX)}")
         _ensure_optimizer_state(worker.optimizer)
         model_sd = _model_state(worker.model, role)
+        optimizer_sd = worker.optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=OPTIMIZER_SHARDING)
+        if not is_loading:
+            _keep_step_zero(worker.optimizer, optimizer_sd)
         state[role] = {
             "model": model_sd,
-            "optimizer": worker.optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=OPTIMIZER_SHARDING),
+            "optimizer": optimizer_sd,
             "scheduler": worker.scheduler.state_dict() if worker.scheduler is not None else None,
         }
     return state
+
+
+def _keep_step_zero(optimizer, optimizer_sd: dict) -> None:
+    """megatron-core 0.16.1 stores torch-Adam's per-parameter 'step' as one `common_step`, but only
+    when it is truthy: a fresh optimizer's checkpoint (step 0) would load moments without a step,
+    which torch's Adam refuses (KeyError: 'step'). Store the 0 (plain optimizer; the distributed one
+    keeps its step in its own format)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    opts = _optimizers(optimizer)
+    parts = [optimizer_sd] if len(opts) == 1 else [optimizer_sd[i] for i in range(len(opts))]
+    for opt, part in zip(opts, parts):
+        if isinstance(opt, DistributedOptimizer) or not isinstance(getattr(opt, "optimizer", None), torch.optim.Adam):
+            continue
+        saved = (part["optimizer"] if "optimizer" in part else part)["state"]  # bf16/fp16 main copies, or fp32
+        if saved and "common_step" not in saved:
+            saved["common_step"] = torch.tensor(0.0)
 
 
 def save_training_state(directory: str | Path, workers: dict, *, async_save: bool = False):

@@ -25,9 +25,14 @@ import time
 from pathlib import Path
 
 from megarl.rollout.admin_token import TOKEN_ENV, sglang_admin_key_file
-from megarl.rollout.fleet import SGLangServerSpec, builtin_server_command, sglang_server_command, spawn_server, stop_servers
-
-DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+from megarl.rollout.fleet import (
+    SGLangServerSpec,
+    builtin_server_command,
+    server_dtype,
+    sglang_server_command,
+    spawn_server,
+    stop_servers,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +67,10 @@ def server_commands(plan: ServerPlan, node_index: int, python: str,
             spec = SGLangServerSpec(model_path=plan.model, host="0.0.0.0", port=port, tp_size=plan.server_tp,
                                     base_gpu_id=plan.first_gpu + i * plan.server_tp, enable_memory_saver=plan.colocate,
                                     mem_fraction_static=plan.mem_fraction_static if plan.colocate else None,
-                                    random_seed=seed, dtype=DTYPE_NAMES[plan.dtype])
+                                    random_seed=seed, dtype=server_dtype(plan.dtype))
             argv = sglang_server_command(spec, python=python, admin_key_config=admin_key_config)
         else:
-            argv = builtin_server_command(plan.model, port, host="0.0.0.0", seed=seed, dtype=DTYPE_NAMES[plan.dtype],
+            argv = builtin_server_command(plan.model, port, host="0.0.0.0", seed=seed, dtype=server_dtype(plan.dtype),
                                           python=python)
         commands.append((port, argv))
     return commands

@@ -126,19 +126,33 @@ def transformer_config(
 class ValueHead(torch.nn.Module):
     """Scalar value per token, replacing the critic's output layer.
 
-    Replicated on every TP rank (its input is the full hidden state there), initialized from a
-    fixed seed so all ranks start identical. Called like Megatron's output layer:
-    `head(hidden, weight=None, runtime_gather_output=None) -> (values [s, b, 1], None)`.
+    Replicated on every TP rank, initialized from a fixed seed so all ranks start identical. Called
+    like Megatron's output layer: `head(hidden, weight=None, runtime_gather_output=None) ->
+    (values [s, b, 1], None)`, values for the whole row on every TP rank. Under sequence parallelism
+    the hidden states it gets are this rank's slice of the sequence [s/tp, b, h] (Megatron's LM head
+    gathers them inside its column-parallel linear): the head scores its slice and gathers the values
+    (one channel, not h). Every TP rank then computes the same loss on the whole row, so the backward
+    of the gather keeps this rank's slice of the gradient, and the weight's gradient, a sum over the
+    rank's slice, is summed over the TP group by `finalize_model_grads` (marked `sequence_parallel`,
+    as the norms are).
     """
 
-    def __init__(self, hidden_size: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    def __init__(self, hidden_size: int, dtype: torch.dtype, device: torch.device, seed: int = 0,
+                 sequence_parallel: bool = False):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         weight = torch.randn(1, hidden_size, generator=generator) / hidden_size**0.5
         self.weight = torch.nn.Parameter(weight.to(device=device, dtype=dtype))
+        self.sequence_parallel = sequence_parallel
+        self.weight.sequence_parallel = sequence_parallel
 
     def forward(self, hidden, weight=None, runtime_gather_output=None):
-        return F.linear(hidden, self.weight), None
+        values = F.linear(hidden, self.weight)
+        if self.sequence_parallel:
+            from megatron.core import tensor_parallel
+
+            values = tensor_parallel.gather_from_sequence_parallel_region(values, tensor_parallel_output_grad=False)
+        return values, None
 
 
 def build_model(
@@ -185,7 +199,8 @@ def build_model(
     _mark_tensor_parallel(model, spec, role, ps.get_pipeline_model_parallel_rank(), pp)
     if role == "critic" and post:
         # The LM head Megatron just built (V/tp x H) is dropped here; the value head replaces it.
-        model.output_layer = ValueHead(spec.hidden_size, dtype, get_device(), seed=value_head_seed)
+        model.output_layer = ValueHead(spec.hidden_size, dtype, get_device(), seed=value_head_seed,
+                                       sequence_parallel=config.sequence_parallel)
     elif post:
         logit_positions.install(model)  # logits at response positions only, when asked
     model.megarl_spec = spec

@@ -5,7 +5,9 @@ installed) refuses `sequence_parallel`. Under sequence parallelism each TP rank 
 slice of the sequence with a replicated weight, so the weight's gradient is a partial sum that must
 be summed over the TP group; Megatron's `finalize_model_grads` does that for every parameter marked
 `sequence_parallel=True`. This norm is torch's RMSNorm with that mark, built from Megatron's
-(config, hidden_size, eps) signature.
+(config, hidden_size, eps) signature, its weight in the model's parameter dtype as Transformer
+Engine's RMSNorm has it (a bf16 model has bf16 norms, and the optimizer gives them fp32 main copies
+like every other weight; torch's norm still reduces in fp32).
 """
 
 from __future__ import annotations
@@ -17,5 +19,5 @@ class RMSNorm(torch.nn.RMSNorm):
     def __init__(self, config, hidden_size: int, eps: float = 1e-5, **_ignored):
         if config.normalization != "RMSNorm":
             raise ValueError(f"megarl's norm implements RMSNorm; the model config asks for {config.normalization}")
-        super().__init__(hidden_size, eps=eps)
+        super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)
         self.weight.sequence_parallel = bool(config.sequence_parallel)

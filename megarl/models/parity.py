@@ -3,10 +3,13 @@
 Run under torchrun (one process per rank):
     torchrun --nproc-per-node 4 -m megarl.models.parity --hf-dir MODEL --tp 2 --pp 2 --out parity.json
     torchrun --nproc-per-node 2 -m megarl.models.parity --hf-dir MODEL --tp 2 --sequence-parallel --out sp.json
+    torchrun --nproc-per-node 2 -m megarl.models.parity --hf-dir MODEL --tp 2 --dtype bf16 --out bf16.json
 
-It reports the max |logit difference| against transformers' model (fp32), and with
+It reports the max |logit difference| against transformers' model in the same dtype, and with
 `--train-out DIR` also takes one SGD step through Megatron DDP + optimizer and saves the updated
-weights in HF layout (so layouts can be compared with each other).
+weights in HF layout (so layouts can be compared with each other). In bf16 it also reports both
+bf16 models against transformers in fp32 (`max_abs_logit_diff_vs_fp32`, `hf_max_abs_logit_diff_vs_fp32`):
+the rounding that bf16 itself costs, for scale.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def _gather_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
     return tensor_parallel.gather_from_tensor_model_parallel_region(logits)[..., :vocab]
 
 
-def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_parallel: bool = False) -> dict:
+def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_parallel: bool = False,
+              dtype: torch.dtype = torch.float32) -> dict:
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
 
@@ -48,7 +52,7 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
     from megarl.models.training import wrap_for_training, zero_grads
 
     spec = ModelSpec.from_hf(hf_dir)
-    model = build_model(spec, sequence_parallel=sequence_parallel)
+    model = build_model(spec, dtype=dtype, sequence_parallel=sequence_parallel)
     load_hf_into_model(model, hf_dir)
     model.eval()
     batches = _batch(spec.vocab_size, micro_batches=2, micro_batch_size=2, seq=seq)
@@ -61,18 +65,26 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
 
     with torch.no_grad():
         stats = run_pipeline([model], batches, keep_logits, forward_only=True)
-    result = {"model": spec.model_type, "hf_dir": str(hf_dir)}
+    result = {"model": spec.model_type, "hf_dir": str(hf_dir), "dtype": str(dtype).removeprefix("torch.")}
     reporter = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
     if reporter:
         from transformers import AutoModelForCausalLM
 
-        ref = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-        diff = 0.0
-        with torch.no_grad():
-            for mb, st in zip(batches, stats):
-                expected = ref(mb.input_ids.cpu()).logits
-                diff = max(diff, (st["logits"].cpu() - expected).abs().max().item())
-        result["max_abs_logit_diff"] = diff
+        refs = {"": AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()}
+        if dtype != torch.float32:
+            refs["_vs_fp32"] = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        for suffix, ref in refs.items():
+            diff = hf_diff = 0.0
+            with torch.no_grad():
+                for mb, st in zip(batches, stats):
+                    expected = ref(mb.input_ids.cpu()).logits.float()
+                    diff = max(diff, (st["logits"].cpu().float() - expected).abs().max().item())
+                    if suffix:
+                        same = refs[""](mb.input_ids.cpu()).logits.float()
+                        hf_diff = max(hf_diff, (same - expected).abs().max().item())
+            result[f"max_abs_logit_diff{suffix}"] = diff
+            if suffix:
+                result[f"hf_max_abs_logit_diff{suffix}"] = hf_diff
 
     if train_out is not None:
         model.train()
@@ -99,6 +111,8 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
 
 
 def main(argv=None) -> int:
+    from megarl.train.workers import DTYPES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hf-dir", action="append", required=True, help="HF model directory (repeatable)")
     parser.add_argument("--tp", type=int, default=1)
@@ -106,13 +120,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
     parser.add_argument("--train-out", type=Path, default=None, help="also take one SGD step; save weights here")
     parser.add_argument("--sequence-parallel", action="store_true", help="Megatron sequence parallelism (with tp > 1)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="the Megatron model's dtype (as model.dtype)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     from megarl.runtime import collectives
     from megarl.runtime.distributed import init_runtime, shutdown_runtime
 
     rt = init_runtime(tp=args.tp, pp=args.pp, seed=1234)
-    results = [check_one(Path(d), args.train_out, sequence_parallel=args.sequence_parallel) for d in args.hf_dir]
+    results = [check_one(Path(d), args.train_out, sequence_parallel=args.sequence_parallel, dtype=DTYPES[args.dtype])
+               for d in args.hf_dir]
     gathered = collectives.all_gather_objects(results)
     if rt.is_main:
         rows = [r for per_rank in gathered for r in per_rank if r]

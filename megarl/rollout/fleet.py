@@ -53,6 +53,18 @@ ROUTER_HEALTH_TIMEOUT_S = 120.0
 
 
 # ---- commands ---------------------------------------------------------------------------------
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # model.dtype -> the servers' --dtype
+
+
+def server_dtype(dtype: str | None) -> str | None:
+    """The servers' --dtype for a model.dtype name (None: the server's own default)."""
+    if dtype is None:
+        return None
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype={dtype!r} is not a model.dtype; use one of {', '.join(DTYPE_NAMES)}")
+    return DTYPE_NAMES[dtype]
+
+
 def builtin_server_command(model: str | Path, port: int, *, host: str = "127.0.0.1", seed: int = 0,
                            dtype: str | None = None, python: str = sys.executable) -> list[str]:
     """The argv of one built-in server (`megarl serve`); its admin token comes from $MEGARL_SERVE_TOKEN."""
@@ -303,9 +315,11 @@ def builtin_thread_split(num_servers: int, overlap: bool) -> tuple[int | None, i
 
 
 def start_builtin_servers(model_dir: str | Path, count: int, log_dir: Path, *, seed: int = 0,
-                          timeout_s: float = BUILTIN_HEALTH_TIMEOUT_S, threads: int | None = None) -> ServerFleet:
+                          timeout_s: float = BUILTIN_HEALTH_TIMEOUT_S, threads: int | None = None,
+                          dtype: str | None = None) -> ServerFleet:
     """Start `count` built-in rollout servers on 127.0.0.1 and wait until each answers /health
-    (`threads`: torch threads per server; default $MEGARL_SERVER_THREADS or 1)."""
+    (`threads`: torch threads per server; default $MEGARL_SERVER_THREADS or 1; `dtype`: a
+    model.dtype name, default the server's float32)."""
     token = new_token()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads or os.environ.get("MEGARL_SERVER_THREADS", "1")),
                **{TOKEN_ENV: token})
@@ -314,7 +328,8 @@ def start_builtin_servers(model_dir: str | Path, count: int, log_dir: Path, *, s
         for i in range(count):
             port = free_port()
             log = Path(log_dir) / f"rollout_server_{i}.log"
-            fleet.processes.append(spawn_server(builtin_server_command(model_dir, port, seed=seed + i), log, env))
+            argv = builtin_server_command(model_dir, port, seed=seed + i, dtype=server_dtype(dtype))
+            fleet.processes.append(spawn_server(argv, log, env))
             fleet.server_urls.append(f"http://127.0.0.1:{port}")
             fleet.logs.append(log)
         deadline = time.monotonic() + timeout_s
@@ -385,16 +400,18 @@ class SGLangFleet(ServerFleet):
 
 
 def sglang_fleet(model_dir: str | Path, count: int, tp: int, log_dir: Path, *, colocate: bool = False,
-                 router: bool = False, seed: int = 0, mem_fraction_static: float | None = None) -> SGLangFleet:
+                 router: bool = False, seed: int = 0, mem_fraction_static: float | None = None,
+                 dtype: str | None = None) -> SGLangFleet:
     """GPU clusters: `count` SGLang servers on this node (GPUs [i*tp, (i+1)*tp) each), optionally
     behind sglang-router, with a fresh admin token (`fleet.admin_token`, never on a command line).
-    `mem_fraction_static` goes to colocated servers, which share their GPUs with training.
+    `mem_fraction_static` goes to colocated servers, which share their GPUs with training; `dtype`
+    (a model.dtype name) to every server, else SGLang takes the checkpoint's.
     Returns the SGLangFleet, not yet started."""
     token = new_token()
     specs = [
         SGLangServerSpec(model_path=str(model_dir), port=free_port(), tp_size=tp, base_gpu_id=i * tp,
                          enable_memory_saver=colocate, random_seed=seed + i, admin_token=token,
-                         mem_fraction_static=mem_fraction_static if colocate else None)
+                         mem_fraction_static=mem_fraction_static if colocate else None, dtype=server_dtype(dtype))
         for i in range(count)
     ]
     return SGLangFleet(specs, router_port=free_port() if router and count > 1 else None, log_dir=log_dir)
@@ -443,17 +460,18 @@ class RunServers:
             self.fleet.stop()
 
 
-def start_for_run(rc, model_dir: str | Path, log_dir: Path, seed: int) -> RunServers:
+def start_for_run(rc, model_dir: str | Path, log_dir: Path, seed: int, dtype: str) -> RunServers:
     """The servers of a run with rollout section `rc` (megarl.config.RolloutConfig): rc.servers when
-    given, else rc.num_servers built-in or SGLang servers started here with `seed`."""
+    given, else rc.num_servers built-in or SGLang servers started here with `seed`, serving in the
+    trainer's `dtype` (model.dtype), as a Slurm job's servers do."""
     if rc.servers:
         return RunServers(list(rc.servers), list(rc.servers), os.environ.get(TOKEN_ENV),
                           os.environ.get("MASTER_ADDR", "127.0.0.1"))
     trainer_threads = None
     if rc.engine == "builtin":
         trainer_threads, server_threads = builtin_thread_split(rc.num_servers, rc.off_policy)
-        fleet = start_builtin_servers(model_dir, rc.num_servers, log_dir, seed=seed, threads=server_threads)
+        fleet = start_builtin_servers(model_dir, rc.num_servers, log_dir, seed=seed, threads=server_threads, dtype=dtype)
     else:
         fleet = start_sglang_servers(model_dir, rc.num_servers, rc.server_tp, log_dir, colocate=rc.colocate, router=rc.router,
-                                     seed=seed, mem_fraction_static=rc.mem_fraction_static)
+                                     seed=seed, mem_fraction_static=rc.mem_fraction_static, dtype=dtype)
     return RunServers(fleet.server_urls, fleet.generation_urls, fleet.admin_token, "127.0.0.1", fleet, trainer_threads)

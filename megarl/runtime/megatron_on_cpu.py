@@ -12,8 +12,9 @@ never on GPUs. What it covers, and how:
 2. The model-parallel RNG tracker's state get/set, which read CUDA generator states: replaced
    by CPU-generator versions, so `get_cuda_rng_tracker().fork()` works (dropout and weight init
    under TP use it).
-3. Tensor methods that assume CUDA inside three Megatron functions: type checks that require
-   `torch.cuda.FloatTensor` (grad clipping, the distributed optimizer's parameter groups) and
+3. Tensor methods that assume CUDA inside a few Megatron functions: type checks that require
+   `torch.cuda.{Float,Half,BFloat16}Tensor` (grad clipping; the construction of the fp16/bf16
+   optimizer and of the distributed optimizer, which sort parameters into groups by it) and
    moving `weight.data` to the GPU (syncing tied embeddings between the first and last pipeline
    stage). Those functions run with CPU tensors reporting the CUDA type names and the
    move-to-GPU method returning the tensor itself, only for the duration of the call.
@@ -183,9 +184,11 @@ def apply() -> None:
     clip_grads.clip_grad_by_total_norm_fp32 = wrapped_clip
     optimizer.clip_grad_by_total_norm_fp32 = wrapped_clip
 
+    # The optimizers sort parameters into fp32 / fp16 / bf16 groups by CUDA type name (bf16 and fp16
+    # models get fp32 main copies); on CPU every parameter would be refused or left unsorted.
     distrib = importlib.import_module("megatron.core.optimizer.distrib_optimizer")
-    build = distrib.DistributedOptimizer.__dict__["_build_model_and_main_param_groups"].__func__
-    distrib.DistributedOptimizer._build_model_and_main_param_groups = classmethod(_run_with_tensors_as_gpu(build))
+    for cls in (optimizer.Float16OptimizerWithFloat16Params, distrib.DistributedOptimizer):
+        cls.__init__ = _run_with_tensors_as_gpu(cls.__init__)
     language_module = importlib.import_module("megatron.core.models.common.language_module.language_module")
     setup = language_module.LanguageModule.setup_embeddings_and_output_layer
     language_module.LanguageModule.setup_embeddings_and_output_layer = _run_with_tensors_as_gpu(setup)

@@ -72,7 +72,8 @@ class Trainer:
         if cfg.algorithm.kl_coef > 0:
             self.reference = self._worker("reference", cfg.actor, trainable=False)
         self.critic = self._worker("critic", cfg.critic, trainable=True) if cfg.uses_critic else None
-        self._load_initial_weights()
+        if self.initial_torch_dist is not None:  # what the rollout servers start from
+            self.model_dir = export_hf(self.actor.module, self.run_dir / "initial_hf", self.model_dir, self.is_driver)
         self.plan = logprobs.OldLogprobPlan.from_config(cfg)
         self.temperature = logprobs.sampling_temperature(cfg)
         # Sequence parallelism splits every row over the TP ranks: rows pad to a multiple of tp too.
@@ -115,23 +116,18 @@ class Trainer:
     def _worker(self, role: str, par, trainable: bool) -> ModelWorker:
         steps = self.cfg.run.steps * self.cfg.algorithm.epochs * self.cfg.algorithm.mini_batches
         return ModelWorker(self.spec, WorkerSettings(role=role, dtype=self.dtype, parallel=par, trainable=trainable,
-                                                     optimizer_steps=steps))
+                                                     optimizer_steps=steps), weights=self._load_initial_weights)
 
-    def _load_initial_weights(self) -> None:
-        from megarl.models.hf_io import load_hf_into_model
-
+    def _load_initial_weights(self, model) -> None:
+        """Fill a freshly built worker model from model.path (before its optimizer copies it)."""
         if self.initial_torch_dist is not None:
             from megarl.checkpoint.torch_dist import load_model_weights
 
-            for worker in (self.actor, self.reference, self.critic):
-                if worker is not None:
-                    load_model_weights(worker.model, self.initial_torch_dist)
-            # what the rollout servers start from
-            self.model_dir = export_hf(self.actor.module, self.run_dir / "initial_hf", self.model_dir, self.is_driver)
-            return
-        for worker in (self.actor, self.reference, self.critic):
-            if worker is not None:
-                load_hf_into_model(worker.model, self.model_dir, self.spec)
+            load_model_weights(model, self.initial_torch_dist)
+        else:
+            from megarl.models.hf_io import load_hf_into_model
+
+            load_hf_into_model(model, self.model_dir, self.spec)
 
     def _setup_driver(self) -> None:
         from transformers import AutoTokenizer
@@ -164,7 +160,8 @@ class Trainer:
         problem = colocated_transport_problem(rc.transport, colocate=rc.colocate, gpus=on_gpu())
         if problem:  # the built-in engine on GPUs (the config check covers SGLang)
             raise ConfigError(problem)
-        self.servers = fleet.start_for_run(rc, self.model_dir, self.run_dir / "logs", seed=fold_seed(self.cfg.run.seed, 31))
+        self.servers = fleet.start_for_run(rc, self.model_dir, self.run_dir / "logs", seed=fold_seed(self.cfg.run.seed, 31),
+                                           dtype=self.cfg.model.dtype)
         if self.servers.trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
             torch.set_num_threads(self.servers.trainer_threads)
         self.pusher = WeightPusher(self.servers.urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20,

@@ -72,7 +72,14 @@ class WorkerSettings:
 
 
 class ModelWorker:
-    def __init__(self, spec: ModelSpec, settings: WorkerSettings):
+    """One role's model on this rank. `weights(model)` fills the freshly built model (an HF or
+    torch_dist load, a test's values) before the optimizer exists: Megatron's fp16/bf16 optimizer
+    and its distributed optimizer take fp32 main copies of the weights when they are built, and
+    write those back at every step, so weights changed after construction would be undone at the
+    first step (bf16 and fp16 runs; fp32 parameters are their own main copies). A resume restores
+    weights and main copies together (megarl.checkpoint.torch_dist.load_training_state)."""
+
+    def __init__(self, spec: ModelSpec, settings: WorkerSettings, weights: Callable[[torch.nn.Module], object]):
         from megarl.models.training import wrap_for_training
 
         self.spec = spec
@@ -81,6 +88,8 @@ class ModelWorker:
         par = settings.parallel
         self.model = build_model(spec, role=role, dtype=settings.dtype, recompute=par.recompute,
                                  sequence_parallel=par.sequence_parallel)
+        with torch.no_grad():
+            weights(self.model)
         self.ddp = self.optimizer = self.scheduler = None
         if settings.trainable:
             self.ddp, self.optimizer = wrap_for_training(self.model, par)

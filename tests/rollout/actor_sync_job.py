@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     rt = init_runtime(tp=args.tp, pp=args.pp, seed=1234)
     spec = ModelSpec.from_hf(args.actor_hf)
     actor = ModelWorker(spec, WorkerSettings(role="actor", dtype=torch.float32, trainable=True, optimizer_steps=1,
-                                             parallel=ParallelConfig(optimizer="sgd", lr=args.lr, clip_grad=0.0)))
-    load_hf_into_model(actor.model, args.actor_hf, spec)
+                                             parallel=ParallelConfig(optimizer="sgd", lr=args.lr, clip_grad=0.0)),
+                        weights=lambda model: load_hf_into_model(model, args.actor_hf, spec))
     seqs = [TrainSequence(prompt_ids=s[:1], response_ids=s[1:], reward=0.0, group=i) for i, s in enumerate(SEQUENCES)]
     # Two micro-batches (budget fits two sequences), so the pipeline schedule really interleaves.
     microbatches = build_microbatches(seqs, 20, rt.device)

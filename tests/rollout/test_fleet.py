@@ -35,6 +35,18 @@ def test_server_command_has_the_right_flags():
     assert " ".join(multi).endswith("--nnodes 2 --node-rank 1 --dist-init-addr node0:5000")
 
 
+def test_servers_started_for_a_run_serve_in_the_trainer_dtype(tmp_path):
+    """A run's own servers get model.dtype as --dtype (bf16 recipes: bf16 servers), as a Slurm job's do."""
+    from megarl.rollout.fleet import builtin_server_command, server_dtype, sglang_fleet
+
+    fleet = sglang_fleet(tmp_path / "hf", 2, 1, tmp_path / "logs", dtype="bf16")
+    assert all(spec.dtype == "bfloat16" for spec in fleet.specs)
+    assert sglang_fleet(tmp_path / "hf", 1, 1, tmp_path / "logs").specs[0].dtype is None  # the checkpoint's
+    assert builtin_server_command("/m", 1, dtype=server_dtype("bf16"))[-2:] == ["--dtype", "bfloat16"]
+    with pytest.raises(ValueError, match="not a model.dtype"):
+        server_dtype("bfloat16")
+
+
 def test_bad_specs_are_refused():
     with pytest.raises(ValueError, match="never goes on a command line"):
         sglang_server_command(SGLangServerSpec(model_path="m", admin_token="tok"))

@@ -46,12 +46,15 @@ def make_worker(spec, distributed_optimizer):
     from megarl.train.workers import ModelWorker, WorkerSettings
 
     def make(seed: int, step: bool = True):
-        worker = ModelWorker(spec, WorkerSettings(role="actor", dtype=torch.float32, trainable=True, optimizer_steps=10,
-                                                  parallel=ParallelConfig(lr=1e-3, distributed_optimizer=distributed_optimizer)))
         gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in worker.model.parameters():
+
+        def draw(model):
+            for p in model.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+
+        worker = ModelWorker(spec, WorkerSettings(role="actor", dtype=torch.float32, trainable=True, optimizer_steps=10,
+                                                  parallel=ParallelConfig(lr=1e-3, distributed_optimizer=distributed_optimizer)),
+                             weights=draw)
         if not step:  # as the trainer builds it before resuming
             return worker
         worker.optimizer.zero_grad()

@@ -25,9 +25,7 @@ def _worker(path):
 
     settings = WorkerSettings(role="actor", dtype=torch.float32, parallel=ParallelConfig(lr=1e-3, clip_grad=1.0), trainable=True,
                               optimizer_steps=1)
-    worker = ModelWorker(ModelSpec.from_hf(path), settings)
-    load_hf_into_model(worker.model, path)
-    return worker
+    return ModelWorker(ModelSpec.from_hf(path), settings, weights=lambda model: load_hf_into_model(model, path))
 
 
 def _step(worker, seed):
