@@ -35,7 +35,10 @@ def _under_launcher() -> bool:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:  # the recipe is required
+        print(__doc__, file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
     from megarl.config import load_config_for_cli
