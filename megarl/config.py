@@ -214,14 +214,45 @@ class RolloutConfig(Section):
         return self.mode != "sync"
 
 
+def _source_list(value: Any, presets: bool) -> Any:
+    """A list of data sources (megarl.data.sources): a lone value is refused as such, and every name that
+    is not a path must be a known set (paths are checked in validate_semantics, with the files)."""
+    from megarl.data.sources import name_problem, one_value_for_a_list
+
+    if isinstance(value, str):
+        raise ValueError(one_value_for_a_list(value))
+    if isinstance(value, list):
+        for item in value:
+            problem = name_problem(item, presets=presets) if isinstance(item, str) else None
+            if problem:
+                raise ValueError(problem)
+    return value
+
+
 class DataConfig(Section):
-    train: list[str] = Field(..., min_length=1)
-    template: Literal["qwen-boxed", "qwen25-math-cot", "abel", "r1", "none"] = "qwen-boxed"
+    train: list[str] = Field(..., min_length=1, description="training prompts: shipped sets, presets, generated sets, files")
+    template: str = Field("qwen-boxed", description="a prompt template of megarl.data.templates (qwen-boxed, qwen25-math-cot, abel, r1, none)")
     prompts_per_step: int = Field(8, ge=1, le=4096)
     max_prompt_tokens: int = Field(1024, ge=1)
     levels: list[int] | None = None
     shuffle: bool = True
     eval_sets: list[str] = Field(default_factory=list, description="sets whose prompts must never be trained on")
+
+    @field_validator("train", "eval_sets", mode="before")
+    @classmethod
+    def _sources(cls, value: Any, info) -> Any:
+        return _source_list(value, presets=info.field_name == "train")
+
+    @field_validator("template")
+    @classmethod
+    def _registered_template(cls, name: str) -> str:
+        from megarl.data.templates import TEMPLATES
+
+        if name not in TEMPLATES:
+            close = difflib.get_close_matches(name, TEMPLATES, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"{name!r} is not a prompt template; {hint}choose one of: {', '.join(TEMPLATES)}")
+        return name
 
 
 class RewardConfig(Section):
@@ -250,7 +281,7 @@ class RewardConfig(Section):
 
 class EvalConfig(Section):
     every: int = Field(0, ge=0, description="evaluate every k steps (0: never)")
-    benchmarks: list[str] = Field(default_factory=list)
+    benchmarks: list[str] = Field(default_factory=list, description="shipped evaluation sets, generated sets or files")
     protocol: Literal["custom", "simplerl-zoo", "greedy"] = Field(
         "custom", description="a paper's sampling and scoring (megarl.evaluation.protocols); custom: n/temperature/top_p/max_new_tokens below")
     n: int = Field(1, ge=1)
@@ -258,6 +289,11 @@ class EvalConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = 1024
     limit: int | None = None
+
+    @field_validator("benchmarks", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        return _source_list(value, presets=False)
 
 
 class CheckpointConfig(Section):
@@ -445,8 +481,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
 
 def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int | None = None) -> None:
     """Cross-field checks: layouts against the model, files that must exist, world size."""
-    from megarl.models.spec import ModelSpec
-
     for section in ("actor", "critic"):
         par = getattr(cfg, section)
         if world_size is not None and world_size % (par.tp * par.pp):
@@ -483,9 +517,16 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
         )
     if not check_files:
         return
-    for i, item in enumerate(cfg.data.train):
-        if not _data_exists(item):
-            raise ConfigError(f"data.train[{i}]={item!r} does not exist; give a JSONL/Parquet path or a shipped set name")
+    from megarl.data.sources import missing_path
+
+    for field, items in (("data.train", cfg.data.train), ("data.eval_sets", cfg.data.eval_sets),
+                         ("eval.benchmarks", cfg.eval.benchmarks)):
+        for i, item in enumerate(items):
+            if missing_path(item):
+                raise ConfigError(f"{field}[{i}]={item!r} does not exist; give an existing JSONL/Parquet path "
+                                  "or a shipped set name (`megarl data list`)")
+    from megarl.models.spec import ModelSpec  # imports torch: after the quick checks
+
     builtin = builtin_name(cfg.model.path)
     if builtin is not None:
         try:
@@ -521,21 +562,6 @@ def _builtin_model_spec(name: str):
     settings = builtin_model_settings(name)
     hf = toy_model_config(settings, vocab_size=settings.tokenizer_vocab_size, eos_id=0, pad_id=1)
     return ModelSpec.from_hf(hf.to_dict())
-
-
-def _data_exists(item: str) -> bool:
-    from megarl.data.difficulty import DIFFICULTY_PRESETS
-
-    from megarl.demo.builtins import is_toy_source
-
-    if Path(item).exists() or is_toy_source(item) or item in DIFFICULTY_PRESETS:
-        return True
-    try:
-        from megarl.datasets import dataset_path
-
-        return Path(dataset_path(item)).exists()
-    except Exception:
-        return False
 
 
 def load_config_for_cli(argv: list[str]) -> Config | None:
