@@ -54,6 +54,10 @@ class ModelConfig(Section):
         "its hf/ folder or model.tokenizer)"))
     tokenizer: str | None = None
     dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+    config: str | None = Field(None, description=(
+        "the model's config.json for planning where model.path is not on this machine (`megarl submit --dry-run`): "
+        "a config megarl ships (megarl/model_configs: Qwen2.5-32B, Llama-3.1-8B, ...) or a path; training reads "
+        "the config beside the weights"))
 
 
 class ParallelConfig(Section):
@@ -465,8 +469,10 @@ def _yaml_error(path: Path, err: yaml.YAMLError) -> str:
     return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, *, check_files: bool = True) -> Config:
-    """Load a YAML recipe (and its `base:` chain), apply `key=value` overrides, validate. Raises ConfigError."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *, check_files: bool = True,
+                weights: bool = True) -> Config:
+    """Load a YAML recipe (and its `base:` chain), apply `key=value` overrides, validate. Raises ConfigError.
+    `weights=False` (planning a job): model.path may be missing when model.config gives the architecture."""
     data: dict = read_recipe(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     _check_keys(data, Config)
@@ -475,11 +481,27 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, data)) from None
     _substitute(cfg)
-    validate_semantics(cfg, check_files=check_files)
+    validate_semantics(cfg, check_files=check_files, weights=weights)
     return cfg
 
 
-def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int | None = None) -> None:
+def planning_config_json(cfg: Config, model_dir: str | Path | None = None) -> Path | None:
+    """The config.json that describes the model: beside the weights (`model_dir`, else model.path) when
+    they are here, else model.config (a shipped config or a path); None when neither is known."""
+    from megarl.model_configs import model_config_path
+
+    here = Path(model_dir if model_dir is not None else cfg.model.path) / "config.json"
+    if here.is_file():
+        return here
+    if cfg.model.config is None:
+        return None
+    try:
+        return model_config_path(cfg.model.config)
+    except FileNotFoundError as err:
+        raise ConfigError(f"model.config: {err}") from None
+
+
+def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int | None = None, weights: bool = True) -> None:
     """Cross-field checks: layouts against the model, files that must exist, world size."""
     for section in ("actor", "critic"):
         par = getattr(cfg, section)
@@ -535,12 +557,15 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
             raise ConfigError(str(err)) from None
     else:
         model_path = Path(cfg.model.path)
-        if not model_path.exists():
-            raise ConfigError(f"model.path={cfg.model.path!r} does not exist; give an HF model directory")
+        if not model_path.exists() and (weights or cfg.model.config is None):
+            fix = "" if weights else " (or set model.config to plan without the weights: a config megarl ships or a config.json)"
+            raise ConfigError(f"model.path={cfg.model.path!r} does not exist; give an HF model directory{fix}")
+        config_dir = model_path if (model_path / "config.json").exists() else model_path / "hf"
+        if not (config_dir / "config.json").exists() and cfg.model.tokenizer:  # a torch_dist checkpoint without hf/
+            config_dir = Path(cfg.model.tokenizer)
+        if not model_path.exists():  # planning only: the architecture from model.config
+            config_dir = planning_config_json(cfg)
         try:
-            config_dir = model_path if (model_path / "config.json").exists() else model_path / "hf"
-            if not (config_dir / "config.json").exists() and cfg.model.tokenizer:  # a torch_dist checkpoint without hf/
-                config_dir = Path(cfg.model.tokenizer)
             spec = ModelSpec.from_hf(config_dir)
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"model.path={cfg.model.path!r}: {err}") from None

@@ -124,3 +124,17 @@ def test_megarl_config_prints_the_published_values(tiny_model_dir):
         for field, megarl_value, *_ in tables[path.stem]:
             if not field.startswith("("):
                 assert dotted(printed, field) == yaml.safe_load(megarl_value), f"{path.stem}: {field}"
+
+
+@pytest.mark.parametrize("path", CLUSTER, ids=lambda p: p.stem)
+def test_cluster_recipe_names_the_shipped_config_of_its_model(path):
+    """model.config is the published config.json megarl ships for model.path's model (plans without weights)."""
+    import json
+
+    from megarl.model_configs import model_config_path
+
+    cfg = load_config(path, check_files=False)
+    model = Path(cfg.model.path).name
+    assert cfg.model.config == model
+    shipped = json.loads(model_config_path(cfg.model.config).read_text())
+    assert {key: shipped.get(key) for key in REAL_MODELS[model]} == REAL_MODELS[model]
