@@ -473,6 +473,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
                 weights: bool = True) -> Config:
     """Load a YAML recipe (and its `base:` chain), apply `key=value` overrides, validate. Raises ConfigError.
     `weights=False` (planning a job): model.path may be missing when model.config gives the architecture."""
+    cfg = read_config(path, overrides)
+    validate_semantics(cfg, check_files=check_files, weights=weights)
+    return cfg
+
+
+def read_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """The recipe and overrides, each section validated, without the checks against the model and files
+    (validate_semantics, which imports torch): quick. Raises ConfigError."""
     data: dict = read_recipe(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     _check_keys(data, Config)
@@ -481,7 +489,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, data)) from None
     _substitute(cfg)
-    validate_semantics(cfg, check_files=check_files, weights=weights)
     return cfg
 
 
