@@ -138,3 +138,8 @@ def test_cluster_recipe_names_the_shipped_config_of_its_model(path):
     assert cfg.model.config == model
     shipped = json.loads(model_config_path(cfg.model.config).read_text())
     assert {key: shipped.get(key) for key in REAL_MODELS[model]} == REAL_MODELS[model]
+
+
+def test_the_demo_checkpoints_every_10_steps_and_at_its_end():
+    cfg = load_config(REPO / "configs" / "tiny_cpu.yaml", check_files=False)
+    assert cfg.checkpoint.every == 10 and cfg.run.steps % cfg.checkpoint.every == 0

@@ -76,3 +76,50 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes_then_says_finished(writ
     assert done.returncode == 0 and "already finished its 4 steps; nothing to do" in done.stdout, done.stderr[-2000:]
     assert elapsed < 5.0, elapsed
     assert _steps(run_dir) == [1, 2, 3, 4]
+
+
+def test_a_second_ctrl_c_exits_at_once_and_keeps_what_is_on_disk(write_recipe):
+    recipe, run_dir = write_recipe("ctrl_c_twice", run={"steps": 50}, checkpoint={"every": 1, "keep_last": 50})
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "megarl.cli", "train", str(recipe)], stdout=out, stderr=subprocess.STDOUT,
+                                text=True, env=_env(), start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            while max(_steps(run_dir), default=-1) < 2:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGINT)
+            started = time.perf_counter()
+            code = proc.wait(timeout=60)
+            elapsed = time.perf_counter() - started
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        out.seek(0)
+        text = out.read()
+    assert code == INTERRUPTED and elapsed < 5.0, (code, elapsed, text[-3000:])
+    assert "interrupted again: exiting now" in text and "Traceback" not in text, text[-3000:]
+    complete = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").is_file())
+    assert "step_000001" in complete and "step_000002" in complete  # written before the first Ctrl-C: kept whole
+    from megarl.checkpoint.checksums import read_manifest, verify_files
+
+    for name in complete:  # every file at its recorded SHA-256
+        manifest = read_manifest(run_dir / "checkpoints" / name)
+        verify_files(run_dir / "checkpoints" / name, manifest, list(manifest))
+
+
+def test_a_run_without_a_checkpoint_is_never_appended_to(write_recipe):
+    """A run killed before its first checkpoint left metrics: the same command starts a numbered directory."""
+    recipe, run_dir = write_recipe("no_ckpt", run={"steps": 2})
+    run_dir.mkdir()
+    earlier = "".join(json.dumps({"step": s, "reward/mean": 0.5}) + "\n" for s in (1, 2, 3))
+    (run_dir / "metrics.jsonl").write_text(earlier)
+    proc = _train(recipe)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    fresh = run_dir.parent / f"{run_dir.name}-2"
+    assert f"{run_dir} holds a run with no checkpoint to resume (logged up to step 3); this run goes to {fresh}" in proc.stderr
+    assert (run_dir / "metrics.jsonl").read_text() == earlier
+    assert _steps(fresh) == [1, 2]
