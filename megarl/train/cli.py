@@ -105,7 +105,7 @@ def _launch_ranks(argv: list[str], procs: int) -> int:
     cmd = [sys.executable, "-m", "megarl.train.local_launch", "--nproc-per-node", str(procs), "--master-addr",
            "127.0.0.1", "--master-port", str(free_port()), "--signals-to-handle", AGENT_SIGNALS,
            "-m", "megarl.cli", "train", *argv]
-    print(f"megarl: launching {procs} processes: torchrun {' '.join(cmd[4:])}", file=sys.stderr)
+    print(f"megarl: launching {procs} processes: torchrun {' '.join(cmd[3:])}", file=sys.stderr)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), **{LAUNCHER_PID_ENV: str(os.getpid())})
 
     def agent_setup() -> None:  # in the agent, before exec

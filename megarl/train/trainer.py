@@ -174,6 +174,7 @@ class Trainer:
         stop = stop or StopRequest()
         history = []
         self._stop_point(stop, None)  # asked while the run was starting: nothing new to save
+        first_step = self.step
         self.sync_weights(self.step)
         self._start_producer()
         evaluated_at = None
@@ -198,7 +199,7 @@ class Trainer:
             if self.cfg.checkpoint.hf_export_every and self.step % self.cfg.checkpoint.hf_export_every == 0:
                 export_hf(self.actor.module, self.run_dir / "hf" / f"step_{self.step:06d}", self.model_dir, self.is_driver)
             self._stop_point(stop, None if saved else StepProgress())
-        if self.cfg.eval.every and evaluated_at != self.step and self.step > 0:
+        if self.cfg.eval.every and evaluated_at != self.step and self.step > first_step:  # (resumed at the end: logged)
             final = self.evaluate(self.step)
             if self.is_driver:
                 self.logger.log(self.step, final)
