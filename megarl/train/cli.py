@@ -56,7 +56,14 @@ def main(argv: list[str]) -> int:
     if argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
+    previous = signal.signal(signal.SIGINT, _interrupted_while_starting)
+    try:
+        return _main(argv)
+    finally:  # a caller in Python (not the `megarl` program) gets its own Ctrl-C handling back
+        signal.signal(signal.SIGINT, previous)
+
+
+def _main(argv: list[str]) -> int:
     from megarl.config import ConfigError, read_config, validate_semantics
     from megarl.runtime.process import LockBusyError, RunDirectoryLock
     from megarl.train.run_dir import choose_run_dir
@@ -66,7 +73,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"megarl: config error: {err}", file=sys.stderr)
         return 2
-    if not _under_launcher():  # under a launcher rank 0 takes the lock for the run itself
+    if not _under_launcher() and os.path.isdir(cfg.run.output_dir):  # under a launcher rank 0 takes the lock itself
         try:
             RunDirectoryLock(cfg.run.output_dir).acquire().release()
         except LockBusyError as err:
