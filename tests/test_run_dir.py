@@ -50,3 +50,19 @@ def test_numbering_skips_directories_in_use(tmp_path):
     _logged(tmp_path / "demo-2", 1)
     (tmp_path / "demo-3").mkdir()  # empty: free
     assert choose_run_dir(run, 5, True).path == tmp_path / "demo-3"
+
+
+def test_the_same_command_finds_its_numbered_run_again(tmp_path):
+    """runs/demo holds a run that cannot be resumed; the run the command started in demo-2 is resumed
+    (or reported finished) by the same command, not followed by demo-3."""
+    run = tmp_path / "demo"
+    _logged(run, 1, 2)
+    assert choose_run_dir(run, 5, True).path == tmp_path / "demo-2"
+    _logged(tmp_path / "demo-2", 1)
+    _checkpoint(tmp_path / "demo-2", 1)
+    choice = choose_run_dir(run, 5, True)
+    assert (choice.action, choice.path) == ("resume", tmp_path / "demo-2")
+    assert choice.message == f"{run} holds a run with no checkpoint to resume; resuming {tmp_path / 'demo-2'}"
+    mark_finished(tmp_path / "demo-2", 5)
+    assert choose_run_dir(run, 5, True).action == "finished"
+    assert choose_run_dir(run, 5, False).path == tmp_path / "demo-3"

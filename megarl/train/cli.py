@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from megarl.runtime.process import INTERRUPTED_EXIT_CODE
 
@@ -86,7 +87,7 @@ def _main(argv: list[str]) -> int:
         if _first_rank():
             print(f"megarl: {choice.message}", flush=True)
         return 0
-    if choice.action == "numbered":
+    if choice.path != Path(cfg.run.output_dir):  # a numbered directory: a new run, or the one to resume
         if _first_rank():
             print(f"megarl: {choice.message}", file=sys.stderr, flush=True)
         cfg.run.output_dir = str(choice.path)

@@ -75,21 +75,27 @@ def _unused(path: Path) -> bool:
 
 
 def choose_run_dir(output_dir: str | Path, steps: int, resume: bool) -> RunDirChoice:
-    run_dir = Path(output_dir)
-    if _unused(run_dir):
-        return RunDirChoice("new", run_dir)
-    done = finished_steps(run_dir)
-    checkpoint = latest_checkpoint_step(run_dir)
-    if resume and done is not None and done >= steps:
-        return RunDirChoice("finished", run_dir, (
-            f"{run_dir} already finished its {done} steps; nothing to do (metrics: {run_dir / METRICS_FILE}). "
-            f"To train on, raise run.steps; for a new run, set run.output_dir"))
-    if resume and checkpoint is not None:
-        return RunDirChoice("resume", run_dir)
-    k = 2
-    while not _unused(Path(f"{run_dir}-{k}")):
+    """The decision for RUN_DIR, then for RUN_DIR-2, -3, ... past runs that cannot be resumed: so the
+    same command finds the run it started in a numbered directory again (to resume it, or to say it
+    finished) instead of starting yet another."""
+    base = Path(output_dir)
+    skipped: Path | None = None
+    k = 1
+    while True:
+        run_dir = base if k == 1 else Path(f"{base}-{k}")
         k += 1
-    new = Path(f"{run_dir}-{k}")
-    why = ("run.resume=false" if not resume else
-           f"{run_dir} holds a run with no checkpoint to resume (logged up to step {last_logged_step(run_dir)})")
-    return RunDirChoice("numbered", new, f"{why}; this run goes to {new}")
+        if _unused(run_dir):
+            if skipped is None:
+                return RunDirChoice("new", run_dir)
+            why = ("run.resume=false" if not resume else
+                   f"{skipped} holds a run with no checkpoint to resume (logged up to step {last_logged_step(skipped)})")
+            return RunDirChoice("numbered", run_dir, f"{why}; this run goes to {run_dir}")
+        done = finished_steps(run_dir)
+        if resume and done is not None and done >= steps:
+            return RunDirChoice("finished", run_dir, (
+                f"{run_dir} already finished its {done} steps; nothing to do (metrics: {run_dir / METRICS_FILE}). "
+                f"To train on, raise run.steps; for a new run, set run.output_dir"))
+        if resume and latest_checkpoint_step(run_dir) is not None:
+            note = "" if skipped is None else f"{base} holds a run with no checkpoint to resume; resuming {run_dir}"
+            return RunDirChoice("resume", run_dir, note)
+        skipped = run_dir

@@ -54,28 +54,51 @@ def _ctrl_c_after_step(recipe, run_dir, step: int, timeout=600) -> tuple[int, st
         return code, out.read()
 
 
-@pytest.mark.parametrize("tp", [1, 2])
-def test_ctrl_c_checkpoints_and_the_same_command_resumes_then_says_finished(write_recipe, tp):
-    recipe, run_dir = write_recipe(f"ctrl_c_tp{tp}", run={"steps": 4}, actor={"tp": tp})  # checkpoint.every=0
-    code, out = _ctrl_c_after_step(recipe, run_dir, step=1)
+def _one_interrupt_line(code, out) -> int:
+    """Exit 130, the one line, no traceback from any rank; returns the step it names."""
     assert code == INTERRUPTED, out[-3000:]
     assert "Traceback" not in out and "KeyboardInterrupt" not in out and "[rank" not in out, out[-3000:]
     lines = [line for line in out.splitlines() if line.startswith("interrupted at step")]
     assert len(lines) == 1 and lines[0].endswith("; run the same command to resume"), out[-3000:]
-    stopped_at = int(lines[0].split()[3].rstrip(";"))
+    return int(lines[0].split()[3].rstrip(";"))
+
+
+def test_ctrl_c_checkpoints_and_the_same_command_resumes_then_says_finished(write_recipe):
+    """The directory holds an earlier run that cannot be resumed (killed before its first checkpoint):
+    the command starts runs in a numbered directory, and the same command finds that run again."""
+    recipe, base = write_recipe("ctrl_c", run={"steps": 4})  # checkpoint.every=0: only Ctrl-C checkpoints
+    base.mkdir()
+    earlier = "".join(json.dumps({"step": s, "reward/mean": 0.5}) + "\n" for s in (1, 2, 3))
+    (base / "metrics.jsonl").write_text(earlier)
+    run_dir = base.parent / f"{base.name}-2"
+
+    code, out = _ctrl_c_after_step(recipe, run_dir, step=1)
+    assert f"{base} holds a run with no checkpoint to resume (logged up to step 3); this run goes to {run_dir}" in out
+    stopped_at = _one_interrupt_line(code, out)
     assert stopped_at >= 1 and (run_dir / "checkpoints" / f"step_{stopped_at:06d}" / "COMPLETE").is_file()
 
     again = _train(recipe)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-    assert f"resumed from checkpoint at step {stopped_at}" in again.stdout
+    assert f"resuming {run_dir}" in again.stderr and f"resumed from checkpoint at step {stopped_at}" in again.stdout
     assert _steps(run_dir) == [1, 2, 3, 4]  # no step twice
+    assert (base / "metrics.jsonl").read_text() == earlier  # the earlier run is never appended to
 
     started = time.perf_counter()
     done = _train(recipe, timeout=60)
     elapsed = time.perf_counter() - started
-    assert done.returncode == 0 and "already finished its 4 steps; nothing to do" in done.stdout, done.stderr[-2000:]
+    assert done.returncode == 0 and f"{run_dir} already finished its 4 steps; nothing to do" in done.stdout, done.stderr[-2000:]
     assert elapsed < 5.0, elapsed
     assert _steps(run_dir) == [1, 2, 3, 4]
+
+
+def test_ctrl_c_under_torchrun_at_tp2(write_recipe):
+    """`megarl train` relaunched under torchrun: SIGINT to the terminal's process group reaches both ranks."""
+    recipe, run_dir = write_recipe("ctrl_c_tp2", run={"steps": 20}, actor={"tp": 2})
+    code, out = _ctrl_c_after_step(recipe, run_dir, step=1)
+    stopped_at = _one_interrupt_line(code, out)
+    assert "ChildFailedError" not in out and "SignalException" not in out, out[-3000:]
+    step_dir = run_dir / "checkpoints" / f"step_{stopped_at:06d}"
+    assert (step_dir / "COMPLETE").is_file() and json.loads((step_dir / "trainer_state.json").read_text())["step"] == stopped_at
 
 
 def test_a_second_ctrl_c_exits_at_once_and_keeps_what_is_on_disk(write_recipe):
@@ -109,17 +132,3 @@ def test_a_second_ctrl_c_exits_at_once_and_keeps_what_is_on_disk(write_recipe):
     for name in complete:  # every file at its recorded SHA-256
         manifest = read_manifest(run_dir / "checkpoints" / name)
         verify_files(run_dir / "checkpoints" / name, manifest, list(manifest))
-
-
-def test_a_run_without_a_checkpoint_is_never_appended_to(write_recipe):
-    """A run killed before its first checkpoint left metrics: the same command starts a numbered directory."""
-    recipe, run_dir = write_recipe("no_ckpt", run={"steps": 2})
-    run_dir.mkdir()
-    earlier = "".join(json.dumps({"step": s, "reward/mean": 0.5}) + "\n" for s in (1, 2, 3))
-    (run_dir / "metrics.jsonl").write_text(earlier)
-    proc = _train(recipe)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    fresh = run_dir.parent / f"{run_dir.name}-2"
-    assert f"{run_dir} holds a run with no checkpoint to resume (logged up to step 3); this run goes to {fresh}" in proc.stderr
-    assert (run_dir / "metrics.jsonl").read_text() == earlier
-    assert _steps(fresh) == [1, 2]
