@@ -7,6 +7,11 @@ examples:
 
 Outside a launcher, a recipe with actor.tp * actor.pp > 1 re-launches itself under torchrun with
 that many local processes (CPU: gloo). Under Slurm, `megarl submit` writes the sbatch script.
+
+Ctrl-C checkpoints and exits 130 ("interrupted at step N; run the same command to resume"); a
+second Ctrl-C exits at once. The same command resumes from the newest checkpoint, says so and exits
+0 when the run already finished, and puts a new run in a numbered directory (runs/NAME-2) when the
+run directory holds a run it cannot resume (megarl/train/run_dir.py).
 """
 
 from __future__ import annotations
