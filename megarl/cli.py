@@ -36,7 +36,10 @@ USAGE = "usage: megarl <command> [args...]\n\ncommands:\n" + "\n".join(
 def main(argv: list[str] | None = None) -> int:
     program = argv is None  # the `megarl` program, not a call from Python code that goes on afterwards
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # a command is required: the usage, as an error (exit 2, like argparse)
+        print(USAGE, file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
     if argv[0] in ("-V", "--version"):

@@ -54,6 +54,10 @@ class ModelConfig(Section):
         "its hf/ folder or model.tokenizer)"))
     tokenizer: str | None = None
     dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+    config: str | None = Field(None, description=(
+        "the model's config.json for planning where model.path is not on this machine (`megarl submit --dry-run`): "
+        "a config megarl ships (megarl/model_configs: Qwen2.5-32B, Llama-3.1-8B, ...) or a path; training reads "
+        "the config beside the weights"))
 
 
 class ParallelConfig(Section):
@@ -241,14 +245,45 @@ class RolloutConfig(Section):
         return self.mode != "sync"
 
 
+def _source_list(value: Any, presets: bool) -> Any:
+    """A list of data sources (megarl.data.sources): a lone value is refused as such, and every name that
+    is not a path must be a known set (paths are checked in validate_semantics, with the files)."""
+    from megarl.data.sources import name_problem, one_value_for_a_list
+
+    if isinstance(value, str):
+        raise ValueError(one_value_for_a_list(value))
+    if isinstance(value, list):
+        for item in value:
+            problem = name_problem(item, presets=presets) if isinstance(item, str) else None
+            if problem:
+                raise ValueError(problem)
+    return value
+
+
 class DataConfig(Section):
-    train: list[str] = Field(..., min_length=1)
-    template: Literal["qwen-boxed", "qwen25-math-cot", "abel", "r1", "none"] = "qwen-boxed"
+    train: list[str] = Field(..., min_length=1, description="training prompts: shipped sets, presets, generated sets, files")
+    template: str = Field("qwen-boxed", description="a prompt template of megarl.data.templates (qwen-boxed, qwen25-math-cot, abel, r1, none)")
     prompts_per_step: int = Field(8, ge=1, le=4096)
     max_prompt_tokens: int = Field(1024, ge=1)
     levels: list[int] | None = None
     shuffle: bool = True
     eval_sets: list[str] = Field(default_factory=list, description="sets whose prompts must never be trained on")
+
+    @field_validator("train", "eval_sets", mode="before")
+    @classmethod
+    def _sources(cls, value: Any, info) -> Any:
+        return _source_list(value, presets=info.field_name == "train")
+
+    @field_validator("template")
+    @classmethod
+    def _registered_template(cls, name: str) -> str:
+        from megarl.data.templates import TEMPLATES
+
+        if name not in TEMPLATES:
+            close = difflib.get_close_matches(name, TEMPLATES, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"{name!r} is not a prompt template; {hint}choose one of: {', '.join(TEMPLATES)}")
+        return name
 
 
 class RewardConfig(Section):
@@ -278,7 +313,7 @@ class RewardConfig(Section):
 
 class EvalConfig(Section):
     every: int = Field(0, ge=0, description="evaluate every k steps (0: never)")
-    benchmarks: list[str] = Field(default_factory=list)
+    benchmarks: list[str] = Field(default_factory=list, description="shipped evaluation sets, generated sets or files")
     protocol: Literal["custom", "simplerl-zoo", "greedy"] = Field(
         "custom", description="a paper's sampling and scoring (megarl.evaluation.protocols); custom: n/temperature/top_p/max_new_tokens below")
     n: int = Field(1, ge=1)
@@ -288,6 +323,11 @@ class EvalConfig(Section):
     limit: int | None = None
     stop_token_ids: list[int] | None = Field(None, description=(
         "token ids that end an evaluation response (upstream harnesses set their own per model); null: rollout.stop_token_ids"))
+
+    @field_validator("benchmarks", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        return _source_list(value, presets=False)
 
 
 class CheckpointConfig(Section):
@@ -446,7 +486,7 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+        raise ConfigError(_yaml_error(path, err)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (run, model, actor, ...)")
     base = data.pop("base", None)
@@ -457,8 +497,27 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     return _merge(read_recipe(path.parent / base, (*_seen, path.resolve())), data)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, *, check_files: bool = True) -> Config:
-    """Load a YAML recipe (and its `base:` chain), apply `key=value` overrides, validate. Raises ConfigError."""
+def _yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """`FILE:LINE:COLUMN: not valid YAML: PROBLEM` (1-based, where the parser stopped)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    context = getattr(err, "context", None)
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *, check_files: bool = True,
+                weights: bool = True) -> Config:
+    """Load a YAML recipe (and its `base:` chain), apply `key=value` overrides, validate. Raises ConfigError.
+    `weights=False` (planning a job): model.path may be missing when model.config gives the architecture."""
+    cfg = read_config(path, overrides)
+    validate_semantics(cfg, check_files=check_files, weights=weights)
+    return cfg
+
+
+def read_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """The recipe and overrides, each section validated, without the checks against the model and files
+    (validate_semantics, which imports torch): quick. Raises ConfigError."""
     data: dict = read_recipe(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     _check_keys(data, Config)
@@ -467,14 +526,27 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, data)) from None
     _substitute(cfg)
-    validate_semantics(cfg, check_files=check_files)
     return cfg
 
 
-def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int | None = None) -> None:
-    """Cross-field checks: layouts against the model, files that must exist, world size."""
-    from megarl.models.spec import ModelSpec
+def planning_config_json(cfg: Config, model_dir: str | Path | None = None) -> Path | None:
+    """The config.json that describes the model: beside the weights (`model_dir`, else model.path) when
+    they are here, else model.config (a shipped config or a path); None when neither is known."""
+    from megarl.model_configs import model_config_path
 
+    here = Path(model_dir if model_dir is not None else cfg.model.path) / "config.json"
+    if here.is_file():
+        return here
+    if cfg.model.config is None:
+        return None
+    try:
+        return model_config_path(cfg.model.config)
+    except FileNotFoundError as err:
+        raise ConfigError(f"model.config: {err}") from None
+
+
+def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int | None = None, weights: bool = True) -> None:
+    """Cross-field checks: layouts against the model, files that must exist, world size."""
     for section in ("actor", "critic"):
         par = getattr(cfg, section)
         if world_size is not None and world_size % (par.tp * par.pp):
@@ -515,9 +587,16 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
         )
     if not check_files:
         return
-    for i, item in enumerate(cfg.data.train):
-        if not _data_exists(item):
-            raise ConfigError(f"data.train[{i}]={item!r} does not exist; give a JSONL/Parquet path or a shipped set name")
+    from megarl.data.sources import missing_path
+
+    for field, items in (("data.train", cfg.data.train), ("data.eval_sets", cfg.data.eval_sets),
+                         ("eval.benchmarks", cfg.eval.benchmarks)):
+        for i, item in enumerate(items):
+            if missing_path(item):
+                raise ConfigError(f"{field}[{i}]={item!r} does not exist; give an existing JSONL/Parquet path "
+                                  "or a shipped set name (`megarl data list`)")
+    from megarl.models.spec import ModelSpec  # imports torch: after the quick checks
+
     builtin = builtin_name(cfg.model.path)
     if builtin is not None:
         try:
@@ -526,12 +605,15 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
             raise ConfigError(str(err)) from None
     else:
         model_path = Path(cfg.model.path)
-        if not model_path.exists():
-            raise ConfigError(f"model.path={cfg.model.path!r} does not exist; give an HF model directory")
+        if not model_path.exists() and (weights or cfg.model.config is None):
+            fix = "" if weights else " (or set model.config to plan without the weights: a config megarl ships or a config.json)"
+            raise ConfigError(f"model.path={cfg.model.path!r} does not exist; give an HF model directory{fix}")
+        config_dir = model_path if (model_path / "config.json").exists() else model_path / "hf"
+        if not (config_dir / "config.json").exists() and cfg.model.tokenizer:  # a torch_dist checkpoint without hf/
+            config_dir = Path(cfg.model.tokenizer)
+        if not model_path.exists():  # planning only: the architecture from model.config
+            config_dir = planning_config_json(cfg)
         try:
-            config_dir = model_path if (model_path / "config.json").exists() else model_path / "hf"
-            if not (config_dir / "config.json").exists() and cfg.model.tokenizer:  # a torch_dist checkpoint without hf/
-                config_dir = Path(cfg.model.tokenizer)
             spec = ModelSpec.from_hf(config_dir)
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"model.path={cfg.model.path!r}: {err}") from None
@@ -553,21 +635,6 @@ def _builtin_model_spec(name: str):
     settings = builtin_model_settings(name)
     hf = toy_model_config(settings, vocab_size=settings.tokenizer_vocab_size, eos_id=0, pad_id=1)
     return ModelSpec.from_hf(hf.to_dict())
-
-
-def _data_exists(item: str) -> bool:
-    from megarl.data.difficulty import DIFFICULTY_PRESETS
-
-    from megarl.demo.builtins import is_toy_source
-
-    if Path(item).exists() or is_toy_source(item) or item in DIFFICULTY_PRESETS:
-        return True
-    try:
-        from megarl.datasets import dataset_path
-
-        return Path(dataset_path(item)).exists()
-    except Exception:
-        return False
 
 
 def load_config_for_cli(argv: list[str]) -> Config | None:

@@ -49,6 +49,7 @@ HOW = {
     "megarl submit configs/simplerl_zoo_qwen2.5_32b.yaml --nodes 8 --rollout-nodes 4 --dry-run": "run",
     "megarl grade rollouts.jsonl --out graded.jsonl --timeout 5 --template qwen-boxed": "run",
     "megarl grade rollouts.jsonl --extraction qwen-math": "run",
+    "megarl grade runs/tiny_cpu/samples.jsonl --template none": "run",
     """echo '{"id": 1, "response": "so \\\\boxed{\\\\frac12}", "answer": "0.5"}' | megarl grade -""": "run",
     "megarl data list": "run",
     "megarl data select hard --out train.jsonl": "run",
@@ -78,13 +79,6 @@ HOW = {
         "run",
     "python tools/convert_megatron_to_hf.py --megatron-dir mlm_ckpt/ --hf-assets ~/models/Qwen2.5-7B --out hf/qwen7b_mlm": "run",
     "python tools/reshard.py --in ckpt/step_500 --out ckpt/step_500_tp4pp2 --tp 4 --pp 2 --verify": "run",
-}
-# Planning a cluster job for a recipe whose weights are not on this machine: `submit --dry-run`
-# needs the model's config.json today (plans without weights are another change); strict, so that
-# this list must shrink when that lands.
-NEEDS_WEIGHTS = {
-    "megarl submit configs/simplerl_zoo_qwen2.5_7b.yaml --nodes 2 --rollout-nodes 1 --partition gpu --time 24:00:00 --requeue",
-    "megarl submit configs/simplerl_zoo_qwen2.5_32b.yaml --nodes 8 --rollout-nodes 4 --dry-run",
 }
 
 
@@ -183,6 +177,10 @@ def workspace(tmp_path_factory, toy_model):
     rows = [{"id": 1, "response": "so \\boxed{4}", "answer": "4"}, {"id": 2, "response": "it is 7", "answer": "8"}]
     (root / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "solve.py").write_text("print(6 * 7)\n")
+    from megarl.monitoring.metrics import MetricsLogger
+
+    MetricsLogger(run, {}, wandb_mode="disabled").record_samples(  # samples.jsonl as a training run writes it
+        3, [{"prompt": "1+1=", "response": "\\boxed{2}", "gold": "2", "reward": 1.0}])
     (root / "my_train.jsonl").write_text(json.dumps({"problem": "What is 17 + 25?", "answer": "42"}) + "\n")
     return root, env
 
@@ -241,8 +239,7 @@ def _serve(example: str, root: Path, env: dict) -> None:
                 proc.wait(30)
 
 
-@pytest.mark.parametrize("example", [pytest.param(e, marks=pytest.mark.xfail(strict=True, reason="submit --dry-run needs the weights"))
-                                     if e in NEEDS_WEIGHTS else e for e in HOW])
+@pytest.mark.parametrize("example", list(HOW))
 def test_example_runs(example, workspace, monkeypatch):
     root, env = workspace
     how = HOW[example]

@@ -156,3 +156,22 @@ def test_upstream_reread_values():
     episodes, prompts, n, train_batch = 20, 8523, 8, 128  # ppo_actor.py max_steps
     assert ppo.actor.lr_horizon_steps == ppo.critic.lr_horizon_steps == episodes * (prompts * n // train_batch) == 10640
     assert ppo.run.steps * ppo.algorithm.mini_batches < ppo.actor.lr_horizon_steps  # the run stops partway down the cosine
+
+
+@pytest.mark.parametrize("path", CLUSTER, ids=lambda p: p.stem)
+def test_cluster_recipe_names_the_shipped_config_of_its_model(path):
+    """model.config is the published config.json megarl ships for model.path's model (plans without weights)."""
+    import json
+
+    from megarl.model_configs import model_config_path
+
+    cfg = load_config(path, check_files=False)
+    model = Path(cfg.model.path).name
+    assert cfg.model.config == model
+    shipped = json.loads(model_config_path(cfg.model.config).read_text())
+    assert {key: shipped.get(key) for key in REAL_MODELS[model]} == REAL_MODELS[model]
+
+
+def test_the_demo_checkpoints_every_10_steps_and_at_its_end():
+    cfg = load_config(REPO / "configs" / "tiny_cpu.yaml", check_files=False)
+    assert cfg.checkpoint.every == 10 and cfg.run.steps % cfg.checkpoint.every == 0

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megarl data", description=__doc__.splitlines()[0], epilog=EXAMPLE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="shipped data sets with row counts and checksum status")
+    commands.add_parser("list", help="shipped data sets with row counts and checksum status, and the demo's generated sets")
     select = commands.add_parser("select", help="write prompts of a preset (easy/medium/hard) or a source, by MATH level")
     select.add_argument("source", help="preset name (easy, medium, hard), shipped set, file or folder")
     select.add_argument("--levels", type=_levels, help="keep MATH levels in this range, e.g. 3-5")
@@ -61,6 +61,17 @@ def _load(source: str):
     from megarl.data.difficulty import DIFFICULTY_PRESETS, load_difficulty_preset
 
     return load_difficulty_preset(source) if source in DIFFICULTY_PRESETS else load_prompts(source)
+
+
+def _add_toy_rows(table) -> None:
+    """The CPU demo's generated sets (megarl.demo.builtins): NAME:SPLIT[:COUNT], made on use, no file."""
+    from megarl.demo.builtins import DEFAULT_TOY_ROWS, TOY_DATASETS
+    from megarl.demo.toy_task import SPLITS
+
+    use = {"pretrain": "pretrain (toy model)", "rl_train": "train", "heldout": "eval"}
+    for name in TOY_DATASETS:
+        for split in SPLITS:
+            table.add_row(f"{name}:{split}[:COUNT]", f"{use[split]}, generated", f"COUNT (default {DEFAULT_TOY_ROWS})", "-")
 
 
 def main(argv: list[str]) -> int:
@@ -130,13 +141,14 @@ def _run(args: argparse.Namespace) -> int:
         from megarl.datasets import EVAL_SETS, dataset_path, list_datasets, verify_checksums
 
         checks = verify_checksums()
-        table = Table(title="megarl shipped data sets (megarl/datasets/README.md has sources and licenses)")
+        table = Table(title="megarl data sets: shipped files (megarl/datasets/README.md has sources and licenses) and the demo's generated sets")
         for column in ("name", "use", "rows", "md5"):
             table.add_column(column)
         for name in list_datasets():
             rows = sum(1 for line in dataset_path(name).open(encoding="utf-8") if line.strip())
             ok = checks.get(f"{name}.jsonl")
             table.add_row(name, "eval" if name in EVAL_SETS else "train", str(rows), "ok" if ok else "MISMATCH")
+        _add_toy_rows(table)
         Console().print(table)
         return 0 if all(checks.values()) else 1
     if args.command == "select":

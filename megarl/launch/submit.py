@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from megarl.config import ConfigError, load_config
+from megarl.config import ConfigError, load_config, planning_config_json
 from megarl.launch.layout import (
     DEFAULT_PREEMPT_NOTICE_S, LEAD_MARGIN, MASTER_PORT_BASE, MASTER_PORT_SPAN, LaunchError, LaunchOptions, layout_warnings,
     plan_layout,
@@ -120,13 +120,14 @@ def _options(args: argparse.Namespace, cfg) -> LaunchOptions:
 
 
 def memory_estimate(cfg, layout, model_dir: str, gpu_gib: float) -> str | None:
-    """The per-GPU memory table for a GPU job (None on CPU clusters or without the model's config.json);
-    raises LaunchError when the layout does not fit, naming the fix."""
+    """The per-GPU memory table for a GPU job, from the model's config.json beside the weights or
+    model.config (None on CPU clusters or when neither is known: `main` then says so); raises
+    LaunchError when the layout does not fit, naming the fix."""
     from megarl.launch.memory import check_fits, estimate_memory
     from megarl.models.spec import ModelSpec
 
-    config_json = Path(model_dir) / "config.json"
-    if not layout.on_gpu or not config_json.is_file():
+    config_json = planning_config_json(cfg, model_dir)
+    if not layout.on_gpu or config_json is None:
         return None
     spec = ModelSpec.from_hf(config_json)
     estimate = estimate_memory(cfg, spec, layout, gpu_gib)
@@ -151,8 +152,8 @@ def lead_time(cfg, opts: LaunchOptions, model_dir: str) -> tuple[float | None, s
         if steps:
             parts += max(steps)
             notes.append(f"step {max(steps):.0f} s measured in {metrics}")
-    config_json = Path(model_dir) / "config.json"
-    if cfg.checkpoint.every and config_json.is_file():
+    config_json = planning_config_json(cfg, model_dir)
+    if cfg.checkpoint.every and config_json is not None:
         trainer_nodes = opts.nodes if (opts.colocate or cfg.rollout.colocate) else opts.nodes - opts.rollout_nodes
         seconds = checkpoint_bytes(cfg, ModelSpec.from_hf(config_json)) / max(1, trainer_nodes) / (CHECKPOINT_WRITE_GBPS * 1e9)
         parts += seconds
@@ -198,7 +199,8 @@ def main(argv: list[str]) -> int:
         print("megarl submit: --no-path-checks only works with --dry-run (a submitted job needs its paths)", file=sys.stderr)
         return 2
     try:
-        cfg = load_config(args.recipe, args.overrides, check_files=not args.no_path_checks)
+        # A plan (--dry-run) needs the model's config, not its weights: model.config stands in for them.
+        cfg = load_config(args.recipe, args.overrides, check_files=not args.no_path_checks, weights=not args.dry_run)
         opts = _options(args, cfg)
         lead_note = ""
         if opts.preempt_notice_s is None:
@@ -211,6 +213,12 @@ def main(argv: list[str]) -> int:
         model_dir = resolve_model_dir(cfg, build=not args.dry_run)
         memory = memory_estimate(cfg, layout, model_dir, args.gpu_memory_gb)
         warnings = layout_warnings(cfg, layout, opts)
+        if layout.on_gpu and memory is None:  # never dropped silently
+            warnings.append(f"no per-GPU memory estimate: no config.json at {model_dir}; set model.config to a config "
+                            "megarl ships (megarl/model_configs) or to the model's config.json")
+        if args.dry_run and not Path(model_dir).exists() and cfg.model.config is not None:
+            warnings.append(f"model.path {model_dir} is not on this machine; planned from model.config={cfg.model.config} "
+                            "(the job's nodes need the weights there)")
         if not args.no_path_checks:
             warnings += check_paths(run_dir, model_dir, sys.executable, args.dry_run)
         slurm_source_dir()

@@ -1,7 +1,8 @@
 """`megarl grade`: grade the responses in a JSON Lines file against their gold answers.
 
-Each input row has `id`, `response` and `answer` (a string or a list of acceptable answers),
-and optionally `template` (qwen-boxed, qwen25-math-cot, abel, r1, none) and `finish_reason`.
+Each input row has `response` and `answer` (a string or a list of acceptable answers; `gold`, as a
+training run's samples.jsonl names it, is read the same way), and optionally `id` (default: the
+line number), `template` (qwen-boxed, qwen25-math-cot, abel, r1, none) and `finish_reason`.
 Every row is written back, as JSON Lines on standard output or to --out, with `extracted`,
 `correct` and `reward` added. A summary (accuracy, answers/s, slowest answer) goes to
 standard error.
@@ -24,7 +25,9 @@ from megarl.rewards.extraction import EXTRACTION_MODES
 from megarl.rewards.grading import GradingPool
 from megarl.rewards.schemes import SCHEMES, compute_rewards
 
-REQUIRED_FIELDS = ("id", "response", "answer")
+REQUIRED_FIELDS = ("response", "answer")
+# field -> other names it goes by: a training run's samples.jsonl (megarl.monitoring.metrics) says `gold`
+FIELD_ALIASES = {"answer": ("gold",)}
 # flag -> field of the recipe's `reward` section; a flag left out keeps the section's default
 REWARD_FLAGS = {"scheme": "scheme", "extraction": "extraction", "timeout": "timeout_s"}
 CHUNK_ROWS = 1024
@@ -32,6 +35,7 @@ CHUNK_ROWS = 1024
 EXAMPLE = """example:
   megarl grade rollouts.jsonl --out graded.jsonl --timeout 5 --template qwen-boxed
   megarl grade rollouts.jsonl --extraction qwen-math   # grade as SimpleRL-Zoo's reward does
+  megarl grade runs/tiny_cpu/samples.jsonl --template none   # a training run's logged samples, as they are
   echo '{"id": 1, "response": "so \\\\boxed{\\\\frac12}", "answer": "0.5"}' | megarl grade -
 """
 
@@ -46,12 +50,17 @@ def read_rows(path: str, default_template: str) -> list[dict[str, Any]]:
     rows = []
     try:
         for line_number, row in iter_json_objects(handle, path, InputError):
+            for field, aliases in FIELD_ALIASES.items():
+                alias = next((a for a in aliases if a in row), None)
+                if field not in row and alias is not None:
+                    row = {**row, field: row[alias]}
             missing = [field for field in REQUIRED_FIELDS if field not in row]
             if missing:
                 raise InputError(
-                    f"{path}: line {line_number}: missing field(s) {', '.join(missing)}; "
-                    f"every row needs {', '.join(REQUIRED_FIELDS)} (answer may be a list of acceptable answers)"
+                    f"{path}: line {line_number}: missing field(s) {', '.join(missing)}; every row needs "
+                    f"{', '.join(REQUIRED_FIELDS)} (answer, or gold, may be a list of acceptable answers)"
                 )
+            row.setdefault("id", f"line {line_number}")
             if not isinstance(row["response"], str):
                 raise InputError(f"{path}: line {line_number}: 'response' must be a string")
             answer = row["answer"]
@@ -144,7 +153,7 @@ def write_rows(rows: list[dict], out: str | None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megarl grade",
-        description="Grade responses in a JSON Lines file (fields id, response, answer[, template, finish_reason]).",
+        description="Grade responses in a JSON Lines file (fields response, answer or gold[, id, template, finish_reason]).",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

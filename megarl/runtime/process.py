@@ -22,6 +22,7 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 LAUNCHER_PID_ENV = "MEGARL_LAUNCHER_PID"  # set by `megarl train` for the ranks it launches
 LOCK_NAME = ".megarl.lock"
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> bool:

@@ -176,6 +176,8 @@ class Trainer:
     def train(self, stop: StopRequest | None = None) -> list[dict]:
         stop = stop or StopRequest()
         history = []
+        self._stop_point(stop, None)  # asked while the run was starting: nothing new to save
+        first_step = self.step
         self.sync_weights(self.step)
         self._start_producer()
         evaluated_at = None
@@ -202,7 +204,7 @@ class Trainer:
                 if self.is_driver:
                     self.logger.say(f"HF model at step {self.step}: {hf_dir}")
             self._stop_point(stop, None if saved else StepProgress())
-        if self.cfg.eval.every and evaluated_at != self.step and self.step > 0:
+        if self.cfg.eval.every and evaluated_at != self.step and self.step > first_step:  # (resumed at the end: logged)
             final = self.evaluate(self.step)
             if self.is_driver:
                 self.logger.log(self.step, final)
@@ -267,8 +269,11 @@ class Trainer:
             self.save_checkpoint(progress)
         self.checkpoints.wait()  # complete before the run ends (async_save)
         if self.is_driver:
-            where = f"step {self.step}" if progress is None or progress.batch is None else f"step {self.step + 1} (in progress)"
-            self.logger.console.print(f"stop requested (signal): checkpointed at {where}; exiting")
+            if stop.interrupted:  # Ctrl-C: the one line a person needs
+                self.logger.console.print(f"interrupted at step {self.step}; run the same command to resume")
+            else:
+                where = f"step {self.step}" if progress is None or progress.batch is None else f"step {self.step + 1} (in progress)"
+                self.logger.console.print(f"stop requested (signal): checkpointed at {where}; exiting")
         raise PreemptedError(self.step)
 
     def _server_memory(self, action: str) -> None:

@@ -136,3 +136,11 @@ def test_data_cli(tmp_path, capsys):
     assert "appear in evaluation sets" in capsys.readouterr().err
     assert data_main(["overlap", str(polluted), "--drop-out", str(tmp_path / "clean.jsonl")]) == 0
     assert len((tmp_path / "clean.jsonl").read_text().splitlines()) == len(rows)
+
+
+def test_data_list_shows_the_demos_generated_sets(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert data_main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("toy-arith:rl_train", "toy-arith:heldout", "toy-arith-long:rl_train", "math500"):
+        assert name in out, name

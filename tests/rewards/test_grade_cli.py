@@ -65,3 +65,19 @@ def test_bad_input_names_the_line(tmp_path, capsys, rows, message):
 def test_missing_file(capsys):
     assert main(["/nonexistent/rollouts.jsonl"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_grades_a_training_runs_samples_file_as_written(tmp_path, capsys):
+    """samples.jsonl as the trainer's MetricsLogger writes it: `gold`, no `id`."""
+    from megarl.monitoring.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, {}, wandb_mode="disabled")
+    logger.record_samples(3, [{"prompt": "1+1=", "response": "\\boxed{2}", "gold": "2", "reward": 1.0},
+                             {"prompt": "2+2=", "response": "\\boxed{5}", "gold": "4", "reward": 0.0}])
+    capsys.readouterr()
+    out = tmp_path / "graded.jsonl"
+    assert main([str(tmp_path / "samples.jsonl"), "--out", str(out), "--template", "none"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["correct"] for r in rows] == [True, False]
+    assert [r["id"] for r in rows] == ["line 1", "line 2"] and rows[0]["step"] == 3
+    assert "accuracy 0.5000 (1/2)" in capsys.readouterr().err

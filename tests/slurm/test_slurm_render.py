@@ -154,7 +154,8 @@ def test_partitioned_single_node_05b_recipe(tmp_path):
     (["--nodes", "2", "--rollout-nodes", "1", "--time", "10", "--preempt-notice", "900"], [], "must be positive and shorter"),
     (["--nodes", "2", "--rollout-nodes", "1", "--requeue"], ["run.resume=false"], "--requeue needs run.resume=true"),
     (["--nodes", "2", "--rollout-nodes", "1"], ["actor.tp=3"], "actor.tp=3"),
-    (["--nodes", "2", "--rollout-nodes", "1"], ["model.path=/does/not/exist"], "model.path='/does/not/exist' does not exist"),
+    # without model.config (the recipe names one: then a dry run plans without the weights)
+    (["--nodes", "2", "--rollout-nodes", "1"], ["model.path=/does/not/exist", "model.config=null"], "model.path='/does/not/exist' does not exist"),
     (["--nodes", "2", "--rollout-nodes", "1", "--server-port", "70000"], [], "--server-port=70000 is not a TCP port; use one in 1-65535"),
     (["--nodes", "2", "--rollout-nodes", "1", "--master-port", "0"], [], "--master-port=0 is not a TCP port"),
     (["--nodes", "2", "--rollout-nodes", "1", "--server-port", "65533"], [], "4 servers per node would use ports 65533..65536"),
@@ -335,3 +336,23 @@ def test_preempt_notice_follows_the_measured_step_and_estimated_checkpoint(tmp_p
     assert "#SBATCH --signal=B:USR1@1695\n" in script  # ceil(1.5 * (900 + 229.3))
     code, script, err = run_submit(argv[:-2] + ["--time", "01:00:00"])  # a quarter of an hour caps it, with a warning
     assert code == 0 and "#SBATCH --signal=B:USR1@900\n" in script and "give a longer --time" in err
+
+
+def test_32b_dry_run_without_the_weights_plans_from_the_shipped_config(tmp_path):
+    """The recipe's model.path is not on this machine: model.config (megarl/model_configs) stands in."""
+    recipe = REPO / "configs/simplerl_zoo_qwen2.5_32b.yaml"
+    assert not Path(load_config(recipe, check_files=False).model.path).exists()
+    code, script, err = run_submit([str(recipe), "--dry-run", f"run.output_dir={tmp_path}/run32b"])
+    assert code == 0, err
+    assert "per-GPU memory estimate (GPU 80 GiB" in err and "| trainer | total | 60.5 |" in err, err
+    assert "is not on this machine; planned from model.config=Qwen2.5-32B" in err
+    assert script.startswith("#!/bin/bash")
+    code, _, err = run_submit([str(recipe), "--dry-run", "--no-path-checks", f"run.output_dir={tmp_path}/run32b"])
+    assert code == 0 and "| trainer | total | 60.5 |" in err, err
+    # nothing describes the model: said, not dropped silently
+    code, _, err = run_submit([str(recipe), "--dry-run", "--no-path-checks", "model.config=null", f"run.output_dir={tmp_path}/r"])
+    assert code == 0 and "no per-GPU memory estimate: no config.json at /models/Qwen2.5-32B; set model.config" in err, err
+    code, _, err = run_submit([str(recipe), "--dry-run", "model.config=null", f"run.output_dir={tmp_path}/r"])
+    assert code == 2 and "(or set model.config to plan without the weights" in err
+    code, _, err = run_submit([str(recipe), "--dry-run", "model.config=Qwen2.5-23B", f"run.output_dir={tmp_path}/r"])
+    assert code == 2 and "did you mean 'Qwen2.5-32B'?" in err

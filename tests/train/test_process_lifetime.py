@@ -68,7 +68,7 @@ def test_kill_9_of_the_launcher_ends_its_ranks(write_recipe):
         tree = psutil.Process(launcher.pid).children(recursive=True)
         # the ranks are torchrun's own children (a rank may fork short-lived helpers of its own, e.g.
         # while it checkpoints: those are its children, not ranks)
-        (runner,) = [p for p in tree if "torch.distributed.run" in _cmdline(p)]
+        (runner,) = [p for p in tree if "megarl.train.local_launch" in _cmdline(p)]  # torchrun, as megarl starts it
         ranks = [p for p in runner.children() if {"megarl.cli", "train"} <= set(_cmdline(p))]
         assert len(ranks) == 2, [(p.pid, _cmdline(p)[-3:]) for p in tree]
         os.kill(launcher.pid, signal.SIGKILL)
