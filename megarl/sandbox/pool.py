@@ -102,7 +102,9 @@ def find_bwrap(bwrap: str | None = None) -> str:
 
 
 def _python_prefixes(python: str) -> list[str]:
-    if os.path.realpath(python) == os.path.realpath(sys.executable):
+    # Not compared through symlinks: a venv's python links to its base interpreter, and another venv
+    # on the same base has other prefixes.
+    if os.path.abspath(python) == os.path.abspath(sys.executable):
         found = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     else:
         out = subprocess.run(
@@ -111,7 +113,7 @@ def _python_prefixes(python: str) -> list[str]:
         if out.returncode != 0:
             raise SandboxUnavailable(f"megarl sandbox: cannot run the interpreter {python}: {out.stderr.strip()[-200:]}")
         found = json.loads(out.stdout)
-    found.append(str(Path(os.path.realpath(python)).parent.parent))
+    found += [str(Path(os.path.abspath(python)).parent.parent), str(Path(os.path.realpath(python)).parent.parent)]
     return found
 
 
@@ -152,12 +154,19 @@ def bwrap_argv(bwrap: str, python: str, read_only: list[str], tmp_mb: int, uid: 
     for path in SYSTEM_FILES:
         if os.path.isfile(path):
             bind(path)
-    for path in sorted({os.path.realpath(p) for p in read_only if os.path.exists(p)}):
+    wanted = sorted({os.path.realpath(p) for p in read_only if os.path.exists(p)})
+    # A path under /tmp (a venv in a checkout there, as CI's clone may be) is bound after the private
+    # tmpfs, inside it; the worker's wipe of /tmp leaves mount points alone.
+    in_tmp = [path for path in wanted if _covered(path, ["/tmp"])]
+    for path in wanted:
+        if path not in in_tmp and not _covered(path, roots):
+            bind(path)
+    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(tmp_mb << 20), "--tmpfs", "/tmp"]
+    made.add("/tmp")
+    for path in in_tmp:
         if not _covered(path, roots):
             bind(path)
-    argv += ["--proc", "/proc", "--dev", "/dev",
-             "--perms", "1777", "--size", str(tmp_mb << 20), "--tmpfs", "/tmp",
-             "--perms", "0755", "--dir", "/sandbox", "--ro-bind", str(WORKER_SOURCE), WORKER_PATH,
+    argv += ["--perms", "0755", "--dir", "/sandbox", "--ro-bind", str(WORKER_SOURCE), WORKER_PATH,
              "--remount-ro", "/", "--chdir", "/tmp",
              "--", python, "-I", WORKER_PATH]
     if uid is not None:

@@ -79,17 +79,27 @@ def _child(code_path: str, limits: dict, out_w: int, err_w: int) -> None:
             os._exit(127)
 
 
-def _wipe(path: str) -> None:
-    """Remove everything under `path` (the program may have chmod-ed its files to 000)."""
+def _wipe(path: str, device: int | None = None) -> bool:
+    """Remove everything under `path` (the program may have chmod-ed its files to 000) except the
+    read-only mounts bound into it (the interpreter's prefix when it lies under /tmp) and the folders
+    leading to them; True when `path` is left empty."""
+    device = os.lstat(path).st_dev if device is None else device
+    empty = True
     for name in os.listdir(path):
         full = os.path.join(path, name)
         info = os.lstat(full)
-        if stat.S_ISDIR(info.st_mode):
-            os.chmod(full, 0o700)
-            _wipe(full)
-            os.rmdir(full)
+        if info.st_dev != device:  # a mount point: not the program's
+            empty = False
+        elif stat.S_ISDIR(info.st_mode):
+            if info.st_uid == os.getuid():  # not the folders bubblewrap made (as root) on the way to a mount
+                os.chmod(full, 0o700)
+            if _wipe(full, device):
+                os.rmdir(full)
+            else:
+                empty = False
         else:
             os.unlink(full)
+    return empty
 
 
 def _empty_namespace() -> bool:

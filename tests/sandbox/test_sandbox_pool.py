@@ -129,3 +129,19 @@ def test_cli_prints_the_result_json(tmp_path):
     done = subprocess.run([sys.executable, "-m", "megarl.cli", "sandbox", "run", str(tmp_path / "missing.py")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and "cannot read" in done.stderr and done.stdout == ""
+
+
+def test_an_interpreter_whose_venv_lies_under_tmp_runs(tmp_path):
+    """CI may clone the project (and make its venv) under /tmp, where the sandbox mounts its private
+    tmpfs: the venv is bound inside that tmpfs, read-only, and survives the wipe between calls.
+    Before: `bwrap: execvp /tmp/.../bin/python: No such file or directory`."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    assert str(venv).startswith("/tmp/")
+    with SandboxPool(workers=1, python=str(venv / "bin" / "python")) as pool:
+        first = pool.run("import sys; open('/tmp/scratch.txt', 'w').write('x'); print(sys.prefix)")
+        second = pool.run("import os, sys; print(sys.prefix, os.path.exists('/tmp/scratch.txt'))")
+        blocked = pool.run(f"open({str(venv / 'pyvenv.cfg')!r}, 'a').write('x')")
+    assert first.status == "ok" and first.stdout.strip() == str(venv), first
+    assert second.status == "ok" and second.stdout.split() == [str(venv), "False"], second
+    assert blocked.status == "error" and ("Read-only file system" in blocked.stderr or "Permission denied" in blocked.stderr), blocked
