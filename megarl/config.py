@@ -18,7 +18,9 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from megarl.algorithms.registry import CORRECTION_SETTINGS, algorithm_names, correction_names, get_algorithm, get_correction
+from megarl.algorithms.registry import (
+    CORRECTION_SETTINGS, algorithm_names, algorithm_settings, correction_names, get_algorithm, get_correction,
+)
 from megarl.demo.builtins import builtin_name  # the CPU demo's models, pretrained and cached on first use
 from megarl.rewards.extraction import ExtractionMode
 from megarl.rewards.grading import DEFAULT_TIMEOUT_S
@@ -166,21 +168,38 @@ class AlgorithmConfig(Section):
     def _check(self):
         if self.loss_agg == "seq-sum-constant" and not self.loss_constant:
             raise ValueError("loss_agg=seq-sum-constant needs algorithm.loss_constant (Dr. GRPO uses the max generation length)")
+        self._check_algorithm_settings()
         self._check_correction()
         return self
 
+    def _given(self, key: str) -> bool:
+        """`key` was set (by the recipe, its base or an override) to a value other than its default. A value
+        equal to the default changes nothing whichever algorithm runs, so a base may spell defaults out
+        (configs/base/simplerl_zoo.yaml writes clip_low: 0.2) and a recipe built on it may switch algorithm."""
+        return key in self.model_fields_set and getattr(self, key) != type(self).model_fields[key].default
+
+    def _unread(self, key: str, who: str, reads: tuple[str, ...], readers: str) -> str:
+        return (f"{who} does not read algorithm.{key} (read by: {readers}; it reads: {', '.join(reads) or 'none of these'}); "
+                f"remove {key}={getattr(self, key)}")
+
+    def _check_algorithm_settings(self) -> None:
+        """A given setting of another algorithm's estimator, loss or baseline (e.g. clip_high with gspo) is
+        refused: it would be silently ignored."""
+        reads = get_algorithm(self.name).reads
+        for key, readers in algorithm_settings().items():
+            if key not in reads and self._given(key):
+                raise ValueError(self._unread(key, f"algorithm.name={self.name}", reads, ", ".join(readers)))
+
     def _check_correction(self) -> None:
-        """The chosen correction's settings: a changed setting it does not read is refused (it would be
+        """The chosen correction's settings: a given setting it does not read is refused (it would be
         silently ignored); importance_correction=none ignores them all, so a recipe can switch it off."""
         spec = get_correction(self.importance_correction)
         if not spec.reweights:
             return
         for key in CORRECTION_SETTINGS:
-            value, default = getattr(self, key), type(self).model_fields[key].default
-            if key not in spec.reads and value != default:
-                raise ValueError(
-                    f"importance_correction={spec.name} does not read algorithm.{key} (it reads: {', '.join(spec.reads)}); "
-                    f"remove {key}={value}")
+            if key not in spec.reads and self._given(key):
+                readers = ", ".join(name for name in correction_names() if key in get_correction(name).reads)
+                raise ValueError(self._unread(key, f"importance_correction={spec.name}", spec.reads, readers))
         cap, low = self.importance_cap, self.importance_low
         if cap is None and not spec.cap_optional:
             raise ValueError(f"importance_correction={spec.name} needs algorithm.importance_cap (an upper bound > 0)")

@@ -11,23 +11,23 @@ from megarl.train import algorithms as A
 from megarl.train.batch import LossTargets
 
 
-def test_grpo_drgrpo_rloo_sequence_advantages_by_hand():
+def test_mean_std_mean_leave_one_out_sequence_advantages_by_hand():
     rewards = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
     groups = [0, 0, 0, 0, 1, 1, 1, 1]
     # group 0: mean 0.5, unbiased std sqrt(1/3); group 1 identical values
     std = math.sqrt(((0.5**2) * 4) / 3)
-    grpo = A.sequence_advantages(rewards, groups, "grpo", eps=0.0)
+    grpo = A.sequence_advantages(rewards, groups, "mean_std", eps=0.0)
     signs = [1, -1, -1, 1, 1, 1, -1, -1]
     assert grpo == pytest.approx([s * 0.5 / std for s in signs], rel=1e-6)
-    dr = A.sequence_advantages(rewards, groups, "drgrpo")
+    dr = A.sequence_advantages(rewards, groups, "mean")
     assert dr == pytest.approx([s * 0.5 for s in signs])
     # RLOO: r_i - mean of the other three = +2/3 for a 1, -2/3 for a 0 (two of each per group)
-    rloo = A.sequence_advantages(rewards, groups, "rloo")
+    rloo = A.sequence_advantages(rewards, groups, "leave_one_out")
     assert rloo == pytest.approx([s * 2 / 3 for s in signs], rel=1e-6)
 
 
 def test_identical_rewards_give_zero_advantage():
-    assert A.sequence_advantages([1.0, 1.0, 1.0], [0, 0, 0], "grpo") == [0.0, 0.0, 0.0]
+    assert A.sequence_advantages([1.0, 1.0, 1.0], [0, 0, 0], "mean_std") == [0.0, 0.0, 0.0]
 
 
 def test_gae_by_hand():
