@@ -102,6 +102,11 @@ class CorrectionSpec:
     source: str = ""
 
 
+# The loss aggregations and KL estimators `megarl.kernels.losses` implements (algorithm.loss_agg, algorithm.kl_type);
+# named here, without torch, so the config lists exactly these.
+AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-sum-constant")
+KL_KINDS = ("k1", "k2", "k3", "low_var_kl")
+
 ALGORITHMS: dict[str, AlgorithmSpec] = {}
 ADVANTAGE_ESTIMATORS: dict[str, Callable] = {}
 POLICY_LOSSES: dict[str, Callable] = {}

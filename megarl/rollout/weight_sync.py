@@ -57,9 +57,7 @@ from megarl.rollout.weight_buckets import (FlattenedTensorMetadata, dtype_name, 
 from megarl.runtime.device import backend as collective_backend
 from megarl.runtime.distributed import free_port
 from megarl.runtime.device import get_device, is_gpu_device, on_gpu, synchronize
-
-TRANSPORTS = ("tensor", "distributed", "disk")
-SESSION_TRANSPORTS = ("tensor", "distributed")  # the updates SGLang accepts only inside a begin/end session
+from megarl.rollout.transports import SESSION_TRANSPORTS, TRANSPORTS
 DEFAULT_BUCKET_BYTES = 512 << 20
 POOL_BUFFERS = 2  # CPU: bucket buffers pooled within a push (one packed while the other is on the wire)
 
