@@ -77,10 +77,6 @@ class WeightSyncReport:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     peak_bucket_bytes: int = 0  # the most bucket-buffer bytes alive at once during the push
 
-    @property
-    def gigabytes_per_second(self) -> float:
-        return self.total_bytes / 1e9 / self.seconds if self.seconds > 0 else float("nan")
-
 
 def iter_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int
                  ) -> Iterator[list[tuple[str, torch.Tensor]]]:
