@@ -2,8 +2,8 @@
 
 As verl registers advantage estimators and policy losses under names (`register_adv_est`,
 `register_policy_loss` in verl/trainer/ppo/core_algos.py), megarl registers:
-- estimators (`EstimatorSpec`, declared here; each implementation registers itself with
-  `@register_advantage_estimator` in `megarl/algorithms/advantages.py`),
+- estimators (`EstimatorSpec`, declared here with the settings each reads; each implementation registers
+  itself with `@register_advantage_estimator` in `megarl/algorithms/advantages.py`),
 - policy losses (`PolicyLossSpec`, declared here with the settings each reads; each implementation registers
   itself with `@register_policy_loss` in `megarl/algorithms/losses.py`),
 - algorithms (`register_algorithm(AlgorithmSpec(...))` below): estimator + loss + whether a critic is
@@ -13,9 +13,12 @@ As verl registers advantage estimators and policy losses under names (`register_
   in `megarl/algorithms/corrections.py`), independent of the algorithm.
 
 Config validation and the trainer ask this registry; nothing else tests algorithm or correction names.
-Adding an algorithm is one `register_algorithm` entry (plus its estimator or loss when they are new);
-adding a correction is one `declare_correction` entry plus its `@register_correction` function. This module
-imports no torch, so loading a recipe stays cheap.
+What an algorithm reads (`AlgorithmSpec.reads`: its estimator's, loss's and group baseline's settings) is
+all the config accepts of the algorithm-specific settings (`algorithm_settings()`); corrections likewise.
+Adding an algorithm is one `register_algorithm` entry (plus its estimator, or its loss's `declare_policy_loss`
+entry and `@register_policy_loss` function, when they are new); adding a correction is one
+`declare_correction` entry plus its `@register_correction` function. The option lists the config imports
+(`AGG_MODES`, `KL_KINDS`) are here too. This module imports no torch, so loading a recipe stays cheap.
 """
 
 from __future__ import annotations
