@@ -116,13 +116,23 @@ def test_registry_answers_critic_and_group_questions():
     assert _load("algorithm.name=gspo", "algorithm.loss_agg=seq-mean-token-mean", "algorithm.whiten_advantages=true")
 
 
+def test_a_loss_must_be_declared_with_what_it_reads():
+    from megarl.algorithms.registry import register_policy_loss
+
+    with pytest.raises(KeyError, match="policy loss 'not_declared' is not declared; add a PolicyLossSpec"):
+        register_policy_loss("not_declared")
+
+
 def test_adding_an_algorithm_is_one_entry():
     """A new entry (here: GRPO's baseline with the CISPO loss and whitening allowed) is accepted by the config
     and answered by the registry with no other change."""
     spec = register_algorithm(AlgorithmSpec("test_only_cispo_rloo", SEQUENCE, "cispo", group_baseline="leave_one_out"))
     try:
-        cfg = _load("algorithm.name=test_only_cispo_rloo", "rollout.n=4")
+        cfg = _load("algorithm.name=test_only_cispo_rloo", "rollout.n=4", "algorithm.cispo_clip_high=2.0")
         assert not cfg.uses_critic and get_algorithm(cfg.algorithm.name) is spec
+        assert spec.reads == ("cispo_clip_low", "cispo_clip_high")  # its loss's; leave_one_out reads nothing
+        with pytest.raises(ConfigError, match="test_only_cispo_rloo does not read algorithm.group_eps"):
+            _load("algorithm.name=test_only_cispo_rloo", "algorithm.group_eps=0.01")
         with pytest.raises(ConfigError, match="group baselines need at least 2"):
             _load("algorithm.name=test_only_cispo_rloo", "rollout.n=1")
         with pytest.raises(ValueError, match="registered twice"):
