@@ -11,8 +11,9 @@ Semantics (the references below are the definition):
   Whitening is left to the caller (`masked_whiten`), as PPO recipes differ.
 - `group_advantages`: rewards [P, n] (n samples per prompt), `mask` [P, n] marking samples that
   count (filtered samples are 0 in the output and excluded from the group statistics).
-  grpo: (r - mean) / (std + eps) with the unbiased std (torch.std, as in verl and TRL);
-  drgrpo: r - mean (Dr. GRPO, no std division); rloo: r - mean of the other samples.
+  mean_std: (r - mean) / (std + eps) with the unbiased std (torch.std, as in verl and TRL; GRPO);
+  mean: r - mean (no std division; Dr. GRPO, REINFORCE++-baseline);
+  leave_one_out: r - mean of the other samples (RLOO).
   Groups with fewer than 2 counted samples get 0 (no relative signal).
 - `masked_whiten`: (x - mean) / sqrt(var + eps) over the masked elements, unbiased variance,
   0 where masked; `shift_mean=False` adds the mean back.
@@ -24,7 +25,10 @@ import torch
 
 from megarl.kernels.dispatch import HAS_TRITON, autotune_configs, resolve_impl
 
-GROUP_MODES = ("grpo", "drgrpo", "rloo")
+GROUP_MODES = ("mean_std", "mean", "leave_one_out")  # the Triton kernel's MODE is the index here
+# The modes' names before they said what they compute (named after the paper that used them): refused,
+# naming the new one.
+RENAMED_GROUP_MODES = {"grpo": "mean_std", "drgrpo": "mean", "rloo": "leave_one_out"}
 
 if HAS_TRITON:
     import triton
@@ -154,26 +158,29 @@ def gae(rewards, values, mask, gamma: float, lam: float, impl: str = "auto"):
 
 
 # ----------------------------------------------------------------------------- group advantages
-def group_advantages_reference(rewards, mask=None, mode: str = "grpo", eps: float = 1e-6):
+def group_advantages_reference(rewards, mask=None, mode: str = "mean_std", eps: float = 1e-6):
     r = rewards.to(torch.float64)
     keep = torch.ones_like(r, dtype=torch.bool) if mask is None else mask.to(torch.bool)
     count = keep.sum(1, keepdim=True).to(r.dtype)
     mean = torch.where(keep, r, 0.0).sum(1, keepdim=True) / count.clamp(min=1)
     centered = torch.where(keep, r - mean, 0.0)
-    if mode == "grpo":
+    if mode == "mean_std":
         std = (centered.pow(2).sum(1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
         adv = centered / (std + eps)
-    elif mode == "drgrpo":
+    elif mode == "mean":
         adv = centered
     else:
         adv = centered * count / (count - 1).clamp(min=1)
     return torch.where(keep & (count >= 2), adv, 0.0).to(torch.float32)
 
 
-def group_advantages(rewards, mask=None, mode: str = "grpo", eps: float = 1e-6, impl: str = "auto"):
+def group_advantages(rewards, mask=None, mode: str = "mean_std", eps: float = 1e-6, impl: str = "auto"):
     """Group-relative advantages over rewards [num_prompts, n]; float32 [num_prompts, n]."""
+    if mode in RENAMED_GROUP_MODES:
+        raise ValueError(f"mode={mode!r} was renamed to {RENAMED_GROUP_MODES[mode]!r}; pass mode={RENAMED_GROUP_MODES[mode]!r}")
     if mode not in GROUP_MODES:
-        raise ValueError(f"mode={mode!r} is not one of {GROUP_MODES} (grpo: std-normalized, drgrpo: mean only, rloo: leave-one-out).")
+        raise ValueError(f"mode={mode!r} is not one of {', '.join(GROUP_MODES)} (mean_std: (r - mean) / std, "
+                         "mean: r - mean, leave_one_out: r - mean of the other samples)")
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be [num_prompts, samples_per_prompt], got {tuple(rewards.shape)}; reshape with .view(-1, n).")
     keep = _mask_like(mask, rewards, "group_advantages")

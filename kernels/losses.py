@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import torch
 
-AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-sum-constant")
-KL_KINDS = ("k1", "k2", "k3", "low_var_kl")
+from megarl.algorithms.registry import AGG_MODES, KL_KINDS  # the names, declared where the config reads them
+
 LOG_RATIO_LIMIT = 20.0  # |logp - old_logp| before exp in the PPO ratio (the peers' value)
 
 

@@ -18,11 +18,16 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from megarl.algorithms.registry import CORRECTION_SETTINGS, algorithm_names, correction_names, get_algorithm, get_correction
+from megarl.algorithms.registry import (
+    AGG_MODES, CORRECTION_SETTINGS, KL_KINDS, algorithm_names, algorithm_settings, correction_names, get_algorithm, get_correction,
+)
+from megarl.data.templates import TEMPLATES
 from megarl.demo.builtins import builtin_name  # the CPU demo's models, pretrained and cached on first use
+from megarl.evaluation.protocols import PROTOCOL_NAMES
 from megarl.rewards.extraction import ExtractionMode
 from megarl.rewards.grading import DEFAULT_TIMEOUT_S
 from megarl.rewards.schemes import RewardScheme, load_reward_function
+from megarl.rollout.transports import TRANSPORTS
 
 
 SectionT = TypeVar("SectionT", bound="Section")
@@ -109,10 +114,10 @@ class AlgorithmConfig(Section):
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.2, ge=0)
     dual_clip: float | None = Field(None, gt=1.0)
-    loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-sum-constant"] = "token-mean"
+    loss_agg: Literal[AGG_MODES] = "token-mean"
     loss_constant: int | None = Field(None, ge=1, description="divisor for seq-sum-constant (Dr. GRPO: max generation length)")
     kl_coef: float = Field(0.0, ge=0)
-    kl_type: Literal["k1", "k2", "k3", "low_var_kl"] = "low_var_kl"
+    kl_type: Literal[KL_KINDS] = "low_var_kl"
     kl_in_reward: bool = False
     entropy_coef: float = 0.0
     gamma: float = 1.0
@@ -166,21 +171,38 @@ class AlgorithmConfig(Section):
     def _check(self):
         if self.loss_agg == "seq-sum-constant" and not self.loss_constant:
             raise ValueError("loss_agg=seq-sum-constant needs algorithm.loss_constant (Dr. GRPO uses the max generation length)")
+        self._check_algorithm_settings()
         self._check_correction()
         return self
 
+    def _given(self, key: str) -> bool:
+        """`key` was set (by the recipe, its base or an override) to a value other than its default. A value
+        equal to the default changes nothing whichever algorithm runs, so a base may spell defaults out
+        (configs/base/simplerl_zoo.yaml writes clip_low: 0.2) and a recipe built on it may switch algorithm."""
+        return key in self.model_fields_set and getattr(self, key) != type(self).model_fields[key].default
+
+    def _unread(self, key: str, who: str, reads: tuple[str, ...], readers: str) -> str:
+        return (f"{who} does not read algorithm.{key} (read by: {readers}; it reads: {', '.join(reads) or 'none of these'}); "
+                f"remove {key}={getattr(self, key)}")
+
+    def _check_algorithm_settings(self) -> None:
+        """A given setting of another algorithm's estimator, loss or baseline (e.g. clip_high with gspo) is
+        refused: it would be silently ignored."""
+        reads = get_algorithm(self.name).reads
+        for key, readers in algorithm_settings().items():
+            if key not in reads and self._given(key):
+                raise ValueError(self._unread(key, f"algorithm.name={self.name}", reads, ", ".join(readers)))
+
     def _check_correction(self) -> None:
-        """The chosen correction's settings: a changed setting it does not read is refused (it would be
+        """The chosen correction's settings: a given setting it does not read is refused (it would be
         silently ignored); importance_correction=none ignores them all, so a recipe can switch it off."""
         spec = get_correction(self.importance_correction)
         if not spec.reweights:
             return
         for key in CORRECTION_SETTINGS:
-            value, default = getattr(self, key), type(self).model_fields[key].default
-            if key not in spec.reads and value != default:
-                raise ValueError(
-                    f"importance_correction={spec.name} does not read algorithm.{key} (it reads: {', '.join(spec.reads)}); "
-                    f"remove {key}={value}")
+            if key not in spec.reads and self._given(key):
+                readers = ", ".join(name for name in correction_names() if key in get_correction(name).reads)
+                raise ValueError(self._unread(key, f"importance_correction={spec.name}", spec.reads, readers))
         cap, low = self.importance_cap, self.importance_low
         if cap is None and not spec.cap_optional:
             raise ValueError(f"importance_correction={spec.name} needs algorithm.importance_cap (an upper bound > 0)")
@@ -217,7 +239,7 @@ class RolloutConfig(Section):
     template_stops: bool = Field(True, description=(
         "stop at the template's stop strings (the ChatML turn end, r1's </answer>); false: only at EOS and "
         "stop_token_ids (Dr. GRPO's qwen_math run unsets every stop)"))
-    transport: Literal["tensor", "distributed", "disk"] = "tensor"
+    transport: Literal[TRANSPORTS] = "tensor"
     bucket_mb: int = Field(512, ge=1)
     disk_dir: str | None = Field(None, description=(
         "transport=disk: the directory each push is written to, which every rollout server must read (a shared "
@@ -262,7 +284,7 @@ def _source_list(value: Any, presets: bool) -> Any:
 
 class DataConfig(Section):
     train: list[str] = Field(..., min_length=1, description="training prompts: shipped sets, presets, generated sets, files")
-    template: str = Field("qwen-boxed", description="a prompt template of megarl.data.templates (qwen-boxed, qwen25-math-cot, abel, r1, none)")
+    template: str = Field("qwen-boxed", description=f"a prompt template of megarl.data.templates ({', '.join(TEMPLATES)})")
     prompts_per_step: int = Field(8, ge=1, le=4096)
     max_prompt_tokens: int = Field(1024, ge=1)
     levels: list[int] | None = None
@@ -277,8 +299,6 @@ class DataConfig(Section):
     @field_validator("template")
     @classmethod
     def _registered_template(cls, name: str) -> str:
-        from megarl.data.templates import TEMPLATES
-
         if name not in TEMPLATES:
             close = difflib.get_close_matches(name, TEMPLATES, n=1, cutoff=0.5)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -314,7 +334,7 @@ class RewardConfig(Section):
 class EvalConfig(Section):
     every: int = Field(0, ge=0, description="evaluate every k steps (0: never)")
     benchmarks: list[str] = Field(default_factory=list, description="shipped evaluation sets, generated sets or files")
-    protocol: Literal["custom", "simplerl-zoo", "greedy"] = Field(
+    protocol: Literal[PROTOCOL_NAMES] = Field(
         "custom", description="a paper's sampling and scoring (megarl.evaluation.protocols); custom: n/temperature/top_p/max_new_tokens below")
     n: int = Field(1, ge=1)
     temperature: float = 0.0

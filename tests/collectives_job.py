@@ -43,7 +43,7 @@ def gloo_group(report: dict) -> None:
     from megarl.models import export
     from megarl.runtime import collectives
     from megarl.runtime.distributed import init_runtime, shutdown_runtime
-    from megarl.train import algorithms
+    from megarl.algorithms import advantages
     from megarl.train.batch import TrainSequence
     from megarl.train.preemption import StopRequest
     from megarl.train.stages import metrics, update
@@ -72,8 +72,8 @@ def gloo_group(report: dict) -> None:
     g = torch.Generator().manual_seed(0)
     per_rank = [[torch.randn(n, generator=g) for n in (5, 3, 7)], [torch.randn(n, generator=g) for n in (4, 6)]]
     mine = per_rank[rank]
-    whitened = algorithms.whiten_across_ranks(mine, ps.get_data_parallel_group())
-    union = algorithms.whiten_across_ranks(per_rank[0] + per_rank[1], None)  # one process over every token
+    whitened = advantages.whiten_across_ranks(mine, ps.get_data_parallel_group())
+    union = advantages.whiten_across_ranks(per_rank[0] + per_rank[1], None)  # one process over every token
     report["whiten_matches_union"] = all(
         torch.allclose(a, b, atol=1e-6, rtol=0) for a, b in zip(whitened, union[:3] if rank == 0 else union[3:])
     )

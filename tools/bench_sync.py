@@ -36,6 +36,8 @@ from pathlib import Path
 import psutil
 import torch
 
+from megarl.rollout.transports import TRANSPORTS
+
 SHAPES = {
     # Qwen2.5-0.5B: 494M parameters, tied embeddings, GQA 14/2, qkv bias.
     "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
@@ -43,7 +45,6 @@ SHAPES = {
     "tiny": dict(vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
 }
-TRANSPORTS = ("tensor", "distributed", "disk")
 TOKEN = "bench-sync-token"
 
 

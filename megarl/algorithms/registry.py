@@ -2,9 +2,10 @@
 
 As verl registers advantage estimators and policy losses under names (`register_adv_est`,
 `register_policy_loss` in verl/trainer/ppo/core_algos.py), megarl registers:
-- estimators (`EstimatorSpec`, declared here; each implementation registers itself with
-  `@register_advantage_estimator` in `megarl/algorithms/advantages.py`),
-- policy losses (`@register_policy_loss` in `megarl/algorithms/losses.py`),
+- estimators (`EstimatorSpec`, declared here with the settings each reads; each implementation registers
+  itself with `@register_advantage_estimator` in `megarl/algorithms/advantages.py`),
+- policy losses (`PolicyLossSpec`, declared here with the settings each reads; each implementation registers
+  itself with `@register_policy_loss` in `megarl/algorithms/losses.py`),
 - algorithms (`register_algorithm(AlgorithmSpec(...))` below): estimator + loss + whether a critic is
   trained, the group baseline (if any) computed over each prompt's samples, and fixed settings,
 - off-policy corrections (`CorrectionSpec`, declared below and chosen by
@@ -12,9 +13,12 @@ As verl registers advantage estimators and policy losses under names (`register_
   in `megarl/algorithms/corrections.py`), independent of the algorithm.
 
 Config validation and the trainer ask this registry; nothing else tests algorithm or correction names.
-Adding an algorithm is one `register_algorithm` entry (plus its estimator or loss when they are new);
-adding a correction is one `declare_correction` entry plus its `@register_correction` function. This module
-imports no torch, so loading a recipe stays cheap.
+What an algorithm reads (`AlgorithmSpec.reads`: its estimator's, loss's and group baseline's settings) is
+all the config accepts of the algorithm-specific settings (`algorithm_settings()`); corrections likewise.
+Adding an algorithm is one `register_algorithm` entry (plus its estimator, or its loss's `declare_policy_loss`
+entry and `@register_policy_loss` function, when they are new); adding a correction is one
+`declare_correction` entry plus its `@register_correction` function. The option lists the config imports
+(`AGG_MODES`, `KL_KINDS`) are here too. This module imports no torch, so loading a recipe stays cheap.
 """
 
 from __future__ import annotations
@@ -31,14 +35,30 @@ class EstimatorSpec:
     token_rewards: bool  # builds per-token rewards (score on the last token), so KL can go in the reward
     whitens: bool  # whitens its advantages over the global batch itself
     summary: str
+    reads: tuple[str, ...] = ()  # the algorithm.* settings it uses
 
 
 SEQUENCE = EstimatorSpec("sequence", token_rewards=False, whitens=False,
                          summary="the sequence's score on every response token")
-GAE = EstimatorSpec("gae", token_rewards=True, whitens=True,
+GAE = EstimatorSpec("gae", token_rewards=True, whitens=True, reads=("gamma", "lam"),
                     summary="GAE over token rewards with the critic's values, whitened")
-RETURNS = EstimatorSpec("returns", token_rewards=True, whitens=True,
+RETURNS = EstimatorSpec("returns", token_rewards=True, whitens=True, reads=("gamma",),
                         summary="discounted returns of token rewards, whitened (REINFORCE++)")
+
+
+@dataclass(frozen=True)
+class PolicyLossSpec:
+    """A policy loss: `reads` holds the algorithm.* settings that only some losses use (every loss reads
+    loss_agg, loss_constant and the KL and entropy terms)."""
+
+    name: str
+    reads: tuple[str, ...]
+    summary: str
+
+
+# The algorithm.* settings each group baseline (a `megarl.kernels.group_advantages` mode) uses; a mode
+# missing here reads none.
+BASELINE_READS: dict[str, tuple[str, ...]] = {"mean_std": ("group_eps",)}
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,12 @@ class AlgorithmSpec:
     critic: bool = False
     requires: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The algorithm-specific settings it uses: its estimator's, its policy loss's and its baseline's."""
+        return (*self.estimator.reads, *get_policy_loss(self.policy_loss).reads,
+                *BASELINE_READS.get(self.group_baseline or "", ()))
 
     @property
     def group_based(self) -> bool:
@@ -79,9 +105,15 @@ class CorrectionSpec:
     source: str = ""
 
 
+# The loss aggregations and KL estimators `megarl.kernels.losses` implements (algorithm.loss_agg, algorithm.kl_type);
+# named here, without torch, so the config lists exactly these.
+AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-sum-constant")
+KL_KINDS = ("k1", "k2", "k3", "low_var_kl")
+
 ALGORITHMS: dict[str, AlgorithmSpec] = {}
 ADVANTAGE_ESTIMATORS: dict[str, Callable] = {}
 POLICY_LOSSES: dict[str, Callable] = {}
+POLICY_LOSS_SPECS: dict[str, PolicyLossSpec] = {}
 CORRECTIONS: dict[str, CorrectionSpec] = {}
 CORRECTION_FNS: dict[str, Callable] = {}
 # The algorithm settings a correction may read (each has its one default in AlgorithmConfig).
@@ -114,9 +146,21 @@ def register_advantage_estimator(spec: EstimatorSpec) -> Callable[[Callable], Ca
     return _into(ADVANTAGE_ESTIMATORS, spec.name)
 
 
+def declare_policy_loss(spec: PolicyLossSpec) -> PolicyLossSpec:
+    return _add_spec(POLICY_LOSS_SPECS, spec, "policy loss")
+
+
+def get_policy_loss(name: str) -> PolicyLossSpec:
+    if name not in POLICY_LOSS_SPECS:
+        raise KeyError(f"policy loss {name!r} is not declared; add a PolicyLossSpec in megarl/algorithms/registry.py")
+    return POLICY_LOSS_SPECS[name]
+
+
 def register_policy_loss(name: str) -> Callable[[Callable], Callable]:
-    """Decorator: `fn(logp, old_logp, advantages, mask, algo: AlgorithmConfig) -> (scalar loss, stats)`,
-    stats holding detached clipfrac, dual_clipfrac, ppo_kl (the trainer logs them for every loss)."""
+    """Decorator for a declared loss's implementation: `fn(logp, old_logp, advantages, mask, algo: AlgorithmConfig)
+    -> (scalar loss, stats)`, stats holding detached clipfrac, dual_clipfrac, ppo_kl (the trainer logs them for
+    every loss)."""
+    get_policy_loss(name)
     return _into(POLICY_LOSSES, name)
 
 
@@ -152,6 +196,16 @@ def algorithm_names() -> tuple[str, ...]:
     return tuple(ALGORITHMS)
 
 
+def algorithm_settings() -> dict[str, tuple[str, ...]]:
+    """Each algorithm-specific setting (one some registered algorithm reads and another does not) -> the
+    algorithms that read it. Config validation refuses a changed one that the chosen algorithm does not read."""
+    readers: dict[str, list[str]] = {}
+    for spec in ALGORITHMS.values():
+        for key in spec.reads:
+            readers.setdefault(key, []).append(spec.name)
+    return {key: tuple(names) for key, names in readers.items() if len(names) < len(ALGORITHMS)}
+
+
 def get_algorithm(name: str) -> AlgorithmSpec:
     try:
         return ALGORITHMS[name]
@@ -173,26 +227,35 @@ def policy_loss_fn(spec: AlgorithmSpec) -> Callable:
     return _lookup(POLICY_LOSSES, spec.policy_loss, "policy loss", "megarl/algorithms/losses.py")
 
 
+# ---- the policy losses (each implementation registers itself in megarl/algorithms/losses.py) ----
+declare_policy_loss(PolicyLossSpec("ppo_clip", reads=("clip_low", "clip_high", "dual_clip"),
+                                   summary="PPO's clipped token ratio (clip-higher, optional dual clip)"))
+declare_policy_loss(PolicyLossSpec("gspo", reads=("gspo_clip_low", "gspo_clip_high"),
+                                   summary="GSPO's clipped sequence ratio"))
+declare_policy_loss(PolicyLossSpec("cispo", reads=("cispo_clip_low", "cispo_clip_high"),
+                                   summary="CISPO's clipped stop-gradient importance weight"))
+
+
 # ---- the algorithms -----------------------------------------------------------------------------
 register_algorithm(AlgorithmSpec(
     "ppo", GAE, "ppo_clip", critic=True, source="PPO with a critic (SimpleRL; Schulman et al. 2017)"))
 register_algorithm(AlgorithmSpec(
-    "grpo", SEQUENCE, "ppo_clip", group_baseline="grpo", source="GRPO: (r - group mean) / group std (DeepSeekMath)"))
+    "grpo", SEQUENCE, "ppo_clip", group_baseline="mean_std", source="GRPO: (r - group mean) / group std (DeepSeekMath)"))
 register_algorithm(AlgorithmSpec(
-    "drgrpo", SEQUENCE, "ppo_clip", group_baseline="drgrpo", requires={"loss_agg": "seq-sum-constant"},
+    "drgrpo", SEQUENCE, "ppo_clip", group_baseline="mean", requires={"loss_agg": "seq-sum-constant"},
     source="Dr. GRPO: r - group mean, token sums divided by a constant, its unbiased loss"))
 register_algorithm(AlgorithmSpec(
-    "rloo", SEQUENCE, "ppo_clip", group_baseline="rloo", source="RLOO: r - mean of the other samples"))
+    "rloo", SEQUENCE, "ppo_clip", group_baseline="leave_one_out", source="RLOO: r - mean of the other samples"))
 register_algorithm(AlgorithmSpec(
     "reinforce_pp", RETURNS, "ppo_clip", source="REINFORCE++ (Hu et al. 2025): whitened returns"))
 register_algorithm(AlgorithmSpec(
-    "reinforce_pp_baseline", RETURNS, "ppo_clip", group_baseline="drgrpo",
+    "reinforce_pp_baseline", RETURNS, "ppo_clip", group_baseline="mean",
     source="REINFORCE++-baseline (Hu et al. 2025; OpenRLHF reinforce_baseline): r - group mean, returns, whitened"))
 register_algorithm(AlgorithmSpec(
-    "gspo", SEQUENCE, "gspo", group_baseline="grpo", requires={"loss_agg": "seq-mean-token-mean"},
+    "gspo", SEQUENCE, "gspo", group_baseline="mean_std", requires={"loss_agg": "seq-mean-token-mean"},
     source="GSPO (Zheng et al. 2025): sequence-level ratio and clipping, mean over sequences"))
 register_algorithm(AlgorithmSpec(
-    "cispo", SEQUENCE, "cispo", group_baseline="grpo", requires={"loss_agg": "token-mean"},
+    "cispo", SEQUENCE, "cispo", group_baseline="mean_std", requires={"loss_agg": "token-mean"},
     source="CISPO (MiniMax-M1 2025): clipped stop-gradient importance weights, token mean"))
 
 

@@ -59,9 +59,6 @@ class RunPaths:
     def job_log(self, job_id: str | int) -> Path:
         return self.log_dir / f"job_{job_id}.out"
 
-    def node_log_dir(self, job_id: str | int, restart: int = 0) -> Path:
-        return self.log_dir / f"job_{job_id}" / f"restart_{restart}"
-
 
 def slurm_source_dir() -> Path:
     """The project's slurm/ folder ($MEGARL_SLURM_DIR, else next to the megarl package)."""

@@ -1,9 +1,11 @@
 """Gathers a TP/PP-sharded Megatron model back into full Hugging Face tensors, chunk by chunk.
 
-Used by weight sync (push to rollout servers), HF export of checkpoints and parity tests. Every
-rank must iterate `gather_hf_tensors` to the end (it runs collectives); only `dst` receives
-the tensors. Peak extra memory is one chunk (`chunk_bytes`, default 32 MB) of flattened shards
-and its TP-gathered copies.
+Used by weight sync (`megarl.train.stages.sync`: the push to rollout servers), the parity checks
+(`megarl.models.parity`) and tools/bench_sync.py. Every rank must iterate `gather_hf_tensors` to the
+end (it runs collectives); only `dst` receives the tensors. Extra memory is about one chunk
+(`chunk_bytes` of HF tensors, default 32 MB) at a time: on a sending rank its flattened local shards,
+their TP-gathered copies (tp times that) and the full HF tensors joined from them; on `dst`, when
+the chunk comes from a later pipeline stage, the received buffer.
 """
 
 from __future__ import annotations

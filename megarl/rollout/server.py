@@ -16,7 +16,8 @@ several prompts in one request fails as a whole with a 400 naming the prompt, as
 non-streaming /generate does (SGLang has no partial-success response). `/health` answers 503
 when the worker thread died or a batch made no progress for `stall_timeout_s`.
 
-Endpoints (JSON shapes as SGLang 0.5.x; see DESIGN.md):
+Endpoints (JSON shapes as SGLang 0.5.x: its routes in `sglang/srt/entrypoints/http_server.py`, request
+classes in `sglang/srt/managers/io_struct.py`, sampling fields in `sglang/srt/sampling/sampling_params.py`):
   POST /generate                       text or input_ids (a list of lists is a batch), sampling_params,
                                        return_logprob, logprob_start_len, return_text_in_logprobs, rid
   POST /update_weights_from_disk       {model_path, weight_version?, flush_cache?, ...}

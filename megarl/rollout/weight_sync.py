@@ -57,9 +57,7 @@ from megarl.rollout.weight_buckets import (FlattenedTensorMetadata, dtype_name, 
 from megarl.runtime.device import backend as collective_backend
 from megarl.runtime.distributed import free_port
 from megarl.runtime.device import get_device, is_gpu_device, on_gpu, synchronize
-
-TRANSPORTS = ("tensor", "distributed", "disk")
-SESSION_TRANSPORTS = ("tensor", "distributed")  # the updates SGLang accepts only inside a begin/end session
+from megarl.rollout.transports import SESSION_TRANSPORTS, TRANSPORTS
 DEFAULT_BUCKET_BYTES = 512 << 20
 POOL_BUFFERS = 2  # CPU: bucket buffers pooled within a push (one packed while the other is on the wire)
 
@@ -78,10 +76,6 @@ class WeightSyncReport:
     seconds: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)
     peak_bucket_bytes: int = 0  # the most bucket-buffer bytes alive at once during the push
-
-    @property
-    def gigabytes_per_second(self) -> float:
-        return self.total_bytes / 1e9 / self.seconds if self.seconds > 0 else float("nan")
 
 
 def iter_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int

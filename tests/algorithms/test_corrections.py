@@ -324,7 +324,7 @@ def _load(*overrides):
      r"^algorithm.importance_correction: 'foo' is not a registered importance correction; choose one of: "
      r"none, tis, mis, icepop, decoupled$"),
     (["algorithm.importance_correction=icepop", "algorithm.importance_level=sequence"],
-     r"importance_correction=icepop does not read algorithm.importance_level \(it reads: importance_cap, "
+     r"importance_correction=icepop does not read algorithm.importance_level \(read by: mis; it reads: importance_cap, "
      r"importance_low\); remove importance_level=sequence"),
     (["algorithm.importance_correction=tis", "algorithm.importance_low=0.5"],
      r"importance_correction=tis does not read algorithm.importance_low"),

@@ -9,7 +9,8 @@ import pytest
 import megarl
 from megarl.algorithms import advantages, losses  # noqa: F401  (registers the estimators and losses)
 from megarl.algorithms.registry import (
-    ALGORITHMS, SEQUENCE, AlgorithmSpec, algorithm_names, estimator_fn, get_algorithm, policy_loss_fn, register_algorithm,
+    ALGORITHMS, SEQUENCE, AlgorithmSpec, algorithm_names, algorithm_settings, estimator_fn, get_algorithm, policy_loss_fn,
+    register_algorithm,
 )
 from megarl.config import ConfigError, load_config
 
@@ -18,13 +19,13 @@ BASE = ["model.path=unused", "data.train=[toy-arith:rl_train]"]
 # name: (estimator, loss, critic, group baseline, min n) -- the table the README shows
 EXPECTED = {
     "ppo": ("gae", "ppo_clip", True, None, 1),
-    "grpo": ("sequence", "ppo_clip", False, "grpo", 2),
-    "drgrpo": ("sequence", "ppo_clip", False, "drgrpo", 2),
-    "rloo": ("sequence", "ppo_clip", False, "rloo", 2),
+    "grpo": ("sequence", "ppo_clip", False, "mean_std", 2),
+    "drgrpo": ("sequence", "ppo_clip", False, "mean", 2),
+    "rloo": ("sequence", "ppo_clip", False, "leave_one_out", 2),
     "reinforce_pp": ("returns", "ppo_clip", False, None, 1),
-    "reinforce_pp_baseline": ("returns", "ppo_clip", False, "drgrpo", 2),
-    "gspo": ("sequence", "gspo", False, "grpo", 2),
-    "cispo": ("sequence", "cispo", False, "grpo", 2),
+    "reinforce_pp_baseline": ("returns", "ppo_clip", False, "mean", 2),
+    "gspo": ("sequence", "gspo", False, "mean_std", 2),
+    "cispo": ("sequence", "cispo", False, "mean_std", 2),
 }
 
 
@@ -64,6 +65,49 @@ def test_constraints_come_from_the_registry(overrides, message):
         _load(*overrides)
 
 
+# A valid value other than the default for each algorithm-specific setting.
+CHANGED = {"gamma": 0.99, "lam": 0.95, "clip_low": 0.1, "clip_high": 0.28, "dual_clip": 3.0, "group_eps": 1e-5,
+           "gspo_clip_low": 1e-4, "gspo_clip_high": 5e-4, "cispo_clip_low": 0.5, "cispo_clip_high": 2.0}
+
+
+def _own_requirements(name):
+    spec = get_algorithm(name)
+    extra = ["algorithm.loss_constant=64"] if spec.requires.get("loss_agg") == "seq-sum-constant" else []
+    return [f"algorithm.name={name}", *(f"algorithm.{k}={v}" for k, v in spec.requires.items()), *extra]
+
+
+def test_gspo_refuses_clip_high_naming_the_setting_and_its_readers():
+    with pytest.raises(ConfigError) as err:
+        _load("algorithm.name=gspo", "algorithm.loss_agg=seq-mean-token-mean", "algorithm.clip_high=0.28")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message == ("algorithm: algorithm.name=gspo does not read algorithm.clip_high (read by: ppo, grpo, drgrpo, rloo, "
+                       "reinforce_pp, reinforce_pp_baseline; it reads: gspo_clip_low, gspo_clip_high, group_eps); "
+                       "remove clip_high=0.28")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_algorithm_takes_its_own_settings_and_refuses_the_others(name):
+    assert set(algorithm_settings()) == set(CHANGED)
+    reads = get_algorithm(name).reads
+    own = [f"algorithm.{key}={CHANGED[key]}" for key in CHANGED if key in reads]
+    cfg = _load(*_own_requirements(name), *own, "rollout.n=4")
+    assert all(getattr(cfg.algorithm, key) == CHANGED[key] for key in CHANGED if key in reads)
+    for key in set(CHANGED) - set(reads):
+        with pytest.raises(ConfigError, match=rf"algorithm.name={name} does not read algorithm.{key} "):
+            _load(*_own_requirements(name), f"algorithm.{key}={CHANGED[key]}")
+
+
+def test_a_base_that_spells_out_defaults_can_switch_algorithm():
+    """configs/base/simplerl_zoo.yaml writes clip_low and clip_high at their defaults: a recipe built on it may
+    still run gspo (a value equal to the default is not given), but not with a changed clip."""
+    recipe = Path(__file__).parents[2] / "configs" / "simplerl_zoo_qwen2.5_7b.yaml"
+    switch = ["algorithm.name=gspo", "algorithm.loss_agg=seq-mean-token-mean"]
+    assert load_config(recipe, switch, check_files=False).algorithm.name == "gspo"
+    with pytest.raises(ConfigError, match="does not read algorithm.clip_low"):
+        load_config(recipe, [*switch, "algorithm.clip_low=0.3"], check_files=False)
+
+
 def test_registry_answers_critic_and_group_questions():
     assert _load("algorithm.name=ppo", "rollout.n=1").uses_critic
     assert not _load("algorithm.name=reinforce_pp", "rollout.n=1").uses_critic
@@ -72,13 +116,23 @@ def test_registry_answers_critic_and_group_questions():
     assert _load("algorithm.name=gspo", "algorithm.loss_agg=seq-mean-token-mean", "algorithm.whiten_advantages=true")
 
 
+def test_a_loss_must_be_declared_with_what_it_reads():
+    from megarl.algorithms.registry import register_policy_loss
+
+    with pytest.raises(KeyError, match="policy loss 'not_declared' is not declared; add a PolicyLossSpec"):
+        register_policy_loss("not_declared")
+
+
 def test_adding_an_algorithm_is_one_entry():
     """A new entry (here: GRPO's baseline with the CISPO loss and whitening allowed) is accepted by the config
     and answered by the registry with no other change."""
-    spec = register_algorithm(AlgorithmSpec("test_only_cispo_rloo", SEQUENCE, "cispo", group_baseline="rloo"))
+    spec = register_algorithm(AlgorithmSpec("test_only_cispo_rloo", SEQUENCE, "cispo", group_baseline="leave_one_out"))
     try:
-        cfg = _load("algorithm.name=test_only_cispo_rloo", "rollout.n=4")
+        cfg = _load("algorithm.name=test_only_cispo_rloo", "rollout.n=4", "algorithm.cispo_clip_high=2.0")
         assert not cfg.uses_critic and get_algorithm(cfg.algorithm.name) is spec
+        assert spec.reads == ("cispo_clip_low", "cispo_clip_high")  # its loss's; leave_one_out reads nothing
+        with pytest.raises(ConfigError, match="test_only_cispo_rloo does not read algorithm.group_eps"):
+            _load("algorithm.name=test_only_cispo_rloo", "algorithm.group_eps=0.01")
         with pytest.raises(ConfigError, match="group baselines need at least 2"):
             _load("algorithm.name=test_only_cispo_rloo", "rollout.n=1")
         with pytest.raises(ValueError, match="registered twice"):

@@ -60,16 +60,16 @@ def _explicit_group(rewards, keep, mode, eps):
         r = rewards[p, idx]
         if len(idx) < 2:
             continue
-        if mode == "grpo":
+        if mode == "mean_std":
             out[p, idx] = (r - r.mean()) / (r.std() + eps)
-        elif mode == "drgrpo":
+        elif mode == "mean":
             out[p, idx] = r - r.mean()
         else:
             out[p, idx] = torch.stack([r[i] - torch.cat([r[:i], r[i + 1:]]).mean() for i in range(len(idx))])
     return out
 
 
-@pytest.mark.parametrize("mode", ["grpo", "drgrpo", "rloo"])
+@pytest.mark.parametrize("mode", ["mean_std", "mean", "leave_one_out"])
 @pytest.mark.parametrize("impl", ["triton", "torch"])
 def test_group_advantages(mode, impl):
     g = torch.Generator().manual_seed(1)
@@ -87,6 +87,9 @@ def test_group_advantages(mode, impl):
 def test_group_advantages_bad_mode():
     with pytest.raises(ValueError, match="mode"):
         group_advantages(torch.zeros(2, 4), mode="ppo")
+    for old, new in (("grpo", "mean_std"), ("drgrpo", "mean"), ("rloo", "leave_one_out")):  # the names before the rename
+        with pytest.raises(ValueError, match=f"mode='{old}' was renamed to '{new}'"):
+            group_advantages(torch.zeros(2, 4), mode=old, impl="torch")
     with pytest.raises(ValueError, match="num_prompts"):
         group_advantages(torch.zeros(8))
 

@@ -18,7 +18,8 @@ from dist_utils import torchrun
 from safetensors import safe_open
 from tiny_models import make_tiny_hf
 
-TRANSPORTS = ("tensor", "distributed", "disk")
+from megarl.rollout.transports import TRANSPORTS
+
 JOB = Path(__file__).with_name("actor_sync_job.py")
 
 

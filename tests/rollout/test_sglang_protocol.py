@@ -4,7 +4,9 @@ When the `sglang` package is installed (`pip install --no-deps sglang msgspec` i
 of SGLang is imported), the JSON is validated with SGLang's generated HTTP schema
 (`sglang/api/v1/api_types.py`, loaded by file path) and the weight-update bodies are checked
 against the request classes in `sglang/srt/managers/io_struct.py` (read with `ast`). Without it,
-the same payloads are checked against the field lists documented in DESIGN.md.
+the same payloads are checked against the field lists below (DOC_SAMPLING, DOC_META), copied from
+SGLang 0.5.23's `sglang/srt/sampling/sampling_params.py` and the /generate response's `meta_info`
+(`sglang/srt/managers/tokenizer_manager.py`).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def io_struct_fields(class_name: str) -> tuple[set[str], set[str]]:
 API = load_api_types()
 needs_sglang = pytest.mark.skipif(API is None, reason="sglang (and msgspec) not installed: pip install --no-deps sglang msgspec")
 
-# DESIGN.md's documented fields (SGLang 0.5.x), used with or without the sglang package.
+# SGLang 0.5.x's fields (sampling_params.py's SamplingParams, tokenizer_manager.py's /generate meta_info), used with or
+# without the sglang package.
 DOC_SAMPLING = {"max_new_tokens", "temperature", "top_p", "top_k", "min_p", "stop", "stop_token_ids", "n", "ignore_eos",
                 "skip_special_tokens", "no_stop_trim", "sampling_seed"}
 DOC_META = {"id", "finish_reason", "prompt_tokens", "completion_tokens", "cached_tokens", "weight_version", "e2e_latency"}

@@ -5,29 +5,29 @@ import math
 import pytest
 import torch
 
-from megarl.algorithms.losses import LossNormalizer
+from megarl.algorithms import advantages as A
+from megarl.algorithms.losses import LossNormalizer, actor_loss, value_loss
 from megarl.config import AlgorithmConfig
-from megarl.train import algorithms as A
 from megarl.train.batch import LossTargets
 
 
-def test_grpo_drgrpo_rloo_sequence_advantages_by_hand():
+def test_mean_std_mean_leave_one_out_sequence_advantages_by_hand():
     rewards = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
     groups = [0, 0, 0, 0, 1, 1, 1, 1]
     # group 0: mean 0.5, unbiased std sqrt(1/3); group 1 identical values
     std = math.sqrt(((0.5**2) * 4) / 3)
-    grpo = A.sequence_advantages(rewards, groups, "grpo", eps=0.0)
+    grpo = A.sequence_advantages(rewards, groups, "mean_std", eps=0.0)
     signs = [1, -1, -1, 1, 1, 1, -1, -1]
     assert grpo == pytest.approx([s * 0.5 / std for s in signs], rel=1e-6)
-    dr = A.sequence_advantages(rewards, groups, "drgrpo")
+    dr = A.sequence_advantages(rewards, groups, "mean")
     assert dr == pytest.approx([s * 0.5 for s in signs])
     # RLOO: r_i - mean of the other three = +2/3 for a 1, -2/3 for a 0 (two of each per group)
-    rloo = A.sequence_advantages(rewards, groups, "rloo")
+    rloo = A.sequence_advantages(rewards, groups, "leave_one_out")
     assert rloo == pytest.approx([s * 2 / 3 for s in signs], rel=1e-6)
 
 
 def test_identical_rewards_give_zero_advantage():
-    assert A.sequence_advantages([1.0, 1.0, 1.0], [0, 0, 0], "grpo") == [0.0, 0.0, 0.0]
+    assert A.sequence_advantages([1.0, 1.0, 1.0], [0, 0, 0], "mean_std") == [0.0, 0.0, 0.0]
 
 
 def test_gae_by_hand():
@@ -76,7 +76,7 @@ def test_actor_loss_by_hand(agg):
     mask = torch.tensor([[True, True, True], [True, True, False]])
     entropy = torch.ones(2, 3)
     norm = _norm(5, 2)
-    loss, stats = A.actor_loss(logp, entropy, _mb(old, adv, mask), algo, norm)
+    loss, stats = actor_loss(logp, entropy, _mb(old, adv, mask), algo, norm)
     # by hand: ratio = exp(logp - old); per-token loss = max(-A r, -A clip(r, 0.8, 1.28))
     per_token = []
     for lp_row, o_row, a_row in zip(logp.tolist(), old.tolist(), adv.tolist()):
@@ -108,15 +108,15 @@ def test_loss_scale_sums_microbatches_to_global_mean():
     mask = torch.rand(4, 5) > 0.3
     mask[:, 0] = True
     ent = torch.zeros(4, 5)
-    whole, _ = A.actor_loss(logp, ent, _mb(old, adv, mask), algo, _norm(int(mask.sum()), 4))
+    whole, _ = actor_loss(logp, ent, _mb(old, adv, mask), algo, _norm(int(mask.sum()), 4))
     norm = _norm(int(mask.sum()), 4, num_microbatches=2)
-    parts = [A.actor_loss(logp[s], ent[s], _mb(old[s], adv[s], mask[s]), algo, norm)[0] for s in (slice(0, 1), slice(1, 4))]
+    parts = [actor_loss(logp[s], ent[s], _mb(old[s], adv[s], mask[s]), algo, norm)[0] for s in (slice(0, 1), slice(1, 4))]
     assert (sum(parts) / 2).item() == pytest.approx(whole.item(), rel=1e-5)
 
 
 def test_value_loss_clipping_by_hand():
     values = torch.tensor([[1.0, 0.0]])
     mb = LossTargets(loss_mask=torch.tensor([[True, True]]), returns=torch.tensor([[0.0, 1.0]]), old_values=torch.tensor([[0.8, 0.5]]))
-    loss, _ = A.value_loss(values, mb, clip=0.1, normalizer=_norm(2, 1), agg="token-mean")
+    loss, _ = value_loss(values, mb, clip=0.1, normalizer=_norm(2, 1), agg="token-mean")
     # token 0: unclipped (1-0)^2=1, clipped 0.9^2=0.81 -> 1; token 1: (0-1)^2=1, clipped (0.4-1)^2=0.36 -> 1
     assert loss.item() == pytest.approx(0.5 * (1 + 1) / 2)

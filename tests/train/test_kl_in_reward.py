@@ -5,7 +5,7 @@ recomputed log-probs were computed and thrown away; fails before the fix)."""
 import torch
 
 from megarl.config import Config
-from megarl.train import algorithms as algo_fns
+from megarl.algorithms import advantages as algo_fns
 from megarl.train.batch import TrainSequence
 from megarl.train.stages import advantages
 from megarl.train.stages.logprobs import OldLogprobPlan, SequenceTensors
