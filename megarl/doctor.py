@@ -18,8 +18,8 @@ import argparse
 import base64
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.metadata as metadata
-import importlib.util
 import json
 import os
 import re
@@ -144,9 +144,7 @@ def check_shadowing() -> list[Finding]:
         if name and normalize(name) not in by_name:
             by_name[normalize(name)] = dist
     for module, names in metadata.packages_distributions().items():
-        # Not pip: asking for pip's spec makes setuptools' distutils hack switch to the stdlib distutils
-        # for the rest of the process (megatron-core's import then fails).
-        if module.isidentifier() and not module.startswith("_") and module != "pip":
+        if module.isidentifier() and not module.startswith("_"):
             owners[module] = [by_name[normalize(n)] for n in names if normalize(n) in by_name]
     findings = []
     for module, dists in sorted(owners.items()):
@@ -154,7 +152,9 @@ def check_shadowing() -> list[Finding]:
         if not dists:
             continue
         try:
-            spec = importlib.util.find_spec(module)
+            # sys.path itself, as a fresh process would search it: not sys.modules (a module imported
+            # earlier keeps the spec it was found with) nor other finders (setuptools' distutils hack).
+            spec = importlib.machinery.PathFinder.find_spec(module, sys.path)
         except (ImportError, ValueError):
             continue
         if spec is None:

@@ -60,6 +60,9 @@ def on_path(monkeypatch):
 
 
 def test_a_kernels_folder_that_shadows_hugging_faces_fails_with_the_fix(tmp_path, on_path):
+    """Found from sys.path even when this process imported HF's `kernels` already (transformers does;
+    before, the spec cached in sys.modules hid the shadow)."""
+    importlib.import_module("kernels")
     (tmp_path / "kernels").mkdir()
     (tmp_path / "kernels" / "__init__.py").write_text("")
     on_path(tmp_path)
