@@ -344,11 +344,11 @@ def test_32b_dry_run_without_the_weights_plans_from_the_shipped_config(tmp_path)
     assert not Path(load_config(recipe, check_files=False).model.path).exists()
     code, script, err = run_submit([str(recipe), "--dry-run", f"run.output_dir={tmp_path}/run32b"])
     assert code == 0, err
-    assert "per-GPU memory estimate (GPU 80 GiB" in err and "| trainer | total | 60.5 |" in err, err
+    assert "per-GPU memory estimate (GPU 80 GiB" in err and "| trainer | total | 63.6 |" in err, err
     assert "is not on this machine; planned from model.config=Qwen2.5-32B" in err
     assert script.startswith("#!/bin/bash")
     code, _, err = run_submit([str(recipe), "--dry-run", "--no-path-checks", f"run.output_dir={tmp_path}/run32b"])
-    assert code == 0 and "| trainer | total | 60.5 |" in err, err
+    assert code == 0 and "| trainer | total | 63.6 |" in err, err
     # nothing describes the model: said, not dropped silently
     code, _, err = run_submit([str(recipe), "--dry-run", "--no-path-checks", "model.config=null", f"run.output_dir={tmp_path}/r"])
     assert code == 0 and "no per-GPU memory estimate: no config.json at /models/Qwen2.5-32B; set model.config" in err, err
