@@ -139,6 +139,10 @@ class GradingPool:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             env=env,
+            # A session of its own: the terminal's Ctrl-C (sent to the trainer's process group) must not
+            # reach a worker still importing, before it ignores SIGINT (a KeyboardInterrupt traceback).
+            # The pool stops its workers; one whose parent died reads EOF and exits.
+            start_new_session=True,
         )
         child_socket.close()
         return _Worker(process, Connection(parent_socket.detach()))
