@@ -9,6 +9,8 @@
 #                               Python 3.12 takes a newer megatron-core.
 #
 # usage: bash tools/lock.sh                 (needs uv: pip install uv==0.13.10, and PyPI)
+#        bash tools/lock.sh --upgrade       move every pin to the newest release setup.py allows (without it,
+#                                           uv keeps the pins already in the lock files)
 #        TORCH_CPU_WHEELS=DIR bash tools/lock.sh   where the torch CPU wheel lies in a local folder
 #
 # The CPU lock is resolved against the torch CPU wheel (so none of the CUDA build's nvidia-* packages
@@ -23,6 +25,7 @@ command -v "$UV" >/dev/null || { echo "lock.sh: uv not found; install it with: p
 TORCH_CPU=2.13.0
 TORCH_CPU_WHEELS=${TORCH_CPU_WHEELS:-https://download.pytorch.org/whl/cpu/torch/}
 export UV_PYTHON_DOWNLOADS=never
+UV_ARGS=("$@")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "torch==${TORCH_CPU}+cpu" > "$tmp/torch-cpu.txt"
@@ -31,7 +34,7 @@ compile() {  # compile OUT PYTHON PLATFORM [uv args...]
   local out=$1 py=$2 platform=$3
   shift 3
   "$UV" pip compile setup.py --quiet --python-version "$py" --python-platform "$platform" \
-    --annotation-style line --custom-compile-command "bash tools/lock.sh" "$@" -o "$out"
+    --annotation-style line --custom-compile-command "bash tools/lock.sh" ${UV_ARGS[@]+"${UV_ARGS[@]}"} "$@" -o "$out"
   echo "wrote $out ($(grep -c '==' "$out") packages)"
 }
 
