@@ -13,7 +13,7 @@
 #   demo_2_steps    `megarl train configs/tiny_cpu.yaml` for 2 steps (pretrains the toy model on first use)
 # torch stays at the lock's version: the CPU wheel comes from its own index, and the newest torch is
 # what the GPU lock (tools/lock.sh) tracks. sglang stays at 0.5.23 --no-deps, as in the tests.
-# When every step passes, move the CPU lock forward: bash tools/lock.sh, then run the tests on it.
+# When every step passes, move the CPU lock forward: bash tools/lock.sh --upgrade, then run the tests on it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -91,4 +91,4 @@ elif [ $failed -ne 0 ]; then
   echo "RESULT: FAIL - a newest release breaks megarl (logs above); keep the lock, fix or bound the range in setup.py"
   exit 1
 fi
-echo "RESULT: pass - the newest releases work; move the CPU lock forward with: bash tools/lock.sh"
+echo "RESULT: pass - the newest releases work; move the CPU lock forward with: bash tools/lock.sh --upgrade"
