@@ -33,8 +33,9 @@ class Experts:
 
     @classmethod
     def from_hf(cls, config: dict[str, Any]) -> "Experts | None":
-        """The config's experts, or None for a dense model (no `num_experts`, or 0)."""
-        num = int(config.get("num_experts") or 0)
+        """The config's experts, or None for a dense model (no `num_experts`, or 0). transformers 5 saves
+        Qwen3-MoE's `num_experts` as `num_local_experts` (its attribute_map); both spellings are read."""
+        num = int(config.get("num_experts") or config.get("num_local_experts") or 0)
         if num <= 0:
             return None
         layers = int(config["num_hidden_layers"])
