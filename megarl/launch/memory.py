@@ -8,7 +8,11 @@
                  Mixture of experts (megarl.model_configs.experts): a MoE layer's attention is sharded
                  by tp as above, its router (num_experts x h) is replicated on every TP rank, and its
                  experts (num_experts x 3 h f_expert) are split over ep ranks, each expert whole
-                 (expert_tensor_parallel_size 1): num_experts / ep of them per rank.
+                 (expert_tensor_parallel_size 1): num_experts / ep of them per rank. The layer count
+                 agrees with Megatron-LM's megatron/training/theoretical_memory_usage.py
+                 (NVIDIA/Megatron-LM@00caa53: 2 h (E f x 3/2 + shared f x 3/2 + norms) + attention per
+                 MoE layer), which leaves out the router and divides the most loaded shard by TP only,
+                 not by EP; the EP split here is megatron-core's expert groups (below).
     gradients    params x 4 bytes (Megatron DDP keeps fp32 main grads: grad_reduce_in_fp32).
     optimizer    params x 12 bytes (fp32 master copy, Adam m and v), / dp with the distributed
                  optimizer, 0 on the GPU when offloaded to the CPU (then it is listed as host RAM):
