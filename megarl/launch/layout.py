@@ -87,7 +87,7 @@ class JobLayout:
     first_server_gpu: int
     time_limit_s: int
     preempt_notice_s: int
-    ep: int = 1  # expert parallelism (mixture-of-experts models): experts split over ep of a stage's tp x dp ranks
+    ep: int  # expert parallelism (mixture-of-experts models): experts split over ep of a stage's tp x dp ranks
 
     @property
     def on_gpu(self) -> bool:
