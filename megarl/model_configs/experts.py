@@ -82,11 +82,12 @@ def check_experts(experts: Experts | None, ep: int, field: str = "actor") -> Non
 
 
 def check_expert_world(ep: int, tp: int, pp: int, world: int, field: str = "actor") -> None:
-    """Raise ValueError unless megatron-core can build the expert groups: world % (expert_tp x ep x pp) == 0."""
+    """Raise ValueError unless megatron-core can build the expert groups: world % (expert_tp x ep x pp) == 0.
+    Callers have checked world % (tp x pp) == 0 first."""
     if world % (EXPERT_TP * ep * pp):
-        stage = world // pp if world % pp == 0 else world
+        stage = world // pp
         fits = [e for e in range(1, stage + 1) if stage % (EXPERT_TP * e) == 0]
         raise ValueError(
             f"{field}.ep={ep} must divide the {stage} ranks of a pipeline stage ({field}.tp={tp} x data-parallel "
-            f"{stage // tp if stage % tp == 0 else '?'}: megatron-core needs world {world} % (ep x pp = {ep * pp}) == 0); "
+            f"{stage // tp}: megatron-core needs world {world} % (ep x pp = {ep * pp}) == 0); "
             f"choose {field}.ep from {fits} or change the rank count")
