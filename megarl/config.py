@@ -24,6 +24,7 @@ from megarl.algorithms.registry import (
 from megarl.data.templates import TEMPLATES
 from megarl.demo.builtins import builtin_name  # the CPU demo's models, pretrained and cached on first use
 from megarl.evaluation.protocols import PROTOCOL_NAMES
+from megarl.model_configs.experts import Experts, check_expert_world, check_experts
 from megarl.rewards.extraction import ExtractionMode
 from megarl.rewards.grading import DEFAULT_TIMEOUT_S
 from megarl.rewards.schemes import RewardScheme, load_reward_function
@@ -68,6 +69,12 @@ class ModelConfig(Section):
 class ParallelConfig(Section):
     tp: int = Field(1, ge=1)
     pp: int = Field(1, ge=1)
+    ep: int = Field(1, ge=1, description=(
+        "expert parallelism (mixture-of-experts models): each MoE layer's experts split over ep ranks; ep divides "
+        "num_experts and the tp x dp ranks of a pipeline stage (megatron-core's expert groups)"))
+    router_replay: bool | None = Field(None, description=(
+        "train with the experts the rollout routed each token to (megatron-core's RouterReplay); null: on for "
+        "mixture-of-experts models"))
     micro_batch_tokens: int = Field(8192, ge=16, description="token budget per packed micro-batch")
     recompute: Literal["selective", "full"] | None = None
     sequence_parallel: bool = Field(False, description=(
@@ -574,6 +581,11 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
                 f"world size {world_size} is not a multiple of {section}.tp*{section}.pp = {par.tp * par.pp}; "
                 f"launch a multiple of {par.tp * par.pp} processes"
             )
+        if world_size is not None:
+            try:
+                check_expert_world(par.ep, par.tp, par.pp, world_size, field=section)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
     algo = get_algorithm(cfg.algorithm.name)
     for key, value in algo.requires.items():
         if getattr(cfg.algorithm, key) != value:
@@ -620,9 +632,10 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
     builtin = builtin_name(cfg.model.path)
     if builtin is not None:
         try:
-            spec = _builtin_model_spec(builtin)
+            hf_config = _builtin_model_config(builtin)
         except ValueError as err:  # an unknown name: builtins.check_builtin_model lists the known ones
             raise ConfigError(str(err)) from None
+        spec, experts = ModelSpec.from_hf(hf_config), Experts.from_hf(hf_config)
     else:
         model_path = Path(cfg.model.path)
         if not model_path.exists() and (weights or cfg.model.config is None):
@@ -634,7 +647,7 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
         if not model_path.exists():  # planning only: the architecture from model.config
             config_dir = planning_config_json(cfg)
         try:
-            spec = ModelSpec.from_hf(config_dir)
+            spec, experts = ModelSpec.from_hf(config_dir), Experts.from_hf_path(config_dir)
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"model.path={cfg.model.path!r}: {err}") from None
     sections = ["actor"] + (["critic"] if cfg.uses_critic else [])
@@ -642,19 +655,18 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
         par = getattr(cfg, section)
         try:
             spec.check_layout(par.tp, par.pp, field=section)
+            check_experts(experts, par.ep, field=section)
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
 
-def _builtin_model_spec(name: str):
-    """A built-in toy model's architecture, from its settings (no pretraining needed)."""
+def _builtin_model_config(name: str) -> dict:
+    """A built-in toy model's HF config, from its settings (no pretraining needed)."""
     from megarl.demo.builtins import builtin_model_settings
     from megarl.demo.toy_model import toy_model_config
-    from megarl.models.spec import ModelSpec
 
     settings = builtin_model_settings(name)
-    hf = toy_model_config(settings, vocab_size=settings.tokenizer_vocab_size, eos_id=0, pad_id=1)
-    return ModelSpec.from_hf(hf.to_dict())
+    return toy_model_config(settings, vocab_size=settings.tokenizer_vocab_size, eos_id=0, pad_id=1).to_dict()
 
 
 def load_config_for_cli(argv: list[str]) -> Config | None:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from megarl.config import ConfigError, load_config, read_recipe
+from megarl.model_configs.experts import Experts, check_experts
 from megarl.models.spec import ModelSpec
 
 REPO = Path(__file__).parent.parent
@@ -28,6 +29,8 @@ REAL_MODELS = {
     "Mistral-7B-v0.1": dict(model_type="mistral", num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32, hidden_size=4096, intermediate_size=14336),
     "Mistral-Small-24B-Base-2501": dict(model_type="mistral", num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=40, hidden_size=5120, intermediate_size=32768, head_dim=128),
     "deepseek-math-7b-base": dict(model_type="llama", num_attention_heads=32, num_key_value_heads=32, num_hidden_layers=30, hidden_size=4096, intermediate_size=11008),
+    "Qwen3-30B-A3B": dict(model_type="qwen3_moe", num_attention_heads=32, num_key_value_heads=4, num_hidden_layers=48, hidden_size=2048,
+                          intermediate_size=6144, head_dim=128, num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768),
 }
 
 
@@ -81,6 +84,7 @@ def test_cluster_recipe_validates_against_real_model(path):
     model = Path(cfg.model.path).name
     spec = ModelSpec.from_hf(dict(REAL_MODELS[model], vocab_size=152064))
     spec.check_layout(cfg.actor.tp, cfg.actor.pp)
+    check_experts(Experts.from_hf(REAL_MODELS[model]), cfg.actor.ep)  # ep splits a MoE model's experts (and only a MoE model's)
     if cfg.uses_critic:
         spec.check_layout(cfg.critic.tp, cfg.critic.pp, field="critic")
 
@@ -114,10 +118,17 @@ def tiny_model_dir(tmp_path_factory):
     return make_tiny_hf("qwen2", tmp_path_factory.mktemp("tiny_qwen"), num_attention_heads=8, num_key_value_heads=8)
 
 
-def test_megarl_config_prints_the_published_values(tiny_model_dir):
+def test_megarl_config_prints_the_published_values(tiny_model_dir, tmp_path):
+    from megarl.model_configs import model_config_path
+
     tables = published_tables()
     for path in CLUSTER:
-        out = subprocess.run([sys.executable, "-m", "megarl.cli", "config", str(path), f"model.path={tiny_model_dir}"],
+        model_dir = tiny_model_dir
+        if "num_experts" in REAL_MODELS[Path(load_config(path, check_files=False).model.path).name]:
+            model_dir = tmp_path / path.stem  # a MoE recipe's ep needs experts: the shipped config.json (no weights are read)
+            model_dir.mkdir()
+            (model_dir / "config.json").write_text(model_config_path(load_config(path, check_files=False).model.config).read_text())
+        out = subprocess.run([sys.executable, "-m", "megarl.cli", "config", str(path), f"model.path={model_dir}"],
                              capture_output=True, text=True, timeout=120, cwd=REPO)
         assert out.returncode == 0, f"{path.name}: {out.stderr}"
         printed = yaml.safe_load(out.stdout)

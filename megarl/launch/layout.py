@@ -23,6 +23,7 @@ import re
 from typing import Literal
 
 from megarl.config import Config, SlurmConfig, colocated_transport_problem
+from megarl.model_configs.experts import check_expert_world, expert_data_parallel
 
 # torchrun's rendezvous port is drawn from [MASTER_PORT_BASE, MASTER_PORT_BASE + MASTER_PORT_SPAN) by job
 # id (slurm/env.sh), a range rollout server ports must stay out of.
@@ -86,6 +87,7 @@ class JobLayout:
     first_server_gpu: int
     time_limit_s: int
     preempt_notice_s: int
+    ep: int  # expert parallelism (mixture-of-experts models): experts split over ep of a stage's tp x dp ranks
 
     @property
     def on_gpu(self) -> bool:
@@ -115,7 +117,8 @@ class JobLayout:
                               f"GPUs {self.first_server_gpu}-{self.gpus_per_node - 1} rollout servers",
                "managed": "the trainer starts its own built-in rollout servers"}[self.mode],
             f"trainer: {self.trainer_nodes} node(s) x {self.nproc_per_node} {unit} = world {self.world_size} "
-            f"= TP {self.tp} x PP {self.pp} x DP {self.dp}",
+            f"= TP {self.tp} x PP {self.pp} x DP {self.dp}"
+            + (f"; experts EP {self.ep} x expert DP {expert_data_parallel(self.tp, self.dp, self.ep)}" if self.ep > 1 else ""),
         ]
         if self.num_servers:
             where = "rollout node" if self.mode == "split" else "node"
@@ -237,10 +240,14 @@ def plan_layout(cfg: Config, opts: LaunchOptions) -> JobLayout:
             f"{trainer_nodes} trainer node(s) x {nproc} {unit} = {world} ranks is not a multiple of "
             f"actor.tp*actor.pp = {tp}*{pp} = {tp * pp}; change the node count, actor.tp/pp"
             + ("" if gpus else " or --procs-per-node"))
-    if cfg.uses_critic and (cfg.critic.tp, cfg.critic.pp) != (tp, pp):
+    if cfg.uses_critic and (cfg.critic.tp, cfg.critic.pp, cfg.critic.ep) != (tp, pp, cfg.actor.ep):
         raise LaunchError(
-            f"critic.tp/pp={cfg.critic.tp}/{cfg.critic.pp} must equal actor.tp/pp={tp}/{pp} "
+            f"critic.tp/pp/ep={cfg.critic.tp}/{cfg.critic.pp}/{cfg.critic.ep} must equal actor.tp/pp/ep={tp}/{pp}/{cfg.actor.ep} "
             "(actor and critic share the ranks); set them equal")
+    try:
+        check_expert_world(cfg.actor.ep, tp, pp, world)
+    except ValueError as err:
+        raise LaunchError(str(err)) from None
     dp = world // (tp * pp)
 
     # ---- rollout servers ------------------------------------------------------------------
@@ -285,7 +292,7 @@ def plan_layout(cfg: Config, opts: LaunchOptions) -> JobLayout:
         mode=mode, nodes=nodes, trainer_nodes=trainer_nodes, rollout_nodes=rollout_nodes, gpus_per_node=gpus,
         nproc_per_node=nproc, tp=tp, pp=pp, dp=dp, engine=rc.engine, server_tp=server_tp, servers_per_node=per_node,
         first_server_gpu=first_server_gpu,
-        time_limit_s=limit, preempt_notice_s=notice,
+        time_limit_s=limit, preempt_notice_s=notice, ep=cfg.actor.ep,
     )
 
 

@@ -31,6 +31,7 @@ from megarl.launch.layout import (
 from megarl.launch.render import (
     RunPaths, render_train_sbatch, resolve_model_dir, server_plan, slurm_source_dir, write_run_files,
 )
+from megarl.model_configs.experts import Experts, check_experts
 
 SBATCH_TIMEOUT_S = 60
 CHECKPOINT_WRITE_GBPS = 1.0  # assumed per trainer node when estimating the checkpoint's share of the notice
@@ -129,9 +130,14 @@ def memory_estimate(cfg, layout, model_dir: str, gpu_gib: float) -> str | None:
     config_json = planning_config_json(cfg, model_dir)
     if not layout.on_gpu or config_json is None:
         return None
-    spec = ModelSpec.from_hf(config_json)
-    estimate = estimate_memory(cfg, spec, layout, gpu_gib)
-    check_fits(estimate, cfg, spec, layout)
+    spec, experts = ModelSpec.from_hf(config_json), Experts.from_hf_path(config_json)
+    try:  # (load_config checks it too, unless --no-path-checks skipped the model)
+        for section in ["actor"] + (["critic"] if cfg.uses_critic else []):
+            check_experts(experts, getattr(cfg, section).ep, field=section)
+    except ValueError as err:
+        raise LaunchError(str(err)) from None
+    estimate = estimate_memory(cfg, spec, layout, gpu_gib, experts)
+    check_fits(estimate, cfg, spec, layout, experts)
     return estimate.table()
 
 
@@ -155,7 +161,8 @@ def lead_time(cfg, opts: LaunchOptions, model_dir: str) -> tuple[float | None, s
     config_json = planning_config_json(cfg, model_dir)
     if cfg.checkpoint.every and config_json is not None:
         trainer_nodes = opts.nodes if (opts.colocate or cfg.rollout.colocate) else opts.nodes - opts.rollout_nodes
-        seconds = checkpoint_bytes(cfg, ModelSpec.from_hf(config_json)) / max(1, trainer_nodes) / (CHECKPOINT_WRITE_GBPS * 1e9)
+        size = checkpoint_bytes(cfg, ModelSpec.from_hf(config_json), Experts.from_hf_path(config_json))
+        seconds = size / max(1, trainer_nodes) / (CHECKPOINT_WRITE_GBPS * 1e9)
         parts += seconds
         notes.append(f"checkpoint about {seconds:.0f} s estimated at {CHECKPOINT_WRITE_GBPS:g} GB/s per trainer node")
     return (parts or None), "; ".join(notes)
