@@ -65,7 +65,8 @@ import torch
 from aiohttp import web
 
 from megarl.rollout.admin_token import TOKEN_ENV
-from megarl.rollout.engine import CancelToken, GenerationEngine, SamplingParamsError, SequenceRequest, SequenceSampling
+from megarl.rollout.engine import CancelToken, GenerationEngine, SequenceRequest
+from megarl.rollout.protocol import MAX_BATCH_SEQUENCES, REQUEST_TIMEOUT_S, SamplingParams, SamplingParamsError
 from megarl.rollout.update_group import DEFAULT_GROUP_NAME, UpdateGroup
 from megarl.rollout.weight_buckets import layout_metadata, load_payload, unpack
 from megarl.runtime.device import is_gpu_device, synchronize
@@ -73,7 +74,6 @@ from megarl.runtime.device import is_gpu_device, synchronize
 log = logging.getLogger("megarl.rollout.server")
 
 LOOPBACK_PEERS = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
-DEFAULT_REQUEST_TIMEOUT_S = 600.0  # the rollout client's own default: past it nobody waits for the answer
 DEFAULT_MAX_REQUEST_SEQUENCES = 4096  # prompts x n in one /generate request
 DEFAULT_STALL_TIMEOUT_S = 300.0  # a batch with no decode step for this long marks the server unhealthy
 HEALTH_GENERATE_TIMEOUT_S = 20.0  # SGLang's /health_generate limit
@@ -118,8 +118,8 @@ class _Job:
 class RolloutServer:
     """The HTTP app plus its generation worker thread."""
 
-    def __init__(self, engine: GenerationEngine, *, token: str | None = None, max_batch_sequences: int = 64,
-                 served_model_name: str | None = None, request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
+    def __init__(self, engine: GenerationEngine, *, token: str | None = None, max_batch_sequences: int = MAX_BATCH_SEQUENCES,
+                 served_model_name: str | None = None, request_timeout_s: float | None = REQUEST_TIMEOUT_S,
                  max_request_sequences: int = DEFAULT_MAX_REQUEST_SEQUENCES,
                  stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S, batch_window_s: float = BATCH_WINDOW_S):
         if max_batch_sequences < 1 or max_request_sequences < 1:
@@ -400,7 +400,7 @@ class RolloutServer:
         samplings = []
         for i, prompt in enumerate(prompts):
             try:
-                sampling = SequenceSampling.from_request(sampling_list[i])
+                sampling = SamplingParams.from_request(sampling_list[i])
                 self.engine.validate_request(prompt, sampling)
             except SamplingParamsError as err:
                 raise HTTPError(400, str(err) if single else f"prompt {i} of {len(prompts)}: {err}") from None
@@ -514,7 +514,7 @@ class RolloutServer:
         if problem:
             return web.Response(status=503, text=problem)
         loop = asyncio.get_running_loop()
-        probe = SequenceRequest(input_ids=[0], sampling=SequenceSampling(max_new_tokens=1, temperature=0.0))
+        probe = SequenceRequest(input_ids=[0], sampling=SamplingParams(max_new_tokens=1, temperature=0.0))
         job = _Job(sequences=[probe], loop=loop, future=loop.create_future())
         self.jobs.put(job)
         try:
@@ -771,7 +771,7 @@ def check_bind(host: str, token: str | None) -> None:
 
 
 async def serve(engine: GenerationEngine, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                max_batch_sequences: int = 64, ready=None, **limits) -> None:
+                max_batch_sequences: int = MAX_BATCH_SEQUENCES, ready=None, **limits) -> None:
     """Run the server until cancelled; `ready(port)` is called once it listens. `limits`:
     request_timeout_s, max_request_sequences, stall_timeout_s (see RolloutServer)."""
     check_bind(host, token)
