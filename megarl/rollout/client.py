@@ -155,7 +155,8 @@ class RolloutClient:
         return sum(s.busy_s + (now - s.busy_since if s.busy_since is not None else 0.0) for s in self.servers)
 
     # ---- sync wrappers ------------------------------------------------------------------
-    def generate(self, prompts_token_ids: list[list[int]], sampling: SamplingParams, n: int = 1) -> list[list[Sample]]:
+    def generate(self, prompts_token_ids: list[list[int]], sampling: SamplingParams, n: int | None = None
+                 ) -> list[list[Sample]]:
         """Blocking `agenerate`; call `agenerate` from inside an event loop."""
         return _run(self.agenerate(prompts_token_ids, sampling, n))
 
@@ -202,8 +203,10 @@ class RolloutClient:
         return {s.url: v for s, v in zip(self.servers, results)}
 
     # ---- generation -----------------------------------------------------------------------
-    async def agenerate(self, prompts_token_ids: list[list[int]], sampling: SamplingParams, n: int = 1
+    async def agenerate(self, prompts_token_ids: list[list[int]], sampling: SamplingParams, n: int | None = None
                         ) -> list[list[Sample]]:
+        """Each prompt's `n` samples (default sampling.n), in the prompts' order."""
+        n = sampling.n if n is None else n
         if n < 1:
             raise ValueError(f"n={n} must be >= 1")
         for i, prompt in enumerate(prompts_token_ids):

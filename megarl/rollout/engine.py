@@ -22,12 +22,11 @@ gone, deadline passed) leaves the running batch at the next decode step.
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
