@@ -124,3 +124,24 @@ def test_builtin_fleet_reports_a_server_that_dies_with_its_log(tmp_path):
 
     with pytest.raises(RuntimeError, match=r"exited with code [1-9].*rollout_server_0\.log:\n(.|\n)*no_model_here' does not exist"):
         start_servers("builtin", tmp_path / "no_model_here", 1, tmp_path / "logs", timeout_s=60)
+
+
+def test_the_engine_table_shapes_the_plan():
+    """Per-engine differences come from megarl.rollout.engines: TP, router, token handover, batch size flag."""
+    from megarl.rollout.admin_token import TOKEN_ENV
+    from megarl.rollout.fleet import fleet_plan
+
+    builtin = fleet_plan("builtin", "/m", 2, None, tp=4, router=True, max_batch_sequences=32)
+    assert builtin.router_port is None and [launch.tp for launch in builtin.launches] == [1, 1]  # no TP, no router
+    assert builtin.env[TOKEN_ENV] == builtin.admin_token  # by environment, never argv
+    command = builtin.server_commands(None)[0]
+    assert command[command.index("--max-batch-sequences") + 1] == "32" and builtin.admin_token not in command
+    sglang = fleet_plan("sglang", "/m", 2, None, tp=4, router=True)
+    assert sglang.router_port is not None and [launch.first_gpu for launch in sglang.launches] == [0, 4]
+    assert sglang.env.get(TOKEN_ENV) != sglang.admin_token  # SGLang reads it from the 0600 --config file
+    first = sglang.server_commands("/private/key.yaml")[0]
+    assert first[first.index("--config") + 1] == "/private/key.yaml" and first[first.index("--tp-size") + 1] == "4"
+    with pytest.raises(ValueError, match="builtin servers run without a router"):
+        FleetPlan("builtin", builtin.launches, router_port=1)
+    with pytest.raises(ValueError, match=r"rollout engine 'vllm' is unknown; choose one of: builtin, sglang"):
+        fleet_plan("vllm", "/m", 1, None)

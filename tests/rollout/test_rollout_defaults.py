@@ -25,9 +25,9 @@ from megarl.config import RolloutConfig
 
 PACKAGE = Path(megarl.__file__).parent
 # Modules whose functions and classes take rollout settings as parameters (client, server, fleet, CLIs).
-MODULES = ["megarl.rollout.client", "megarl.rollout.server", "megarl.rollout.serve_cli", "megarl.rollout.fleet",
-           "megarl.rollout.weight_sync", "megarl.rollout.engine", "megarl.rollout.commands", "megarl.launch.node_servers",
-           "megarl.evaluation.cli", "megarl.data.cli"]
+MODULES = ["megarl.rollout.client", "megarl.rollout.server", "megarl.rollout.scheduler", "megarl.rollout.serve_cli",
+           "megarl.rollout.fleet", "megarl.rollout.weight_sync", "megarl.rollout.engine", "megarl.rollout.commands",
+           "megarl.launch.node_servers", "megarl.evaluation.cli", "megarl.data.cli"]
 SETTINGS = ("request_timeout_s", "max_concurrency", "max_batch_sequences")
 
 
