@@ -28,6 +28,8 @@ from megarl.model_configs.experts import Experts, check_expert_world, check_expe
 from megarl.rewards.extraction import ExtractionMode
 from megarl.rewards.grading import DEFAULT_TIMEOUT_S
 from megarl.rewards.schemes import RewardScheme, load_reward_function
+from megarl.rollout import protocol
+from megarl.rollout.engines import ENGINE_NAMES, get_engine
 from megarl.rollout.transports import TRANSPORTS
 
 
@@ -232,7 +234,7 @@ def colocated_transport_problem(transport: str, *, colocate: bool, gpus: bool) -
 
 
 class RolloutConfig(Section):
-    engine: Literal["builtin", "sglang"] = "builtin"
+    engine: Literal[ENGINE_NAMES] = "builtin"
     servers: list[str] = Field(default_factory=list, description="server URLs; empty: megarl starts its own")
     num_servers: int = Field(1, ge=1)
     server_tp: int = Field(1, ge=1)
@@ -265,8 +267,9 @@ class RolloutConfig(Section):
     partial: bool = Field(False, description=(
         "async: at a weight update, in-flight requests are aborted and continued with the new weights from their "
         "prefix (per-token policy versions kept); false: the update waits for them to finish"))
-    request_timeout_s: float = 600.0
-    max_concurrency: int = 256
+    request_timeout_s: float = Field(protocol.REQUEST_TIMEOUT_S, gt=0, description="one /generate request, client and built-in server")
+    max_concurrency: int = Field(protocol.MAX_CONCURRENCY, ge=1, description="/generate requests the client keeps in flight")
+    max_batch_sequences: int = Field(protocol.MAX_BATCH_SEQUENCES, ge=1, description="built-in servers: sequences decoded together")
 
     @property
     def off_policy(self) -> bool:
@@ -606,7 +609,7 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
             "rollout.colocate=true gives their GPUs to training; set rollout.mode=sync or rollout.colocate=false"
         )
     problem = colocated_transport_problem(cfg.rollout.transport, colocate=cfg.rollout.colocate,
-                                          gpus=cfg.rollout.engine == "sglang")  # SGLang servers always run on GPUs
+                                          gpus=get_engine(cfg.rollout.engine).needs_gpus)
     if problem:
         raise ConfigError(problem)
     if cfg.rollout.partial and cfg.rollout.mode != "async":

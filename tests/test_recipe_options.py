@@ -90,7 +90,8 @@ def test_template_stops_off_leaves_only_eos():
 
 
 def test_client_caps_new_tokens_at_the_context_left():
-    from megarl.rollout.client import RolloutClient, SamplingParams, context_length_of
+    from megarl.rollout.client import RolloutClient, SamplingParams
+    from megarl.rollout.protocol import context_length_of
 
     sampling = SamplingParams(max_new_tokens=16000)
     capped = RolloutClient(["http://127.0.0.1:1"], context_length=4096)

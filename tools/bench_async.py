@@ -236,7 +236,8 @@ def response_lengths(model_dir: str, prompts: list[str], n: int, max_new_tokens:
     """Response tokens (eos included) of n samples per prompt at temperature 1 on the built-in engine."""
     import torch
 
-    from megarl.rollout.engine import GenerationEngine, SequenceRequest, SequenceSampling
+    from megarl.rollout.engine import GenerationEngine, SequenceRequest
+    from megarl.rollout.protocol import SamplingParams
 
     torch.set_num_threads(1)
     engine = GenerationEngine(model_dir, seed=seed)
@@ -244,7 +245,7 @@ def response_lengths(model_dir: str, prompts: list[str], n: int, max_new_tokens:
     for i, prompt in enumerate(prompts):
         ids = engine.encode(prompt)
         for j in range(n):
-            sampling = SequenceSampling.from_request({"temperature": 1.0, "max_new_tokens": max_new_tokens,
+            sampling = SamplingParams.from_request({"temperature": 1.0, "max_new_tokens": max_new_tokens,
                                                       "sampling_seed": seed * 1_000_003 + i * 64 + j})
             requests.append(SequenceRequest(input_ids=ids, sampling=sampling))
     lengths = []
@@ -259,7 +260,8 @@ def calibrate_decode(model_dir: str, threads: int, prompt_tokens: int) -> dict:
     import numpy as np
     import torch
 
-    from megarl.rollout.engine import GenerationEngine, SequenceRequest, SequenceSampling
+    from megarl.rollout.engine import GenerationEngine, SequenceRequest
+    from megarl.rollout.protocol import SamplingParams
 
     torch.set_num_threads(threads)
     engine = GenerationEngine(model_dir, seed=0)
@@ -268,7 +270,7 @@ def calibrate_decode(model_dir: str, threads: int, prompt_tokens: int) -> dict:
     points = []
     for batch, tokens in ((1, 64), (16, 64), (64, 64), (128, 64), (64, 256), (128, 256)):
         sampling = {"temperature": 1.0, "max_new_tokens": tokens, "ignore_eos": True}
-        requests = [SequenceRequest(input_ids=prompt, sampling=SequenceSampling.from_request(dict(sampling, sampling_seed=i)))
+        requests = [SequenceRequest(input_ids=prompt, sampling=SamplingParams.from_request(dict(sampling, sampling_seed=i)))
                     for i in range(batch)]
         engine.generate(requests[:1])  # warm
         best = float("inf")

@@ -102,9 +102,9 @@ def _filter(args: argparse.Namespace) -> int:
             raise ValueError("--tokenizer DIR is required when --model is a server URL")
         urls = [args.model]
     else:
-        from megarl.rollout.fleet import start_builtin_servers
+        from megarl.rollout.fleet import start_servers
 
-        group = start_builtin_servers(args.model, args.servers, Path(args.out).parent / "filter_logs")
+        group = start_servers("builtin", args.model, args.servers, Path(args.out).parent / "filter_logs")
         urls = group.generation_urls
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)

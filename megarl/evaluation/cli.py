@@ -21,6 +21,7 @@ from pathlib import Path
 from megarl.config import ConfigError, DataConfig, EvalConfig, RewardConfig, RolloutConfig, build_section
 from megarl.evaluation.protocols import PROTOCOL_NAMES
 from megarl.rewards.extraction import EXTRACTION_MODES
+from megarl.rollout.engines import ENGINE_NAMES, default_engine
 
 # flag -> field of the recipe's `eval` and `reward` sections; a flag left out keeps the section's
 # default (megarl.config), so `megarl eval` samples and grades as a recipe that does not set it.
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline", action="store_true",
                         help="the model is a base model (step 0): under simplerl-zoo its one-run scores are greedy, as the paper's baselines")
     parser.add_argument("--servers", type=int, default=1, help="built-in servers to start for a model directory")
-    parser.add_argument("--engine", choices=["builtin", "sglang"], default=None, help="default: sglang on GPUs, builtin on CPU")
+    parser.add_argument("--engine", choices=ENGINE_NAMES, default=None,
+                        help=f"default: {default_engine(True).name} on GPUs, {default_engine(False).name} on CPU")
     parser.add_argument("--out", default=None, help="directory for samples.jsonl and summary.json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dry-run", action="store_true", help="check the model and benchmarks, print the plan, start nothing")
@@ -131,14 +133,10 @@ def main(argv: list[str]) -> int:
         from megarl.runtime.device import on_gpu
         from megarl.rollout import fleet
 
-        engine = args.engine or ("sglang" if on_gpu() else "builtin")
+        engine = args.engine or default_engine(on_gpu()).name
         log_dir = Path(args.out or tempfile.mkdtemp(prefix="megarl_eval_")) / "logs"
-        if engine == "builtin":
-            group = fleet.start_builtin_servers(model_dir, args.servers, log_dir, seed=args.seed)
-            urls = group.generation_urls
-        else:
-            group = fleet.start_sglang_servers(model_dir, args.servers, 1, log_dir, router=args.servers > 1)
-            urls = group.generation_urls
+        group = fleet.start_servers(engine, model_dir, args.servers, log_dir, seed=args.seed, router=args.servers > 1)
+        urls = group.generation_urls
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or model_dir)
         client = RolloutClient(urls, context_length=_context_length(Path(model_dir)))
@@ -188,7 +186,7 @@ def _context_length(directory: Path) -> int | None:
     """The context length in `directory`'s config.json (None without one: requests are not capped)."""
     import json
 
-    from megarl.rollout.client import context_length_of
+    from megarl.rollout.protocol import context_length_of
 
     config = directory / "config.json"
     return context_length_of(json.loads(config.read_text())) if config.is_file() else None

@@ -24,6 +24,7 @@ from typing import Literal
 
 from megarl.config import Config, SlurmConfig, colocated_transport_problem
 from megarl.model_configs.experts import check_expert_world, expert_data_parallel
+from megarl.rollout.engines import default_engine, get_engine
 
 # torchrun's rendezvous port is drawn from [MASTER_PORT_BASE, MASTER_PORT_BASE + MASTER_PORT_SPAN) by job
 # id (slurm/env.sh), a range rollout server ports must stay out of.
@@ -194,9 +195,9 @@ def plan_layout(cfg: Config, opts: LaunchOptions) -> JobLayout:
             raise LaunchError(
                 f"rollout.num_servers={rc.num_servers} x server_tp={rc.server_tp} on {nodes} node(s) leaves no GPU for the "
                 f"trainer out of --gpus-per-node={gpus}; use fewer servers, rollout nodes, or --colocate")
-    if rc.engine == "sglang" and not gpus:
-        raise LaunchError("rollout.engine=sglang needs GPUs but --gpus-per-node=0; "
-                          "use rollout.engine=builtin on CPU clusters (or set --gpus-per-node)")
+    if get_engine(rc.engine).needs_gpus and not gpus:
+        raise LaunchError(f"rollout.engine={rc.engine} needs GPUs but --gpus-per-node=0; "
+                          f"use rollout.engine={default_engine(False).name} on CPU clusters (or set --gpus-per-node)")
     if rc.transport == "tensor" and (mode == "split" or (mode in ("colocated", "partitioned") and nodes > 1)):
         where = "on rollout nodes" if mode == "split" else f"on all {nodes} nodes ({mode})"
         fix = ("disk (on a shared filesystem; distributed cannot share trainer rank 0's GPU)"

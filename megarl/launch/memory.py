@@ -63,6 +63,7 @@ import math
 from megarl.config import Config
 from megarl.launch.layout import JobLayout, LaunchError
 from megarl.model_configs.experts import EXPERT_TP, Experts, ep_choices, expert_data_parallel
+from megarl.rollout.engines import get_engine
 
 GIB = 1024**3
 HEADROOM = 0.10  # keep this fraction of each GPU free
@@ -296,7 +297,7 @@ def estimate_memory(cfg: Config, spec, layout: JobLayout, gpu_gib: float, expert
 
     server: list[Row] = []
     kv_tokens = None
-    if layout.num_servers and layout.on_gpu and rc.engine == "sglang":
+    if layout.num_servers and layout.on_gpu and get_engine(rc.engine).memory_pool:
         fraction = rc.mem_fraction_static if layout.mode == "colocated" else DEDICATED_SERVER_FRACTION
         pool = fraction * gpu_gib * GIB
         weights = shape.total_params() * dtype_bytes / layout.server_tp

@@ -25,14 +25,10 @@ import time
 from pathlib import Path
 
 from megarl.rollout.admin_token import TOKEN_ENV, sglang_admin_key_file
-from megarl.rollout.fleet import (
-    SGLangServerSpec,
-    builtin_server_command,
-    server_dtype,
-    sglang_server_command,
-    spawn_server,
-    stop_servers,
-)
+from megarl.rollout.commands import ServerLaunch
+from megarl.rollout.engines import get_engine
+from megarl.rollout.fleet import spawn_server, stop_servers
+from megarl.rollout.protocol import MAX_BATCH_SEQUENCES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +45,7 @@ class ServerPlan:
     seed: int
     first_gpu: int = 0  # partitioned nodes: the servers' GPUs start after the trainer's
     mem_fraction_static: float | None = None  # colocated SGLang: its share of each GPU (rollout.mem_fraction_static)
+    max_batch_sequences: int = MAX_BATCH_SEQUENCES  # built-in servers (rollout.max_batch_sequences)
 
 
     def port(self, node_index: int, server_index: int) -> int:
@@ -59,20 +56,16 @@ def server_commands(plan: ServerPlan, node_index: int, python: str,
                     admin_key_config: str | None) -> list[tuple[int, list[str]]]:
     """(port, argv) of every server on server node `node_index`. Built-in servers read the token
     from $MEGARL_SERVE_TOKEN; SGLang reads it from `admin_key_config` (`--config`, a 0600 YAML file)."""
+    engine = get_engine(plan.engine)
     commands = []
     for i in range(plan.servers_per_node):
         port = plan.port(node_index, i)
-        seed = plan.seed + node_index * plan.servers_per_node + i
-        if plan.engine == "sglang":
-            spec = SGLangServerSpec(model_path=plan.model, host="0.0.0.0", port=port, tp_size=plan.server_tp,
-                                    base_gpu_id=plan.first_gpu + i * plan.server_tp, enable_memory_saver=plan.colocate,
-                                    mem_fraction_static=plan.mem_fraction_static if plan.colocate else None,
-                                    random_seed=seed, dtype=server_dtype(plan.dtype))
-            argv = sglang_server_command(spec, python=python, admin_key_config=admin_key_config)
-        else:
-            argv = builtin_server_command(plan.model, port, host="0.0.0.0", seed=seed, dtype=server_dtype(plan.dtype),
-                                          python=python)
-        commands.append((port, argv))
+        launch = ServerLaunch(plan.model, port, host="0.0.0.0", seed=plan.seed + node_index * plan.servers_per_node + i,
+                              dtype=plan.dtype, tp=plan.server_tp, first_gpu=plan.first_gpu + i * plan.server_tp,
+                              colocate=plan.colocate, mem_fraction_static=plan.mem_fraction_static,
+                              max_batch_sequences=plan.max_batch_sequences,
+                              token_file=admin_key_config if engine.token_from_file else None)
+        commands.append((port, engine.command(launch, python)))
     return commands
 
 
@@ -135,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     plan = ServerPlan(**load_plan(args.plan)["servers"])
-    token = os.environ.get(TOKEN_ENV) if plan.engine == "sglang" else None  # built-in servers inherit it
+    token = os.environ.get(TOKEN_ENV) if get_engine(plan.engine).token_from_file else None  # the others inherit it
     with sglang_admin_key_file(token) as admin_key_config:  # removed when this manager exits
         commands = server_commands(plan, args.node_index, sys.executable, admin_key_config)
         servers = NodeServers(commands, args.log_dir, args.node_name)

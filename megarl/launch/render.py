@@ -26,6 +26,7 @@ from megarl.config import Config
 from megarl.demo.builtins import builtin_model_dir, builtin_name
 from megarl.launch.layout import JobLayout, LaunchError, LaunchOptions
 from megarl.launch.node_servers import ServerPlan, server_commands
+from megarl.rollout.engines import get_engine
 from megarl.runtime.seeds import fold_seed
 
 NODE_SCRIPTS = ("env.sh", "node_role.sh")
@@ -90,7 +91,8 @@ def server_plan(cfg: Config, layout: JobLayout, model_dir: str, base_port: int) 
                       servers_per_node=layout.servers_per_node, base_port=base_port,
                       colocate=layout.mode == "colocated", seed=fold_seed(cfg.run.seed, 31),  # SGLang seeds NumPy with it
                       first_gpu=layout.first_server_gpu,
-                      mem_fraction_static=cfg.rollout.mem_fraction_static)
+                      mem_fraction_static=cfg.rollout.mem_fraction_static,
+                      max_batch_sequences=cfg.rollout.max_batch_sequences)
 
 
 def frozen_recipe(cfg: Config, run_dir: Path, layout: JobLayout | None = None) -> dict:
@@ -162,10 +164,7 @@ def _server_lines(plan: ServerPlan | None, layout: JobLayout) -> list[str]:
         per = layout.servers_per_node
         lines = lines[:per] + [f"... the same on nodes {first_node + 1}..{first_node + layout.server_nodes - 1}, "
                                f"ports {plan.base_port + per}..{plan.base_port + layout.num_servers - 1}"]
-    if plan.engine == "builtin":
-        lines.append("(built-in servers read the admin token from $MEGARL_SERVE_TOKEN)")
-    else:
-        lines.append("(SGLang reads the admin key from a 0600 --config file that the node manager writes and removes on exit)")
+    lines.append(f"({get_engine(plan.engine).token_note})")
     return lines
 
 

@@ -31,25 +31,13 @@ import contextlib
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import aiohttp
 
 from megarl.rollout.fleet import wait_for_servers
-
-
-# Config fields that hold a model's context length, in the order SGLang's model config reads them.
-CONTEXT_LENGTH_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-
-
-def context_length_of(config) -> int | None:
-    """A model's context length from its HF config (a PretrainedConfig or the config.json dict), as SGLang reads it."""
-    for name in CONTEXT_LENGTH_FIELDS:
-        value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+from megarl.rollout.protocol import MAX_CONCURRENCY, REQUEST_TIMEOUT_S, SamplingParams
 
 
 class RolloutError(RuntimeError):
@@ -77,32 +65,6 @@ class _Retryable(Exception):
         super().__init__(message)
         self.server_dead = server_dead
         self.server_error = server_error
-
-
-@dataclass
-class SamplingParams:
-    """SGLang `sampling_params` for one rollout call (names and defaults as SGLang's)."""
-
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    min_p: float = 0.0
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
-    ignore_eos: bool = False
-    skip_special_tokens: bool = True
-    no_stop_trim: bool = False
-    sampling_seed: int | None = None
-
-    def to_request(self, n: int) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if v is not None}
-        if not out["stop"]:
-            del out["stop"]
-        if not out["stop_token_ids"]:
-            del out["stop_token_ids"]
-        out["n"] = n
-        return out
 
 
 @dataclass
@@ -159,7 +121,8 @@ class _Server:
 class RolloutClient:
     """Generation across one or many rollout servers (or one router URL)."""
 
-    def __init__(self, urls: Sequence[str] | str, *, max_concurrency: int = 64, request_timeout_s: float = 600.0,
+    def __init__(self, urls: Sequence[str] | str, *, max_concurrency: int = MAX_CONCURRENCY,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S,
                  max_retries: int = 4, backoff_s: float = 0.2, backoff_max_s: float = 5.0, return_logprob: bool = True,
                  expected_weight_version: str | None = None, health_timeout_s: float = 5.0, dead_after_errors: int = 3,
                  context_length: int | None = None):
@@ -192,7 +155,8 @@ class RolloutClient:
         return sum(s.busy_s + (now - s.busy_since if s.busy_since is not None else 0.0) for s in self.servers)
 
     # ---- sync wrappers ------------------------------------------------------------------
-    def generate(self, prompts_token_ids: list[list[int]], sampling: SamplingParams, n: int = 1) -> list[list[Sample]]:
+    def generate(self, prompts_token_ids: list[list[int]], sampling: SamplingParams, n: int | None = None
+                 ) -> list[list[Sample]]:
         """Blocking `agenerate`; call `agenerate` from inside an event loop."""
         return _run(self.agenerate(prompts_token_ids, sampling, n))
 
@@ -239,8 +203,10 @@ class RolloutClient:
         return {s.url: v for s, v in zip(self.servers, results)}
 
     # ---- generation -----------------------------------------------------------------------
-    async def agenerate(self, prompts_token_ids: list[list[int]], sampling: SamplingParams, n: int = 1
+    async def agenerate(self, prompts_token_ids: list[list[int]], sampling: SamplingParams, n: int | None = None
                         ) -> list[list[Sample]]:
+        """Each prompt's `n` samples (default sampling.n), in the prompts' order."""
+        n = sampling.n if n is None else n
         if n < 1:
             raise ValueError(f"n={n} must be >= 1")
         for i, prompt in enumerate(prompts_token_ids):

@@ -22,26 +22,18 @@ gone, deadline passed) leaves the running batch at the next decode step.
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
-from megarl.rollout.client import context_length_of
+from megarl.rollout.protocol import SamplingParams, SamplingParamsError, context_length_of
 from megarl.runtime.device import get_device
 
-GREEDY_TEMPERATURE = 1e-6  # SGLang treats temperatures below this as greedy decoding
-TOP_K_ALL = 1 << 30  # SGLang's "no top-k" default
-SEED_RANGE = (-(1 << 63), (1 << 63) - 1)  # sampling_seed range SGLang accepts
 GENERATOR_SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed accepts
-
-
-class SamplingParamsError(ValueError):
-    """A request's sampling parameters or prompt are invalid (answered with HTTP 400)."""
 
 
 class CancelToken:
@@ -68,129 +60,12 @@ def _abort_reason(message: str) -> dict:
     return {"type": "abort", "message": message, "status_code": None, "err_type": None}
 
 
-def _finite_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SamplingParamsError(f"sampling_params.{name}={value!r} must be a number")
-    if not math.isfinite(value):
-        raise SamplingParamsError(f"sampling_params.{name}={value!r} must be a finite number")
-    return float(value)
-
-
-def _integer(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SamplingParamsError(f"sampling_params.{name}={value!r} must be an integer")
-    return value
-
-
-# SGLang sampling_params fields this engine honours, with SGLang's defaults.
-SUPPORTED_SAMPLING_FIELDS: dict[str, Any] = {
-    "max_new_tokens": 128,
-    "temperature": 1.0,
-    "top_p": 1.0,
-    "top_k": -1,
-    "min_p": 0.0,
-    "stop": None,
-    "stop_token_ids": None,
-    "n": 1,
-    "ignore_eos": False,
-    "skip_special_tokens": True,
-    "no_stop_trim": False,
-    "sampling_seed": None,
-}
-# SGLang fields accepted only at their neutral value (anything else is refused, not ignored).
-NEUTRAL_SAMPLING_FIELDS: dict[str, Any] = {
-    "frequency_penalty": 0.0,
-    "presence_penalty": 0.0,
-    "repetition_penalty": 1.0,
-    "min_new_tokens": 0,
-    "spaces_between_special_tokens": True,
-    "json_schema": None,
-    "regex": None,
-    "ebnf": None,
-    "structural_tag": None,
-    "logit_bias": None,
-    "custom_params": None,
-    "stream_interval": None,
-}
-
-
-@dataclass
-class SequenceSampling:
-    """Validated per-sequence sampling settings."""
-
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    min_p: float = 0.0
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
-    n: int = 1
-    ignore_eos: bool = False
-    skip_special_tokens: bool = True
-    no_stop_trim: bool = False
-    sampling_seed: int | None = None
-
-    @classmethod
-    def from_request(cls, params: dict | None) -> "SequenceSampling":
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(SUPPORTED_SAMPLING_FIELDS) - set(NEUTRAL_SAMPLING_FIELDS))
-        if unknown:
-            raise SamplingParamsError(
-                f"sampling_params has unsupported field(s) {unknown}; the built-in server supports "
-                f"{sorted(SUPPORTED_SAMPLING_FIELDS)} (use an SGLang server for the others)")
-        for name, neutral in NEUTRAL_SAMPLING_FIELDS.items():
-            value = params.pop(name, neutral)
-            if value not in (neutral, None) and not (isinstance(value, dict) and not value):
-                raise SamplingParamsError(
-                    f"sampling_params.{name}={value!r} is not supported by the built-in server "
-                    f"(only {neutral!r}); drop it or use an SGLang server")
-        out = cls()
-        for name, value in params.items():
-            if value is not None:
-                setattr(out, name, value)
-        if isinstance(out.stop, str):
-            out.stop = [out.stop]
-        out.stop = [str(s) for s in out.stop]
-        if any(not s for s in out.stop):
-            raise SamplingParamsError("sampling_params.stop contains an empty string; remove it")
-        if not isinstance(out.stop_token_ids, list):
-            raise SamplingParamsError(f"sampling_params.stop_token_ids={out.stop_token_ids!r} must be a list of token ids")
-        out.stop_token_ids = [_integer("stop_token_ids[]", t) for t in out.stop_token_ids]
-        if _integer("max_new_tokens", out.max_new_tokens) < 0:
-            raise SamplingParamsError(f"sampling_params.max_new_tokens={out.max_new_tokens!r} must be an integer >= 0")
-        if _integer("n", out.n) < 1:
-            raise SamplingParamsError(f"sampling_params.n={out.n!r} must be an integer >= 1")
-        for name in ("temperature", "top_p", "min_p"):
-            setattr(out, name, _finite_number(name, getattr(out, name)))
-        _integer("top_k", out.top_k)
-        if out.sampling_seed is not None and not SEED_RANGE[0] <= _integer("sampling_seed", out.sampling_seed) <= SEED_RANGE[1]:
-            raise SamplingParamsError(f"sampling_params.sampling_seed={out.sampling_seed} must be in [-2**63, 2**63 - 1]")
-        if out.temperature < 0:
-            raise SamplingParamsError(f"sampling_params.temperature={out.temperature} must be >= 0")
-        if not 0.0 < out.top_p <= 1.0:
-            raise SamplingParamsError(f"sampling_params.top_p={out.top_p} must be in (0, 1]")
-        if out.top_k == 0 or out.top_k < -1:
-            raise SamplingParamsError(f"sampling_params.top_k={out.top_k} must be -1 (all) or >= 1")
-        if not 0.0 <= out.min_p <= 1.0:
-            raise SamplingParamsError(f"sampling_params.min_p={out.min_p} must be in [0, 1]")
-        return out
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < GREEDY_TEMPERATURE
-
-    @property
-    def logprob_temperature(self) -> float:
-        return 1.0 if self.greedy else float(self.temperature)
-
-
 @dataclass
 class SequenceRequest:
     """One sequence to generate (a request with n samples becomes n of these)."""
 
     input_ids: list[int]
-    sampling: SequenceSampling
+    sampling: SamplingParams
     sample_index: int = 0
     return_logprob: bool = False
     logprob_start_len: int = -1  # -1: no input logprobs (SGLang's default)
@@ -354,7 +229,7 @@ class GenerationEngine:
         if bad:
             raise SamplingParamsError(f"input_ids contain token ids {bad[:5]} outside the vocabulary [0, {self.vocab_size})")
 
-    def validate_request(self, input_ids: list[int], sampling: SequenceSampling) -> None:
+    def validate_request(self, input_ids: list[int], sampling: SamplingParams) -> None:
         """The prompt's checks plus SGLang's total-length check (prompt + max_new_tokens)."""
         self.validate_input_ids(input_ids)
         total = len(input_ids) + sampling.max_new_tokens
@@ -501,11 +376,11 @@ class GenerationEngine:
         return cancelled
 
     @staticmethod
-    def _plain_sampling(s: SequenceSampling) -> bool:
+    def _plain_sampling(s: SamplingParams) -> bool:
         """Pure temperature sampling (the batched inverse-CDF path of `_sample`)."""
         return not s.greedy and s.top_k == -1 and s.top_p >= 1.0 and s.min_p <= 0.0
 
-    def _stop_plan(self, sampling: SequenceSampling) -> tuple[dict[int, str], list[str]]:
+    def _stop_plan(self, sampling: SamplingParams) -> tuple[dict[int, str], list[str]]:
         """Split the stop strings into ({token id: string} for strings that are one special token,
         which decoding with skip_special_tokens never shows, so they are matched by id) and the
         strings matched in the decoded text."""

@@ -22,6 +22,7 @@ import signal
 import sys
 
 from megarl.rollout.admin_token import TOKEN_ENV, read_token_file
+from megarl.rollout.protocol import MAX_BATCH_SEQUENCES
 
 
 def admin_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
@@ -54,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", default=None, help=argparse.SUPPRESS)  # refused with a pointer to the safe ways
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="model dtype (default float32)")
-    parser.add_argument("--max-batch-sequences", type=int, default=256,
-                        help="most sequences generated together in one batch (default 256)")
+    parser.add_argument("--max-batch-sequences", type=int, default=MAX_BATCH_SEQUENCES,
+                        help=f"most sequences generated together in one batch (default {MAX_BATCH_SEQUENCES}: rollout.max_batch_sequences)")
     parser.add_argument("--weight-version", default="default", help="initial weight_version (default 'default')")
     parser.add_argument("--seed", type=int, default=0, help="seed for requests without sampling_seed")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")

@@ -57,6 +57,7 @@ from megarl.rollout.weight_buckets import (FlattenedTensorMetadata, dtype_name, 
 from megarl.runtime.device import backend as collective_backend
 from megarl.runtime.distributed import free_port
 from megarl.runtime.device import get_device, is_gpu_device, on_gpu, synchronize
+from megarl.rollout.protocol import REQUEST_TIMEOUT_S
 from megarl.rollout.transports import SESSION_TRANSPORTS, TRANSPORTS
 DEFAULT_BUCKET_BYTES = 512 << 20
 POOL_BUFFERS = 2  # CPU: bucket buffers pooled within a push (one packed while the other is on the wire)
@@ -248,7 +249,7 @@ class WeightPusher:
 
     def __init__(self, servers: Sequence[str], *, transport: str = "tensor", bucket_bytes: int = DEFAULT_BUCKET_BYTES,
                  token: str | None = None, server_tp_size: int = 1, pause_mode: str = "abort",
-                 request_timeout_s: float = 600.0, master_address: str = "127.0.0.1", master_port: int | None = None,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S, master_address: str = "127.0.0.1", master_port: int | None = None,
                  group_name: str = "megarl_weight_update", group_backend: str | None = None,
                  disk_dir: str | None = None, reuse_buffers: bool | None = None, sglang_serializer: bool = False):
         """`reuse_buffers`: pool bucket buffers across the buckets of a push (default: on CPU only, where

@@ -164,10 +164,10 @@ class Trainer:
                                            dtype=self.cfg.model.dtype)
         if self.servers.trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
             torch.set_num_threads(self.servers.trainer_threads)
-        self.pusher = WeightPusher(self.servers.urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20,
-                                   token=self.servers.token, master_address=self.servers.master_address,
+        self.pusher = WeightPusher(self.servers.server_urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20,
+                                   token=self.servers.admin_token, master_address=self.servers.master_address,
                                    disk_dir=self.cfg.weight_sync_dir,
-                                   server_tp_size=rc.server_tp if rc.engine == "sglang" else 1, sglang_serializer=rc.engine == "sglang")
+                                   **self.servers.weight_sync_options(rc.server_tp))
         self.client = RolloutClient(self.servers.generation_urls, max_concurrency=rc.max_concurrency,
                                     request_timeout_s=rc.request_timeout_s, context_length=self.spec.max_position_embeddings)
         self.client.wait_until_healthy(timeout_s=300)

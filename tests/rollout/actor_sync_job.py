@@ -28,7 +28,7 @@ SEQUENCES = [[5, 17, 200, 33, 90, 1, 7, 250, 999, 4], [300, 12, 44, 3, 3, 9, 100
 class BackgroundServers:
     """Two built-in servers started from a helper thread, so their start overlaps the actor's build.
 
-    The thread stays alive until `stop()`: `start_builtin_servers` sets PR_SET_PDEATHSIG, which
+    The thread stays alive until `stop()`: `start_servers` sets PR_SET_PDEATHSIG, which
     fires when the *thread* that forked the server exits, not the process.
     """
 
@@ -39,10 +39,10 @@ class BackgroundServers:
         self.thread.start()
 
     def _run(self, server_hf: str, log_dir: Path) -> None:
-        from megarl.rollout.fleet import start_builtin_servers
+        from megarl.rollout.fleet import start_servers
 
         try:
-            self.group = start_builtin_servers(server_hf, 2, log_dir)
+            self.group = start_servers("builtin", server_hf, 2, log_dir)
         except BaseException as err:  # noqa: BLE001 - re-raised by wait()
             self.error = err
         self.ready.set()

@@ -12,8 +12,8 @@ import sys
 import pytest
 from rollout_helpers import ServerProcess
 
-from megarl.rollout.fleet import (SGLangFleet, SGLangServerSpec, sglang_router_command, sglang_server_command,
-                                  wait_for_health)
+from megarl.rollout.commands import ServerLaunch, SGLangServerSpec, sglang_router_command, sglang_server_command
+from megarl.rollout.fleet import FleetPlan, wait_for_health
 from megarl.runtime.device import on_gpu
 
 
@@ -37,12 +37,13 @@ def test_server_command_has_the_right_flags():
 
 def test_servers_started_for_a_run_serve_in_the_trainer_dtype(tmp_path):
     """A run's own servers get model.dtype as --dtype (bf16 recipes: bf16 servers), as a Slurm job's do."""
-    from megarl.rollout.fleet import builtin_server_command, server_dtype, sglang_fleet
+    from megarl.rollout.commands import builtin_server_command, server_dtype
+    from megarl.rollout.fleet import fleet_plan
 
-    fleet = sglang_fleet(tmp_path / "hf", 2, 1, tmp_path / "logs", dtype="bf16")
-    assert all(spec.dtype == "bfloat16" for spec in fleet.specs)
-    assert sglang_fleet(tmp_path / "hf", 1, 1, tmp_path / "logs").specs[0].dtype is None  # the checkpoint's
-    assert builtin_server_command("/m", 1, dtype=server_dtype("bf16"))[-2:] == ["--dtype", "bfloat16"]
+    fleet = fleet_plan("sglang", tmp_path / "hf", 2, tmp_path / "logs", dtype="bf16")
+    assert all(cmd[cmd.index("--dtype") + 1] == "bfloat16" for cmd in fleet.server_commands(None))
+    assert "--dtype" not in fleet_plan("sglang", tmp_path / "hf", 1, tmp_path / "logs").server_commands(None)[0]  # the checkpoint's
+    assert builtin_server_command(ServerLaunch("/m", 1, dtype="bf16"))[-2:] == ["--dtype", "bfloat16"]
     with pytest.raises(ValueError, match="not a model.dtype"):
         server_dtype("bfloat16")
 
@@ -93,15 +94,16 @@ def test_wait_for_health(tiny_model_dir):
 @pytest.mark.skipif(on_gpu(), reason="checks the CPU refusal")
 def test_fleet_refuses_to_start_without_gpus():
     with pytest.raises(RuntimeError, match="megarl serve"):
-        SGLangFleet([SGLangServerSpec(model_path="m")]).start()
+        FleetPlan("sglang", [ServerLaunch("m", 1)]).start()
 
 
 def test_builtin_fleet_starts_in_own_process_groups_and_stops(tiny_model_dir, tmp_path):
     """The trainer's built-in servers: healthy when returned, each in its own process group with an
     owner-only log, all gone after stop(); the command is the one the Slurm node manager runs too."""
-    from megarl.rollout.fleet import builtin_server_command, is_healthy, start_builtin_servers, wait_for_servers
+    from megarl.rollout.commands import builtin_server_command
+    from megarl.rollout.fleet import is_healthy, start_servers, wait_for_servers
 
-    fleet = start_builtin_servers(tiny_model_dir, 2, tmp_path / "logs", seed=3)
+    fleet = start_servers("builtin", tiny_model_dir, 2, tmp_path / "logs", seed=3)
     try:
         assert fleet.generation_urls == fleet.server_urls and len(fleet.server_urls) == 2
         assert wait_for_servers(fleet.server_urls, timeout_s=1, log=lambda m: None) == fleet.server_urls
@@ -109,7 +111,7 @@ def test_builtin_fleet_starts_in_own_process_groups_and_stops(tiny_model_dir, tm
             assert os.getpgid(process.pid) == process.pid != os.getpgid(0)  # killpg reaches its children
             assert oct(log.stat().st_mode & 0o777) == oct(0o600)
             port = int(fleet.server_urls[i].rsplit(":", 1)[1])
-            assert process.args == builtin_server_command(tiny_model_dir, port, seed=3 + i)
+            assert process.args == builtin_server_command(ServerLaunch(str(tiny_model_dir), port, seed=3 + i))
         processes = list(fleet.processes)
     finally:
         fleet.stop(grace_s=10)
@@ -118,7 +120,28 @@ def test_builtin_fleet_starts_in_own_process_groups_and_stops(tiny_model_dir, tm
 
 
 def test_builtin_fleet_reports_a_server_that_dies_with_its_log(tmp_path):
-    from megarl.rollout.fleet import start_builtin_servers
+    from megarl.rollout.fleet import start_servers
 
     with pytest.raises(RuntimeError, match=r"exited with code [1-9].*rollout_server_0\.log:\n(.|\n)*no_model_here' does not exist"):
-        start_builtin_servers(tmp_path / "no_model_here", 1, tmp_path / "logs", timeout_s=60)
+        start_servers("builtin", tmp_path / "no_model_here", 1, tmp_path / "logs", timeout_s=60)
+
+
+def test_the_engine_table_shapes_the_plan():
+    """Per-engine differences come from megarl.rollout.engines: TP, router, token handover, batch size flag."""
+    from megarl.rollout.admin_token import TOKEN_ENV
+    from megarl.rollout.fleet import fleet_plan
+
+    builtin = fleet_plan("builtin", "/m", 2, None, tp=4, router=True, max_batch_sequences=32)
+    assert builtin.router_port is None and [launch.tp for launch in builtin.launches] == [1, 1]  # no TP, no router
+    assert builtin.env[TOKEN_ENV] == builtin.admin_token  # by environment, never argv
+    command = builtin.server_commands(None)[0]
+    assert command[command.index("--max-batch-sequences") + 1] == "32" and builtin.admin_token not in command
+    sglang = fleet_plan("sglang", "/m", 2, None, tp=4, router=True)
+    assert sglang.router_port is not None and [launch.first_gpu for launch in sglang.launches] == [0, 4]
+    assert sglang.env.get(TOKEN_ENV) != sglang.admin_token  # SGLang reads it from the 0600 --config file
+    first = sglang.server_commands("/private/key.yaml")[0]
+    assert first[first.index("--config") + 1] == "/private/key.yaml" and first[first.index("--tp-size") + 1] == "4"
+    with pytest.raises(ValueError, match="builtin servers run without a router"):
+        FleetPlan("builtin", builtin.launches, router_port=1)
+    with pytest.raises(ValueError, match=r"rollout engine 'vllm' is unknown; choose one of: builtin, sglang"):
+        fleet_plan("vllm", "/m", 1, None)

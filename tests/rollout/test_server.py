@@ -196,13 +196,14 @@ def test_special_token_stop_strings_match_by_token_id(tiny_model_dir):
     """A stop string that is one special token never shows in text decoded with
     skip_special_tokens, so the engine matches it by token id (and still matches other strings in
     the text)."""
-    from megarl.rollout.engine import GenerationEngine, SequenceRequest, SequenceSampling
+    from megarl.rollout.engine import GenerationEngine, SequenceRequest
+    from megarl.rollout.protocol import SamplingParams
 
     engine = GenerationEngine(tiny_model_dir)
     tok = engine.tokenizer
     special = next(t for t in tok.all_special_tokens if engine.decode(tok.encode(t, add_special_tokens=False)) == "")
     special_id = tok.encode(special, add_special_tokens=False)[0]
-    sampling = SequenceSampling.from_request({"stop": [special, "ab"], "max_new_tokens": 8})
+    sampling = SamplingParams.from_request({"stop": [special, "ab"], "max_new_tokens": 8})
     by_id, by_text = engine._stop_plan(sampling)
     assert by_id == {special_id: special} and by_text == ["ab"]
     req = SequenceRequest(input_ids=[1, 2], sampling=sampling)
@@ -210,5 +211,5 @@ def test_special_token_stop_strings_match_by_token_id(tiny_model_dir):
     assert engine._check_finish(req, [other, special_id]) == ({"type": "stop", "matched": special}, None)
     assert engine._check_finish(req, [other]) == (None, None)
     # Shown when special tokens are not skipped: then it is an ordinary text match.
-    shown = SequenceSampling.from_request({"stop": [special], "skip_special_tokens": False})
+    shown = SamplingParams.from_request({"stop": [special], "skip_special_tokens": False})
     assert engine._stop_plan(shown) == ({}, [special])

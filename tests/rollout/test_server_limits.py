@@ -111,13 +111,13 @@ def test_client_disconnect_stops_the_work(inproc):
         sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         deadline = time.monotonic() + 10
-        while not inproc.server.running_batch:
+        while not inproc.server.scheduler.running_batch:
             assert time.monotonic() < deadline
             time.sleep(0.02)
         time.sleep(0.3)
         sock.close()  # the client goes away
         closed = time.monotonic()
-        while inproc.server.running_batch:
+        while inproc.server.scheduler.running_batch:
             assert time.monotonic() - closed < 2.0, "the worker kept generating for a client that left"
             time.sleep(0.02)
         calls = inproc.forward_calls
@@ -187,8 +187,8 @@ def test_requests_sent_together_run_as_one_batch(inproc):
     more before it starts one); before, the first ran alone and the second waited for its longest row.
     (A 0.5 s window and 50 ms between the requests keep the test independent of the machine's load.)"""
     body = {"input_ids": [5, 6, 7], "sampling_params": {"max_new_tokens": 4, "ignore_eos": True, "n": 2}}
-    batches, window = inproc.server.batches_run, inproc.server.batch_window_s
-    inproc.server.batch_window_s = 0.5
+    batches, window = inproc.server.scheduler.batches_run, inproc.server.scheduler.batch_window_s
+    inproc.server.scheduler.batch_window_s = 0.5
     results = []
     try:
         first = threading.Thread(target=lambda: results.append(generate(inproc.url, body)))
@@ -197,6 +197,6 @@ def test_requests_sent_together_run_as_one_batch(inproc):
         results.append(generate(inproc.url, body))
         first.join()
     finally:
-        inproc.server.batch_window_s = window
+        inproc.server.scheduler.batch_window_s = window
     assert [status for status, _ in results] == [200, 200]
-    assert inproc.server.batches_run == batches + 1 and inproc.server.batch_sizes[-1] == 4
+    assert inproc.server.scheduler.batches_run == batches + 1 and inproc.server.scheduler.batch_sizes[-1] == 4

@@ -45,9 +45,9 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tiny_model_dir, tmp_path):
 
 
 def test_trainer_started_servers_keep_the_token_off_the_command_line(tiny_model_dir, tmp_path):
-    from megarl.rollout.fleet import start_builtin_servers
+    from megarl.rollout.fleet import start_servers
 
-    group = start_builtin_servers(tiny_model_dir, 1, tmp_path / "logs")
+    group = start_servers("builtin", tiny_model_dir, 1, tmp_path / "logs")
     try:
         pid = group.processes[0].pid
         assert group.admin_token and group.admin_token not in open(f"/proc/{pid}/cmdline", "rb").read().decode()

@@ -170,7 +170,7 @@ def test_bare_store_sender_never_meets_sglang_receiver():
 
 def test_launcher_command_parses_with_sglang_server_args(tmp_path):
     from megarl.rollout.admin_token import sglang_admin_key_config
-    from megarl.rollout.fleet import SGLangServerSpec, sglang_server_command
+    from megarl.rollout.commands import SGLangServerSpec, sglang_server_command
 
     token = "megarl-test-token-5e1d"
     key_file = sglang_admin_key_config(token, tmp_path)
@@ -207,9 +207,9 @@ def test_trainer_launched_sglang_servers_get_an_admin_token(tmp_path):
     from sglang.srt.utils.server_args_config_parser import ConfigArgumentMerger
 
     from megarl.rollout.admin_token import sglang_admin_key_config
-    from megarl.rollout.fleet import sglang_fleet
+    from megarl.rollout.fleet import fleet_plan
 
-    fleet = sglang_fleet(tmp_path / "hf", 2, 1, tmp_path / "logs", colocate=True, mem_fraction_static=0.4)
+    fleet = fleet_plan("sglang", tmp_path / "hf", 2, tmp_path / "logs", colocate=True, mem_fraction_static=0.4)
     token = fleet.admin_token
     assert token and len(token) >= 32
     key_file = sglang_admin_key_config(token, tmp_path)

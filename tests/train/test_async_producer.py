@@ -143,7 +143,7 @@ def test_partial_sample_is_continuous_across_a_weight_update(toy_model, servers,
             p.add_(torch.randn(p.shape, generator=generator) * 0.02)
     _update_versions([url], 0)
     deadline = time.monotonic() + 60  # requests of the last test's producer, cancelled, may still be running
-    while (server.server.running_batch or not server.server.jobs.empty()) and time.monotonic() < deadline:
+    while (server.server.scheduler.running_batch or server.server.scheduler.queued) and time.monotonic() < deadline:
         time.sleep(0.05)
     server.forward_delay_s = 0.05
     cfg = _config(toy_model, per_step=1, n=2, staleness=2, partial=True, max_new_tokens=40)

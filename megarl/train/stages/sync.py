@@ -22,9 +22,9 @@ def push_weights(actor_module, spec: ModelSpec, pusher, client, version: int, is
     return report
 
 
-def server_memory(action: str, servers: fleet.RunServers | None, is_driver: bool) -> None:
+def server_memory(action: str, servers: fleet.ServerFleet | None, is_driver: bool) -> None:
     """Colocated mode: servers `release` their GPU memory (weights, KV cache) while the trainer
     computes and `resume` it before the weight sync (SGLang --enable-memory-saver)."""
     if is_driver:
-        fleet.post_to_servers(servers.urls, f"/{action}_memory_occupation", {}, token=servers.token)
+        fleet.post_to_servers(servers.server_urls, f"/{action}_memory_occupation", {}, token=servers.admin_token)
     collectives.barrier()
