@@ -49,6 +49,8 @@ class ServerPlan:
     seed: int
     first_gpu: int = 0  # partitioned nodes: the servers' GPUs start after the trainer's
     mem_fraction_static: float | None = None  # colocated SGLang: its share of each GPU (rollout.mem_fraction_static)
+    placeholder_weights: bool = False  # `model` holds config and tokenizer only (a torch_dist source): SGLang starts
+    # with random weights (--load-format dummy) and the trainer pushes the actor's before the first rollout
 
 
     def port(self, node_index: int, server_index: int) -> int:
@@ -67,7 +69,8 @@ def server_commands(plan: ServerPlan, node_index: int, python: str,
             spec = SGLangServerSpec(model_path=plan.model, host="0.0.0.0", port=port, tp_size=plan.server_tp,
                                     base_gpu_id=plan.first_gpu + i * plan.server_tp, enable_memory_saver=plan.colocate,
                                     mem_fraction_static=plan.mem_fraction_static if plan.colocate else None,
-                                    random_seed=seed, dtype=server_dtype(plan.dtype))
+                                    random_seed=seed, dtype=server_dtype(plan.dtype),
+                                    extra_args=["--load-format", "dummy"] if plan.placeholder_weights else [])
             argv = sglang_server_command(spec, python=python, admin_key_config=admin_key_config)
         else:
             argv = builtin_server_command(plan.model, port, host="0.0.0.0", seed=seed, dtype=server_dtype(plan.dtype),

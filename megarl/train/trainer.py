@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
+from megarl import model_source
 from megarl.checkpoint.manager import CheckpointManager, export_hf
 from megarl.config import Config, ConfigError, colocated_transport_problem, validate_semantics
 from megarl.data.prompt_stream import PromptStream
-from megarl.demo.builtins import builtin_model_dir, builtin_name
 from megarl.models.spec import ModelSpec
 from megarl.rollout import fleet
 from megarl.runtime import collectives
@@ -98,20 +98,13 @@ class Trainer:
 
     # ---- setup --------------------------------------------------------------------------
     def _resolve_model(self) -> Path:
-        path = self.cfg.model.path
-        builtin = builtin_name(path)
-        if builtin is not None:
-            if self.is_driver:
-                builtin_model_dir(builtin)
-            collectives.barrier()
-            return builtin_model_dir(builtin)  # cached: every rank gets the same directory
-        path = Path(path)
-        from megarl.checkpoint import torch_dist
-
-        if torch_dist.looks_like_torch_dist(path):
-            self.initial_torch_dist = path
-            return torch_dist.hf_assets_of(path, self.cfg.model.tokenizer)
-        return path / "hf" if (path / "megarl_checkpoint.json").exists() else path
+        model = self.cfg.model
+        if self.is_driver:  # a scheme's model (builtin:NAME) is made once, by the driver
+            model_source.resolve(model.path, tokenizer=model.tokenizer)
+        collectives.barrier()
+        source = model_source.resolve(model.path, tokenizer=model.tokenizer)  # made: every rank gets the same directory
+        self.initial_torch_dist = source.checkpoint
+        return source.hf_dir
 
     def _worker(self, role: str, par, trainable: bool) -> ModelWorker:
         steps = self.cfg.run.steps * self.cfg.algorithm.epochs * self.cfg.algorithm.mini_batches
