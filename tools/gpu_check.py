@@ -694,13 +694,14 @@ def run_dry(args, steps: Steps) -> dict:
         def check():
             import megarl.demo  # noqa: F401  registers builtin: models and the toy sets, as the megarl command does
             from megarl import config
+            from megarl.commands.config import main as config_main
 
             if name == "grpo_apart":
                 argv = apart_argv(engine, work / "check_model", work, "http://127.0.0.1:30000")
             else:
                 argv = recipes(engine, work / "check_model", work, transport)[name]
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
-                rc = config.main(argv)
+                rc = config_main(argv)
             if rc:
                 return "fail", err.getvalue().strip()
             cfg = config.load_config(argv[0], argv[1:])

@@ -16,7 +16,6 @@ component it configures.
 from __future__ import annotations
 
 import difflib
-import sys
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 

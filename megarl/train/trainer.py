@@ -246,9 +246,7 @@ class Trainer:
         step_s = time.perf_counter() - start
         metrics.update(step_metrics.perf_metrics(timer, seqs, step_s))
         if self.is_driver:
-            client = self._generation_client()
-            busy = client.busy_seconds() - busy_before
-            metrics["perf/server_idle_frac"] = max(0.0, 1.0 - busy / (step_s * len(client.servers)))
+            metrics.update(step_metrics.server_idle(self._generation_client(), busy_before, step_s))
         if offloaded:
             metrics["colocate/offloaded_gib"] = offloaded / 2**30
         return metrics, progress.batch
@@ -274,12 +272,8 @@ class Trainer:
             sync.server_memory(action, self.servers, self.is_driver)
 
     def _trainer_memory(self, action: str) -> int:
-        """Colocated mode: `offload` the trainer's weights, gradients and optimizer state to host memory
-        while the servers generate, `reload` them after; returns the bytes moved on this rank."""
-        if not self.cfg.rollout.colocate:
-            return 0
-        workers = [w for w in (self.actor, self.reference, self.critic) if w is not None]
-        return sum(w.offload() if action == "offload" else w.reload() for w in workers)
+        """Colocated mode: the trainer's state to host memory and back (sync.trainer_memory); bytes moved."""
+        return sync.trainer_memory(action, (self.actor, self.reference, self.critic)) if self.cfg.rollout.colocate else 0
 
     # ---- rollout (driver): generated now, prefetched (overlap) or taken from the producer (async) ----
     def rollout(self, batch: generate.RolloutBatch | None = None) -> generate.RolloutBatch:
