@@ -362,12 +362,10 @@ def test_servers_of_a_torch_dist_source_start_from_its_hf_assets(tmp_path):
     """model.path a Megatron-LM torch_dist root (as tools/convert_hf_to_megatron.py --format torch_dist writes it:
     tracker file, iter_NNNNNNN/ with Megatron's metadata.json, hf/ with config.json): SGLang gets the hf/ folder and
     placeholder weights, which the trainer overwrites before the first rollout (before: the root itself, no config.json)."""
+    from tiny_models import megatron_lm_layout
+
     root = tmp_path / "qwen7b_torch_dist"
-    (root / "latest_checkpointed_iteration.txt").parent.mkdir(parents=True)
-    (root / "latest_checkpointed_iteration.txt").write_text("10")
-    (root / "iter_0000010").mkdir()
-    (root / "iter_0000010" / "metadata.json").write_text(json.dumps({"sharded_backend": "torch_dist", "sharded_backend_version": 1,
-                                                                   "common_backend": "torch", "common_backend_version": 1}))
+    megatron_lm_layout(root)
     qwen_dir(tmp_path, "7b").rename(root / "hf")
     code, script, err = run_submit([str(REPO / "configs/simplerl_zoo_qwen2.5_7b.yaml"), "--dry-run", "--nodes", "2",
                                     "--rollout-nodes", "1", f"model.path={root}", f"run.output_dir={tmp_path}/run"])
