@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+
 import yaml
 
-from megarl.config.checks import load_config_for_cli
+from megarl.config import Config, ConfigError, load_config
+
+
+def load_config_for_cli(argv: list[str]) -> Config | None:
+    """`RECIPE [key=value ...]` from a command line; on a bad recipe prints one line and returns None."""
+    try:
+        return load_config(argv[0], argv[1:])
+    except ConfigError as err:
+        print(f"megarl: config error: {err}", file=sys.stderr)
+        return None
 
 
 def main(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ Components never read this package's objects globally: the trainer passes each s
 component it configures.
 """
 
-from megarl.config.checks import load_config, load_config_for_cli, planning_config_json, validate_semantics
+from megarl.config.checks import load_config, planning_config_json, validate_semantics
 from megarl.config.schema import (
     RENAMED_KEYS, WEIGHT_SYNC_SUBDIR, AlgorithmConfig, CheckpointConfig, Config, ConfigError, CriticConfig, DataConfig,
     EvalConfig, LoggingConfig, ModelConfig, ParallelConfig, RewardConfig, RolloutConfig, RunConfig, Section, SlurmConfig,
@@ -19,5 +19,5 @@ __all__ = [
     "RENAMED_KEYS", "WEIGHT_SYNC_SUBDIR", "AlgorithmConfig", "CheckpointConfig", "Config", "ConfigError", "CriticConfig",
     "DataConfig", "EvalConfig", "LoggingConfig", "ModelConfig", "ParallelConfig", "RewardConfig", "RolloutConfig",
     "RunConfig", "Section", "SlurmConfig", "apply_overrides", "build_section", "colocated_transport_problem",
-    "load_config", "load_config_for_cli", "planning_config_json", "read_config", "read_recipe", "validate_semantics",
+    "load_config", "planning_config_json", "read_config", "read_recipe", "validate_semantics",
 ]

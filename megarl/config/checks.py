@@ -5,7 +5,6 @@ exist, the world size, the algorithm's requirements across sections. They import
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from megarl import model_source
@@ -116,12 +115,3 @@ def _architecture(cfg: Config, weights: bool):
             raise ConfigError(f"model.path={cfg.model.path!r} does not exist; give an HF model directory{fix}")
         return planning_config_json(cfg)  # planning only: the architecture from model.config
     return model_source.architecture(cfg.model.path, tokenizer=cfg.model.tokenizer)
-
-
-def load_config_for_cli(argv: list[str]) -> Config | None:
-    """`RECIPE [key=value ...]` from a command line; on a bad recipe prints one line and returns None."""
-    try:
-        return load_config(argv[0], argv[1:])
-    except ConfigError as err:
-        print(f"megarl: config error: {err}", file=sys.stderr)
-        return None

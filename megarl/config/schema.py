@@ -4,13 +4,8 @@ the checks against the model and the files are megarl.config.checks.
 
 This module imports no megarl package but the registries whose names a field may take (algorithms,
 templates, data set names, evaluation protocols, reward schemes, extraction modes, transports), so
-every component can import the section it is configured by.
-
-Errors name the field, the value and the fix, e.g.
-  config error: actor.tp=3 does not divide num_attention_heads=14; choose tp from [1, 2, 7, 14]
-  config error: unknown key 'rollout.temprature'; did you mean 'rollout.temperature'?
-Components never read this module's objects globally: the trainer passes each section to the
-component it configures.
+every component can import the section it is configured by. Errors are one line naming the field,
+the value and the fix (examples in megarl/config/__init__.py).
 """
 
 from __future__ import annotations
