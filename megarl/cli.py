@@ -13,13 +13,13 @@ import sys
 # makes the subcommand report "not yet available" instead of crashing.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("megarl.train.cli", "run RL training from a YAML recipe (megarl train configs/tiny_cpu.yaml actor.tp=2)"),
-    "eval": ("megarl.evaluation.cli", "evaluate a model on math benchmarks through the rollout engine"),
+    "eval": ("megarl.commands.eval", "evaluate a model on math benchmarks through the rollout engine"),
     "serve": ("megarl.rollout.serve_cli", "start megarl's built-in rollout server (SGLang protocol subset)"),
     "submit": ("megarl.launch.submit", "render and submit a Slurm sbatch job for a recipe"),
-    "grade": ("megarl.rewards.cli", "grade responses in a JSON Lines file against gold answers"),
+    "grade": ("megarl.commands.grade", "grade responses in a JSON Lines file against gold answers"),
     "data": ("megarl.data.cli", "data tools: filter prompts by measured pass rate"),
     "plot": ("megarl.monitoring.plot", "plot a run's metrics as PNG curves"),
-    "config": ("megarl.config", "load, override and validate a recipe; print the resolved config"),
+    "config": ("megarl.commands.config", "load, override and validate a recipe; print the resolved config"),
     "sandbox": ("megarl.sandbox.cli", "run a Python file in the tool sandbox; print the result as JSON"),
     "doctor": ("megarl.doctor", "check this environment against the tested lock: versions, shadowed modules, GPU stack"),
 }
@@ -31,6 +31,12 @@ FAST_EXIT = ("serve",)
 USAGE = "usage: megarl <command> [args...]\n\ncommands:\n" + "\n".join(
     f"  {name:<8} {desc}" for name, (_, desc) in SUBCOMMANDS.items()
 ) + "\n\nRun `megarl <command> --help` for a command's options."
+
+
+def load_plugins() -> None:
+    """Register the plugins' names with megarl's registries before a command runs: the CPU demo's
+    `builtin:` models (megarl.model_source) and generated prompt sets. Library code imports no plugin."""
+    import megarl.demo  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         from megarl.runtime import process
 
         process.skip_finalization_at_exit()
+    load_plugins()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:

@@ -12,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
 
+import megarl.demo  # noqa: E402,F401  the `builtin:` models, as the `megarl` command registers them (megarl.cli)
+
 
 @pytest.fixture(scope="session")
 def tiny_hf_models(tmp_path_factory):

@@ -54,3 +54,17 @@ def make_tiny_hf(arch: str, out_dir: str | Path, seed: int = 0, **overrides) -> 
     out = Path(out_dir)
     model.save_pretrained(out)
     return out
+
+
+def megatron_lm_layout(root: str | Path, iteration: int = 10) -> Path:
+    """The directory layout of a Megatron-LM torch_dist checkpoint without its tensors: the tracker file and
+    iter_NNNNNNN/ holding megatron-core's metadata.json (what recognizes the format); returns the iteration dir."""
+    import json
+
+    root = Path(root)
+    step = root / f"iter_{iteration:07d}"
+    step.mkdir(parents=True)
+    (root / "latest_checkpointed_iteration.txt").write_text(str(iteration))
+    (step / "metadata.json").write_text(json.dumps({"sharded_backend": "torch_dist", "sharded_backend_version": 1,
+                                                    "common_backend": "torch", "common_backend_version": 1}))
+    return step

@@ -83,6 +83,7 @@ def run_env() -> dict:
 
 
 def load_recipe(config: Path, overrides: list[str]):
+    import megarl.demo  # noqa: F401  registers builtin: models and the toy sets, as the megarl command does
     from megarl.config import ConfigError, load_config
 
     try:
@@ -93,10 +94,9 @@ def load_recipe(config: Path, overrides: list[str]):
 
 def resolve_model(cfg) -> str:
     """The recipe's model directory, built (once, cached) here so that no run's step time includes it."""
-    from megarl.demo.builtins import builtin_model_dir, builtin_name
+    from megarl import model_source
 
-    name = builtin_name(cfg.model.path)
-    return str(builtin_model_dir(name)) if name else cfg.model.path
+    return str(model_source.resolve(cfg.model.path, tokenizer=cfg.model.tokenizer).hf_dir)
 
 
 # ---- the three runs ------------------------------------------------------------------------

@@ -36,6 +36,7 @@ DEFAULT_CONFIG = REPO / "configs" / "tiny_cpu.yaml"
 
 # ---- shared -----------------------------------------------------------------------------
 def load_recipe(config: Path, overrides: list[str]):
+    import megarl.demo  # noqa: F401  registers builtin: models and the toy sets, as the megarl command does
     from megarl.config import ConfigError, load_config
 
     try:

@@ -298,6 +298,7 @@ def recipes(engine: str, model_dir: Path, run_root: Path, transport: str = "dist
 # ---- the colocated step (a subprocess of the GPU check) ------------------------------------------------
 def colocated_step(argv: list[str]) -> int:
     """Run one colocated training step of recipe `argv` and print device memory before, after and at peak."""
+    import megarl.demo  # noqa: F401  registers builtin: models and the toy sets, as the megarl command does
     from megarl.config import load_config
     from megarl.runtime import device
     from megarl.runtime.distributed import shutdown_runtime
@@ -691,14 +692,16 @@ def run_dry(args, steps: Steps) -> dict:
 
     def recipe_check(engine, name, transport):
         def check():
+            import megarl.demo  # noqa: F401  registers builtin: models and the toy sets, as the megarl command does
             from megarl import config
+            from megarl.commands.config import main as config_main
 
             if name == "grpo_apart":
                 argv = apart_argv(engine, work / "check_model", work, "http://127.0.0.1:30000")
             else:
                 argv = recipes(engine, work / "check_model", work, transport)[name]
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
-                rc = config.main(argv)
+                rc = config_main(argv)
             if rc:
                 return "fail", err.getvalue().strip()
             cfg = config.load_config(argv[0], argv[1:])

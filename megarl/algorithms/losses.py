@@ -9,7 +9,21 @@ import torch
 
 from megarl.kernels.losses import aggregate, cispo_policy_loss, gspo_policy_loss, kl_penalty, policy_loss
 from megarl.algorithms.registry import get_algorithm, policy_loss_fn, register_policy_loss
-from megarl.train.batch import LossTargets
+
+
+@dataclasses.dataclass
+class LossTargets:
+    """What the losses read for one micro-batch, per sequence and response token [B, T] (right-padded;
+    None: not used by this recipe)."""
+
+    loss_mask: torch.Tensor  # response tokens that count (overlong-filtered sequences excluded)
+    advantages: torch.Tensor | None = None
+    old_logp: torch.Tensor | None = None  # the PPO ratio's denominator (None: single pass fills it in)
+    ref_logp: torch.Tensor | None = None  # KL as a loss
+    behaviour_logp: torch.Tensor | None = None  # the rollout server's log-probs
+    is_weights: torch.Tensor | None = None  # per-token off-policy correction weights (megarl/algorithms/corrections.py)
+    returns: torch.Tensor | None = None  # critic
+    old_values: torch.Tensor | None = None  # critic
 
 
 @dataclasses.dataclass(frozen=True)

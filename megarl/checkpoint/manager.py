@@ -36,14 +36,17 @@ import random
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from megarl.checkpoint import checksums, torch_dist
-from megarl.config import CheckpointConfig
 from megarl.runtime import collectives
+
+if TYPE_CHECKING:  # the recipe's section; megarl.config sits above the checkpoints
+    from megarl.config import CheckpointConfig
 
 FORMAT_VERSION = 2  # 1: per-rank .pt files; 2: torch_dist
 TENSORS_DIR = "torch_dist"

@@ -25,27 +25,23 @@ __all__ = [
 
 from pathlib import Path  # noqa: E402
 
-TOY_PREFIX = "toy-arith:"
 
 
 def load_prompts(source: str, levels: list[int] | None = None) -> list[PromptRecord]:
-    """Prompt records for training or evaluation from a shipped set name, a path, or the CPU
-    demo's generated sets (`toy-arith:rl_train`, `toy-arith:heldout[:N]`, `toy-arith-long:...`, see
-    megarl.demo.builtins), or a
+    """Prompt records for training or evaluation from a shipped set name, a path, a generated set a
+    plugin registered (megarl.data.sources; the CPU demo's `toy-arith:rl_train`, `toy-arith:heldout[:N]`,
+    `toy-arith-long:...`), or a
     SimpleRL-Zoo difficulty level by name: `easy` (GSM8K train + MATH level 1), `medium` (MATH
     1-4), `hard` (MATH 3-5).
 
     `levels`: keep only MATH problems whose level is in the list (difficulty control)."""
-    from megarl.demo.builtins import is_toy_source
+    from megarl.data.sources import parse_generated
 
-    if is_toy_source(source) or source.startswith(TOY_PREFIX):  # a bad toy-arith: name fails in toy_source_rows
-        from megarl.demo.builtins import toy_source_rows
-        from megarl.demo.toy_task import format_prompt
-
-        rows = toy_source_rows(source)
-        # The toy model's prompt is the problem plus one newline (template "none").
-        records = [PromptRecord(id=r["id"], problem=format_prompt(r["problem"]), answer=r["answer"], source=source)
-                   for r in rows]
+    generated = parse_generated(source)  # a registered set with a bad split or count raises
+    if generated is not None:
+        made, split, count = generated
+        records = [PromptRecord(id=r["id"], problem=made.prompt(r["problem"]), answer=r["answer"], source=source)
+                   for r in made.rows(split, count)]
     elif source in DIFFICULTY_PRESETS and not Path(source).exists():
         records = load_difficulty_preset(source)
     else:

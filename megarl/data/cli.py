@@ -63,15 +63,13 @@ def _load(source: str):
     return load_difficulty_preset(source) if source in DIFFICULTY_PRESETS else load_prompts(source)
 
 
-def _add_toy_rows(table) -> None:
-    """The CPU demo's generated sets (megarl.demo.builtins): NAME:SPLIT[:COUNT], made on use, no file."""
-    from megarl.demo.builtins import DEFAULT_TOY_ROWS, TOY_DATASETS
-    from megarl.demo.toy_task import SPLITS
+def _add_generated_rows(table) -> None:
+    """The generated sets plugins registered (the CPU demo's): NAME:SPLIT[:COUNT], made on use, no file."""
+    from megarl.data.sources import GENERATED_SETS
 
-    use = {"pretrain": "pretrain (toy model)", "rl_train": "train", "heldout": "eval"}
-    for name in TOY_DATASETS:
-        for split in SPLITS:
-            table.add_row(f"{name}:{split}[:COUNT]", f"{use[split]}, generated", f"COUNT (default {DEFAULT_TOY_ROWS})", "-")
+    for name, generated in GENERATED_SETS.items():
+        for split, use in generated.splits.items():
+            table.add_row(f"{name}:{split}[:COUNT]", f"{use}, generated", f"COUNT (default {generated.default_rows})", "-")
 
 
 def main(argv: list[str]) -> int:
@@ -148,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
             rows = sum(1 for line in dataset_path(name).open(encoding="utf-8") if line.strip())
             ok = checks.get(f"{name}.jsonl")
             table.add_row(name, "eval" if name in EVAL_SETS else "train", str(rows), "ok" if ok else "MISMATCH")
-        _add_toy_rows(table)
+        _add_generated_rows(table)
         Console().print(table)
         return 0 if all(checks.values()) else 1
     if args.command == "select":

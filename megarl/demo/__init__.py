@@ -1,12 +1,15 @@
 """The built-in CPU demo's pieces: the toy arithmetic task and the toy base model it trains.
 
-Names are imported lazily, so `python -m megarl.demo.toy_model` runs without importing the
+Importing it registers the demo's models (`builtin:NAME`) with megarl.model_source; the `megarl` command
+does (megarl.cli). Other names are imported lazily, so `python -m megarl.demo.toy_model` runs without importing the
 module twice.
 """
 
 from __future__ import annotations
 
 import importlib
+
+from megarl.demo import builtins as _builtins  # noqa: F401  registers the `builtin:` models with megarl.model_source
 
 _EXPORTS = {
     "toy_problems": "megarl.demo.toy_task",

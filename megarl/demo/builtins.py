@@ -1,8 +1,9 @@
-"""The names the CPU demo registers: built-in base models (`model.path: builtin:NAME`) and generated
-prompt sets (`NAME:split[:count]` in `data.train` and `eval.benchmarks`).
+"""The names the CPU demo registers: built-in base models (`model.path: builtin:NAME`, the `builtin:`
+scheme of megarl.model_source, registered when this module is imported) and generated prompt sets
+(`NAME:split[:count]` in `data.train` and `eval.benchmarks`).
 
-One table each, so the config check, the trainer, the Slurm renderer and the data loader all read
-the same names instead of testing for them one by one:
+The config check, the trainer, the Slurm renderer and `megarl eval` resolve models through
+megarl.model_source and never import this module; the `megarl` command loads the demo (megarl.cli):
 
     builtin:toy-arith        the demo's toy base model (megarl/demo/README.md)
     builtin:toy-arith-long   the long-tailed variant: also pretrained on chain problems, 768 positions
@@ -17,9 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from megarl.data.sources import GeneratedSet, parse_generated, register_generated_set
+from megarl.demo.toy_task import SPLITS, format_prompt, long_problems, toy_problems
+from megarl.model_source import register_scheme
 from megarl.runtime.cache import cache_root
 
-BUILTIN_PREFIX = "builtin:"
+SCHEME = "builtin"
 DEFAULT_TOY_ROWS = 1000
 
 # ToyModelSettings overrides of each built-in model (the defaults are the demo's toy-arith).
@@ -31,24 +35,15 @@ BUILTIN_MODELS: dict[str, dict] = {
 }
 
 
-def _dataset_generators() -> dict[str, Callable[..., list[dict]]]:
-    from megarl.demo.toy_task import long_problems, toy_problems
-
-    return {"toy-arith": toy_problems, "toy-arith-long": long_problems}
-
-
-TOY_DATASETS = ("toy-arith", "toy-arith-long")
-
-
-def builtin_name(path: str) -> str | None:
-    """`toy-arith-long` for `builtin:toy-arith-long`; None for anything else (a directory path)."""
-    return path[len(BUILTIN_PREFIX):] if path.startswith(BUILTIN_PREFIX) else None
+GENERATORS: dict[str, Callable[..., list[dict]]] = {"toy-arith": toy_problems, "toy-arith-long": long_problems}
+TOY_DATASETS = tuple(GENERATORS)
+SPLIT_USES = dict(zip(SPLITS, ("pretrain (toy model)", "train", "eval")))  # split -> what it is for
 
 
 def check_builtin_model(name: str) -> None:
     if name not in BUILTIN_MODELS:
-        raise ValueError(f"model.path={BUILTIN_PREFIX + name!r}: unknown built-in model; available: "
-                         f"{', '.join(BUILTIN_PREFIX + m for m in BUILTIN_MODELS)}")
+        raise ValueError(f"model.path={SCHEME}:{name!r}: unknown built-in model; available: "
+                         f"{', '.join(f'{SCHEME}:{m}' for m in BUILTIN_MODELS)}")
 
 
 def builtin_model_settings(name: str):
@@ -62,10 +57,10 @@ def builtin_model_settings(name: str):
 def builtin_model_dir(name: str, *, build: bool = True, cache_dir: Path | str | None = None, show_progress: bool = True) -> Path:
     """The HF directory of a built-in model: pretrained and cached on first use when `build`, else
     only where the cache puts it."""
-    from megarl.demo import toy_model
-
     settings = builtin_model_settings(name)
     if build:
+        import megarl.demo.toy_model as toy_model
+
         return toy_model.build_toy_model(cache_dir, show_progress=show_progress, **BUILTIN_MODELS[name])
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     return root / f"{settings.name}-{settings.cache_key()}"
@@ -73,7 +68,7 @@ def builtin_model_dir(name: str, *, build: bool = True, cache_dir: Path | str | 
 
 def builtin_model_cached(name: str) -> bool:
     """Whether a built-in model is already pretrained in the cache (else the next run builds it)."""
-    from megarl.demo import toy_model
+    import megarl.demo.toy_model as toy_model
 
     return toy_model.is_built(builtin_model_dir(name, build=False))
 
@@ -81,22 +76,11 @@ def builtin_model_cached(name: str) -> bool:
 def parse_toy_source(source: str) -> tuple[str, str, int] | None:
     """(dataset, split, rows) of a generated set name like `toy-arith-long:heldout:200`; None when
     `source` names no generated set. Raises ValueError for a known dataset with a bad split or count."""
-    name, sep, rest = source.partition(":")
-    if not sep or name not in TOY_DATASETS:
+    parsed = parse_generated(source)
+    if parsed is None or parsed[0].name not in GENERATORS:
         return None
-    from megarl.demo.toy_task import SPLITS
-
-    parts = rest.split(":")
-    split = parts[0]
-    if split not in SPLITS or len(parts) > 2:
-        raise ValueError(f"{source!r}: write {name}:SPLIT[:COUNT] with SPLIT one of {', '.join(SPLITS)}")
-    try:
-        count = int(parts[1]) if len(parts) > 1 else DEFAULT_TOY_ROWS
-    except ValueError:
-        raise ValueError(f"{source!r}: the count {parts[1]!r} is not a whole number") from None
-    if count < 1:
-        raise ValueError(f"{source!r}: the count must be >= 1")
-    return name, split, count
+    generated, split, count = parsed
+    return generated.name, split, count
 
 
 def is_toy_source(source: str) -> bool:
@@ -112,4 +96,30 @@ def toy_source_rows(source: str) -> list[dict]:
     if parsed is None:
         raise ValueError(f"{source!r} is not a generated toy set; use one of {', '.join(d + ':SPLIT[:COUNT]' for d in TOY_DATASETS)}")
     name, split, count = parsed
-    return _dataset_generators()[name](split, count, seed=0)
+    return GENERATORS[name](split, count, seed=0)
+
+
+class BuiltinModels:
+    """The `builtin:` scheme of megarl.model_source: the demo's toy base models."""
+
+    def names(self) -> list[str]:
+        return list(BUILTIN_MODELS)
+
+    def model_dir(self, name: str, *, build: bool) -> Path:
+        return builtin_model_dir(name, build=build)
+
+    def hf_config(self, name: str) -> dict:
+        """The architecture from the model's settings (no pretraining needed)."""
+        from megarl.demo.toy_model import toy_model_config
+
+        settings = builtin_model_settings(name)
+        return toy_model_config(settings, vocab_size=settings.tokenizer_vocab_size, eos_id=0, pad_id=1).to_dict()
+
+    def is_built(self, name: str) -> bool:
+        return builtin_model_cached(name)
+
+
+register_scheme(SCHEME, BuiltinModels())
+for _name, _generate in GENERATORS.items():  # the toy model's prompt is the problem plus one newline (template "none")
+    register_generated_set(GeneratedSet(_name, SPLIT_USES, lambda split, count, make=_generate: make(split, count, seed=0),
+                                        prompt=format_prompt, default_rows=DEFAULT_TOY_ROWS))

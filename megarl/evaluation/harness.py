@@ -18,9 +18,12 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from megarl.config import Config, EvalConfig, RewardConfig
 from megarl.runtime.seeds import fold_seed
+
+if TYPE_CHECKING:  # the recipe's sections; megarl.config imports megarl.evaluation.protocols
+    from megarl.config import Config, EvalConfig, RewardConfig
 
 
 @dataclasses.dataclass

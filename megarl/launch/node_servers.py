@@ -46,6 +46,8 @@ class ServerPlan:
     first_gpu: int = 0  # partitioned nodes: the servers' GPUs start after the trainer's
     mem_fraction_static: float | None = None  # colocated SGLang: its share of each GPU (rollout.mem_fraction_static)
     max_batch_sequences: int = MAX_BATCH_SEQUENCES  # built-in servers (rollout.max_batch_sequences)
+    placeholder_weights: bool = False  # `model` holds config and tokenizer only (a torch_dist source): SGLang starts
+    # with random weights (--load-format dummy) and the trainer pushes the actor's before the first rollout
 
 
     def port(self, node_index: int, server_index: int) -> int:
@@ -63,7 +65,7 @@ def server_commands(plan: ServerPlan, node_index: int, python: str,
         launch = ServerLaunch(plan.model, port, host="0.0.0.0", seed=plan.seed + node_index * plan.servers_per_node + i,
                               dtype=plan.dtype, tp=plan.server_tp, first_gpu=plan.first_gpu + i * plan.server_tp,
                               colocate=plan.colocate, mem_fraction_static=plan.mem_fraction_static,
-                              max_batch_sequences=plan.max_batch_sequences,
+                              max_batch_sequences=plan.max_batch_sequences, placeholder_weights=plan.placeholder_weights,
                               token_file=admin_key_config if engine.token_from_file else None)
         commands.append((port, engine.command(launch, python)))
     return commands

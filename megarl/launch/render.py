@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from megarl import model_source
 from megarl.config import Config
-from megarl.demo.builtins import builtin_model_dir, builtin_name
 from megarl.launch.layout import JobLayout, LaunchError, LaunchOptions
 from megarl.launch.node_servers import ServerPlan, server_commands
 from megarl.rollout.engines import get_engine
@@ -74,25 +74,27 @@ def slurm_source_dir() -> Path:
 
 
 def resolve_model_dir(cfg: Config, build: bool = True) -> str:
-    """The HF directory the rollout servers load (built-in models resolved, megarl checkpoints' hf/)."""
-    path = cfg.model.path
-    builtin = builtin_name(path)
-    if builtin is not None:
-        return str(builtin_model_dir(builtin, build=build))
-    model = Path(path).resolve()
-    return str(model / "hf" if (model / "megarl_checkpoint.json").exists() else model)
+    """The HF directory the rollout servers start from (megarl.model_source; a scheme's model made unless
+    not `build`). For a torch_dist checkpoint that is its HF assets (config.json, tokenizer): the servers
+    start with placeholder weights (`server_plan`) and the trainer pushes the actor's before the first rollout."""
+    source = model_source.resolve(cfg.model.path, tokenizer=cfg.model.tokenizer, build=build)
+    return str(source.hf_dir.resolve())
 
 
 def server_plan(cfg: Config, layout: JobLayout, model_dir: str, base_port: int) -> ServerPlan | None:
     if not layout.num_servers:
         return None
+    source = model_source.resolve(cfg.model.path, tokenizer=cfg.model.tokenizer, build=False)
+    if not source.has_hf_weights and not get_engine(layout.engine).placeholder_weights:
+        raise LaunchError(f"model.path={cfg.model.path} is a torch_dist checkpoint and {layout.engine} servers load HF "
+                          "weights; use rollout.engine=sglang, or convert it to HF first (tools/convert_megatron_to_hf.py)")
     dtype = cfg.model.dtype if layout.on_gpu else "fp32"  # the built-in CPU server computes in fp32
     return ServerPlan(engine=layout.engine, model=model_dir, dtype=dtype, server_tp=layout.server_tp,
                       servers_per_node=layout.servers_per_node, base_port=base_port,
                       colocate=layout.mode == "colocated", seed=fold_seed(cfg.run.seed, 31),  # SGLang seeds NumPy with it
                       first_gpu=layout.first_server_gpu,
-                      mem_fraction_static=cfg.rollout.mem_fraction_static,
-                      max_batch_sequences=cfg.rollout.max_batch_sequences)
+                      mem_fraction_static=cfg.rollout.mem_fraction_static, max_batch_sequences=cfg.rollout.max_batch_sequences,
+                      placeholder_weights=not source.has_hf_weights)
 
 
 def frozen_recipe(cfg: Config, run_dir: Path, layout: JobLayout | None = None) -> dict:

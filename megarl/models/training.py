@@ -5,9 +5,12 @@ Shared by the trainer (actor and critic) and the parity tests, so both exercise 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from megarl.config import ParallelConfig
+if TYPE_CHECKING:  # the recipe's section; megarl.config sits above the models
+    from megarl.config import ParallelConfig
 
 
 def wrap_for_training(model, par: ParallelConfig):

@@ -33,6 +33,8 @@ class ServerLaunch:
     mem_fraction_static: float | None = None  # colocated: its share of each GPU
     max_batch_sequences: int = MAX_BATCH_SEQUENCES
     token_file: str | None = None  # the 0600 file with the admin token, for engines that read it from a file
+    placeholder_weights: bool = False  # `model` holds config and tokenizer only (a torch_dist source): the server
+    # starts with random weights and the trainer pushes the actor's before the first rollout
 
 
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # model.dtype -> the servers' --dtype
@@ -99,7 +101,8 @@ def sglang_spec(launch: ServerLaunch) -> SGLangServerSpec:
     return SGLangServerSpec(model_path=str(launch.model), host=launch.host, port=launch.port, tp_size=launch.tp,
                             base_gpu_id=launch.first_gpu, enable_memory_saver=launch.colocate,
                             mem_fraction_static=launch.mem_fraction_static if launch.colocate else None,
-                            random_seed=launch.seed, dtype=server_dtype(launch.dtype))
+                            random_seed=launch.seed, dtype=server_dtype(launch.dtype),
+                            extra_args=["--load-format", "dummy"] if launch.placeholder_weights else [])
 
 
 def sglang_server_command(spec: SGLangServerSpec, python: str = sys.executable,

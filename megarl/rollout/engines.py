@@ -31,6 +31,7 @@ class Engine:
     token_from_file: bool  # admin token from a 0600 --config file (else $MEGARL_SERVE_TOKEN in its environment)
     cpu_threads: bool  # computes on the CPU threads it is given: OMP_NUM_THREADS per server, cores split with the trainer
     router: bool  # sglang-router can spread /generate over several servers
+    placeholder_weights: bool  # can start from config + tokenizer alone (random weights) and take the actor's by push
     health_timeout_s: float  # how long a starting server may take to answer /health
     token_note: str  # how its servers receive the admin token, for the launch plan's header
     command: Callable[[ServerLaunch, str], list[str]]  # (launch, python) -> argv
@@ -47,10 +48,11 @@ def _sglang_command(launch: ServerLaunch, python: str) -> list[str]:
 ENGINES: dict[str, Engine] = {e.name: e for e in (
     Engine("builtin", "megarl's own server (megarl serve): an HF model in torch, CPU or one GPU", needs_gpus=False,
            tensor_parallel=False, memory_pool=False, sglang_serializer=False, token_from_file=False, cpu_threads=True,
-           router=False, health_timeout_s=180.0, command=builtin_server_command,  # loads a small model on CPU
+           router=False, placeholder_weights=False, health_timeout_s=180.0, command=builtin_server_command,  # loads a small model on CPU
            token_note="built-in servers read the admin token from $MEGARL_SERVE_TOKEN"),
     Engine("sglang", "SGLang (python -m sglang.launch_server) on GPUs", needs_gpus=True, tensor_parallel=True,
            memory_pool=True, sglang_serializer=True, token_from_file=True, cpu_threads=False, router=True,
+           placeholder_weights=True,  # --load-format dummy
            health_timeout_s=900.0, command=_sglang_command,  # loads a large model and captures CUDA graphs
            token_note="SGLang reads the admin key from a 0600 --config file that the node manager writes and removes on exit"),
 )}

@@ -80,15 +80,12 @@ def main(argv: list[str]) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from megarl.demo.builtins import builtin_model_dir, builtin_name, check_builtin_model
+    from megarl import model_source
 
-    builtin = builtin_name(args.model)
-    if builtin is not None:
-        try:
-            check_builtin_model(builtin)
-        except ValueError as err:
-            parser.error(str(err))
-    model = builtin_model_dir(builtin) if builtin is not None else args.model
+    try:
+        model = model_source.resolve(args.model).hf_dir
+    except ValueError as err:
+        parser.error(str(err))
     engine = GenerationEngine(model, dtype=getattr(torch, args.dtype), seed=args.seed,
                               weight_version=args.weight_version)
 

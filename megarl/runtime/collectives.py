@@ -11,7 +11,7 @@ on a device the group maps.
 
 Tensor helpers work in place, as torch.distributed does, and also return their tensor. Object
 helpers (pickled Python values) use torch's own device handling. An AST test
-(tests/test_collectives_routing.py) keeps direct torch.distributed collective calls out of the
+(tests/runtime/test_collectives_routing.py) keeps direct torch.distributed collective calls out of the
 rest of megarl, kernels/ and tools/.
 """
 

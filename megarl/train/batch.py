@@ -20,6 +20,7 @@ from typing import Sequence
 
 import torch
 
+from megarl.algorithms.losses import LossTargets
 from megarl.models.pipeline import ModelInput
 
 
@@ -41,21 +42,6 @@ class TrainSequence:
     @property
     def length(self) -> int:
         return len(self.prompt_ids) + len(self.response_ids)
-
-
-@dataclasses.dataclass
-class LossTargets:
-    """What the losses read for one micro-batch, per sequence and response token [B, T] (right-padded;
-    None: not used by this recipe)."""
-
-    loss_mask: torch.Tensor  # response tokens that count (overlong-filtered sequences excluded)
-    advantages: torch.Tensor | None = None
-    old_logp: torch.Tensor | None = None  # the PPO ratio's denominator (None: single pass fills it in)
-    ref_logp: torch.Tensor | None = None  # KL as a loss
-    behaviour_logp: torch.Tensor | None = None  # the rollout server's log-probs
-    is_weights: torch.Tensor | None = None  # per-token off-policy correction weights (megarl/algorithms/corrections.py)
-    returns: torch.Tensor | None = None  # critic
-    old_values: torch.Tensor | None = None  # critic
 
 
 @dataclasses.dataclass(kw_only=True)

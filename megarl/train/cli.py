@@ -173,17 +173,15 @@ def print_banner(cfg) -> None:
     from pathlib import Path
 
     from megarl.checkpoint.manager import complete_checkpoints
-    from megarl.demo.builtins import builtin_model_cached, builtin_name
+    from megarl import model_source
     from megarl.monitoring.console import banner
     from megarl.runtime.distributed import launcher_env
 
     if launcher_env()[0] != 0:
         return
     found = complete_checkpoints(Path(cfg.run.output_dir) / "checkpoints")
-    builtin = builtin_name(cfg.model.path)
-    note = ""
-    if builtin is not None:
-        note = f"{builtin} is cached" if builtin_model_cached(builtin) else f"{builtin} is not cached yet: pretrained now, once"
+    parts, built = model_source.split_scheme(cfg.model.path), model_source.is_built(cfg.model.path)
+    note = "" if built is None else f"{parts[1]} is cached" if built else f"{parts[1]} is not cached yet: pretrained now, once"
     print(banner(cfg, resume_step=int(found[-1].name.removeprefix("step_")) if found else None, model_note=note), flush=True)
 
 

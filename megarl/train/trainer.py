@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
+from megarl import model_source
 from megarl.checkpoint.manager import CheckpointManager, export_hf
 from megarl.config import Config, ConfigError, colocated_transport_problem, validate_semantics
 from megarl.data.prompt_stream import PromptStream
-from megarl.demo.builtins import builtin_model_dir, builtin_name
 from megarl.models.spec import ModelSpec
 from megarl.rollout import fleet
 from megarl.runtime import collectives
@@ -98,20 +98,13 @@ class Trainer:
 
     # ---- setup --------------------------------------------------------------------------
     def _resolve_model(self) -> Path:
-        path = self.cfg.model.path
-        builtin = builtin_name(path)
-        if builtin is not None:
-            if self.is_driver:
-                builtin_model_dir(builtin)
-            collectives.barrier()
-            return builtin_model_dir(builtin)  # cached: every rank gets the same directory
-        path = Path(path)
-        from megarl.checkpoint import torch_dist
-
-        if torch_dist.looks_like_torch_dist(path):
-            self.initial_torch_dist = path
-            return torch_dist.hf_assets_of(path, self.cfg.model.tokenizer)
-        return path / "hf" if (path / "megarl_checkpoint.json").exists() else path
+        model = self.cfg.model
+        if self.is_driver:  # a scheme's model (builtin:NAME) is made once, by the driver
+            model_source.resolve(model.path, tokenizer=model.tokenizer)
+        collectives.barrier()
+        source = model_source.resolve(model.path, tokenizer=model.tokenizer)  # made: every rank gets the same directory
+        self.initial_torch_dist = source.checkpoint
+        return source.hf_dir
 
     def _worker(self, role: str, par, trainable: bool) -> ModelWorker:
         steps = self.cfg.run.steps * self.cfg.algorithm.epochs * self.cfg.algorithm.mini_batches
@@ -253,9 +246,7 @@ class Trainer:
         step_s = time.perf_counter() - start
         metrics.update(step_metrics.perf_metrics(timer, seqs, step_s))
         if self.is_driver:
-            client = self._generation_client()
-            busy = client.busy_seconds() - busy_before
-            metrics["perf/server_idle_frac"] = max(0.0, 1.0 - busy / (step_s * len(client.servers)))
+            metrics.update(step_metrics.server_idle(self._generation_client(), busy_before, step_s))
         if offloaded:
             metrics["colocate/offloaded_gib"] = offloaded / 2**30
         return metrics, progress.batch
@@ -281,12 +272,8 @@ class Trainer:
             sync.server_memory(action, self.servers, self.is_driver)
 
     def _trainer_memory(self, action: str) -> int:
-        """Colocated mode: `offload` the trainer's weights, gradients and optimizer state to host memory
-        while the servers generate, `reload` them after; returns the bytes moved on this rank."""
-        if not self.cfg.rollout.colocate:
-            return 0
-        workers = [w for w in (self.actor, self.reference, self.critic) if w is not None]
-        return sum(w.offload() if action == "offload" else w.reload() for w in workers)
+        """Colocated mode: the trainer's state to host memory and back (sync.trainer_memory); bytes moved."""
+        return sync.trainer_memory(action, (self.actor, self.reference, self.critic)) if self.cfg.rollout.colocate else 0
 
     # ---- rollout (driver): generated now, prefetched (overlap) or taken from the producer (async) ----
     def rollout(self, batch: generate.RolloutBatch | None = None) -> generate.RolloutBatch:

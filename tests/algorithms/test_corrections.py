@@ -20,7 +20,8 @@ from megarl.algorithms.registry import (
     register_correction,
 )
 from megarl.config import AlgorithmConfig, ConfigError, load_config
-from megarl.train.batch import LossTargets, TrainSequence, build_microbatches
+from megarl.algorithms.losses import LossTargets
+from megarl.train.batch import TrainSequence, build_microbatches
 from megarl.train.stages.logprobs import OldLogprobPlan, SequenceTensors
 from megarl.train.stages.update import UpdateTotals, attach_targets, correction_metrics
 

@@ -8,7 +8,7 @@ import torch
 
 from megarl.algorithms.advantages import AdvantageInputs, estimate_advantages, sequence_advantages
 from megarl.algorithms.losses import LossNormalizer, actor_loss
-from megarl.train.batch import LossTargets
+from megarl.algorithms.losses import LossTargets
 from megarl.algorithms.registry import get_algorithm
 from megarl.config import AlgorithmConfig
 

@@ -29,7 +29,7 @@ def main() -> None:
 
     from megarl.checkpoint.live import load_megatron_checkpoint, save_megatron_checkpoint
     from megarl.models.build import build_model
-    from megarl.models.parity import _batch, _gather_vocab
+    from megarl.train.parity import _batch, _gather_vocab
     from megarl.models.pipeline import run_pipeline
     from megarl.models.spec import ModelSpec
     from megarl.runtime.distributed import init_runtime, shutdown_runtime

@@ -1,7 +1,7 @@
 """Qwen3 dense (q/k head RMSNorm, no qkv bias, explicit head_dim, tied embeddings) against
 transformers' Qwen3ForCausalLM: a bitwise round trip through the conversion tools at TP2 x PP2.
 Logits within 1e-4 (fp32) and one SGD step agreeing across layouts, sequence parallelism
-included: tests/test_parity.py (qwen3 is one of its architectures)."""
+included: tests/train/test_parity.py (qwen3 is one of its architectures)."""
 
 import json
 import subprocess

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from megarl.rewards.cli import main
+from megarl.commands.grade import main
 
 
 def write_jsonl(path, rows):

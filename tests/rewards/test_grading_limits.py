@@ -12,7 +12,7 @@ import time
 import pytest
 
 from megarl.rewards import GradingPool, grade_answer
-from megarl.rewards.cli import main as grade_main
+from megarl.commands.grade import main as grade_main
 from megarl.rewards.equivalence import MAX_ANSWER_CHARS, quick_equal
 from megarl.rewards.normalization import normalize_answer
 

@@ -356,3 +356,23 @@ def test_32b_dry_run_without_the_weights_plans_from_the_shipped_config(tmp_path)
     assert code == 2 and "(or set model.config to plan without the weights" in err
     code, _, err = run_submit([str(recipe), "--dry-run", "model.config=Qwen2.5-23B", f"run.output_dir={tmp_path}/r"])
     assert code == 2 and "did you mean 'Qwen2.5-32B'?" in err
+
+
+def test_servers_of_a_torch_dist_source_start_from_its_hf_assets(tmp_path):
+    """model.path a Megatron-LM torch_dist root (as tools/convert_hf_to_megatron.py --format torch_dist writes it:
+    tracker file, iter_NNNNNNN/ with Megatron's metadata.json, hf/ with config.json): SGLang gets the hf/ folder and
+    placeholder weights, which the trainer overwrites before the first rollout (before: the root itself, no config.json)."""
+    from tiny_models import megatron_lm_layout
+
+    root = tmp_path / "qwen7b_torch_dist"
+    megatron_lm_layout(root)
+    qwen_dir(tmp_path, "7b").rename(root / "hf")
+    code, script, err = run_submit([str(REPO / "configs/simplerl_zoo_qwen2.5_7b.yaml"), "--dry-run", "--nodes", "2",
+                                    "--rollout-nodes", "1", f"model.path={root}", f"run.output_dir={tmp_path}/run"])
+    assert code == 0, err
+    servers = script.count("-m sglang.launch_server")
+    assert servers and script.count(f"--model-path {root / 'hf'} ") == servers, script
+    assert script.count("--load-format dummy") == servers
+    cpu = run_submit([str(REPO / "configs/simplerl_zoo_qwen2.5_7b.yaml"), "--dry-run", "--nodes", "2", "--rollout-nodes", "1",
+                      "--gpus-per-node", "0", "rollout.engine=builtin", f"model.path={root}", f"run.output_dir={tmp_path}/cpu"])
+    assert cpu[0] == 2 and "is a torch_dist checkpoint and built-in servers load HF weights" in cpu[2], cpu[2]

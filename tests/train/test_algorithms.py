@@ -8,7 +8,7 @@ import torch
 from megarl.algorithms import advantages as A
 from megarl.algorithms.losses import LossNormalizer, actor_loss, value_loss
 from megarl.config import AlgorithmConfig
-from megarl.train.batch import LossTargets
+from megarl.algorithms.losses import LossTargets
 
 
 def test_mean_std_mean_leave_one_out_sequence_advantages_by_hand():

@@ -139,6 +139,13 @@ def perf_metrics(timer: StepTimer, seqs: Sequence[TrainSequence], step_s: float)
     return out
 
 
+def server_idle(client, busy_before: float, step_s: float) -> dict:
+    """The fraction of the step the generating servers sat idle (`busy_before`: the client's busy seconds
+    when the step began)."""
+    busy = client.busy_seconds() - busy_before
+    return {"perf/server_idle_frac": max(0.0, 1.0 - busy / (step_s * len(client.servers)))}
+
+
 def print_eval_summary(run_dir: Path, console) -> None:
     """Held-out accuracy before training (step 0) and at the last evaluation, as a table (and
     eval_summary.json)."""

@@ -28,3 +28,9 @@ def server_memory(action: str, servers: fleet.ServerFleet | None, is_driver: boo
     if is_driver:
         fleet.post_to_servers(servers.server_urls, f"/{action}_memory_occupation", {}, token=servers.admin_token)
     collectives.barrier()
+
+
+def trainer_memory(action: str, workers) -> int:
+    """Colocated mode: `offload` the trainer's weights, gradients and optimizer state to host memory while
+    the servers generate, `reload` them after; returns the bytes moved on this rank (None workers skipped)."""
+    return sum(w.offload() if action == "offload" else w.reload() for w in workers if w is not None)

@@ -15,9 +15,9 @@ from megarl.config import AlgorithmConfig
 from megarl.models.spec import ModelSpec
 from megarl.runtime import collectives
 from megarl.algorithms import corrections, losses
-from megarl.algorithms.losses import LossNormalizer
+from megarl.algorithms.losses import LossNormalizer, LossTargets
 from megarl.algorithms.registry import correction_fn, get_correction
-from megarl.train.batch import LossTargets, MicroBatch, Packer, TrainSequence, per_sequence_matrix, split_minibatches
+from megarl.train.batch import MicroBatch, Packer, TrainSequence, per_sequence_matrix, split_minibatches
 from megarl.train.stages import metrics as step_metrics
 from megarl.train.stages.logprobs import OldLogprobPlan, SequenceTensors
 from megarl.train.workers import ModelWorker, is_last_stage, response_logprobs, response_values

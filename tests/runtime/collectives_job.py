@@ -1,4 +1,4 @@
-"""torchrun job for tests/test_collectives_placement.py: megarl's collectives on a GPU-only group
+"""torchrun job for tests/runtime/test_collectives_placement.py: megarl's collectives on a GPU-only group
 (emulated with "cuda:gloo") and on a plain gloo group. Writes rank_<r>.json into argv[1]."""
 
 from __future__ import annotations

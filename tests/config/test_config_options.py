@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import megarl.config
+import megarl.config.schema
 from megarl.algorithms.registry import AGG_MODES, KL_KINDS
 from megarl.config import ConfigError, load_config
 from megarl.data.templates import TEMPLATES
@@ -22,7 +22,7 @@ IMPORTED = {("AlgorithmConfig", "loss_agg"), ("AlgorithmConfig", "kl_type"), ("R
 
 def test_config_spells_no_option_list_of_its_own():
     """Each of those fields is `Literal[NAMES]` with NAMES imported (before: the names were written out twice)."""
-    tree = ast.parse(Path(megarl.config.__file__).read_text())
+    tree = ast.parse(Path(megarl.config.schema.__file__).read_text())
     seen = {}
     for cls in (node for node in tree.body if isinstance(node, ast.ClassDef)):
         for item in cls.body:

@@ -25,12 +25,12 @@ import pytest
 
 from megarl import cli
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOOLS = sorted(p for p in (REPO / "tools").glob("*.py"))
 PROGRAM = re.compile(r"^(megarl |python tools/|torchrun |echo )")
 
 # example -> how it runs: "run" (as written), "dry" (as written plus --dry-run; evaluations run for real in
-# tests/train/test_console_e2e.py and tests/test_eval_and_filter_cli.py), "train" (the recipe
+# tests/train/test_console_e2e.py and tests/commands/test_eval_and_filter_cli.py), "train" (the recipe
 # and overrides loaded and validated as `megarl train` does), "serve" (started, answers /health, stopped).
 HOW = {
     "megarl train configs/tiny_cpu.yaml": "train",

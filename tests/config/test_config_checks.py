@@ -9,7 +9,7 @@ import pytest
 
 from megarl.config import ConfigError, load_config
 
-TINY = Path(__file__).parent.parent / "configs" / "tiny_cpu.yaml"
+TINY = Path(__file__).parents[2] / "configs" / "tiny_cpu.yaml"
 
 
 @pytest.mark.parametrize("override,field", [

@@ -1,9 +1,9 @@
 """Parity check: megarl's Megatron actor vs transformers on the same HF checkpoint, at any TP/PP.
 
 Run under torchrun (one process per rank):
-    torchrun --nproc-per-node 4 -m megarl.models.parity --hf-dir MODEL --tp 2 --pp 2 --out parity.json
-    torchrun --nproc-per-node 2 -m megarl.models.parity --hf-dir MODEL --tp 2 --sequence-parallel --out sp.json
-    torchrun --nproc-per-node 2 -m megarl.models.parity --hf-dir MODEL --tp 2 --dtype bf16 --out bf16.json
+    torchrun --nproc-per-node 4 -m megarl.train.parity --hf-dir MODEL --tp 2 --pp 2 --out parity.json
+    torchrun --nproc-per-node 2 -m megarl.train.parity --hf-dir MODEL --tp 2 --sequence-parallel --out sp.json
+    torchrun --nproc-per-node 2 -m megarl.train.parity --hf-dir MODEL --tp 2 --dtype bf16 --out bf16.json
 
 It reports the max |logit difference| against transformers' model in the same dtype, and with
 `--train-out DIR` also takes one SGD step through Megatron DDP + optimizer and saves the updated

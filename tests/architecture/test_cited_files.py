@@ -4,7 +4,7 @@ note that was never committed, leaves the reader nowhere to look)."""
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SEARCHED = ["megarl", "kernels", "tools", "tests", "docs", "slurm", "README.md"]
 # Cited by name without being repository files: upstream projects' READMEs, and reports a tool writes.
 NOT_REPOSITORY_FILES = {"README.md", "gpu_check.md"}

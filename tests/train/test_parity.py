@@ -21,7 +21,7 @@ def parity_runs(tiny_hf_models, tmp_path_factory):
     for tp, pp, sp in LAYOUTS:
         name = f"tp{tp}pp{pp}" + ("sp" if sp else "")
         out, train_out = root / f"{name}.json", root / f"train_{name}"
-        args = ["-m", "megarl.models.parity", "--tp", str(tp), "--pp", str(pp), "--out", str(out), "--train-out", str(train_out)]
+        args = ["-m", "megarl.train.parity", "--tp", str(tp), "--pp", str(pp), "--out", str(out), "--train-out", str(train_out)]
         args += ["--sequence-parallel"] if sp else []
         for arch in ARCHS:
             args += ["--hf-dir", str(tiny_hf_models[arch])]
@@ -61,7 +61,7 @@ def test_training_step_matches_single_process(parity_runs, tiny_hf_models, layou
 
 def test_bf16_logits_match_transformers(tiny_hf_models, tmp_path):
     out = tmp_path / "bf16.json"
-    args = ["-m", "megarl.models.parity", "--tp", "2", "--sequence-parallel", "--dtype", "bf16", "--out", str(out)]
+    args = ["-m", "megarl.train.parity", "--tp", "2", "--sequence-parallel", "--dtype", "bf16", "--out", str(out)]
     for arch in ARCHS:
         args += ["--hf-dir", str(tiny_hf_models[arch])]
     torchrun(args, nproc=2)

@@ -13,7 +13,7 @@ from megarl.config import ConfigError, load_config, read_recipe
 from megarl.model_configs.experts import Experts, check_experts
 from megarl.models.spec import ModelSpec
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 CLUSTER = [p for p in CONFIGS if not p.stem.startswith("tiny_cpu")]  # the CPU demos name no real model
 

@@ -1,17 +1,16 @@
-"""Typed recipes: YAML files under configs/ loaded into validated pydantic models, with
-command-line overrides (`actor.tp=2 rollout.n=8`).
+"""The recipe schema: typed sections (pydantic models) with their defaults, YAML loading with `base:`
+chains and command-line overrides (`actor.tp=2 rollout.n=8`). Each section checks its own fields;
+the checks against the model and the files are megarl.config.checks.
 
-Errors name the field, the value and the fix, e.g.
-  config error: actor.tp=3 does not divide num_attention_heads=14; choose tp from [1, 2, 7, 14]
-  config error: unknown key 'rollout.temprature'; did you mean 'rollout.temperature'?
-Components never read this module's objects globally: the trainer passes each section to the
-component it configures.
+This module imports no megarl package but the registries whose names a field may take (algorithms,
+templates, data set names, evaluation protocols, reward schemes, extraction modes, transports), so
+every component can import the section it is configured by. Errors are one line naming the field,
+the value and the fix (examples in megarl/config/__init__.py).
 """
 
 from __future__ import annotations
 
 import difflib
-import sys
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -22,9 +21,7 @@ from megarl.algorithms.registry import (
     AGG_MODES, CORRECTION_SETTINGS, KL_KINDS, algorithm_names, algorithm_settings, correction_names, get_algorithm, get_correction,
 )
 from megarl.data.templates import TEMPLATES
-from megarl.demo.builtins import builtin_name  # the CPU demo's models, pretrained and cached on first use
 from megarl.evaluation.protocols import PROTOCOL_NAMES
-from megarl.model_configs.experts import Experts, check_expert_world, check_experts
 from megarl.rewards.extraction import ExtractionMode
 from megarl.rewards.grading import DEFAULT_TIMEOUT_S
 from megarl.rewards.schemes import RewardScheme, load_reward_function
@@ -536,18 +533,9 @@ def _yaml_error(path: Path, err: yaml.YAMLError) -> str:
     return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, *, check_files: bool = True,
-                weights: bool = True) -> Config:
-    """Load a YAML recipe (and its `base:` chain), apply `key=value` overrides, validate. Raises ConfigError.
-    `weights=False` (planning a job): model.path may be missing when model.config gives the architecture."""
-    cfg = read_config(path, overrides)
-    validate_semantics(cfg, check_files=check_files, weights=weights)
-    return cfg
-
-
 def read_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """The recipe and overrides, each section validated, without the checks against the model and files
-    (validate_semantics, which imports torch): quick. Raises ConfigError."""
+    (megarl.config.checks.validate_semantics, which imports torch): quick. Raises ConfigError."""
     data: dict = read_recipe(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     _check_keys(data, Config)
@@ -557,137 +545,3 @@ def read_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ConfigError(_format_validation_error(err, data)) from None
     _substitute(cfg)
     return cfg
-
-
-def planning_config_json(cfg: Config, model_dir: str | Path | None = None) -> Path | None:
-    """The config.json that describes the model: beside the weights (`model_dir`, else model.path) when
-    they are here, else model.config (a shipped config or a path); None when neither is known."""
-    from megarl.model_configs import model_config_path
-
-    here = Path(model_dir if model_dir is not None else cfg.model.path) / "config.json"
-    if here.is_file():
-        return here
-    if cfg.model.config is None:
-        return None
-    try:
-        return model_config_path(cfg.model.config)
-    except FileNotFoundError as err:
-        raise ConfigError(f"model.config: {err}") from None
-
-
-def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int | None = None, weights: bool = True) -> None:
-    """Cross-field checks: layouts against the model, files that must exist, world size."""
-    for section in ("actor", "critic"):
-        par = getattr(cfg, section)
-        if world_size is not None and world_size % (par.tp * par.pp):
-            raise ConfigError(
-                f"world size {world_size} is not a multiple of {section}.tp*{section}.pp = {par.tp * par.pp}; "
-                f"launch a multiple of {par.tp * par.pp} processes"
-            )
-        if world_size is not None:
-            try:
-                check_expert_world(par.ep, par.tp, par.pp, world_size, field=section)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
-    algo = get_algorithm(cfg.algorithm.name)
-    for key, value in algo.requires.items():
-        if getattr(cfg.algorithm, key) != value:
-            raise ConfigError(f"algorithm.name={algo.name} needs algorithm.{key}={value} ({algo.source})")
-    if cfg.algorithm.kl_in_reward and not algo.estimator.token_rewards:
-        token_level = ", ".join(a for a in algorithm_names() if get_algorithm(a).estimator.token_rewards)
-        raise ConfigError(
-            f"algorithm.kl_in_reward=true needs token-level rewards ({token_level}), not {cfg.algorithm.name}; "
-            "use the KL loss (kl_in_reward=false) with it"
-        )
-    if cfg.algorithm.whiten_advantages and algo.estimator.whitens:
-        raise ConfigError(
-            f"algorithm.whiten_advantages=true: {algo.name}'s estimator ({algo.estimator.name}) whitens already; remove the setting"
-        )
-    if cfg.rollout.off_policy and cfg.rollout.colocate:
-        raise ConfigError(
-            f"rollout.mode={cfg.rollout.mode} needs the servers to keep generating while the trainer computes, but "
-            "rollout.colocate=true gives their GPUs to training; set rollout.mode=sync or rollout.colocate=false"
-        )
-    problem = colocated_transport_problem(cfg.rollout.transport, colocate=cfg.rollout.colocate,
-                                          gpus=get_engine(cfg.rollout.engine).needs_gpus)
-    if problem:
-        raise ConfigError(problem)
-    if cfg.rollout.partial and cfg.rollout.mode != "async":
-        raise ConfigError(f"rollout.partial=true applies to rollout.mode=async, not {cfg.rollout.mode}; "
-                          "set rollout.mode=async or rollout.partial=false")
-    if cfg.rollout.n < algo.min_n:
-        raise ConfigError(
-            f"rollout.n={cfg.rollout.n}: group baselines need at least {algo.min_n} samples per prompt "
-            f"(algorithm.name={algo.name} is group-based)"
-        )
-    if not check_files:
-        return
-    from megarl.data.sources import missing_path
-
-    for field, items in (("data.train", cfg.data.train), ("data.eval_sets", cfg.data.eval_sets),
-                         ("eval.benchmarks", cfg.eval.benchmarks)):
-        for i, item in enumerate(items):
-            if missing_path(item):
-                raise ConfigError(f"{field}[{i}]={item!r} does not exist; give an existing JSONL/Parquet path "
-                                  "or a shipped set name (`megarl data list`)")
-    from megarl.models.spec import ModelSpec  # imports torch: after the quick checks
-
-    builtin = builtin_name(cfg.model.path)
-    if builtin is not None:
-        try:
-            hf_config = _builtin_model_config(builtin)
-        except ValueError as err:  # an unknown name: builtins.check_builtin_model lists the known ones
-            raise ConfigError(str(err)) from None
-        spec, experts = ModelSpec.from_hf(hf_config), Experts.from_hf(hf_config)
-    else:
-        model_path = Path(cfg.model.path)
-        if not model_path.exists() and (weights or cfg.model.config is None):
-            fix = "" if weights else " (or set model.config to plan without the weights: a config megarl ships or a config.json)"
-            raise ConfigError(f"model.path={cfg.model.path!r} does not exist; give an HF model directory{fix}")
-        config_dir = model_path if (model_path / "config.json").exists() else model_path / "hf"
-        if not (config_dir / "config.json").exists() and cfg.model.tokenizer:  # a torch_dist checkpoint without hf/
-            config_dir = Path(cfg.model.tokenizer)
-        if not model_path.exists():  # planning only: the architecture from model.config
-            config_dir = planning_config_json(cfg)
-        try:
-            spec, experts = ModelSpec.from_hf(config_dir), Experts.from_hf_path(config_dir)
-        except (FileNotFoundError, ValueError) as err:
-            raise ConfigError(f"model.path={cfg.model.path!r}: {err}") from None
-    sections = ["actor"] + (["critic"] if cfg.uses_critic else [])
-    for section in sections:
-        par = getattr(cfg, section)
-        try:
-            spec.check_layout(par.tp, par.pp, field=section)
-            check_experts(experts, par.ep, field=section)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-
-
-def _builtin_model_config(name: str) -> dict:
-    """A built-in toy model's HF config, from its settings (no pretraining needed)."""
-    from megarl.demo.builtins import builtin_model_settings
-    from megarl.demo.toy_model import toy_model_config
-
-    settings = builtin_model_settings(name)
-    return toy_model_config(settings, vocab_size=settings.tokenizer_vocab_size, eos_id=0, pad_id=1).to_dict()
-
-
-def load_config_for_cli(argv: list[str]) -> Config | None:
-    """`RECIPE [key=value ...]` from a command line; on a bad recipe prints one line and returns None."""
-    try:
-        return load_config(argv[0], argv[1:])
-    except ConfigError as err:
-        print(f"megarl: config error: {err}", file=sys.stderr)
-        return None
-
-
-def main(argv: list[str]) -> int:
-    """`megarl config RECIPE [key=value ...]`: print the resolved, validated recipe."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: megarl config RECIPE.yaml [key=value ...]\n\nexample: megarl config configs/tiny_cpu.yaml actor.tp=2 rollout.n=8")
-        return 0
-    cfg = load_config_for_cli(argv)
-    if cfg is None:
-        return 2
-    print(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    return 0

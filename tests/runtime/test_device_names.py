@@ -6,7 +6,7 @@ so this walks the source of megarl/, kernels/ and tools/ and fails on a `torch.c
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _docstrings(tree: ast.AST) -> set[int]:

@@ -1,6 +1,6 @@
 """Defect 1 of issue 11: megarl passed CPU tensors to collectives on an NCCL default group.
 
-What a CPU machine can show (2 processes over gloo, tests/collectives_job.py):
+What a CPU machine can show (2 processes over gloo, tests/runtime/collectives_job.py):
 - With the default group created as `init_process_group("cuda:gloo")`, which maps only the GPU
   device type as NCCL's does, the pre-fix call style (a CPU tensor straight into
   `dist.all_reduce`) fails with "No backend type associated with device type cpu".
@@ -20,7 +20,7 @@ from dist_utils import torchrun
 
 
 def test_collectives_resolve_the_groups_device_and_megarls_reductions_agree(tmp_path):
-    torchrun(["tests/collectives_job.py", str(tmp_path)], nproc=2, timeout=300)
+    torchrun(["tests/runtime/collectives_job.py", str(tmp_path)], nproc=2, timeout=300)
     reports = [json.loads((tmp_path / f"rank_{r}.json").read_text()) for r in range(2)]
     for rank, rep in enumerate(reports):
         # GPU-only group: the defect, and where the helper sends the tensor instead.

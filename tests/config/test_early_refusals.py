@@ -12,7 +12,7 @@ import pytest
 
 from megarl.config import ConfigError, load_config
 
-RECIPE = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny_cpu.yaml")
+RECIPE = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny_cpu.yaml")
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -11,7 +11,7 @@ import torch
 
 from megarl.algorithms.losses import LossNormalizer, value_loss
 from megarl.config import ConfigError, CriticConfig, ParallelConfig, build_section
-from megarl.train.batch import LossTargets
+from megarl.algorithms.losses import LossTargets
 
 
 def _lrs(par: ParallelConfig, run_steps: int) -> list[float]:

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from megarl import model_source
 from megarl.config import ConfigError, DataConfig, EvalConfig, RewardConfig, RolloutConfig, build_section
 from megarl.evaluation.protocols import PROTOCOL_NAMES
 from megarl.rewards.extraction import EXTRACTION_MODES
@@ -70,15 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_directory(model: str, build: bool = True) -> Path:
-    """The HF directory `--model` names: a path, or a built-in model (`builtin:toy-arith`, pretrained
-    on first use unless not `build`)."""
-    from megarl.demo.builtins import builtin_model_dir, builtin_name, check_builtin_model
-
-    name = builtin_name(model)
-    if name is None:
-        return Path(model)
-    check_builtin_model(name)
-    return builtin_model_dir(name, build=build)
+    """The HF directory `--model` names (megarl.model_source): a path, or a registered scheme's model
+    (`builtin:toy-arith`, pretrained on first use unless not `build`). Raises ValueError."""
+    source = model_source.resolve(model, build=build)
+    if not source.has_hf_weights:
+        raise ValueError(f"{model} is a torch_dist checkpoint and the rollout servers load HF weights; convert it to HF "
+                         "first (tools/convert_megatron_to_hf.py) and pass that directory")
+    return source.hf_dir
 
 
 def print_plan(args: argparse.Namespace, settings) -> int:
@@ -125,7 +124,7 @@ def main(argv: list[str]) -> int:
         except ValueError as err:
             print(f"megarl eval: {err}", file=sys.stderr)
             return 2
-        if not (model_dir / "config.json").exists() and not (args.dry_run and args.model.startswith("builtin:")):
+        if not (model_dir / "config.json").exists() and not (args.dry_run and model_source.split_scheme(args.model)):
             print(f"megarl eval: {model_dir} is not an HF model directory (no config.json)", file=sys.stderr)
             return 2
         if args.dry_run:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "tools" / "async_model.py"
+_PATH = Path(__file__).resolve().parents[2] / "tools" / "async_model.py"
 _SPEC = importlib.util.spec_from_file_location("async_model", _PATH)
 am = importlib.util.module_from_spec(_SPEC)
 sys.modules["async_model"] = am
