@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
     from megarl import model_source
 
     try:
-        model = model_source.resolve(args.model).hf_dir
+        model = str(model_source.resolve(args.model).hf_dir)
     except ValueError as err:
         parser.error(str(err))
     engine = GenerationEngine(model, dtype=getattr(torch, args.dtype), seed=args.seed,

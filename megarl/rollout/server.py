@@ -349,7 +349,7 @@ class RolloutServer:
 
     async def handle_server_info(self, request: web.Request) -> web.Response:
         return web.json_response({
-            "model_path": self.engine.model_path, "tp_size": 1, "dp_size": 1,
+            "model_path": str(self.engine.model_path), "tp_size": 1, "dp_size": 1,
             "weight_version": self.engine.weight_version, "device": str(self.engine.device),
             "max_batch_sequences": self.scheduler.max_batch_sequences, "server": "megarl-builtin",
             "paused": self.scheduler.paused, "queued_requests": self.scheduler.queued,

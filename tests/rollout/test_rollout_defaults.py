@@ -27,7 +27,7 @@ PACKAGE = Path(megarl.__file__).parent
 # Modules whose functions and classes take rollout settings as parameters (client, server, fleet, CLIs).
 MODULES = ["megarl.rollout.client", "megarl.rollout.server", "megarl.rollout.scheduler", "megarl.rollout.serve_cli",
            "megarl.rollout.fleet", "megarl.rollout.weight_sync", "megarl.rollout.engine", "megarl.rollout.commands",
-           "megarl.launch.node_servers", "megarl.evaluation.cli", "megarl.data.cli"]
+           "megarl.launch.node_servers", "megarl.commands.eval", "megarl.data.cli"]
 SETTINGS = ("request_timeout_s", "max_concurrency", "max_batch_sequences")
 
 
@@ -77,7 +77,7 @@ def test_library_and_cli_defaults_are_the_configs():
 
 def test_the_clis_without_a_recipe_build_clients_with_the_library_defaults():
     """`megarl eval` and `megarl data filter` pass no concurrency or timeout of their own to RolloutClient."""
-    for path in (PACKAGE / "evaluation" / "cli.py", PACKAGE / "data" / "cli.py"):
+    for path in (PACKAGE / "commands" / "eval.py", PACKAGE / "data" / "cli.py"):
         calls = [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call)
                  and getattr(node.func, "id", getattr(node.func, "attr", None)) == "RolloutClient"]
         assert calls, f"{path} builds no RolloutClient any more; update this test"
