@@ -1,0 +1,120 @@
+"""Multi-turn rollouts against the built-in server (a `megarl serve` process), the toy tool model and real
+sandboxes: the model writes code, the interpreter's output goes into its context, it answers.
+
+Token in, token out: a sample's model tokens are exactly the tokens the server generated (segment after
+segment), its tool tokens exactly the tokenized interpreter output, and its behaviour log-probs one per
+model token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "rollout"))
+from rollout_helpers import ServerProcess  # noqa: E402
+
+from megarl.config import ToolConfig  # noqa: E402
+from megarl.rollout import multi_turn  # noqa: E402
+from megarl.rollout.client import RolloutClient, SamplingParams  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    from megarl.demo.builtins import builtin_model_dir
+
+    return str(builtin_model_dir("toy-tool", show_progress=False))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    proc = ServerProcess(model_dir)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def tools(tokenizer):
+    runner = multi_turn.ToolRunner(ToolConfig(enabled=True, max_turns=2, timeout_s=5, workers=2), tokenizer)
+    yield runner
+    runner.close()
+
+
+def _prompts(tokenizer, n):
+    from megarl.demo.toy_tool import tool_problems
+
+    rows = tool_problems("heldout", n)
+    return rows, [tokenizer(r["problem"] + "\n", add_special_tokens=False)["input_ids"] for r in rows]
+
+
+def test_samples_carry_the_servers_tokens_and_the_tools_tokens_exactly(server, tools, tokenizer):
+    client = RolloutClient(server.url)
+    rows, prompts = _prompts(tokenizer, 6)
+    sampling = multi_turn.with_tool_stop(SamplingParams(max_new_tokens=64, temperature=1.0, stop=["<|endoftext|>"],
+                                                        sampling_seed=7), tools)
+
+    async def run():
+        out = []
+        async with client.connect() as conn:
+            for prompt in prompts:
+                firsts = await client.agenerate_prompt(conn, 0, prompt, sampling, 8)
+                for j, first in enumerate(firsts):
+                    segments = [first]
+
+                    async def send(ids, params):
+                        (s,) = await client.agenerate_prompt(conn, 0, ids, params, 1)
+                        segments.append(s)
+                        return s
+                    sample = await multi_turn.complete(send, prompt, first, tools, max_new_tokens=64,
+                                                       sampling=multi_turn.continuation_sampling(sampling, 100 + j))
+                    out.append((prompt, sample, segments))
+        return out
+
+    results = asyncio.run(run())
+    called = [(p, s, segs) for p, s, segs in results if any(c.status == "ok" for c in s.tool_calls)]
+    assert called, "the toy tool model wrote no code block in 48 samples at temperature 1"
+    for prompt, sample, segments in called:
+        mask = sample.loss_mask
+        assert len(mask) == len(sample.output_ids) and 0 in mask and 1 in mask
+        model = [t for t, m in zip(sample.output_ids, mask) if m]
+        assert model == [t for s in segments for t in s.output_ids]  # the server's tokens, as generated
+        assert len(sample.logprobs) == sum(mask) == sum(len(s.logprobs) for s in segments)
+        assert sample.logprobs == [x for s in segments for x in s.logprobs]
+        first_tool = mask.index(0)
+        tool = sample.output_ids[first_tool:first_tool + sample.tool_calls[0].output_tokens]
+        assert set(mask[first_tool:first_tool + len(tool)]) == {0}
+        text = tokenizer.decode(tool)
+        assert tool == tokenizer(text, add_special_tokens=False)["input_ids"]  # tokenized once, as rendered
+        a_b = tokenizer.decode(segments[0].output_ids)  # the code the model wrote ran: its product is the output
+        code = multi_turn.TOOL_FORMATS["torl"].extract_code(a_b)
+        assert str(eval(code.strip()[len("print("):-1])) in text  # noqa: S307 - the model's own "print(a * b)"
+        assert sample.turns == 2 and segments[0].matched_stop == "```output"
+
+
+def test_generate_with_tools_answers_from_the_interpreter(server, tools, tokenizer):
+    from megarl.rewards.grading import grade_batch
+
+    client = RolloutClient(server.url)
+    rows, prompts = _prompts(tokenizer, 8)
+    sampling = SamplingParams(max_new_tokens=64, temperature=1.0, stop=["<|endoftext|>"], sampling_seed=3)
+    outputs = multi_turn.generate(client, prompts, sampling, 8, tools)
+    flat = [s for group in outputs for s in group]
+    assert all(isinstance(s, multi_turn.TurnSample) for s in flat)
+    grades = grade_batch([s.text for s in flat], [rows[s.prompt_index]["answer"] for s in flat], template="none")
+    with_tool = [g.correct for s, g in zip(flat, grades) if any(c.status == "ok" for c in s.tool_calls)]
+    without = [g.correct for s, g in zip(flat, grades) if not s.tool_calls]
+    assert with_tool and sum(with_tool) / len(with_tool) > 0.5  # it copies the interpreter's product
+    assert not without or sum(without) / len(without) < 0.2  # in its head it cannot multiply
+    metrics = multi_turn.tool_metrics(flat)
+    assert metrics["tool/calls_per_sample"] == pytest.approx(sum(len(s.tool_calls) for s in flat) / len(flat))
+    assert metrics["tool/output_tokens"] > 0 and metrics["tool/error_rate"] == 0.0
