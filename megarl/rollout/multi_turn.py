@@ -123,8 +123,8 @@ class ToolRunner:
         self.format = get_tool_format(tool_cfg.format)
         self.stop = tool_cfg.stop or self.format.stop
         self.tokenizer = tokenizer
-        self.limits = SandboxLimits(timeout_s=tool_cfg.timeout_s, memory_mb=tool_cfg.memory_mb,
-                                    output_bytes=max(4 * tool_cfg.output_chars, 1024))
+        # The sandbox keeps up to 16 KiB of each stream; render_output shows the model its head and tail.
+        self.limits = SandboxLimits(timeout_s=tool_cfg.timeout_s, memory_mb=tool_cfg.memory_mb)
         self.pool = pool if pool is not None else SandboxPool(workers=tool_cfg.workers, limits=self.limits)
 
     def encode(self, text: str) -> list[int]:

@@ -66,8 +66,8 @@ def test_samples_carry_the_servers_tokens_and_the_tools_tokens_exactly(server, t
     async def run():
         out = []
         async with client.connect() as conn:
-            for prompt in prompts:
-                firsts = await client.agenerate_prompt(conn, 0, prompt, sampling, 8)
+            for i, prompt in enumerate(prompts):
+                firsts = await client.agenerate_prompt(conn, i, prompt, sampling, 8)  # seed + i: its own draws
                 for j, first in enumerate(firsts):
                     segments = [first]
 
@@ -76,7 +76,7 @@ def test_samples_carry_the_servers_tokens_and_the_tools_tokens_exactly(server, t
                         segments.append(s)
                         return s
                     sample = await multi_turn.complete(send, prompt, first, tools, max_new_tokens=64,
-                                                       sampling=multi_turn.continuation_sampling(sampling, 100 + j))
+                                                       sampling=multi_turn.continuation_sampling(sampling, 100 * i + j))
                     out.append((prompt, sample, segments))
         return out
 
@@ -113,8 +113,10 @@ def test_generate_with_tools_answers_from_the_interpreter(server, tools, tokeniz
     grades = grade_batch([s.text for s in flat], [rows[s.prompt_index]["answer"] for s in flat], template="none")
     with_tool = [g.correct for s, g in zip(flat, grades) if any(c.status == "ok" for c in s.tool_calls)]
     without = [g.correct for s, g in zip(flat, grades) if not s.tool_calls]
-    assert with_tool and sum(with_tool) / len(with_tool) > 0.5  # it copies the interpreter's product
-    assert not without or sum(without) / len(without) < 0.2  # in its head it cannot multiply
+    assert with_tool and without
+    # With the interpreter's product in its context it copies it (often, at temperature 1); in its head it
+    # cannot multiply 3-4 digit numbers.
+    assert sum(with_tool) / len(with_tool) > 0.2 and sum(without) / len(without) < 0.05
     metrics = multi_turn.tool_metrics(flat)
     assert metrics["tool/calls_per_sample"] == pytest.approx(sum(len(s.tool_calls) for s in flat) / len(flat))
     assert metrics["tool/output_tokens"] > 0 and metrics["tool/error_rate"] == 0.0
