@@ -120,3 +120,46 @@ def test_generate_with_tools_answers_from_the_interpreter(server, tools, tokeniz
     metrics = multi_turn.tool_metrics(flat)
     assert metrics["tool/calls_per_sample"] == pytest.approx(sum(len(s.tool_calls) for s in flat) / len(flat))
     assert metrics["tool/output_tokens"] > 0 and metrics["tool/error_rate"] == 0.0
+
+
+def test_a_turn_cut_by_a_weight_update_continues_with_its_turns(server, tools, tokenizer):
+    """Partial rollouts: a sample aborted mid-turn (what /pause_generation does at a weight update) keeps its
+    tokens and turns and continues from them; without partial rollouts it starts again from its prompt."""
+    import dataclasses
+
+    client = RolloutClient(server.url)
+    rows, prompts = _prompts(tokenizer, 6)
+    sampling = multi_turn.with_tool_stop(SamplingParams(max_new_tokens=64, temperature=1.0, stop=["<|endoftext|>"],
+                                                        sampling_seed=11), tools)
+
+    async def run():
+        async with client.connect() as conn:
+            async def send(ids, params):
+                inputs.append(list(ids))
+                return (await client.agenerate_prompt(conn, 0, ids, params, 1))[0]
+            for i, prompt in enumerate(prompts):
+                for first in await client.agenerate_prompt(conn, i, prompt, sampling, 8):
+                    if first.matched_stop == tools.stop:  # a code turn: cut it in the middle of its code
+                        cut = len(first.output_ids) // 2
+                        aborted = dataclasses.replace(first, output_ids=first.output_ids[:cut], logprobs=first.logprobs[:cut],
+                                                      finish_reason="abort", matched_stop=None)
+                        make = multi_turn.continuation_sampling(sampling, 5)
+                        kept = await multi_turn.complete(send, prompt, aborted, tools, max_new_tokens=64, sampling=make)
+                        first_inputs = inputs[0]
+                        inputs.clear()
+                        again = await multi_turn.complete(send, prompt, aborted, tools, max_new_tokens=64, sampling=make,
+                                                          partial=False)
+                        return prompt, aborted, kept, first_inputs, again, inputs[0]
+        return None
+
+    inputs = []
+
+    found = asyncio.run(run())
+    assert found is not None, "no code turn in 48 samples"
+    prompt, aborted, kept, kept_input, again, again_input = found
+    cut = len(aborted.output_ids)
+    assert kept_input == prompt + aborted.output_ids and again_input == prompt  # continued / started again
+    assert kept.output_ids[:cut] == aborted.output_ids and kept.loss_mask[:cut] == [1] * cut
+    assert kept.logprobs[:cut] == aborted.logprobs and len(kept.logprobs) == sum(kept.loss_mask)
+    assert len(kept.loss_mask) == len(kept.output_ids) and kept.finish_reason != "abort"
+    assert len(again.logprobs) == sum(again.loss_mask) and again.finish_reason != "abort"
