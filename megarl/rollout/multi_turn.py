@@ -87,6 +87,8 @@ class TurnSample(Sample):
     loss_mask: list[int] = dataclasses.field(default_factory=list)
     tool_calls: list[ToolCall] = dataclasses.field(default_factory=list)
     turns: int = 1  # model turns
+    continued: int = 0  # turns cut short by a weight update and continued from their tokens (partial rollouts)
+    discarded_tokens: int = 0  # tokens dropped when a cut sample started again from its prompt (partial off)
 
 
 def expand_to_response(values: Sequence[float], mask: Sequence[int], fill: float = 0.0) -> list[float]:
@@ -182,7 +184,7 @@ async def complete(send: Send, prompt: list[int], first: Sample, tools: ToolRunn
                    stopping: Callable[[], bool] = lambda: False) -> TurnSample:
     """Finish one sample whose first model turn is `first`: run its code and continue, turn by turn.
     `sampling(segment, max_new_tokens)` gives each continuation request's settings (its own seed)."""
-    traj, seg, segment = _Trajectory(), first, 0
+    traj, seg, segment, continued, discarded = _Trajectory(), first, 0, 0, 0
     traj.add_model(first)
     while True:
         budget = max_new_tokens - len(traj.ids)
@@ -190,8 +192,11 @@ async def complete(send: Send, prompt: list[int], first: Sample, tools: ToolRunn
             if stopping():
                 break
             if not partial:  # start again from the prompt
+                discarded += len(traj.ids)
                 traj = _Trajectory()
                 budget = max_new_tokens
+            else:
+                continued += 1
         elif (seg.finish_reason == "stop" and seg.matched_stop == tools.stop and traj.turns < tools.cfg.max_turns
               and budget > 0):
             call, ids = await tools.call(tools.format.extract_code(tools.decode(traj.ids)))
@@ -217,7 +222,7 @@ async def complete(send: Send, prompt: list[int], first: Sample, tools: ToolRunn
         finish_reason=seg.finish_reason, matched_stop=seg.matched_stop, weight_version=seg.weight_version,
         prompt_tokens=len(prompt), completion_tokens=len(traj.ids), server=seg.server, meta_info=seg.meta_info,
         token_versions=traj.versions if any(v >= 0 for v in traj.versions) else None,
-        loss_mask=traj.mask, tool_calls=traj.calls, turns=traj.turns,
+        loss_mask=traj.mask, tool_calls=traj.calls, turns=traj.turns, continued=continued, discarded_tokens=discarded,
     )
 
 

@@ -159,6 +159,7 @@ def test_a_turn_cut_by_a_weight_update_continues_with_its_turns(server, tools, t
     prompt, aborted, kept, kept_input, again, again_input = found
     cut = len(aborted.output_ids)
     assert kept_input == prompt + aborted.output_ids and again_input == prompt  # continued / started again
+    assert (kept.continued, kept.discarded_tokens, again.continued, again.discarded_tokens) == (1, 0, 0, cut)
     assert kept.output_ids[:cut] == aborted.output_ids and kept.loss_mask[:cut] == [1] * cut
     assert kept.logprobs[:cut] == aborted.logprobs and len(kept.logprobs) == sum(kept.loss_mask)
     assert len(kept.loss_mask) == len(kept.output_ids) and kept.finish_reason != "abort"

@@ -281,9 +281,13 @@ class Producer:
             async def send(prompt_ids: list[int], sampling) -> Sample:
                 return (await self._send(conn, 0, prompt_ids, sampling, 1))[0]
             tool_sampling = multi_turn.with_tool_stop(sampling_params(self.setup, seed), self.setup.tools)
-            return await multi_turn.complete(send, prompt, sample, self.setup.tools, max_new_tokens=self.setup.cfg.rollout.max_new_tokens,
+            done = await multi_turn.complete(send, prompt, sample, self.setup.tools, max_new_tokens=self.setup.cfg.rollout.max_new_tokens,
                                              sampling=multi_turn.continuation_sampling(tool_sampling, seed), partial=self.partial,
                                              stopping=lambda: self.stopping)
+            with self.cond:
+                self.stats.continued += done.continued
+                self.stats.discarded_tokens += done.discarded_tokens
+            return done
         segments = 0
         while sample.finish_reason == "abort" and not self.stopping:
             segments += 1
