@@ -28,3 +28,11 @@ def test_filters_and_metrics():
     assert m["tool/error_rate"] == pytest.approx(1 / 3) and m["tool/timeout_rate"] == 0.0
     assert m["tool/output_tokens"] == pytest.approx((3 + 5 + 0) / 3) and m["tool/void_turn_rate"] == pytest.approx(1 / 3)
     assert m["tool/turns"] == pytest.approx((2 + 3 + 2) / 3)
+
+
+def test_the_step_line_shows_tool_calls_only_for_tool_runs():
+    from megarl.monitoring.console import step_line
+
+    assert "tool calls 0.89" in step_line(16, 16, {"reward/mean": 0.4, "tool/calls_per_sample": 0.891})
+    assert "tool calls 0.00" in step_line(1, 16, {"reward/mean": 0.0, "tool/calls_per_sample": 0.0})
+    assert "tool" not in step_line(1, 16, {"reward/mean": 0.4})

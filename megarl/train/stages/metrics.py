@@ -58,6 +58,7 @@ def rollout_metrics(seqs: Sequence[TrainSequence], sampled_grades: Sequence, *, 
         "response/length_correct": mean(len(s.response_ids) for s in seqs if s.correct),
         "response/length_incorrect": mean(len(s.response_ids) for s in seqs if not s.correct),
         "response/truncated": sum(s.truncated for s in seqs) / len(seqs),
+        "response/model_tokens_mean": mean(s.model_tokens for s in seqs),  # without tool output (multi-turn)
         "data/filtered_groups": filtered,
         "batch/sequences": len(seqs),
         "batch/prompts": prompts,
