@@ -338,6 +338,29 @@ class RewardConfig(Section):
         return path
 
 
+class ToolConfig(Section):
+    """Tool-integrated rollouts: a Python interpreter in a sandbox (megarl.rollout.multi_turn, docs/tool_use.md)."""
+
+    enabled: bool = False
+    format: str = Field("torl", description="how code and output are marked: a format of megarl.rollout.multi_turn.TOOL_FORMATS")
+    stop: str | None = Field(None, description="the string that ends a code turn (None: the format's)")
+    max_turns: int = Field(2, ge=1, description="model turns per sample; max_turns - 1 interpreter calls at most")
+    timeout_s: float = Field(5.0, gt=0, description="wall-clock limit of one interpreter call")
+    memory_mb: int = Field(1024, ge=64, description="address space of each process of a call")
+    output_chars: int = Field(256, ge=16, description="the output shown to the model is cut to this many characters")
+    workers: int = Field(4, ge=1, description="warm sandboxes (megarl.sandbox.SandboxPool)")
+    filter_error_trajectories: bool = Field(False, description="no loss on a sample whose last tool call failed")
+    filter_void_turns: bool = Field(False, description="no loss on a sample with a turn that closed without code (SimpleTIR)")
+
+    @field_validator("format")
+    @classmethod
+    def _registered_format(cls, name: str) -> str:
+        from megarl.rollout.multi_turn import get_tool_format
+
+        get_tool_format(name)
+        return name
+
+
 class EvalConfig(Section):
     every: int = Field(0, ge=0, description="evaluate every k steps (0: never)")
     benchmarks: list[str] = Field(default_factory=list, description="shipped evaluation sets, generated sets or files")
@@ -398,6 +421,7 @@ class Config(Section):
     rollout: RolloutConfig = RolloutConfig()
     data: DataConfig
     reward: RewardConfig = RewardConfig()
+    tool: ToolConfig = ToolConfig()
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -9,6 +9,8 @@ checked byte for byte in tests/data/test_templates.py:
   carries the same strings).
 - qwen25-math-cot is also Dr. GRPO's `qwen_math` and r1 its `r1`: sail-sg/understand-r1-zero
   `train_zero_math.py` `apply_qwen_math_template`, `apply_r1_template`.
+- torl: ToRL's `tir_base_0309` (GAIR-NLP/ToRL@cb78cf1 `verl/utils/dataset/rl_dataset.py`), the prompt of its
+  tool-integrated runs (the model writes ```python blocks; megarl.rollout.multi_turn runs them).
 Each template also names how its answers are graded: "boxed" (the last `\\boxed{}`) or "r1"
 (the `<answer>` block). Stop strings are only those upstream stops on: the ChatML turn end for
 the ChatML templates (a string, so it matches however a non-Qwen tokenizer splits it) and
@@ -40,6 +42,11 @@ R1_PROMPT = (
     "respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>.\n"
     "User: {question}\nAssistant: <think>"
 )
+TORL_PROMPT = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it.\n"
+    "User: Please integrate natural language reasoning with programs to solve the problem above, and put your final "
+    "answer within \\boxed{}.\n{question}\nAssistant:\n"
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ TEMPLATES: dict[str, PromptTemplate] = {
     # trimmed: the grader accepts both).
     "r1": PromptTemplate("r1", R1_PROMPT, stop=("</answer>",), answer_format="r1"),
     "none": PromptTemplate("none", "{question}"),
+    "torl": PromptTemplate("torl", TORL_PROMPT),
 }
 
 

@@ -7,8 +7,10 @@ megarl.model_source and never import this module; the `megarl` command loads the
 
     builtin:toy-arith        the demo's toy base model (megarl/demo/README.md)
     builtin:toy-arith-long   the long-tailed variant: also pretrained on chain problems, 768 positions
+    builtin:toy-tool         the tool demo's model: products of 3-4 digit numbers, some solved with code
     toy-arith:SPLIT[:N]      one-step word problems (`toy_problems`)
     toy-arith-long:SPLIT[:N] 30% chain problems of 2-24 steps, the rest one-step (`long_problems`)
+    toy-tool:SPLIT[:N]       "What is 4821 * 739?" (`megarl.demo.toy_tool.tool_problems`)
 
 SPLIT is pretrain, rl_train or heldout; N defaults to 1000 rows (seed 0).
 """
@@ -20,6 +22,7 @@ from typing import Callable
 
 from megarl.data.sources import GeneratedSet, parse_generated, register_generated_set
 from megarl.demo.toy_task import SPLITS, format_prompt, long_problems, toy_problems
+from megarl.demo.toy_tool import tool_problems
 from megarl.model_source import register_scheme
 from megarl.runtime.cache import cache_root
 
@@ -32,10 +35,12 @@ BUILTIN_MODELS: dict[str, dict] = {
     # Chains of up to 24 steps make prompts of up to ~190 tokens and worked solutions of up to ~280:
     # 768 positions leave room for max_new_tokens 384 after a 256-token prompt.
     "toy-arith-long": {"chain_fraction": 0.3, "max_position_embeddings": 768},
+    "toy-tool": {"tool_fraction": 0.25},
 }
 
 
-GENERATORS: dict[str, Callable[..., list[dict]]] = {"toy-arith": toy_problems, "toy-arith-long": long_problems}
+GENERATORS: dict[str, Callable[..., list[dict]]] = {"toy-arith": toy_problems, "toy-arith-long": long_problems,
+                                                   "toy-tool": tool_problems}
 TOY_DATASETS = tuple(GENERATORS)
 SPLIT_USES = dict(zip(SPLITS, ("pretrain (toy model)", "train", "eval")))  # split -> what it is for
 

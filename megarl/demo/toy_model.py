@@ -80,6 +80,9 @@ class ToyModelSettings:
     # the demo's toy-arith corpus; > 0 is the long-tailed variant (builtin:toy-arith-long), whose
     # batches are grouped by length so padding does not multiply the cost.
     chain_fraction: float = 0.0
+    # Share of tool-integrated solutions (megarl.demo.toy_tool): > 0 is the tool demo's model
+    # (builtin:toy-tool), pretrained on products of 3-4 digit numbers instead of word problems.
+    tool_fraction: float = 0.0
     # torch intra-op threads while pretraining. 1, not 2: ops this small gain little from a
     # second thread, and on a busy 2-core machine two threads measured 3-10x slower per step
     # (see megarl/demo/README.md).
@@ -100,6 +103,8 @@ class ToyModelSettings:
     @property
     def name(self) -> str:
         """The built-in model name these settings belong to (and the cache directory's prefix)."""
+        if self.tool_fraction > 0:
+            return "toy-tool"
         return "toy-arith-long" if self.chain_fraction > 0 else "toy-arith"
 
     def cache_key(self) -> str:
@@ -107,6 +112,8 @@ class ToyModelSettings:
         fields.pop("threads")  # thread count changes speed, not the recipe
         if fields["chain_fraction"] == 0.0:  # added later: the demo model's key stays what it was
             fields.pop("chain_fraction")
+        if fields["tool_fraction"] == 0.0:  # likewise
+            fields.pop("tool_fraction")
         fields["version"] = TOY_MODEL_VERSION
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -196,6 +203,10 @@ def pretraining_corpus(settings: ToyModelSettings) -> list[tuple[str, str]]:
     shuffled), so a batch's padding follows its own longest document, not the corpus's.
     """
     count = settings.steps * settings.batch_size
+    if settings.tool_fraction > 0:
+        from megarl.demo.toy_tool import pretraining_examples as tool_examples
+
+        return tool_examples(count, settings.seed, settings.tool_fraction)
     if settings.chain_fraction == 0.0:
         return pretraining_examples(count, settings.seed, settings.boxed_fraction)
     import random

@@ -103,10 +103,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
-def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path | None = None, progress: bool = True) -> dict:
-    """Run every benchmark; returns {benchmark: summary row}. Writes samples.jsonl and summary.json."""
+def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path | None = None, progress: bool = True,
+                        tools=None) -> dict:
+    """Run every benchmark; returns {benchmark: summary row}. Writes samples.jsonl and summary.json. With `tools`
+    (a megarl.rollout.multi_turn.ToolRunner), the model calls the interpreter as in training."""
     from megarl.data import get_template, load_prompts, render_prompt, stop_strings
     from megarl.rewards.grading import grade_batch
+    from megarl.rollout import multi_turn
     from megarl.rollout.client import RolloutError, SamplingParams
 
     template = get_template(settings.template)
@@ -135,7 +138,7 @@ def evaluate_benchmarks(client, tokenizer, settings: EvalSettings, out_dir: Path
         outputs = []
         for run_sampling, run_n, label in runs:
             try:
-                outputs.append(client.generate(prompts, run_sampling, n=run_n))
+                outputs.append(multi_turn.generate(client, prompts, run_sampling, run_n, tools))
             except RolloutError as err:
                 failed = sum(group is None for group in err.partial_results) if err.partial_results is not None else len(prompts)
                 raise EvaluationFailed(

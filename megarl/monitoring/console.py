@@ -23,6 +23,7 @@ STEP_FIELDS = (
     ("reward/has_answer", "answered", "{:.0%}", True),
     ("response/length_mean", "len", "{:.1f}", True),
     ("response/truncated", "truncated", "{:.0%}", False),
+    ("tool/calls_per_sample", "tool calls", "{:.2f}", True),  # only multi-turn runs have it
     ("actor/kl", "kl", "{:.3g}", False),
     ("actor/entropy", "entropy", "{:.3f}", True),
     ("actor/grad_norm", "grad", "{:.3g}", True),

@@ -10,7 +10,9 @@ segments of its own, none longer than the row's longest sequence. Megatron's THD
 varlen attention on GPUs, megarl's SDPA kernel (megarl.models.attention) on CPU. Attention stays
 within each segment and positions restart at 0 for each, so a packed row computes exactly what
 separate rows would. `resp_index[b, t]` is the position in the row whose logits predict response
-token t of sequence b; per-sequence tensors are [B, T] with `resp_mask`.
+token t of sequence b; per-sequence tensors are [B, T] with `resp_mask`, which marks the model's response tokens only (a
+tool's output in a multi-turn sample, `TrainSequence.loss_mask` 0, is context: attended to, never
+predicted, so no log-prob, loss or metric sees it).
 """
 
 from __future__ import annotations
@@ -38,10 +40,18 @@ class TrainSequence:
     advantage: float = 0.0  # sequence-level advantage (group algorithms)
     loss_weight: float = 1.0  # 0 removes it from the loss (overlong filtering)
     versions: list[int] | None = None  # policy version (optimizer steps) that generated each response token
+    # Per response token: 1 the model generated it, 0 a tool wrote it (multi-turn rollouts; None: all the
+    # model's). Tool tokens are context only: no log-prob, loss, advantage, KL, entropy or metric counts them.
+    loss_mask: list[int] | None = None
 
     @property
     def length(self) -> int:
         return len(self.prompt_ids) + len(self.response_ids)
+
+    @property
+    def model_tokens(self) -> int:
+        """Response tokens the model generated (the ones the loss counts)."""
+        return len(self.response_ids) if self.loss_mask is None else sum(self.loss_mask)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -127,6 +137,9 @@ def build_microbatches(seqs: Sequence[TrainSequence], budget: int, device: torch
         ids, labels, pos = (torch.tensor(x, dtype=torch.long) for x in (ids, labels, pos))
         resp_index = torch.tensor(resp_index, dtype=torch.long)
         resp_mask = torch.arange(t_max).unsqueeze(0) < torch.tensor(resp_len).unsqueeze(1)
+        if any(seqs[i].loss_mask is not None for i in row):  # tool tokens: context, never predicted
+            resp_mask &= per_sequence_matrix([seqs[i].loss_mask if seqs[i].loss_mask is not None else [1] * k
+                                              for i, k in zip(row, resp_len)], t_max, "cpu") > 0
         # The response-predicting positions alone: `resp_flat` (into [B * T]), their position in
         # the row (`logit_index`, Megatron's s-major [s, 1] layout) and their labels.
         resp_flat = resp_mask.reshape(-1).nonzero().squeeze(1)

@@ -89,7 +89,7 @@ class Trainer:
         self.prefetch = generate.Prefetcher()  # rollout.mode=overlap (driver): step+1's batch
         self.producer: produce.Producer | None = None  # rollout.mode=async (driver)
         self._async_state: dict | None = None  # a resumed async run's producer state
-        self.prompts = self.tokenizer = self.servers = self.client = self.pusher = self.logger = None  # driver
+        self.prompts = self.tokenizer = self.servers = self.client = self.pusher = self.logger = self.rollout_setup = None  # driver
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.checkpoint)
         if self.is_driver:
             self._setup_driver()
@@ -310,7 +310,8 @@ class Trainer:
             self.last_sync = report
 
     def evaluate(self, step: int) -> dict:
-        return step_metrics.evaluate(self.cfg, self.client, self.tokenizer, self.run_dir, step, self.is_driver)
+        tools = self.rollout_setup.tools if self.is_driver else None
+        return step_metrics.evaluate(self.cfg, self.client, self.tokenizer, self.run_dir, step, self.is_driver, tools)
 
     def save_checkpoint(self, progress: StepProgress | None = None) -> None:
         """Checkpoint the state after `self.step` steps, plus `progress` of the next step when it is stopped mid-way."""
@@ -361,3 +362,5 @@ class Trainer:
                 self.servers.stop()
             if self.logger is not None:
                 self.logger.close()
+            if self.rollout_setup is not None and self.rollout_setup.tools is not None:  # its sandboxes
+                self.rollout_setup.tools.close()

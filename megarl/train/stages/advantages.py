@@ -41,14 +41,31 @@ def token_advantages(seqs: Sequence[TrainSequence], tensors: Sequence[SequenceTe
     kls = [kl_penalty(t.old_logp, t.ref_logp, algo.kl_type) if (algo.kl_in_reward and t.ref_logp is not None) else None
            for t in tensors]
     out = []
-    for s, t in zip(seqs, tensors):
-        if s.behaviour_logp is not None and len(s.behaviour_logp) == len(s.response_ids):
+    masks = [None if s.loss_mask is None else torch.tensor(s.loss_mask, dtype=torch.bool) for s in seqs]
+    for s, t, mask in zip(seqs, tensors, masks):
+        if s.behaviour_logp is not None and len(s.behaviour_logp) == s.model_tokens:  # the model's tokens only
             behaviour = torch.tensor(s.behaviour_logp, dtype=torch.float32)
+            behaviour = behaviour if mask is None else torch.zeros(len(mask)).masked_scatter(mask, behaviour)
             t = dataclasses.replace(t, behaviour_logp=behaviour, old_logp=behaviour if plan.ratio_vs_behaviour else t.old_logp)
-        out.append(t)
+        out.append(dataclasses.replace(t, loss_mask=mask))
+    # The estimators see the model's tokens alone (a tool's output is a transition of the environment:
+    # rewards, values, returns-to-go and whitening skip it), then advantages go back in place, 0 at tool tokens.
     group_based = get_algorithm(algo.name).group_based
     inputs = AdvantageInputs(scores=[s.advantage if group_based else s.reward for s in seqs],
-                             lengths=[len(s.response_ids) for s in seqs], kl=kls, values=[t.old_values for t in out])
+                             lengths=[s.model_tokens for s in seqs], kl=[_model_part(k, m) for k, m in zip(kls, masks)],
+                             values=[_model_part(t.old_values, m) for t, m in zip(out, masks)])
     est = estimate_advantages(algo, inputs, dp_group)
     returns = est.returns if est.returns is not None else [None] * len(out)
-    return [dataclasses.replace(t, advantages=a, returns=r) for t, a, r in zip(out, est.advantages, returns)]
+    return [dataclasses.replace(t, advantages=_in_place(a, m), returns=_in_place(r, m))
+            for t, a, r, m in zip(out, est.advantages, returns, masks)]
+
+
+def _model_part(values: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
+    return values if values is None or mask is None else values[mask]
+
+
+def _in_place(values: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Per-model-token values at their response positions (0 at tool tokens)."""
+    if values is None or mask is None:
+        return values
+    return torch.zeros(len(mask), dtype=values.dtype).masked_scatter(mask, values)

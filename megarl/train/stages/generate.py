@@ -10,6 +10,7 @@ from megarl.config import Config, RewardConfig
 from megarl.data import render_prompt
 from megarl.data.prompt_stream import PromptStream
 from megarl.monitoring.reflection import reflection_rates
+from megarl.rollout import multi_turn
 from megarl.rollout.client import RolloutClient, Sample, SamplingParams
 from megarl.runtime.distributed import fold_seed
 from megarl.train.batch import TrainSequence
@@ -46,6 +47,7 @@ class RolloutSetup:
     template: Any
     stops: list[str]
     reward: RewardConfig
+    tools: multi_turn.ToolRunner | None = None  # tool.enabled: the interpreter of multi-turn rollouts
 
 
 def make_setup(cfg: Config, client: RolloutClient, tokenizer) -> RolloutSetup:
@@ -53,8 +55,9 @@ def make_setup(cfg: Config, client: RolloutClient, tokenizer) -> RolloutSetup:
     from megarl.data import get_template, stop_strings
 
     template = get_template(cfg.data.template)
+    tools = multi_turn.ToolRunner(cfg.tool, tokenizer) if cfg.tool.enabled else None
     return RolloutSetup(cfg, client, tokenizer, template, stop_strings(template, tokenizer, template_stops=cfg.rollout.template_stops),
-                        cfg.reward)
+                        cfg.reward, tools)
 
 
 def encode_prompt(setup: RolloutSetup, problem: str) -> tuple[list[int], bool]:
@@ -122,8 +125,9 @@ def build_batch(setup: RolloutSetup, groups: list[Group], sampled: list[Group], 
         TrainSequence(
             prompt_ids=group.prompt_ids, response_ids=list(sample.output_ids), reward=float(grade.reward), group=gi,
             behaviour_logp=sample.logprobs, truncated=sample.finish_reason == "length", correct=bool(grade.correct),
-            loss_weight=0.0 if (cfg.algorithm.overlong_filter and sample.finish_reason == "length") else 1.0,
-            versions=token_versions(sample),
+            loss_weight=0.0 if ((cfg.algorithm.overlong_filter and sample.finish_reason == "length")
+                                or multi_turn.filtered_out(sample, cfg.tool)) else 1.0,
+            versions=token_versions(sample), loss_mask=getattr(sample, "loss_mask", None),
         )
         for gi, group in enumerate(groups) for sample, grade in zip(group.samples, group.grades)
     ]
@@ -135,6 +139,7 @@ def build_batch(setup: RolloutSetup, groups: list[Group], sampled: list[Group], 
     metrics = step_metrics.rollout_metrics(seqs, all_grades, prompts=len(groups), filtered=filtered, rounds=rounds,
                                            truncated_prompts=truncated_prompts, epoch=epoch, weight_versions=versions,
                                            reflection=reflection)
+    metrics.update(multi_turn.tool_metrics([s for g in sampled for s in g.samples]))
     samples = [
         {"prompt": setup.tokenizer.decode(g.prompt_ids), "response": g.samples[0].text, "gold": g.row.answer,
          "reward": g.grades[0].reward}
@@ -160,8 +165,8 @@ def generate(setup: RolloutSetup, prompts: PromptStream, step: int) -> RolloutBa
         rows = prompts.take(want - len(groups))
         encoded = [encode_prompt(setup, r.problem) for r in rows]
         truncated_prompts += sum(cut for _, cut in encoded)
-        outputs = setup.client.generate([ids for ids, _ in encoded],
-                                        sampling_params(setup, rollout_seed(cfg.run.seed, step, rounds)), n=rc.n)
+        outputs = multi_turn.generate(setup.client, [ids for ids, _ in encoded],
+                                      sampling_params(setup, rollout_seed(cfg.run.seed, step, rounds)), rc.n, setup.tools)
         flat = [s for group in outputs for s in group]
         grades = reward.grade(flat, [rows[s.prompt_index].answer for s in flat], setup.reward, cfg.data.template)
         for p, (row, (ids, _), samples) in enumerate(zip(rows, encoded, outputs)):

@@ -24,6 +24,7 @@ class SequenceTensors:
     behaviour_logp: torch.Tensor | None = None  # the rollout server's
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    loss_mask: torch.Tensor | None = None  # bool, the model's tokens (multi-turn samples; None: every token)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,6 +58,7 @@ def rollout_metrics(seqs: Sequence[TrainSequence], sampled_grades: Sequence, *, 
         "response/length_correct": mean(len(s.response_ids) for s in seqs if s.correct),
         "response/length_incorrect": mean(len(s.response_ids) for s in seqs if not s.correct),
         "response/truncated": sum(s.truncated for s in seqs) / len(seqs),
+        "response/model_tokens_mean": mean(s.model_tokens for s in seqs),  # without tool output (multi-turn)
         "data/filtered_groups": filtered,
         "batch/sequences": len(seqs),
         "batch/prompts": prompts,
@@ -171,14 +172,15 @@ def print_eval_summary(run_dir: Path, console) -> None:
     (run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2))
 
 
-def evaluate(cfg, client, tokenizer, run_dir: Path, step: int, is_driver: bool) -> dict:
+def evaluate(cfg, client, tokenizer, run_dir: Path, step: int, is_driver: bool, tools=None) -> dict:
     """Held-out accuracy on eval.benchmarks through the rollout servers (the driver asks; every rank
     gets the result)."""
     payload = [{}]
     if is_driver and cfg.eval.benchmarks:
         from megarl.evaluation.harness import EvalSettings, evaluate_benchmarks
 
-        result = evaluate_benchmarks(client, tokenizer, EvalSettings.from_recipe(cfg, baseline=step == 0), out_dir=run_dir / "eval" / f"step_{step:06d}")
+        result = evaluate_benchmarks(client, tokenizer, EvalSettings.from_recipe(cfg, baseline=step == 0),
+                                     out_dir=run_dir / "eval" / f"step_{step:06d}", tools=tools)
         payload = [{f"eval/{name}/{key}": row[key] for name, row in result.items() for key in ("accuracy", "single_run")}]
     collectives.broadcast_objects(payload, src=0)
     return payload[0]

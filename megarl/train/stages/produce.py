@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from megarl.data.prompt_stream import PromptStream
+from megarl.rollout import multi_turn
 from megarl.rollout.client import RolloutClient, Sample
 from megarl.runtime.seeds import fold_seed
 from megarl.train.stages import reward
@@ -254,7 +255,10 @@ class Producer:
         ids, cut = encode_prompt(setup, row.problem)
         step, index = divmod(serial, self.per_step)
         seed = rollout_seed(cfg.run.seed, step, 1)
-        first = await self._send(conn, index, ids, sampling_params(setup, seed), self.n)
+        first_sampling = sampling_params(setup, seed)
+        if setup.tools is not None:
+            first_sampling = multi_turn.with_tool_stop(first_sampling, setup.tools)
+        first = await self._send(conn, index, ids, first_sampling, self.n)
         samples = await asyncio.gather(*(self._complete(conn, ids, s, fold_seed(seed + index * 4096 + j, 51)) for j, s in enumerate(first)))
         grades = await asyncio.get_running_loop().run_in_executor(
             self._grading, reward.grade, samples, [row.answer] * len(samples), setup.reward, cfg.data.template)
@@ -271,7 +275,19 @@ class Producer:
 
     async def _complete(self, conn, prompt: list[int], sample: Sample, seed: int) -> Sample:
         """Continue a sample cut short by a weight update until it finishes (partial rollouts), or
-        generate it again from scratch (rollout.partial=false)."""
+        generate it again from scratch (rollout.partial=false). With the interpreter, every turn of it
+        (megarl.rollout.multi_turn.complete: an aborted turn is continued the same way)."""
+        if self.setup.tools is not None:
+            async def send(prompt_ids: list[int], sampling) -> Sample:
+                return (await self._send(conn, 0, prompt_ids, sampling, 1))[0]
+            tool_sampling = multi_turn.with_tool_stop(sampling_params(self.setup, seed), self.setup.tools)
+            done = await multi_turn.complete(send, prompt, sample, self.setup.tools, max_new_tokens=self.setup.cfg.rollout.max_new_tokens,
+                                             sampling=multi_turn.continuation_sampling(tool_sampling, seed), partial=self.partial,
+                                             stopping=lambda: self.stopping)
+            with self.cond:
+                self.stats.continued += done.continued
+                self.stats.discarded_tokens += done.discarded_tokens
+            return done
         segments = 0
         while sample.finish_reason == "abort" and not self.stopping:
             segments += 1

@@ -72,7 +72,7 @@ def schedule(num_seqs: int, algo: AlgorithmConfig, seed: int, step: int) -> list
 
 def loss_normalizer(seqs: Sequence[TrainSequence], num_microbatches: int, dp_group, dp: int) -> LossNormalizer:
     """The mini-batch's loss tokens and sequences summed over the DP ranks."""
-    local = torch.tensor([sum(len(s.response_ids) for s in seqs if s.loss_weight > 0), sum(s.loss_weight > 0 for s in seqs)],
+    local = torch.tensor([sum(s.model_tokens for s in seqs if s.loss_weight > 0), sum(s.loss_weight > 0 for s in seqs)],
                          dtype=torch.float64)
     collectives.all_reduce(local, group=dp_group)
     return LossNormalizer(tokens=float(local[0]), sequences=float(local[1]), num_microbatches=num_microbatches, dp=dp)
@@ -194,6 +194,7 @@ def summary(totals: UpdateTotals, tensors: Sequence[SequenceTensors], setup: Upd
     if reporter and not setup.plan.single_pass and not setup.plan.ratio_vs_behaviour:
         for t in tensors:  # recomputed old log-probs against the server's
             if t.behaviour_logp is not None and t.old_logp is not None:
-                step_metrics.record_mismatch(mismatch, t.old_logp, t.behaviour_logp, torch.ones_like(t.old_logp, dtype=torch.bool))
+                mask = t.loss_mask if t.loss_mask is not None else torch.ones_like(t.old_logp, dtype=torch.bool)
+                step_metrics.record_mismatch(mismatch, t.old_logp, t.behaviour_logp, mask)
     metrics.update(step_metrics.mismatch_metrics(mismatch, reporter))
     return metrics
