@@ -68,6 +68,10 @@ class ModelConfig(Section):
 class ParallelConfig(Section):
     tp: int = Field(1, ge=1)
     pp: int = Field(1, ge=1)
+    ep: int = Field(1, ge=1, description="expert parallelism (MoE models): each MoE layer's experts split over ep ranks of the data-parallel group")
+    router_replay: bool | None = Field(None, description=(
+        "MoE models: route each token in the log-prob and update passes to the experts the rollout chose (routing "
+        "replay, R3); null: on for MoE models"))
     micro_batch_tokens: int = Field(8192, ge=16, description="token budget per packed micro-batch")
     recompute: Literal["selective", "full"] | None = None
     sequence_parallel: bool = Field(False, description=(
@@ -641,7 +645,7 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
     for section in sections:
         par = getattr(cfg, section)
         try:
-            spec.check_layout(par.tp, par.pp, field=section)
+            spec.check_layout(par.tp, par.pp, field=section, ep=par.ep, sequence_parallel=par.sequence_parallel)
         except ValueError as err:
             raise ConfigError(str(err)) from None
 

@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 import torch
 from aiohttp import web
 
+from megarl.rollout import routed_experts
 from megarl.rollout.admin_token import TOKEN_ENV
 from megarl.rollout.engine import CancelToken, GenerationEngine, SamplingParamsError, SequenceRequest, SequenceSampling
 from megarl.rollout.update_group import DEFAULT_GROUP_NAME, UpdateGroup
@@ -395,6 +396,8 @@ class RolloutServer:
         sampling_list = per_prompt("sampling_params", None)
         return_logprob = per_prompt("return_logprob", False)
         start_lens = per_prompt("logprob_start_len", -1)
+        return_routes = per_prompt("return_routed_experts", False)
+        routes_start = per_prompt("routed_experts_start_len", 0)
         rids = per_prompt("rid", None)
         text_in_logprobs = bool(body.get("return_text_in_logprobs", False))
         samplings = []
@@ -414,7 +417,8 @@ class RolloutServer:
             start_len = start_lens[i] if start_lens[i] is not None else -1
             for j in range(sampling.n):
                 sequences.append(SequenceRequest(input_ids=prompt, sampling=sampling, sample_index=j,
-                                                 return_logprob=bool(return_logprob[i]), logprob_start_len=int(start_len)))
+                                                 return_logprob=bool(return_logprob[i]), logprob_start_len=int(start_len),
+                                                 return_routed_experts=bool(return_routes[i])))
                 owners.append((i, j))
         loop = asyncio.get_running_loop()
         cancel = CancelToken()
@@ -447,6 +451,8 @@ class RolloutServer:
                                                     zip(res.input_logprobs, seq.input_ids[start:])]
                 else:
                     meta["input_token_logprobs"] = []
+            if res.routed_experts is not None:  # SGLang's format: rows [routed_experts_start_len, seqlen - 1)
+                meta["routed_experts"] = routed_experts.encode(res.routed_experts[int(routes_start[i] or 0):].numpy())
             responses.append({"text": res.text, "output_ids": res.output_ids, "meta_info": meta, "index": len(responses)})
         if single and len(responses) == 1:
             return web.json_response(responses[0])
