@@ -74,6 +74,9 @@ def run_pipeline(
 
         return output, loss_func
 
+    for chunk in model:
+        if getattr(unwrap_model(chunk).megarl_spec, "is_moe", False):
+            router_replay.clear_queues(chunk)
     forward_backward = get_forward_backward_func()
     return forward_backward(
         forward_step_func=forward_step,

@@ -37,6 +37,11 @@ class RouteStats:
     tokens_per_expert: torch.Tensor | None = None
 
 
+def replays_routes(setting: bool | None, spec) -> bool:
+    """Whether a run replays the rollout's routes: `actor.router_replay` (None: on for MoE models)."""
+    return bool(spec.is_moe) and setting is not False
+
+
 def _in_backward() -> bool:
     """Whether autograd is running a backward pass now (a recomputed forward inside it)."""
     return torch._C._current_graph_task_id() != -1
@@ -124,7 +129,8 @@ def set_replay(model, enabled: bool) -> None:
 
 
 def push_routes(model, routes: torch.Tensor | None) -> None:
-    """Queue one micro-batch's routes ([b, s, moe_layers, top_k] aligned with its input ids; None:
+    """Queue one micro-batch's routes ([b, s, moe_layers, top_k] or [b, s, moe_layers * top_k]
+    aligned with its input ids; None:
     no targets) for the next forward of this model chunk. Under sequence parallelism each TP rank's
     routers see its slice of the sequence, which is what they get."""
     replays = layer_replays(model)
@@ -137,13 +143,22 @@ def push_routes(model, routes: torch.Tensor | None) -> None:
     from megatron.core import parallel_state as ps
 
     spec = model_spec(model)
-    routes = routes.transpose(0, 1)  # Megatron's [s, b] token order
+    b, s = routes.shape[:2]
+    routes = routes.reshape(b, s, len(spec.moe_layers), spec.moe_top_k).transpose(0, 1)  # Megatron's [s, b] token order
     if _sequence_parallel(model):
         tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
         routes = routes.chunk(tp, dim=0)[rank]
     for layer, replay in replays:
         slot = spec.moe_layers.index(layer)
         replay.forward_targets.append(routes[:, :, slot, :].reshape(-1, routes.shape[-1]))
+
+
+def clear_queues(model) -> None:
+    """Drop targets no forward or recompute took (a forward-only pass leaves its recompute queue
+    unread): called at the start of every pipeline pass."""
+    for _, replay in layer_replays(model):
+        replay.forward_targets.clear()
+        replay.backward_targets.clear()
 
 
 def start_recording(model) -> None:
@@ -182,6 +197,29 @@ def metrics(model) -> dict[str, float]:
         counts = replay.stats.tokens_per_expert
         if counts is not None and counts.sum() > 0:
             out[f"moe/load_imbalance/layer{layer}"] = float(counts.max() / counts.float().mean())
+    if compared:
+        out["moe/router_mismatch"] = mismatched / compared
+        out["moe/router_drift"] = drifted / compared
+    return out
+
+
+def step_metrics(model) -> dict[str, float]:
+    """`metrics` over every rank's layers and tokens (a collective: every rank calls it), then
+    `reset`: the step's MoE metrics from its log-prob and update passes."""
+    from megarl.runtime import collectives
+
+    mine = [(layer, r.stats.mismatched, r.stats.drifted, r.stats.compared, r.stats.tokens_per_expert)
+            for layer, r in layer_replays(model)]
+    reset(model)
+    mismatched = drifted = compared = 0
+    per_layer: dict[int, torch.Tensor] = {}
+    for rank_stats in collectives.all_gather_objects(mine):
+        for layer, m, d, c, counts in rank_stats:
+            mismatched, drifted, compared = mismatched + m, drifted + d, compared + c
+            if counts is not None:
+                per_layer[layer] = counts if layer not in per_layer else per_layer[layer] + counts
+    out = {f"moe/load_imbalance/layer{layer}": float(c.max() / c.float().mean())
+           for layer, c in sorted(per_layer.items()) if c.sum() > 0}
     if compared:
         out["moe/router_mismatch"] = mismatched / compared
         out["moe/router_drift"] = drifted / compared

@@ -47,6 +47,23 @@ def sample_routes(routed: np.ndarray, moe_layers, length: int, start_len: int = 
     return out
 
 
+def per_token(encoded: str | None, length: int, width: int) -> torch.Tensor:
+    """A sample's routes ([length, width] int32, width = moe_layers x top_k) from their `encode`d
+    form (how a TrainSequence carries them, JSON-safe); all -1 when the sample has none."""
+    if encoded is None:
+        return torch.full((length, width), -1, dtype=torch.int32)
+    flat = torch.from_numpy(np.frombuffer(base64.b64decode(encoded), dtype=np.int32).copy())
+    if flat.numel() != length * width:
+        raise ValueError(f"a sample's routes hold {flat.numel()} ids, expected {length} tokens x {width}")
+    return flat.view(length, width)
+
+
+def from_sample(meta_info: dict, spec, length: int) -> str:
+    """A training sample's routes, `encode`d, from a rollout response's meta_info (SGLang's format)."""
+    routed = decode(meta_info, spec.num_layers, spec.moe_top_k)
+    return encode(sample_routes(routed, spec.moe_layers, length).numpy())
+
+
 class HFRouteRecorder:
     """Records the top-k experts of every MoE layer of a transformers model per forward (hooks on
     the routers: Qwen3-MoE's `mlp.gate` returns (logits, scores, indices))."""

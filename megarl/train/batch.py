@@ -15,6 +15,7 @@ token t of sequence b; per-sequence tensors are [B, T] with `resp_mask`.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from typing import Sequence
 
@@ -37,6 +38,7 @@ class TrainSequence:
     advantage: float = 0.0  # sequence-level advantage (group algorithms)
     loss_weight: float = 1.0  # 0 removes it from the loss (overlong filtering)
     versions: list[int] | None = None  # policy version (optimizer steps) that generated each response token
+    routes: str | None = None  # MoE: the rollout's experts per token (megarl.rollout.routed_experts, encoded)
 
     @property
     def length(self) -> int:
@@ -139,6 +141,7 @@ def build_microbatches(seqs: Sequence[TrainSequence], budget: int, device: torch
         lengths += padding_segments(pad, max(lengths))
         ids, labels, pos = ([x + [0] * pad] for x in (ids, labels, pos))
         ids, labels, pos = (torch.tensor(x, dtype=torch.long) for x in (ids, labels, pos))
+        routes = _packed_routes([seqs[i] for i in row], row_len)
         resp_index = torch.tensor(resp_index, dtype=torch.long)
         resp_mask = torch.arange(t_max).unsqueeze(0) < torch.tensor(resp_len).unsqueeze(1)
         # The response-predicting positions alone: `resp_flat` (into [B * T]), their position in
@@ -157,7 +160,24 @@ def build_microbatches(seqs: Sequence[TrainSequence], budget: int, device: torch
             packed_seq_params=packed_seq_params(lengths, device),
             seq_ids=list(row),
             num_tokens=sum(seqs[i].length for i in row),
+            routes=None if routes is None else routes.to(device),
         ))
+    return out
+
+
+def _packed_routes(row: Sequence[TrainSequence], row_len: int) -> torch.Tensor | None:
+    """The row's routes [1, row_len, moe_layers x top_k] (-1 for padding and unknown tokens), when
+    any sequence carries them (routing replay)."""
+    from megarl.rollout import routed_experts
+
+    carried = [s for s in row if s.routes is not None]
+    if not carried:
+        return None
+    width = len(base64.b64decode(carried[0].routes)) // 4 // carried[0].length
+    parts = [routed_experts.per_token(s.routes, s.length, width) for s in row]
+    out = torch.full((1, row_len, width), -1, dtype=torch.int32)
+    used = sum(p.shape[0] for p in parts)
+    out[0, :used] = torch.cat(parts)
     return out
 
 

@@ -30,6 +30,8 @@ from megarl.checkpoint.manager import CheckpointManager, export_hf
 from megarl.config import Config, ConfigError, colocated_transport_problem, validate_semantics
 from megarl.data.prompt_stream import PromptStream
 from megarl.demo.builtins import builtin_model_dir, builtin_name
+from megarl.models import router_replay
+from megarl.models.router_replay import replays_routes
 from megarl.models.spec import ModelSpec
 from megarl.rollout import fleet
 from megarl.runtime import collectives
@@ -52,7 +54,7 @@ class Trainer:
         from megarl.runtime.distributed import init_runtime
 
         self.cfg = cfg
-        self.rt = init_runtime(cfg.actor.tp, cfg.actor.pp, seed=cfg.run.seed)
+        self.rt = init_runtime(cfg.actor.tp, cfg.actor.pp, seed=cfg.run.seed, ep=cfg.actor.ep)
         validate_semantics(cfg, world_size=self.rt.world_size, check_files=False)
         if cfg.uses_critic and (cfg.critic.tp, cfg.critic.pp) != (cfg.actor.tp, cfg.actor.pp):
             raise ValueError(
@@ -65,7 +67,7 @@ class Trainer:
         self.initial_torch_dist = None  # model.path is a torch_dist checkpoint (Megatron-LM / Megatron-Bridge / megarl)
         self.model_dir = self._resolve_model()
         self.spec = ModelSpec.from_hf(self.model_dir)
-        self.spec.check_layout(cfg.actor.tp, cfg.actor.pp)
+        self.spec.check_layout(cfg.actor.tp, cfg.actor.pp, ep=cfg.actor.ep, sequence_parallel=cfg.actor.sequence_parallel)
         self.dtype = DTYPES[cfg.model.dtype]
         self.actor = self._worker("actor", cfg.actor, trainable=True)
         self.reference = None
@@ -146,7 +148,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
         self._start_servers()
-        self.rollout_setup = generate.make_setup(cfg, self.client, self.tokenizer)
+        self.rollout_setup = generate.make_setup(cfg, self.client, self.tokenizer, spec=self.spec)
         self.logger = MetricsLogger(
             self.run_dir, cfg.model_dump(), wandb_mode=cfg.logging.wandb, project=cfg.logging.project, run_name=cfg.run.name,
             total_steps=cfg.run.steps, samples_every=cfg.logging.samples_every,
@@ -169,7 +171,8 @@ class Trainer:
                                    disk_dir=self.cfg.weight_sync_dir,
                                    server_tp_size=rc.server_tp if rc.engine == "sglang" else 1, sglang_serializer=rc.engine == "sglang")
         self.client = RolloutClient(self.servers.generation_urls, max_concurrency=rc.max_concurrency,
-                                    request_timeout_s=rc.request_timeout_s, context_length=self.spec.max_position_embeddings)
+                                    request_timeout_s=rc.request_timeout_s, context_length=self.spec.max_position_embeddings,
+                                    return_routed_experts=replays_routes(self.cfg.actor.router_replay, self.spec))
         self.client.wait_until_healthy(timeout_s=300)
 
     # ---- the loop -----------------------------------------------------------------------
@@ -245,6 +248,8 @@ class Trainer:
                              totals=progress.totals, skip_streak=self.skip_streak, step=self.step)
                 progress.updates_done = u + 1
             metrics.update(update.summary(progress.totals, progress.tensors, self.update_setup))
+        if self.spec.is_moe:  # routing replay: training's routes against the rollout's, load per layer
+            metrics.update(router_replay.step_metrics(self.actor.model))
         self._server_memory("resume")
         with timer("rollout_wait"):  # overlap: step+1's batch must finish on the old weights
             self.prefetch.finish()

@@ -131,3 +131,36 @@ def test_full_recompute_replays_the_same_routes_in_backward(rollout, moe_dir):
     assert grads[None].keys() == grads["full"].keys() and len(grads[None]) > 10
     for name in grads[None]:
         torch.testing.assert_close(grads["full"][name], grads[None][name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_routes_travel_with_samples_through_thd_packing(rollout, moe_dir):
+    """TrainSequence carries its routes (JSON-safe); build_microbatches packs them with the tokens of
+    one THD row (-1 for padding); the packed micro-batch replays them (after the router moved)."""
+    from megarl.train.batch import TrainSequence, build_microbatches
+    from megarl.models.pipeline import run_pipeline
+
+    tokens, meta, _ = rollout
+    model, spec = _model(moe_dir)
+    encoded = routed_experts.from_sample(meta, spec, len(tokens))
+    seqs = [TrainSequence(prompt_ids=tokens[:6], response_ids=tokens[6:], reward=1.0, group=0, routes=encoded),
+            TrainSequence(prompt_ids=tokens[:4], response_ids=tokens[4:-2], reward=0.0, group=0,
+                          routes=routed_experts.from_sample(meta, spec, len(tokens) - 2))]
+    (mb,) = build_microbatches(seqs, budget=64, device=torch.device("cpu"))
+    width = len(spec.moe_layers) * spec.moe_top_k
+    assert mb.routes.shape == (1, mb.input_ids.shape[1], width)
+    expected = torch.cat([routed_experts.per_token(s.routes, s.length, width) for s in seqs])
+    assert torch.equal(mb.routes[0, :expected.shape[0]], expected) and (mb.routes[0, expected.shape[0]:] == -1).all()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("mlp.router.weight"):
+                p.mul_(-1.0)  # the router now prefers other experts everywhere
+    router_replay.start_recording(model)
+    with torch.no_grad():
+        run_pipeline([model], [mb], lambda out, m: (out.sum() * 0.0, {}), forward_only=True)
+    (routed,) = router_replay.recorded_routes(model)
+    known = (expected >= 0).all(-1)
+    flat = expected.view(-1, len(spec.moe_layers), spec.moe_top_k)
+    assert torch.equal(routed[: expected.shape[0]][known], flat[known].long())
+    stats = router_replay.metrics(model)
+    assert stats["moe/router_mismatch"] == 0.0 and stats["moe/router_drift"] > 0.5
+    router_replay.reset(model)
