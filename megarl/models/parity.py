@@ -40,7 +40,7 @@ def _gather_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
 
 
 def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_parallel: bool = False,
-              dtype: torch.dtype = torch.float32) -> dict:
+              dtype: torch.dtype = torch.float32, distributed_optimizer: bool = False) -> dict:
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
 
@@ -103,7 +103,8 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
 
     if train_out is not None:
         model.train()
-        ddp, optimizer = wrap_for_training(model, ParallelConfig(optimizer="sgd", lr=0.5, clip_grad=0.0))
+        ddp, optimizer = wrap_for_training(model, ParallelConfig(optimizer="sgd", lr=0.5, clip_grad=0.0,
+                                                                 distributed_optimizer=distributed_optimizer))
         zero_grads(ddp, optimizer)
 
         def ce_loss(output, mb):
@@ -136,6 +137,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
     parser.add_argument("--train-out", type=Path, default=None, help="also take one SGD step; save weights here")
     parser.add_argument("--sequence-parallel", action="store_true", help="Megatron sequence parallelism (with tp > 1)")
+    parser.add_argument("--distributed-optimizer", action="store_true", help="the training step through Megatron's distributed optimizer")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="the Megatron model's dtype (as model.dtype)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -143,7 +145,8 @@ def main(argv=None) -> int:
     from megarl.runtime.distributed import init_runtime, shutdown_runtime
 
     rt = init_runtime(tp=args.tp, pp=args.pp, ep=args.ep, seed=1234)
-    results = [check_one(Path(d), args.train_out, sequence_parallel=args.sequence_parallel, dtype=DTYPES[args.dtype])
+    results = [check_one(Path(d), args.train_out, sequence_parallel=args.sequence_parallel, dtype=DTYPES[args.dtype],
+                         distributed_optimizer=args.distributed_optimizer)
                for d in args.hf_dir]
     gathered = collectives.all_gather_objects(results)
     if rt.is_main:

@@ -1,7 +1,8 @@
 """Qwen3-MoE: megarl's Megatron actor (megatron-core's MoE layer, all-to-all dispatcher over gloo)
 against transformers' Qwen3MoeForCausalLM at EP1, EP2 and TP2xEP2 (with sequence parallelism, which
 Megatron requires for MoE under TP): logits, a bitwise export of the loaded weights back to the
-hub's per-expert names, and one SGD step giving the same weights at every layout."""
+hub's per-expert names, and one SGD step giving the same weights at every layout (TP2xEP2 through
+Megatron's distributed optimizer, which shards dense and expert parameters over different groups)."""
 
 import json
 
@@ -32,7 +33,7 @@ def moe_runs(moe_models, tmp_path_factory):
         out, train_out = root / f"tp{tp}ep{ep}.json", root / f"train_tp{tp}ep{ep}"
         args = ["-m", "megarl.models.parity", "--tp", str(tp), "--ep", str(ep), "--out", str(out),
                 "--train-out", str(train_out), "--hf-dir", str(moe_models["renorm"])]
-        args += ["--sequence-parallel"] if tp > 1 else []
+        args += ["--sequence-parallel", "--distributed-optimizer"] if tp > 1 else []
         if (tp, ep) == (1, 2):
             args += ["--hf-dir", str(moe_models["sparse2"])]
         torchrun(args, nproc=tp * ep)
