@@ -49,7 +49,6 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
     from megarl.models.hf_io import load_hf_into_model
     from megarl.models.pipeline import run_pipeline
     from megarl.models.spec import ModelSpec
-    from megarl.config import ParallelConfig
     from megarl.models.training import wrap_for_training, zero_grads
 
     spec = ModelSpec.from_hf(hf_dir)
@@ -103,8 +102,7 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
 
     if train_out is not None:
         model.train()
-        ddp, optimizer = wrap_for_training(model, ParallelConfig(optimizer="sgd", lr=0.5, clip_grad=0.0,
-                                                                 distributed_optimizer=distributed_optimizer))
+        ddp, optimizer = wrap_for_training(model, _step_config(distributed_optimizer))
         zero_grads(ddp, optimizer)
 
         def ce_loss(output, mb):
@@ -124,6 +122,21 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
             result["train_loss"] = sum(s["loss"].item() for s in stats) / len(stats)
             result["grad_norm"] = float(grad_norm)
     return result if reporter else {}
+
+
+# Megatron's distributed optimizer takes Adam only. Adam's first step moves each weight by
+# lr * g / (|g| + eps); with eps far above every |g| (about 0.1 here) that is SGD with lr / eps, to
+# within |g| / eps relative (1e-5): the layouts' steps stay comparable with the SGD ones.
+_ADAM_AS_SGD_EPS = 1e4
+
+
+def _step_config(distributed_optimizer: bool):
+    from megarl.config import ParallelConfig
+
+    if not distributed_optimizer:
+        return ParallelConfig(optimizer="sgd", lr=0.5, clip_grad=0.0)
+    return ParallelConfig(optimizer="adam", lr=0.5 * _ADAM_AS_SGD_EPS, adam_eps=_ADAM_AS_SGD_EPS, clip_grad=0.0,
+                          distributed_optimizer=True)
 
 
 def main(argv=None) -> int:

@@ -84,6 +84,7 @@ class SGLangServerSpec:
     mem_fraction_static: float | None = None  # fraction of GPU memory for weights + KV cache
     enable_memory_saver: bool = False  # colocated mode: lets /release_memory_occupation free GPU memory
     deterministic: bool = False  # --enable-deterministic-inference (batch-invariant kernels)
+    return_routed_experts: bool = False  # --enable-return-routed-experts (MoE routing replay)
     random_seed: int | None = None
     dtype: str | None = None  # e.g. "bfloat16"; None lets SGLang read the checkpoint
     base_gpu_id: int = 0
@@ -126,6 +127,8 @@ def sglang_server_command(spec: SGLangServerSpec, python: str = sys.executable,
         cmd += ["--enable-memory-saver"]
     if spec.deterministic:
         cmd += ["--enable-deterministic-inference"]
+    if spec.return_routed_experts:
+        cmd += ["--enable-return-routed-experts"]
     if spec.random_seed is not None:
         cmd += ["--random-seed", str(spec.random_seed)]
     if spec.dtype:
@@ -401,7 +404,7 @@ class SGLangFleet(ServerFleet):
 
 def sglang_fleet(model_dir: str | Path, count: int, tp: int, log_dir: Path, *, colocate: bool = False,
                  router: bool = False, seed: int = 0, mem_fraction_static: float | None = None,
-                 dtype: str | None = None) -> SGLangFleet:
+                 dtype: str | None = None, routed_experts: bool = False) -> SGLangFleet:
     """GPU clusters: `count` SGLang servers on this node (GPUs [i*tp, (i+1)*tp) each), optionally
     behind sglang-router, with a fresh admin token (`fleet.admin_token`, never on a command line).
     `mem_fraction_static` goes to colocated servers, which share their GPUs with training; `dtype`
@@ -411,7 +414,8 @@ def sglang_fleet(model_dir: str | Path, count: int, tp: int, log_dir: Path, *, c
     specs = [
         SGLangServerSpec(model_path=str(model_dir), port=free_port(), tp_size=tp, base_gpu_id=i * tp,
                          enable_memory_saver=colocate, random_seed=seed + i, admin_token=token,
-                         mem_fraction_static=mem_fraction_static if colocate else None, dtype=server_dtype(dtype))
+                         mem_fraction_static=mem_fraction_static if colocate else None, dtype=server_dtype(dtype),
+                         return_routed_experts=routed_experts)
         for i in range(count)
     ]
     return SGLangFleet(specs, router_port=free_port() if router and count > 1 else None, log_dir=log_dir)
@@ -460,7 +464,7 @@ class RunServers:
             self.fleet.stop()
 
 
-def start_for_run(rc, model_dir: str | Path, log_dir: Path, seed: int, dtype: str) -> RunServers:
+def start_for_run(rc, model_dir: str | Path, log_dir: Path, seed: int, dtype: str, routed_experts: bool = False) -> RunServers:
     """The servers of a run with rollout section `rc` (megarl.config.RolloutConfig): rc.servers when
     given, else rc.num_servers built-in or SGLang servers started here with `seed`, serving in the
     trainer's `dtype` (model.dtype), as a Slurm job's servers do."""
@@ -473,5 +477,6 @@ def start_for_run(rc, model_dir: str | Path, log_dir: Path, seed: int, dtype: st
         fleet = start_builtin_servers(model_dir, rc.num_servers, log_dir, seed=seed, threads=server_threads, dtype=dtype)
     else:
         fleet = start_sglang_servers(model_dir, rc.num_servers, rc.server_tp, log_dir, colocate=rc.colocate, router=rc.router,
-                                     seed=seed, mem_fraction_static=rc.mem_fraction_static, dtype=dtype)
+                                     seed=seed, mem_fraction_static=rc.mem_fraction_static, dtype=dtype,
+                                     routed_experts=routed_experts)
     return RunServers(fleet.server_urls, fleet.generation_urls, fleet.admin_token, "127.0.0.1", fleet, trainer_threads)

@@ -163,7 +163,8 @@ class Trainer:
         if problem:  # the built-in engine on GPUs (the config check covers SGLang)
             raise ConfigError(problem)
         self.servers = fleet.start_for_run(rc, self.model_dir, self.run_dir / "logs", seed=fold_seed(self.cfg.run.seed, 31),
-                                           dtype=self.cfg.model.dtype)
+                                           dtype=self.cfg.model.dtype,
+                                           routed_experts=replays_routes(self.cfg.actor.router_replay, self.spec))
         if self.servers.trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
             torch.set_num_threads(self.servers.trainer_threads)
         self.pusher = WeightPusher(self.servers.urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20,

@@ -71,3 +71,20 @@ def test_client_requests_and_server_returns_routed_experts_in_sglangs_format(moe
             assert all(len(set(row)) == spec.moe_top_k for row in moe.reshape(-1, spec.moe_top_k).tolist())
     plain = RolloutClient(moe_server.url).generate([[3, 4]], sampling)
     assert "routed_experts" not in plain[0][0].meta_info  # only when asked, as SGLang
+
+
+def test_sglang_servers_for_replay_enable_routed_experts_in_sglangs_parser():
+    """Without --enable-return-routed-experts SGLang answers without routes; megarl's launcher adds
+    it for routing replay, and SGLang's own ServerArgs parser reads it."""
+    import argparse
+
+    from sglang.srt.server_args import ServerArgs
+
+    from megarl.rollout.fleet import SGLangServerSpec, sglang_server_command
+
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    for wanted in (True, False):
+        cmd = sglang_server_command(SGLangServerSpec(model_path="model", return_routed_experts=wanted))
+        args = parser.parse_args(cmd[cmd.index("--model-path"):])
+        assert args.enable_return_routed_experts is wanted
