@@ -31,7 +31,6 @@ from megarl.config import Config, ConfigError, colocated_transport_problem, vali
 from megarl.data.prompt_stream import PromptStream
 from megarl.demo.builtins import builtin_model_dir, builtin_name
 from megarl.models import router_replay
-from megarl.models.router_replay import replays_routes
 from megarl.models.spec import ModelSpec
 from megarl.rollout import fleet
 from megarl.runtime import collectives
@@ -164,7 +163,7 @@ class Trainer:
             raise ConfigError(problem)
         self.servers = fleet.start_for_run(rc, self.model_dir, self.run_dir / "logs", seed=fold_seed(self.cfg.run.seed, 31),
                                            dtype=self.cfg.model.dtype,
-                                           routed_experts=replays_routes(self.cfg.actor.router_replay, self.spec))
+                                           routed_experts=self.spec.is_moe)  # routes for replay, or for moe/router_mismatch without it
         if self.servers.trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
             torch.set_num_threads(self.servers.trainer_threads)
         self.pusher = WeightPusher(self.servers.urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20,
@@ -173,7 +172,7 @@ class Trainer:
                                    server_tp_size=rc.server_tp if rc.engine == "sglang" else 1, sglang_serializer=rc.engine == "sglang")
         self.client = RolloutClient(self.servers.generation_urls, max_concurrency=rc.max_concurrency,
                                     request_timeout_s=rc.request_timeout_s, context_length=self.spec.max_position_embeddings,
-                                    return_routed_experts=replays_routes(self.cfg.actor.router_replay, self.spec))
+                                    return_routed_experts=self.spec.is_moe)  # routes for replay, or for moe/router_mismatch without it
         self.client.wait_until_healthy(timeout_s=300)
 
     # ---- the loop -----------------------------------------------------------------------
