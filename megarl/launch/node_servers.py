@@ -67,13 +67,22 @@ def server_commands(plan: ServerPlan, node_index: int, python: str,
             spec = SGLangServerSpec(model_path=plan.model, host="0.0.0.0", port=port, tp_size=plan.server_tp,
                                     base_gpu_id=plan.first_gpu + i * plan.server_tp, enable_memory_saver=plan.colocate,
                                     mem_fraction_static=plan.mem_fraction_static if plan.colocate else None,
-                                    random_seed=seed, dtype=server_dtype(plan.dtype))
+                                    random_seed=seed, dtype=server_dtype(plan.dtype),
+                                    return_routed_experts=_is_moe(plan.model))  # routing replay reads them
             argv = sglang_server_command(spec, python=python, admin_key_config=admin_key_config)
         else:
             argv = builtin_server_command(plan.model, port, host="0.0.0.0", seed=seed, dtype=server_dtype(plan.dtype),
                                           python=python)
         commands.append((port, argv))
     return commands
+
+
+def _is_moe(model_dir: str) -> bool:
+    """Whether the served model routes tokens to experts (its servers then return each token's experts);
+    False without a config.json here (SGLang then refuses the model itself)."""
+    from megarl.models.spec import ModelSpec
+
+    return (Path(model_dir) / "config.json").is_file() and ModelSpec.from_hf(model_dir).is_moe
 
 
 def load_plan(path: str | Path) -> dict:

@@ -252,6 +252,9 @@ class GenerationEngine:
         # Name -> tensor, including aliases of tied weights (lm_head.weight and embed_tokens.weight).
         self._tensors_by_name = dict(self.model.named_parameters(remove_duplicate=False))
         self._tensors_by_name.update(dict(self.model.named_buffers(remove_duplicate=False)))
+        from megarl.models.architectures.qwen3_moe import per_expert_views
+
+        self._tensors_by_name.update(per_expert_views(self.model))  # fused experts under the hub's names
 
     def _config_context_length(self) -> int | None:
         return context_length_of(self.model.config)

@@ -88,3 +88,26 @@ def test_sglang_servers_for_replay_enable_routed_experts_in_sglangs_parser():
         cmd = sglang_server_command(SGLangServerSpec(model_path="model", return_routed_experts=wanted))
         args = parser.parse_args(cmd[cmd.index("--model-path"):])
         assert args.enable_return_routed_experts is wanted
+
+
+def test_builtin_server_takes_weight_updates_under_the_hubs_per_expert_names(tiny_hf_models):
+    """transformers fuses the experts in memory; weight sync sends the hub's per-expert names (what
+    SGLang loads): the built-in engine writes them into the fused tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    from megarl.rollout.engine import GenerationEngine
+
+    path = tiny_hf_models["qwen3_moe"]
+    engine = GenerationEngine(str(path))
+    weights = load_file(str(path / "model.safetensors"))
+    experts = {n: t for n, t in weights.items() if ".mlp.experts." in n}
+    assert len(experts) == 3 * 3 * 8
+    fused = dict(engine.model.named_parameters())
+    before = fused["model.layers.2.mlp.experts.gate_up_proj"].clone()
+    assert engine.load_weights((n, -t) for n, t in experts.items()) == len(experts)
+    gate_up, down = fused["model.layers.2.mlp.experts.gate_up_proj"], fused["model.layers.2.mlp.experts.down_proj"]
+    assert torch.equal(gate_up, -before)
+    assert torch.equal(gate_up[5, :32], -weights["model.layers.2.mlp.experts.5.gate_proj.weight"])
+    assert torch.equal(gate_up[5, 32:], -weights["model.layers.2.mlp.experts.5.up_proj.weight"])
+    assert torch.equal(down[7], -weights["model.layers.2.mlp.experts.7.down_proj.weight"])

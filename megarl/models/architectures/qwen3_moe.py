@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from megarl.models.architectures.base import _norm_names
 from megarl.models.architectures.qwen3 import Qwen3
 from megarl.models.mapping import GatedMLP, ParamMapping, Replicated, RowParallel
@@ -104,3 +106,21 @@ def moe_megatron_config(spec: ModelSpec) -> dict[str, Any]:
         moe_layer_freq=[int(spec.is_moe_layer(i)) for i in range(spec.num_layers)],
         moe_token_dispatcher_type="alltoall",
     )
+
+
+def per_expert_views(hf_model) -> dict:
+    """The hub's per-expert names of a transformers MoE model whose experts are fused in memory
+    (transformers 5: `mlp.experts.gate_up_proj` [experts, 2 * width, hidden] with each expert's gate
+    rows first, `mlp.experts.down_proj` [experts, hidden, width]), as views into those tensors: writing
+    a view updates the model (the built-in server's weight updates arrive under the hub's names)."""
+    views = {}
+    for name, module in hf_model.named_modules():
+        gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
+        if not name.endswith("mlp.experts") or not (isinstance(gate_up, torch.Tensor) and gate_up.dim() == 3):
+            continue
+        width = gate_up.shape[1] // 2
+        for e in range(gate_up.shape[0]):
+            views[f"{name}.{e}.gate_proj.weight"] = gate_up[e, :width]
+            views[f"{name}.{e}.up_proj.weight"] = gate_up[e, width:]
+            views[f"{name}.{e}.down_proj.weight"] = down[e]
+    return views
