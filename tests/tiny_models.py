@@ -34,6 +34,15 @@ TINY_CONFIGS = {
         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
         rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=False,
     ),
+    # Qwen3-30B-A3B's shape in miniature: 8 experts, top-2 renormalized, a dense layer among the MoE
+    # ones (mlp_only_layers), untied embeddings.
+    "qwen3_moe": dict(
+        model_type="qwen3_moe", vocab_size=1007, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False,
+        num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+        decoder_sparse_step=1, mlp_only_layers=[1], router_aux_loss_coef=0.001,
+    ),
 }
 
 
@@ -51,6 +60,8 @@ def make_tiny_hf(arch: str, out_dir: str | Path, seed: int = 0, **overrides) -> 
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
                 p.add_(0.1 * torch.randn_like(p))
+            if name.endswith("mlp.gate.weight"):  # a MoE router: decisive top-k (no near-ties to flip)
+                p.mul_(20.0)
     out = Path(out_dir)
     model.save_pretrained(out)
     return out

@@ -66,9 +66,18 @@ def server_commands(plan: ServerPlan, node_index: int, python: str,
                               dtype=plan.dtype, tp=plan.server_tp, first_gpu=plan.first_gpu + i * plan.server_tp,
                               colocate=plan.colocate, mem_fraction_static=plan.mem_fraction_static,
                               max_batch_sequences=plan.max_batch_sequences, placeholder_weights=plan.placeholder_weights,
+                              return_routed_experts=_is_moe(plan.model),  # routing replay reads them
                               token_file=admin_key_config if engine.token_from_file else None)
         commands.append((port, engine.command(launch, python)))
     return commands
+
+
+def _is_moe(model_dir: str) -> bool:
+    """Whether the served model routes tokens to experts (its servers then return each token's experts);
+    False without a config.json here (SGLang then refuses the model itself)."""
+    from megarl.models.spec import ModelSpec
+
+    return (Path(model_dir) / "config.json").is_file() and ModelSpec.from_hf(model_dir).is_moe
 
 
 def load_plan(path: str | Path) -> dict:

@@ -32,16 +32,20 @@ def layer_impl() -> str:
     return "te" if transformer_engine_available() else "local"
 
 
-def layer_spec(config):
-    """Megatron's layer spec for `config` (TE or local layers; q/k norms when `config.qk_layernorm`)."""
+def layer_spec(config, moe: bool = False):
+    """Megatron's layer spec for `config` (TE or local layers; q/k norms when `config.qk_layernorm`).
+    `moe`: the layer's MLP is megatron-core's MoELayer (experts as a TE grouped GEMM, or a
+    SequentialMLP of local MLPs)."""
     from megatron.core.models.gpt import gpt_layer_specs
 
+    experts = dict(num_experts=config.num_moe_experts) if moe else {}
     if layer_impl() == "te":
-        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(
+            qk_layernorm=config.qk_layernorm, moe_grouped_gemm=moe, **experts)
     from megarl.models.attention import SDPAttention
     from megarl.models.norms import RMSNorm
 
-    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=config.qk_layernorm)
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=config.qk_layernorm, **experts)
     spec.submodules.self_attention.submodules.core_attention = SDPAttention  # torch's fused attention on CPU
     # megarl's RMSNorm everywhere Megatron's torch fallback would go (it refuses sequence parallelism)
     spec.submodules.input_layernorm = spec.submodules.pre_mlp_layernorm = RMSNorm
@@ -51,16 +55,27 @@ def layer_spec(config):
     return spec
 
 
-def block_spec(config):
-    """This PP stage's transformer block: its layers, and (local spec) megarl's RMSNorm as the final norm."""
-    spec = layer_spec(config)
-    if layer_impl() == "te":
-        return spec
+def block_spec(config, spec: ModelSpec | None = None):
+    """This PP stage's transformer block: its layers (dense, or MoE where `spec` routes the layer to
+    experts), and (local spec) megarl's RMSNorm as the final norm."""
+    from megatron.core import parallel_state as ps
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
+    if spec is None or not spec.is_moe:
+        layers = [layer_spec(config)] * get_num_layers_to_build(config)
+    else:
+        kinds = {False: layer_spec(config), True: layer_spec(config, moe=True)}
+        stage = spec.layers_of_stage(ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_world_size())
+        layers = [kinds[spec.is_moe_layer(i)] for i in stage]
+    if layer_impl() == "te":
+        if spec is None or not spec.is_moe:
+            return layers[0]
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        return TransformerBlockSubmodules(layer_specs=layers, layer_norm=TENorm)
     from megarl.models.norms import RMSNorm
 
-    return TransformerBlockSubmodules(layer_specs=[spec] * get_num_layers_to_build(config), layer_norm=RMSNorm)
+    return TransformerBlockSubmodules(layer_specs=layers, layer_norm=RMSNorm)
 
 
 def transformer_config(
@@ -68,6 +83,7 @@ def transformer_config(
     *,
     tp: int,
     pp: int,
+    ep: int = 1,
     dtype: torch.dtype = torch.float32,
     initialize: bool = False,
     sequence_parallel: bool = False,
@@ -111,6 +127,7 @@ def transformer_config(
         attention_softmax_in_fp32=True,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
+        expert_model_parallel_size=ep,
         pipeline_dtype=dtype,
         params_dtype=dtype,
         bf16=dtype == torch.bfloat16,
@@ -176,16 +193,17 @@ def build_model(
     if role not in ("actor", "critic"):
         raise ValueError(f"role={role!r}; use 'actor' or 'critic'")
     tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
-    spec.check_layout(tp, pp, field=role)
+    ep = ps.get_expert_model_parallel_world_size()
+    spec.check_layout(tp, pp, field=role, ep=ep, sequence_parallel=sequence_parallel)
     config = transformer_config(
-        spec, tp=tp, pp=pp, dtype=dtype, initialize=initialize, sequence_parallel=sequence_parallel, recompute=recompute
+        spec, tp=tp, pp=pp, ep=ep, dtype=dtype, initialize=initialize, sequence_parallel=sequence_parallel, recompute=recompute
     )
     pre = ps.is_pipeline_first_stage()
     post = ps.is_pipeline_last_stage()
     tied = spec.tie_word_embeddings and role == "actor"
     model = GPTModel(
         config=config,
-        transformer_layer_spec=block_spec(config),
+        transformer_layer_spec=block_spec(config, spec),
         vocab_size=spec.padded_vocab_size(tp),
         max_sequence_length=spec.max_position_embeddings,
         pre_process=pre,
@@ -195,6 +213,11 @@ def build_model(
         rotary_base=int(spec.rope_theta),
         rope_scaling=False,
     )
+    if spec.is_moe:
+        from megarl.models import router_replay
+
+        _router_gemm_without_te()
+        router_replay.install(model, recompute=recompute == "full")  # routes replayed per micro-batch
     spec.architecture.adapt_model(model, spec)
     _mark_tensor_parallel(model, spec, role, ps.get_pipeline_model_parallel_rank(), pp)
     if role == "critic" and post:
@@ -208,6 +231,16 @@ def build_model(
     return model.to(get_device())
 
 
+def _router_gemm_without_te() -> None:
+    """megatron-core 0.16.1's router GEMM tests `te_general_gemm is not None`, a name its moe_utils
+    defines only when Transformer Engine imports: without TE the router raises NameError. None
+    selects its torch path (what the name means when TE is absent)."""
+    from megatron.core.transformer.moe import moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+
+
 def _mark_tensor_parallel(model, spec: ModelSpec, role: str, pp_rank: int, pp: int) -> None:
     """Set Megatron's tensor-parallel attributes on every sharded parameter, from the mapping.
 
@@ -217,8 +250,11 @@ def _mark_tensor_parallel(model, spec: ModelSpec, role: str, pp_rank: int, pp: i
     """
     from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 
+    from megatron.core import parallel_state as ps
+
     params = dict(model.named_parameters())
-    for name, mapping in stage_mappings(spec, pp_rank, pp, layer_impl=layer_impl(), role=role):
+    ep, ep_rank = ps.get_expert_model_parallel_world_size(), ps.get_expert_model_parallel_rank()
+    for name, mapping in stage_mappings(spec, pp_rank, pp, layer_impl=layer_impl(), role=role, ep_rank=ep_rank, ep=ep):
         if name in params and mapping.partition_dim is not None:
             param = params[name]
             for attr in ("tensor_model_parallel", "partition_dim", "partition_stride"):

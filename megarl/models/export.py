@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from megarl.models.build import layer_impl
-from megarl.models.mapping import OUTPUT_TIED, hf_tensor_shapes, stage_mappings
+from megarl.models.mapping import OUTPUT_TIED, hf_tensor_shapes, stage_mappings_all_experts
 from megarl.models.spec import ModelSpec
 from megarl.models.unwrap import unwrap_model
 from megarl.runtime import collectives
@@ -44,9 +44,19 @@ def gather_hf_tensors(model, dst: int = 0, spec: ModelSpec | None = None,
     module = unwrap_model(model)
     spec = spec or module.megarl_spec
     role = getattr(module, "megarl_role", "actor")
-    tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
-    my_stage, tp_group = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_group()
-    holds_stage_copy = ps.get_data_parallel_rank() == 0
+    pp, my_stage = ps.get_pipeline_model_parallel_world_size(), ps.get_pipeline_model_parallel_rank()
+    ep = ps.get_expert_model_parallel_world_size() if spec.is_moe else 1
+    # Who holds what: the TP group of (stage, DP rank 0) holds the dense parameters; the expert-TP
+    # group of (stage, EP rank e, expert-DP rank 0) holds EP rank e's experts.
+    holders = {
+        None: (ps.get_data_parallel_rank() == 0, ps.get_tensor_model_parallel_world_size(),
+               ps.get_tensor_model_parallel_group()),
+    }
+    if spec.is_moe:
+        mine = ps.get_expert_model_parallel_rank() if ep > 1 else 0
+        for e in range(ep):
+            holders[e] = (e == mine and ps.get_expert_data_parallel_rank() == 0,
+                          ps.get_expert_tensor_parallel_world_size(), ps.get_expert_tensor_parallel_group())
     params = dict(module.named_parameters())
     rank = dist.get_rank()
     first_param = next(module.parameters())
@@ -54,21 +64,24 @@ def gather_hf_tensors(model, dst: int = 0, spec: ModelSpec | None = None,
     shapes = hf_tensor_shapes(spec)
 
     for stage in range(pp):
-        # Global rank of (this stage, TP rank 0, DP rank 0): the sender for this stage.
-        src = _stage_source_rank(stage)
-        items = [(name, m) for name, m in stage_mappings(spec, stage, pp, layer_impl=layer_impl(), role=role)
+        items = [(name, m, owner) for name, m, owner in stage_mappings_all_experts(spec, stage, pp, ep, layer_impl=layer_impl(), role=role)
                  if m is not OUTPUT_TIED]  # the tied output layer is the embedding, exported once
         # Chunk boundaries from the HF shapes, which every rank knows (sender and receiver agree).
         for chunk in _chunks(items, shapes, dtype, chunk_bytes):
-            out = None
-            if my_stage == stage and holds_stage_copy:
-                shards = _gather_chunk([params[name].detach() for name, _ in chunk], [m for _, m in chunk], tp, tp_group)
-                if rank == src:
-                    out = [t for (_, m), parts in zip(chunk, shards) for t in m.to_hf(parts, spec)]
-            if src != dst:
-                out = _route(out, [hf for _, m in chunk for hf in m.hf], shapes, src, dst, device, dtype)
-            if rank == dst:
-                yield from zip([hf for _, m in chunk for hf in m.hf], out)
+            for owner in dict.fromkeys(owner for _, _, owner in chunk):  # dense first, then each EP rank's experts
+                part = [(name, m) for name, m, o in chunk if o == owner]
+                holds, tp, group = holders[owner]
+                src = _source_rank(stage, owner)
+                out = None
+                if my_stage == stage and holds:
+                    shards = _gather_chunk([params[name].detach() for name, _ in part], [m for _, m in part], tp, group)
+                    if rank == src:
+                        out = [t for (_, m), parts in zip(part, shards) for t in m.to_hf(parts, spec)]
+                names = [hf for _, m in part for hf in m.hf]
+                if src != dst:
+                    out = _route(out, names, shapes, src, dst, device, dtype)
+                if rank == dst:
+                    yield from zip(names, out)
 
 
 def _chunks(items, shapes, dtype, chunk_bytes: int):
@@ -104,19 +117,28 @@ def _gather_chunk(local: list[torch.Tensor], mappings, tp: int, group) -> list[l
     return out
 
 
-_FIRST_PP_RANKS: list[int] | None = None
+_SOURCES: dict[tuple, dict[tuple, int]] = {}  # per parallel layout
 
 
-def _stage_source_rank(stage: int) -> int:
-    """Global rank holding (this stage, TP rank 0, DP rank 0): the pipeline group of global rank 0."""
-    global _FIRST_PP_RANKS
-    if _FIRST_PP_RANKS is None:
-        from megatron.core import parallel_state as ps
+def _source_rank(stage: int, owner: int | None) -> int:
+    """Global rank that assembles the HF tensors of one stage's parameters: for the dense ones
+    (owner None) the rank at (stage, TP rank 0, DP rank 0); for EP rank `owner`'s experts the rank
+    at (stage, expert-TP rank 0, EP rank owner, expert-DP rank 0). Learned once from every rank."""
+    from megatron.core import parallel_state as ps
 
-        mine = torch.tensor(dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group()), dtype=torch.int64)
-        collectives.broadcast(mine, src=0)
-        _FIRST_PP_RANKS = mine.tolist()
-    return _FIRST_PP_RANKS[stage]
+    layout = (dist.get_world_size(), ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size(),
+              ps.get_expert_model_parallel_world_size())
+    if layout not in _SOURCES:
+        me = (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank(),
+              ps.get_expert_tensor_parallel_rank(), ps.get_expert_model_parallel_rank(), ps.get_expert_data_parallel_rank())
+        sources: dict[tuple, int] = {}
+        for r, (pp_rank, tp_rank, dp_rank, etp_rank, ep_rank, edp_rank) in enumerate(collectives.all_gather_objects(me)):
+            if tp_rank == 0 and dp_rank == 0:
+                sources.setdefault((pp_rank, None), r)
+            if etp_rank == 0 and edp_rank == 0:
+                sources.setdefault((pp_rank, ep_rank), r)
+        _SOURCES[layout] = sources
+    return _SOURCES[layout][(stage, owner)]
 
 
 def _route(tensors, names, shapes, src, dst, device, dtype):

@@ -94,13 +94,15 @@ def load_hf_into_model(model, hf_dir: str | Path, spec: ModelSpec | None = None)
     role = getattr(model, "megarl_role", "actor")
     tp, tp_rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
     pp, pp_rank = ps.get_pipeline_model_parallel_world_size(), ps.get_pipeline_model_parallel_rank()
+    ep, ep_rank = ps.get_expert_model_parallel_world_size(), ps.get_expert_model_parallel_rank()
+    etp, etp_rank = ps.get_expert_tensor_parallel_world_size(), ps.get_expert_tensor_parallel_rank()
     from megarl.models.build import layer_impl
 
     params = dict(model.named_parameters())
     ckpt = HFCheckpoint(hf_dir)
     filled, nbytes = set(), 0
     try:
-        for name, mapping in stage_mappings(spec, pp_rank, pp, layer_impl=layer_impl(), role=role):
+        for name, mapping in stage_mappings(spec, pp_rank, pp, layer_impl=layer_impl(), role=role, ep_rank=ep_rank, ep=ep):
             if name not in params:
                 raise CheckpointError(f"Megatron model has no parameter {name!r} (mapping and model disagree)")
             hf = []
@@ -108,7 +110,10 @@ def load_hf_into_model(model, hf_dir: str | Path, spec: ModelSpec | None = None)
                 if hf_name not in ckpt:
                     raise CheckpointError(f"{hf_dir}: tensor {hf_name!r} (for {name}) is missing from the checkpoint")
                 hf.append(ckpt.get(hf_name))
-            shard = mapping.to_megatron_shard(hf, tp_rank, tp, spec)
+            if mapping.expert is None:
+                shard = mapping.to_megatron_shard(hf, tp_rank, tp, spec)
+            else:  # experts split over the expert-tensor-parallel group
+                shard = mapping.to_megatron_shard(hf, etp_rank, etp, spec)
             target = params[name]
             if tuple(shard.shape) != tuple(target.shape):
                 raise CheckpointError(

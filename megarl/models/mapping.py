@@ -41,6 +41,7 @@ class ParamMapping(abc.ABC):
 
     megatron: str
     hf: tuple[str, ...]
+    expert: int | None = None  # the global expert index of a routed expert's weight (None: not an expert's)
 
     partition_dim: ClassVar[int | None] = None  # the TP split dimension of the Megatron tensor
     hf_arity: ClassVar[int] = 1  # how many HF tensors make one Megatron tensor
@@ -54,6 +55,14 @@ class ParamMapping(abc.ABC):
     def at_layer(self, layer: int) -> "ParamMapping":
         return dataclasses.replace(
             self, megatron=self.megatron.replace("{layer}", str(layer)), hf=tuple(h.replace("{layer}", str(layer)) for h in self.hf)
+        )
+
+    def at_expert(self, local: int, global_index: int) -> "ParamMapping":
+        """An expert template (`{expert}` in both names) for one expert: Megatron numbers the experts
+        of an expert-parallel rank locally, HF globally."""
+        return dataclasses.replace(
+            self, megatron=self.megatron.replace("{expert}", str(local)),
+            hf=tuple(h.replace("{expert}", str(global_index)) for h in self.hf), expert=global_index,
         )
 
     # ---- shapes (from the spec, no tensors) ---------------------------------------------
@@ -192,16 +201,19 @@ class QKV(ParamMapping):
 
 @dataclasses.dataclass(frozen=True)
 class GatedMLP(ParamMapping):
-    """gate and up projections of a SwiGLU MLP: each TP rank's `linear_fc1` is [gate shard; up shard]."""
+    """gate and up projections of a SwiGLU MLP: each TP rank's `linear_fc1` is [gate shard; up shard].
+    `size` names the ModelSpec field with the MLP's width (a routed expert's is moe_ffn_hidden_size)."""
+
+    size: str = "ffn_hidden_size"
 
     partition_dim: ClassVar[int] = 0
     hf_arity: ClassVar[int] = 2
 
     def hf_shapes(self, spec: ModelSpec) -> tuple[Shape, ...]:
-        return ((spec.ffn_hidden_size, spec.hidden_size),) * 2
+        return ((getattr(spec, self.size), spec.hidden_size),) * 2
 
     def megatron_shape(self, spec: ModelSpec, tp: int) -> Shape:
-        return (2 * spec.ffn_hidden_size // tp, spec.hidden_size)
+        return (2 * getattr(spec, self.size) // tp, spec.hidden_size)
 
     def _shard(self, hf, tp_rank, tp, spec):
         gate, up = hf
@@ -221,22 +233,29 @@ OUTPUT_TIED = VocabParallel("output_layer.weight", "model.embed_tokens.weight")
 
 
 def stage_mappings(
-    spec: ModelSpec, pp_rank: int, pp: int, *, layer_impl: str = "local", role: str = "actor"
+    spec: ModelSpec, pp_rank: int, pp: int, *, layer_impl: str = "local", role: str = "actor",
+    ep_rank: int = 0, ep: int = 1,
 ) -> Iterator[tuple[str, ParamMapping]]:
-    """(Megatron name in this stage's state dict, mapping with global HF names) for one PP stage.
+    """(Megatron name in this stage's state dict, mapping with global HF names) for one PP stage
+    and, in a mixture of experts, one expert-parallel rank (its experts only).
 
-    Megatron numbers layers locally within a stage; HF names carry the global index. The layer
-    table comes from the spec's architecture. The critic has no output layer mapping (its value
-    head is new, see models.build).
+    Megatron numbers layers locally within a stage and experts locally within an EP rank; HF names
+    carry the global indices. The layer table comes from the spec's architecture. The critic has no
+    output layer mapping (its value head is new, see models.build).
     """
     first, last = pp_rank == 0, pp_rank == pp - 1
     if first:
         yield EMBEDDING.megatron, EMBEDDING
-    templates = spec.architecture.layer_mappings(spec, layer_impl)
+    experts = list(enumerate(spec.local_experts(ep_rank, ep))) if spec.is_moe else []
     for local, global_layer in enumerate(spec.layers_of_stage(pp_rank, pp)):
-        for template in templates:
-            name = template.megatron.replace("{layer}", str(local))
-            yield name, template.at_layer(global_layer)
+        for template in spec.architecture.layer_mappings_at(spec, layer_impl, global_layer):
+            at_layer = template.at_layer(global_layer)
+            if "{expert}" not in template.megatron:
+                yield template.megatron.replace("{layer}", str(local)), at_layer
+                continue
+            for local_expert, global_expert in experts:
+                mapping = at_layer.at_expert(local_expert, global_expert)
+                yield template.megatron.replace("{layer}", str(local)).replace("{expert}", str(local_expert)), mapping
     if last:
         yield FINAL_NORM.megatron, FINAL_NORM
         if role == "actor":
@@ -244,6 +263,23 @@ def stage_mappings(
                 yield OUTPUT_UNTIED.megatron, OUTPUT_UNTIED
             elif pp > 1:
                 yield OUTPUT_TIED.megatron, OUTPUT_TIED
+
+
+def stage_mappings_all_experts(
+    spec: ModelSpec, pp_rank: int, pp: int, ep: int, *, layer_impl: str = "local", role: str = "actor"
+) -> Iterator[tuple[str, ParamMapping, int | None]]:
+    """Every mapping of one PP stage across its EP ranks, in HF order: (Megatron name on the
+    owning EP rank, mapping, owning EP rank or None for a parameter every EP rank holds)."""
+    per_rank = [{m.hf: (n, m) for n, m in stage_mappings(spec, pp_rank, pp, layer_impl=layer_impl, role=role,
+                                                         ep_rank=e, ep=ep) if m.expert is not None}
+                for e in range(ep)]
+    for name, mapping in stage_mappings(spec, pp_rank, pp, layer_impl=layer_impl, role=role, ep_rank=0, ep=1):
+        if mapping.expert is None:
+            yield name, mapping, None
+            continue
+        owner = mapping.expert // (spec.num_experts // ep)
+        local, owned = per_rank[owner][mapping.hf]
+        yield local, owned, owner
 
 
 def hf_tensor_shapes(spec: ModelSpec) -> dict[str, Shape]:

@@ -24,6 +24,7 @@ class ModelInput:
     attention_mask: torch.Tensor | None = None
     logit_index: torch.Tensor | None = None  # actor: the only row positions whose logits the step reads
     logits_selected: bool = False  # set by run_pipeline: the output holds only the logit_index positions
+    routes: torch.Tensor | None = None  # MoE: the rollout's experts [b, s, moe_layers, top_k] (-1: unknown), replayed
 
 
 def run_pipeline(
@@ -52,13 +53,17 @@ def run_pipeline(
             raise ValueError(f"micro-batch {i} has shape {tuple(mb.input_ids.shape)}, expected {shape}; pad to one shape")
     micro_batch_size, seq_length = shape
 
+    from megarl.models import router_replay
     from megarl.models.logit_positions import only_positions, supports_position_selection
+    from megarl.models.unwrap import unwrap_model
 
     def forward_step(data_iterator, module):
         mb = next(data_iterator)
         extra = {"packed_seq_params": mb.packed_seq_params} if mb.packed_seq_params is not None else {}
         # Actor: logits only at the positions the step reads (mb.logit_index), when the model can.
         select = mb.logit_index if supports_position_selection(module) else None
+        if getattr(unwrap_model(module).megarl_spec, "is_moe", False):
+            router_replay.push_routes(module, mb.routes)
         with only_positions(select):
             output = module(mb.input_ids, mb.position_ids, mb.attention_mask, **extra)
         mb.logits_selected = select is not None
@@ -69,6 +74,9 @@ def run_pipeline(
 
         return output, loss_func
 
+    for chunk in model:
+        if getattr(unwrap_model(chunk).megarl_spec, "is_moe", False):
+            router_replay.clear_queues(chunk)
     forward_backward = get_forward_backward_func()
     return forward_backward(
         forward_step_func=forward_step,

@@ -71,6 +71,15 @@ class ModelSpec:
     rope_scaling: dict | None = None  # llama3-style scaling parameters, None for plain RoPE
     sliding_window: int | None = None  # Mistral v0.1-style sliding-window attention
     vocab_multiple: int = DEFAULT_VOCAB_MULTIPLE
+    # Mixture of experts (0 experts: a dense model). `moe_layers` lists the global indices of the
+    # layers whose MLP is the routed-expert layer; the others keep the dense MLP (ffn_hidden_size).
+    num_experts: int = 0
+    moe_top_k: int = 0
+    moe_ffn_hidden_size: int = 0
+    norm_topk_prob: bool = False  # renormalize the top-k routing probabilities to sum to 1
+    moe_layers: tuple[int, ...] = ()
+    router_aux_loss_coef: float = 0.0  # load-balancing loss weight (Megatron's moe_aux_loss_coeff)
+    router_z_loss_coef: float = 0.0  # router z-loss weight (Megatron's moe_z_loss_coeff)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -100,6 +109,19 @@ class ModelSpec:
         return architecture_for(self.model_type)
 
     @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether global layer `layer` routes its tokens to experts."""
+        return layer in self.moe_layers
+
+    def local_experts(self, ep_rank: int, ep: int) -> range:
+        """Global expert indices held by expert-parallel rank `ep_rank` (contiguous, as Megatron splits them)."""
+        per_rank = self.num_experts // ep
+        return range(ep_rank * per_rank, (ep_rank + 1) * per_rank)
+
+    @property
     def heads_per_group(self) -> int:
         return self.num_heads // self.num_kv_heads
 
@@ -118,10 +140,21 @@ class ModelSpec:
         multiple = self.vocab_multiple * tp
         return int(math.ceil(self.vocab_size / multiple) * multiple)
 
-    def check_layout(self, tp: int, pp: int, field: str = "actor") -> None:
-        """Raise a clear error when a TP/PP layout cannot split this model."""
-        if tp < 1 or pp < 1:
-            raise ValueError(f"{field}.tp={tp}, {field}.pp={pp}: both must be >= 1")
+    def check_layout(self, tp: int, pp: int, field: str = "actor", ep: int = 1, sequence_parallel: bool | None = None) -> None:
+        """Raise a clear error when a TP/PP/EP layout cannot split this model (`sequence_parallel`:
+        the layout's setting where it is known; Megatron trains a MoE layer under TP only with it)."""
+        if tp < 1 or pp < 1 or ep < 1:
+            raise ValueError(f"{field}.tp={tp}, {field}.pp={pp}, {field}.ep={ep}: all must be >= 1")
+        if ep > 1 and not self.is_moe:
+            raise ValueError(f"{field}.ep={ep} needs a mixture-of-experts model; {self.model_type} is dense: set {field}.ep=1")
+        if self.is_moe and self.num_experts % ep:
+            raise ValueError(
+                f"{field}.ep={ep} does not divide num_experts={self.num_experts}; choose ep from {_divisors(self.num_experts)}"
+            )
+        if self.is_moe and tp > 1 and sequence_parallel is False:
+            raise ValueError(f"{field}.tp={tp} with a mixture of experts needs {field}.sequence_parallel=true (Megatron requires it)")
+        if self.is_moe and self.moe_ffn_hidden_size % tp:
+            raise ValueError(f"{field}.tp={tp} does not divide moe_intermediate_size={self.moe_ffn_hidden_size}")
         if self.num_heads % tp:
             raise ValueError(
                 f"{field}.tp={tp} does not divide num_attention_heads={self.num_heads}; "

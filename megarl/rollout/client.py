@@ -125,7 +125,7 @@ class RolloutClient:
                  request_timeout_s: float = REQUEST_TIMEOUT_S,
                  max_retries: int = 4, backoff_s: float = 0.2, backoff_max_s: float = 5.0, return_logprob: bool = True,
                  expected_weight_version: str | None = None, health_timeout_s: float = 5.0, dead_after_errors: int = 3,
-                 context_length: int | None = None):
+                 context_length: int | None = None, return_routed_experts: bool = False):
         urls = [urls] if isinstance(urls, str) else list(urls)
         if not urls:
             raise ValueError("RolloutClient needs at least one server URL")
@@ -136,6 +136,7 @@ class RolloutClient:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.return_logprob = return_logprob
+        self.return_routed_experts = return_routed_experts  # MoE routing replay: each token's experts (SGLang R3)
         self.expected_weight_version = expected_weight_version
         self.health_timeout_s = health_timeout_s
         if dead_after_errors < 1:
@@ -270,7 +271,10 @@ class RolloutClient:
         params = sampling.to_request(n)
         if self.context_length is not None and len(prompt) < self.context_length:
             params["max_new_tokens"] = min(params["max_new_tokens"], self.context_length - len(prompt))
-        return {"input_ids": prompt, "sampling_params": params, "return_logprob": self.return_logprob}
+        body = {"input_ids": prompt, "sampling_params": params, "return_logprob": self.return_logprob}
+        if self.return_routed_experts:
+            body["return_routed_experts"] = True
+        return body
 
     def _record_failure(self, server: _Server, err: _Retryable) -> None:
         """Mark `server` dead on a connection failure, or after `dead_after_errors` failed requests in a row

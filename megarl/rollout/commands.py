@@ -33,6 +33,7 @@ class ServerLaunch:
     mem_fraction_static: float | None = None  # colocated: its share of each GPU
     max_batch_sequences: int = MAX_BATCH_SEQUENCES
     token_file: str | None = None  # the 0600 file with the admin token, for engines that read it from a file
+    return_routed_experts: bool = False  # MoE: the server returns each token's routed experts (routing replay)
     placeholder_weights: bool = False  # `model` holds config and tokenizer only (a torch_dist source): the server
     # starts with random weights and the trainer pushes the actor's before the first rollout
 
@@ -70,6 +71,7 @@ class SGLangServerSpec:
     mem_fraction_static: float | None = None  # fraction of GPU memory for weights + KV cache
     enable_memory_saver: bool = False  # colocated mode: lets /release_memory_occupation free GPU memory
     deterministic: bool = False  # --enable-deterministic-inference (batch-invariant kernels)
+    return_routed_experts: bool = False  # --enable-return-routed-experts (MoE routing replay)
     random_seed: int | None = None
     dtype: str | None = None  # e.g. "bfloat16"; None lets SGLang read the checkpoint
     base_gpu_id: int = 0
@@ -102,6 +104,7 @@ def sglang_spec(launch: ServerLaunch) -> SGLangServerSpec:
                             base_gpu_id=launch.first_gpu, enable_memory_saver=launch.colocate,
                             mem_fraction_static=launch.mem_fraction_static if launch.colocate else None,
                             random_seed=launch.seed, dtype=server_dtype(launch.dtype),
+                            return_routed_experts=launch.return_routed_experts,
                             extra_args=["--load-format", "dummy"] if launch.placeholder_weights else [])
 
 
@@ -121,6 +124,8 @@ def sglang_server_command(spec: SGLangServerSpec, python: str = sys.executable,
         cmd += ["--enable-memory-saver"]
     if spec.deterministic:
         cmd += ["--enable-deterministic-inference"]
+    if spec.return_routed_experts:
+        cmd += ["--enable-return-routed-experts"]
     if spec.random_seed is not None:
         cmd += ["--random-seed", str(spec.random_seed)]
     if spec.dtype:

@@ -69,6 +69,7 @@ class SequenceRequest:
     sample_index: int = 0
     return_logprob: bool = False
     logprob_start_len: int = -1  # -1: no input logprobs (SGLang's default)
+    return_routed_experts: bool = False  # MoE: the experts of every routed token (routing replay)
     cancel: CancelToken | None = None  # shared by the sequences of one request
 
     def generator_seed(self) -> int | None:
@@ -90,6 +91,7 @@ class SequenceResult:
     input_logprobs: list[float | None] | None
     weight_version: str
     prompt_tokens: int
+    routed_experts: torch.Tensor | None = None  # [prompt + output - 1, layers, top_k] (SGLang's rows)
 
 
 class GenerationEngine:
@@ -113,6 +115,9 @@ class GenerationEngine:
         self.model_lock = threading.RLock()
         self.weight_version = weight_version
         self.default_generator = torch.Generator(device="cpu").manual_seed(seed)
+        from megarl.rollout.routed_experts import HFRouteRecorder
+
+        self.route_recorder = HFRouteRecorder(self.model)  # records nothing for a dense model
         self.eos_token_ids = self._eos_token_ids()
         self._special_stop_ids: dict[tuple[str, bool], int | None] = {}  # see _stop_plan
         self.pad_token_id = self._pad_token_id()
@@ -122,6 +127,9 @@ class GenerationEngine:
         # Name -> tensor, including aliases of tied weights (lm_head.weight and embed_tokens.weight).
         self._tensors_by_name = dict(self.model.named_parameters(remove_duplicate=False))
         self._tensors_by_name.update(dict(self.model.named_buffers(remove_duplicate=False)))
+        from megarl.models.architectures.qwen3_moe import per_expert_views
+
+        self._tensors_by_name.update(per_expert_views(self.model))  # fused experts under the hub's names
 
     def _config_context_length(self) -> int | None:
         return context_length_of(self.model.config)
@@ -268,6 +276,12 @@ class GenerationEngine:
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits, cache = self._forward(ids, mask, positions, DynamicCache())
+        recording = self.route_recorder.active and any(r.return_routed_experts for r in requests)
+        routes: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+        if recording:  # each prompt's rows (left-padded), then one row per token fed while decoding
+            prefill = self.route_recorder.take(batch, width)
+            for row in range(batch):
+                routes[row].append(prefill[row, width - lengths[row]:])
 
         temperatures = torch.tensor([r.sampling.logprob_temperature for r in requests], device=device).unsqueeze(-1)
         input_logprobs: list[list[float | None] | None] = [None] * batch
@@ -345,6 +359,11 @@ class GenerationEngine:
                 feed[done_positions] = self.pad_token_id
             logits, cache = self._forward(feed.unsqueeze(-1), mask, last_pos.unsqueeze(-1), cache)
             next_logits = logits[:, -1, :]
+            if recording:
+                step_routes = self.route_recorder.take(len(rows), 1)
+                for position, row in enumerate(rows):
+                    if finish[row] is None:
+                        routes[row].append(step_routes[position])
 
         results = []
         for row, req in enumerate(requests):
@@ -354,7 +373,8 @@ class GenerationEngine:
             results.append(SequenceResult(
                 output_ids=outputs[row], text=text, finish_reason=finish[row],
                 output_logprobs=out_logprobs[row] if req.return_logprob else None,
-                input_logprobs=input_logprobs[row], weight_version=version, prompt_tokens=lengths[row]))
+                input_logprobs=input_logprobs[row], weight_version=version, prompt_tokens=lengths[row],
+                routed_experts=torch.cat(routes[row]) if recording and req.return_routed_experts else None))
         return results
 
     def aborted_result(self, request: SequenceRequest, reason: str) -> SequenceResult:

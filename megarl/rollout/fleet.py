@@ -298,7 +298,7 @@ class FleetPlan:
 def fleet_plan(engine: str, model_dir: str | Path, count: int, log_dir: Path | None, *, tp: int = 1, seed: int = 0,
                dtype: str | None = None, colocate: bool = False, router: bool = False,
                mem_fraction_static: float | None = None, max_batch_sequences: int = MAX_BATCH_SEQUENCES,
-               threads: int | None = None, timeout_s: float | None = None) -> FleetPlan:
+               threads: int | None = None, timeout_s: float | None = None, routed_experts: bool = False) -> FleetPlan:
     """`count` servers of `engine` on this node (GPUs [i*tp, (i+1)*tp) each with tensor parallelism), behind
     sglang-router when `router` and the engine has one; `dtype` is a model.dtype name (default: the engine's),
     `mem_fraction_static` goes to colocated servers (sharing their GPUs with training), `threads` to engines
@@ -307,7 +307,8 @@ def fleet_plan(engine: str, model_dir: str | Path, count: int, log_dir: Path | N
     tp = spec.server_tp(tp)
     launches = [ServerLaunch(str(model_dir), free_port(), seed=seed + i, dtype=dtype, tp=tp, first_gpu=i * tp,
                              colocate=colocate, mem_fraction_static=mem_fraction_static,
-                             max_batch_sequences=max_batch_sequences) for i in range(count)]
+                             max_batch_sequences=max_batch_sequences, return_routed_experts=routed_experts)
+                for i in range(count)]
     router_port = free_port() if router and spec.router and count > 1 else None
     return FleetPlan(engine, launches, log_dir=log_dir, router_port=router_port, health_timeout_s=timeout_s, threads=threads)
 
@@ -338,7 +339,7 @@ def post_to_servers(urls: list[str], path: str, body: dict | None = None, token:
 
 
 # ---- the trainer's servers ----------------------------------------------------------------------
-def start_for_run(rc, model_dir: str | Path, log_dir: Path, seed: int, dtype: str) -> ServerFleet:
+def start_for_run(rc, model_dir: str | Path, log_dir: Path, seed: int, dtype: str, routed_experts: bool = False) -> ServerFleet:
     """The servers of a run with rollout section `rc` (megarl.config.RolloutConfig): rc.servers when
     given, else rc.num_servers servers of rc.engine started here with `seed`, serving in the
     trainer's `dtype` (model.dtype), as a Slurm job's servers do."""
@@ -349,6 +350,6 @@ def start_for_run(rc, model_dir: str | Path, log_dir: Path, seed: int, dtype: st
     trainer_threads, threads = builtin_thread_split(rc.num_servers, rc.off_policy) if engine.cpu_threads else (None, None)
     fleet = start_servers(engine.name, model_dir, rc.num_servers, log_dir, tp=rc.server_tp, seed=seed, dtype=dtype,
                           colocate=rc.colocate, router=rc.router, mem_fraction_static=rc.mem_fraction_static,
-                          max_batch_sequences=rc.max_batch_sequences, threads=threads)
+                          max_batch_sequences=rc.max_batch_sequences, threads=threads, routed_experts=routed_experts)
     fleet.trainer_threads = trainer_threads
     return fleet

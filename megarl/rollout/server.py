@@ -59,6 +59,7 @@ import uuid
 
 from aiohttp import web
 
+from megarl.rollout import routed_experts
 from megarl.rollout.admin_token import TOKEN_ENV
 from megarl.rollout.engine import CancelToken, GenerationEngine, SequenceRequest, SequenceResult
 from megarl.rollout.protocol import (MAX_BATCH_SEQUENCES, REQUEST_TIMEOUT_S, RequestError, SamplingParams,
@@ -198,6 +199,8 @@ class RolloutServer:
         sampling_list = per_prompt("sampling_params", None)
         return_logprob = per_prompt("return_logprob", False)
         start_lens = per_prompt("logprob_start_len", -1)
+        return_routes = per_prompt("return_routed_experts", False)
+        routes_start = per_prompt("routed_experts_start_len", 0)
         rids = per_prompt("rid", None)
         text_in_logprobs = bool(body.get("return_text_in_logprobs", False))
         samplings = []
@@ -217,7 +220,8 @@ class RolloutServer:
             start_len = start_lens[i] if start_lens[i] is not None else -1
             for j in range(sampling.n):
                 sequences.append(SequenceRequest(input_ids=prompt, sampling=sampling, sample_index=j,
-                                                 return_logprob=bool(return_logprob[i]), logprob_start_len=int(start_len)))
+                                                 return_logprob=bool(return_logprob[i]), logprob_start_len=int(start_len),
+                                                 return_routed_experts=bool(return_routes[i])))
                 owners.append((i, j))
         loop = asyncio.get_running_loop()
         cancel = CancelToken()
@@ -232,14 +236,14 @@ class RolloutServer:
         responses = []
         for (i, j), seq, res in zip(owners, sequences, results):
             meta = self._meta_info(seq, res, base_rids[i] if seq.sampling.n == 1 else f"{base_rids[i]}-{j}",
-                                   latency, text_in_logprobs)
+                                   latency, text_in_logprobs, int(routes_start[i] or 0))
             responses.append({"text": res.text, "output_ids": res.output_ids, "meta_info": meta, "index": len(responses)})
         if single and len(responses) == 1:
             return web.json_response(responses[0])
         return web.json_response(responses)
 
     def _meta_info(self, seq: SequenceRequest, res: SequenceResult, rid: str, latency: float,
-                   text_in_logprobs: bool) -> dict:
+                   text_in_logprobs: bool, routes_start: int = 0) -> dict:
         """SGLang's `meta_info` of one generated sequence (per-token outputs as SGLang's [value, token, text] rows)."""
         meta = {
             "id": rid,
@@ -257,6 +261,8 @@ class RolloutServer:
             if res.input_logprobs is not None:
                 start = len(seq.input_ids) - len(res.input_logprobs)
                 meta["input_token_logprobs"] = [[lp, t, text_of(t)] for lp, t in zip(res.input_logprobs, seq.input_ids[start:])]
+        if res.routed_experts is not None:  # SGLang's format: rows [routed_experts_start_len, seqlen - 1)
+            meta["routed_experts"] = routed_experts.encode(res.routed_experts[routes_start:].numpy())
         return meta
 
     async def _await_job(self, job: Job, request: web.Request) -> list:

@@ -34,6 +34,8 @@ class Runtime:
     dp_rank: int
     device: torch.device
     backend: str
+    ep: int = 1  # expert parallelism: the experts of each MoE layer split over ep ranks of the DP group
+    ep_rank: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -63,8 +65,12 @@ def seed_everything(seed: int) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(fold_seed(seed, 62))  # it adds small per-rank offsets
 
 
-def init_runtime(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: int = 30) -> Runtime:
-    """Initialize torch.distributed and Megatron parallel state (idempotent for the same layout)."""
+def init_runtime(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: int = 30, ep: int = 1) -> Runtime:
+    """Initialize torch.distributed and Megatron parallel state (idempotent for the same layout).
+
+    `ep` > 1 splits each MoE layer's experts over `ep` ranks of the data-parallel group (Megatron's
+    expert_model_parallel_size; the experts keep TP as their expert-tensor parallelism), so the
+    data-parallel size world / (tp * pp) must be a multiple of ep."""
     from megatron.core import parallel_state as ps
 
     rank, world_size, local_rank = launcher_env()
@@ -72,6 +78,11 @@ def init_runtime(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: in
         raise ValueError(
             f"world size {world_size} is not a multiple of tp*pp = {tp}*{pp} = {tp * pp}; "
             f"launch a multiple of {tp * pp} processes or change actor.tp / actor.pp"
+        )
+    if ep < 1 or (world_size // (tp * pp)) % ep:
+        raise ValueError(
+            f"actor.ep={ep} must divide the data-parallel size world/(tp*pp) = {world_size}/({tp}*{pp}) = "
+            f"{world_size // (tp * pp)}; launch tp*pp*ep = {tp * pp * max(ep, 1)} processes (or a multiple) or change actor.ep"
         )
     if not dev.on_gpu():
         from megarl.runtime import megatron_on_cpu
@@ -90,10 +101,12 @@ def init_runtime(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: in
             timeout=datetime.timedelta(minutes=timeout_minutes),
         )
     if ps.model_parallel_is_initialized():
-        if ps.get_tensor_model_parallel_world_size() != tp or ps.get_pipeline_model_parallel_world_size() != pp:
+        if (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size(),
+                ps.get_expert_model_parallel_world_size()) != (tp, pp, ep):
             ps.destroy_model_parallel()
     if not ps.model_parallel_is_initialized():
-        ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+        ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                     expert_model_parallel_size=ep)
     seed_everything(seed)
     return current_runtime()
 
@@ -113,6 +126,8 @@ def current_runtime() -> Runtime:
         dp_rank=ps.get_data_parallel_rank(),
         device=dev.get_device(),
         backend=dev.backend(),
+        ep=ps.get_expert_model_parallel_world_size(),
+        ep_rank=ps.get_expert_model_parallel_rank(),
     )
 
 

@@ -12,7 +12,11 @@ never on GPUs. What it covers, and how:
 2. The model-parallel RNG tracker's state get/set, which read CUDA generator states: replaced
    by CPU-generator versions, so `get_cuda_rng_tracker().fork()` works (dropout and weight init
    under TP use it).
-3. Tensor methods that assume CUDA inside a few Megatron functions: type checks that require
+3. The MoE all-to-all dispatcher's host copies of its split sizes (`_host_copy`), and its side
+   stream and events (`_StreamOnCPU`): on CPU the sizes are converted in place and nothing waits;
+   its gathers and reduce-scatters of uneven slices over the TP group, which gloo lacks
+   (`_uneven_gather`, `_uneven_reduce_scatter`).
+4. Tensor methods that assume CUDA inside a few Megatron functions: type checks that require
    `torch.cuda.{Float,Half,BFloat16}Tensor` (grad clipping; the construction of the fp16/bf16
    optimizer and of the distributed optimizer, which sort parameters into groups by it) and
    moving `weight.data` to the GPU (syncing tied embeddings between the first and last pipeline
@@ -47,6 +51,11 @@ _ENTRY_MODULES = (
     "megatron.core.dist_checkpointing.strategies.torch",
     "megatron.core.dist_checkpointing.strategies.filesystem_async",
     "megatron.core.dist_checkpointing.strategies.async_utils",
+    "megatron.core.transformer.moe.moe_layer",
+    "megatron.core.transformer.moe.token_dispatcher",
+    "megatron.core.transformer.moe.moe_utils",
+    "megatron.core.transformer.moe.router",
+    "megatron.core.transformer.moe.experts",
 )
 
 _FACTORIES = ("zeros", "ones", "empty", "full", "tensor", "arange", "rand", "randn", "randint", "as_tensor")
@@ -58,8 +67,29 @@ def _to_cpu_device(device):
     return _CPU if is_gpu_device(device) else device
 
 
+class _StreamOnCPU:
+    """A CUDA stream or event on CPU: work is already ordered, so waiting and syncing do nothing
+    (the MoE all-to-all dispatcher copies its split sizes to the host on a side stream)."""
+
+    def wait_stream(self, other):
+        return None
+
+    def record_event(self, *args, **kwargs):
+        return self
+
+    def synchronize(self):
+        return None
+
+
+_CPU_STREAM = _StreamOnCPU()
+
+
 class _CudaNamespaceOnCPU:
     """What `torch.cuda` answers inside patched Megatron modules on a CPU runtime."""
+
+    Stream = staticmethod(lambda *a, **k: _CPU_STREAM)
+    current_stream = staticmethod(lambda *a, **k: _CPU_STREAM)
+    stream = staticmethod(lambda *a, **k: contextlib.nullcontext())
 
     def __getattr__(self, name):
         return getattr(torch.cuda, name)
@@ -154,6 +184,49 @@ def _set_rng_state_cpu(new_state, device=-1, graph_safe=False):
     torch.set_rng_state(new_state)
 
 
+def _host_copy(tensor, as_numpy=False, record_stream=False):
+    """megatron's `maybe_move_tensor_to_cpu` for tensors already on the CPU: the MoE all-to-all
+    dispatcher asks for its split sizes as NumPy arrays (what `all_to_all_single` accepts); the
+    original converts only tensors it moves from a GPU, leaving CPU tensors that gloo's binding refuses."""
+    if torch.is_tensor(tensor) and as_numpy:
+        return tensor.numpy()
+    return tensor
+
+
+def _uneven_gather(original):
+    """Megatron's `_gather_along_first_dim` with gloo: gloo's all_gather needs equal sizes, so a
+    gather of uneven slices (the MoE dispatcher's under TP) pads each slice to the largest, gathers,
+    and trims. Equal gathers go to the original."""
+
+    @functools.wraps(original)
+    def gather(input_, group, output_split_sizes=None, use_global_buffer=False):
+        if output_split_sizes is None or group.size() == 1:
+            return original(input_, group, output_split_sizes, use_global_buffer)
+        sizes = [int(n) for n in output_split_sizes]
+        padded = input_.new_zeros((max(sizes),) + tuple(input_.shape[1:]))
+        padded[: input_.shape[0]] = input_
+        parts = [torch.empty_like(padded) for _ in sizes]
+        torch.distributed.all_gather(parts, padded.contiguous(), group=group)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
+
+    return gather
+
+
+def _uneven_reduce_scatter(original):
+    """Megatron's `_reduce_scatter_along_first_dim` with gloo, for uneven slices: gloo has no
+    list reduce-scatter, so it all-reduces the whole tensor and keeps this rank's slice."""
+
+    @functools.wraps(original)
+    def reduce_scatter(input_, group, input_split_sizes=None, use_global_buffer=False):
+        if input_split_sizes is None or group.size() == 1:
+            return original(input_, group, input_split_sizes, use_global_buffer)
+        total = input_.contiguous().clone()
+        torch.distributed.all_reduce(total, group=group)
+        return torch.split(total, [int(n) for n in input_split_sizes], dim=0)[group.rank()].contiguous()
+
+    return reduce_scatter
+
+
 def _names_cuda(module) -> bool:
     path = getattr(module, "__file__", None)
     if not path or not path.endswith(".py"):
@@ -189,6 +262,11 @@ def apply() -> None:
     distrib = importlib.import_module("megatron.core.optimizer.distrib_optimizer")
     for cls in (optimizer.Float16OptimizerWithFloat16Params, distrib.DistributedOptimizer):
         cls.__init__ = _run_with_tensors_as_gpu(cls.__init__)
+    mappings = importlib.import_module("megatron.core.tensor_parallel.mappings")
+    mappings._gather_along_first_dim = _uneven_gather(mappings._gather_along_first_dim)
+    mappings._reduce_scatter_along_first_dim = _uneven_reduce_scatter(mappings._reduce_scatter_along_first_dim)
+    dispatcher = importlib.import_module("megatron.core.transformer.moe.token_dispatcher")
+    dispatcher.maybe_move_tensor_to_cpu = _host_copy
     language_module = importlib.import_module("megatron.core.models.common.language_module.language_module")
     setup = language_module.LanguageModule.setup_embeddings_and_output_layer
     language_module.LanguageModule.setup_embeddings_and_output_layer = _run_with_tensors_as_gpu(setup)

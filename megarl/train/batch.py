@@ -17,6 +17,7 @@ predicted, so no log-prob, loss or metric sees it).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from typing import Sequence
 
@@ -43,6 +44,7 @@ class TrainSequence:
     # Per response token: 1 the model generated it, 0 a tool wrote it (multi-turn rollouts; None: all the
     # model's). Tool tokens are context only: no log-prob, loss, advantage, KL, entropy or metric counts them.
     loss_mask: list[int] | None = None
+    routes: str | None = None  # MoE: the rollout's experts per token (megarl.rollout.routed_experts, encoded)
 
     @property
     def length(self) -> int:
@@ -135,6 +137,7 @@ def build_microbatches(seqs: Sequence[TrainSequence], budget: int, device: torch
         lengths += padding_segments(pad, max(lengths))
         ids, labels, pos = ([x + [0] * pad] for x in (ids, labels, pos))
         ids, labels, pos = (torch.tensor(x, dtype=torch.long) for x in (ids, labels, pos))
+        routes = _packed_routes([seqs[i] for i in row], row_len)
         resp_index = torch.tensor(resp_index, dtype=torch.long)
         resp_mask = torch.arange(t_max).unsqueeze(0) < torch.tensor(resp_len).unsqueeze(1)
         if any(seqs[i].loss_mask is not None for i in row):  # tool tokens: context, never predicted
@@ -156,7 +159,24 @@ def build_microbatches(seqs: Sequence[TrainSequence], budget: int, device: torch
             packed_seq_params=packed_seq_params(lengths, device),
             seq_ids=list(row),
             num_tokens=sum(seqs[i].length for i in row),
+            routes=None if routes is None else routes.to(device),
         ))
+    return out
+
+
+def _packed_routes(row: Sequence[TrainSequence], row_len: int) -> torch.Tensor | None:
+    """The row's routes [1, row_len, moe_layers x top_k] (-1 for padding and unknown tokens), when
+    any sequence carries them (routing replay)."""
+    from megarl.rollout import routed_experts
+
+    carried = [s for s in row if s.routes is not None]
+    if not carried:
+        return None
+    width = len(base64.b64decode(carried[0].routes)) // 4 // carried[0].length
+    parts = [routed_experts.per_token(s.routes, s.length, width) for s in row]
+    out = torch.full((1, row_len, width), -1, dtype=torch.int32)
+    used = sum(p.shape[0] for p in parts)
+    out[0, :used] = torch.cat(parts)
     return out
 
 

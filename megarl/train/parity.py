@@ -4,10 +4,11 @@ Run under torchrun (one process per rank):
     torchrun --nproc-per-node 4 -m megarl.train.parity --hf-dir MODEL --tp 2 --pp 2 --out parity.json
     torchrun --nproc-per-node 2 -m megarl.train.parity --hf-dir MODEL --tp 2 --sequence-parallel --out sp.json
     torchrun --nproc-per-node 2 -m megarl.train.parity --hf-dir MODEL --tp 2 --dtype bf16 --out bf16.json
+    torchrun --nproc-per-node 4 -m megarl.train.parity --hf-dir MOE_MODEL --tp 2 --ep 2 --sequence-parallel --out moe.json
 
 It reports the max |logit difference| against transformers' model in the same dtype, and with
 `--train-out DIR` also takes one SGD step through Megatron DDP + optimizer and saves the updated
-weights in HF layout (so layouts can be compared with each other). In bf16 it also reports both
+weights in HF layout as DIR/<model directory name>.safetensors (so layouts can be compared with each other). In bf16 it also reports both
 bf16 models against transformers in fp32 (`max_abs_logit_diff_vs_fp32`, `hf_max_abs_logit_diff_vs_fp32`):
 the rounding that bf16 itself costs, for scale.
 """
@@ -39,7 +40,7 @@ def _gather_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
 
 
 def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_parallel: bool = False,
-              dtype: torch.dtype = torch.float32) -> dict:
+              dtype: torch.dtype = torch.float32, distributed_optimizer: bool = False) -> dict:
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
 
@@ -48,7 +49,6 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
     from megarl.models.hf_io import load_hf_into_model
     from megarl.models.pipeline import run_pipeline
     from megarl.models.spec import ModelSpec
-    from megarl.config import ParallelConfig
     from megarl.models.training import wrap_for_training, zero_grads
 
     spec = ModelSpec.from_hf(hf_dir)
@@ -67,6 +67,20 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
         stats = run_pipeline([model], batches, keep_logits, forward_only=True)
     result = {"model": spec.model_type, "hf_dir": str(hf_dir), "dtype": str(dtype).removeprefix("torch.")}
     reporter = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
+    from megarl.runtime import collectives
+
+    reporter_rank = collectives.all_gather_objects(torch.distributed.get_rank() if reporter else None)
+    reporter_rank = next(r for r in reporter_rank if r is not None)
+    # Export before any training: the HF tensors gathered from every TP/PP/EP rank equal the
+    # checkpoint's bitwise (the load and the export are pure indexing).
+    exported = {name: t.clone() for name, t in gather_hf_tensors(model, dst=reporter_rank)}
+    if reporter:
+        from megarl.models.hf_io import HFCheckpoint
+
+        ckpt = HFCheckpoint(hf_dir)
+        result["export_bitwise"] = set(exported) == set(ckpt.names()) and all(
+            torch.equal(t.cpu(), ckpt.get(name).to(t.dtype)) for name, t in exported.items())
+        ckpt.close()
     if reporter:
         from transformers import AutoModelForCausalLM
 
@@ -88,7 +102,7 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
 
     if train_out is not None:
         model.train()
-        ddp, optimizer = wrap_for_training(model, ParallelConfig(optimizer="sgd", lr=0.5, clip_grad=0.0))
+        ddp, optimizer = wrap_for_training(model, _step_config(distributed_optimizer))
         zero_grads(ddp, optimizer)
 
         def ce_loss(output, mb):
@@ -103,11 +117,26 @@ def check_one(hf_dir: Path, train_out: Path | None, seq: int = 16, sequence_para
             from safetensors.torch import save_file
 
             train_out.mkdir(parents=True, exist_ok=True)
-            save_file(weights, str(train_out / f"{spec.model_type}.safetensors"))
+            save_file(weights, str(train_out / f"{Path(hf_dir).name}.safetensors"))  # named by the model directory
         if reporter:
             result["train_loss"] = sum(s["loss"].item() for s in stats) / len(stats)
             result["grad_norm"] = float(grad_norm)
     return result if reporter else {}
+
+
+# Megatron's distributed optimizer takes Adam only. Adam's first step moves each weight by
+# lr * g / (|g| + eps); with eps far above every |g| (about 0.1 here) that is SGD with lr / eps, to
+# within |g| / eps relative (1e-5): the layouts' steps stay comparable with the SGD ones.
+_ADAM_AS_SGD_EPS = 1e4
+
+
+def _step_config(distributed_optimizer: bool):
+    from megarl.config import ParallelConfig
+
+    if not distributed_optimizer:
+        return ParallelConfig(optimizer="sgd", lr=0.5, clip_grad=0.0)
+    return ParallelConfig(optimizer="adam", lr=0.5 * _ADAM_AS_SGD_EPS, adam_eps=_ADAM_AS_SGD_EPS, clip_grad=0.0,
+                          distributed_optimizer=True)
 
 
 def main(argv=None) -> int:
@@ -117,23 +146,26 @@ def main(argv=None) -> int:
     parser.add_argument("--hf-dir", action="append", required=True, help="HF model directory (repeatable)")
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=1)
+    parser.add_argument("--ep", type=int, default=1, help="expert parallelism (MoE models)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
     parser.add_argument("--train-out", type=Path, default=None, help="also take one SGD step; save weights here")
     parser.add_argument("--sequence-parallel", action="store_true", help="Megatron sequence parallelism (with tp > 1)")
+    parser.add_argument("--distributed-optimizer", action="store_true", help="the training step through Megatron's distributed optimizer")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="the Megatron model's dtype (as model.dtype)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     from megarl.runtime import collectives
     from megarl.runtime.distributed import init_runtime, shutdown_runtime
 
-    rt = init_runtime(tp=args.tp, pp=args.pp, seed=1234)
-    results = [check_one(Path(d), args.train_out, sequence_parallel=args.sequence_parallel, dtype=DTYPES[args.dtype])
+    rt = init_runtime(tp=args.tp, pp=args.pp, ep=args.ep, seed=1234)
+    results = [check_one(Path(d), args.train_out, sequence_parallel=args.sequence_parallel, dtype=DTYPES[args.dtype],
+                         distributed_optimizer=args.distributed_optimizer)
                for d in args.hf_dir]
     gathered = collectives.all_gather_objects(results)
     if rt.is_main:
         rows = [r for per_rank in gathered for r in per_rank if r]
         for row in rows:
-            row.update(tp=args.tp, pp=args.pp)
+            row.update(tp=args.tp, pp=args.pp, ep=args.ep)
         args.out.write_text(json.dumps(rows, indent=2))
     shutdown_runtime()
     return 0

@@ -30,6 +30,7 @@ from megarl import model_source
 from megarl.checkpoint.manager import CheckpointManager, export_hf
 from megarl.config import Config, ConfigError, colocated_transport_problem, validate_semantics
 from megarl.data.prompt_stream import PromptStream
+from megarl.models import router_replay
 from megarl.models.spec import ModelSpec
 from megarl.rollout import fleet
 from megarl.runtime import collectives
@@ -52,7 +53,7 @@ class Trainer:
         from megarl.runtime.distributed import init_runtime
 
         self.cfg = cfg
-        self.rt = init_runtime(cfg.actor.tp, cfg.actor.pp, seed=cfg.run.seed)
+        self.rt = init_runtime(cfg.actor.tp, cfg.actor.pp, seed=cfg.run.seed, ep=cfg.actor.ep)
         validate_semantics(cfg, world_size=self.rt.world_size, check_files=False)
         if cfg.uses_critic and (cfg.critic.tp, cfg.critic.pp) != (cfg.actor.tp, cfg.actor.pp):
             raise ValueError(
@@ -65,7 +66,7 @@ class Trainer:
         self.initial_torch_dist = None  # model.path is a torch_dist checkpoint (Megatron-LM / Megatron-Bridge / megarl)
         self.model_dir = self._resolve_model()
         self.spec = ModelSpec.from_hf(self.model_dir)
-        self.spec.check_layout(cfg.actor.tp, cfg.actor.pp)
+        self.spec.check_layout(cfg.actor.tp, cfg.actor.pp, ep=cfg.actor.ep, sequence_parallel=cfg.actor.sequence_parallel)
         self.dtype = DTYPES[cfg.model.dtype]
         self.actor = self._worker("actor", cfg.actor, trainable=True)
         self.reference = None
@@ -139,7 +140,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
         self._start_servers()
-        self.rollout_setup = generate.make_setup(cfg, self.client, self.tokenizer)
+        self.rollout_setup = generate.make_setup(cfg, self.client, self.tokenizer, spec=self.spec)
         self.logger = MetricsLogger(
             self.run_dir, cfg.model_dump(), wandb_mode=cfg.logging.wandb, project=cfg.logging.project, run_name=cfg.run.name,
             total_steps=cfg.run.steps, samples_every=cfg.logging.samples_every,
@@ -154,7 +155,8 @@ class Trainer:
         if problem:  # the built-in engine on GPUs (the config check covers SGLang)
             raise ConfigError(problem)
         self.servers = fleet.start_for_run(rc, self.model_dir, self.run_dir / "logs", seed=fold_seed(self.cfg.run.seed, 31),
-                                           dtype=self.cfg.model.dtype)
+                                           dtype=self.cfg.model.dtype,
+                                           routed_experts=self.spec.is_moe)  # routes for replay, or for moe/router_mismatch without it
         if self.servers.trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
             torch.set_num_threads(self.servers.trainer_threads)
         self.pusher = WeightPusher(self.servers.server_urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20,
@@ -162,7 +164,8 @@ class Trainer:
                                    disk_dir=self.cfg.weight_sync_dir,
                                    **self.servers.weight_sync_options(rc.server_tp))
         self.client = RolloutClient(self.servers.generation_urls, max_concurrency=rc.max_concurrency,
-                                    request_timeout_s=rc.request_timeout_s, context_length=self.spec.max_position_embeddings)
+                                    request_timeout_s=rc.request_timeout_s, context_length=self.spec.max_position_embeddings,
+                                    return_routed_experts=self.spec.is_moe)  # routes for replay, or for moe/router_mismatch without it
         self.client.wait_until_healthy(timeout_s=300)
 
     # ---- the loop -----------------------------------------------------------------------
@@ -238,6 +241,8 @@ class Trainer:
                              totals=progress.totals, skip_streak=self.skip_streak, step=self.step)
                 progress.updates_done = u + 1
             metrics.update(update.summary(progress.totals, progress.tensors, self.update_setup))
+        if self.spec.is_moe:  # routing replay: training's routes against the rollout's, load per layer
+            metrics.update(router_replay.step_metrics(self.actor.model))
         self._server_memory("resume")
         with timer("rollout_wait"):  # overlap: step+1's batch must finish on the old weights
             self.prefetch.finish()

@@ -15,6 +15,7 @@ import torch
 
 from megarl.config import ParallelConfig
 from megarl.models.build import build_model
+from megarl.models import router_replay
 from megarl.models.pipeline import run_pipeline
 from megarl.models.spec import ModelSpec
 from megarl.train.batch import MicroBatch
@@ -90,6 +91,8 @@ class ModelWorker:
                                  sequence_parallel=par.sequence_parallel)
         with torch.no_grad():
             weights(self.model)
+        if spec.is_moe:  # route by the rollout's experts where micro-batches carry them (or only compare)
+            router_replay.set_replay(self.model, router_replay.replays_routes(par.router_replay, spec))
         self.ddp = self.optimizer = self.scheduler = None
         if settings.trainable:
             self.ddp, self.optimizer = wrap_for_training(self.model, par)

@@ -87,8 +87,8 @@ def gloo_group(report: dict) -> None:
     counts = {"actor/pg_loss": 4.0, "actor/entropy": 2.0 * (rank + 1)}
     report["reduce_stats"] = metrics.reduce_stats(sums, counts)
     report["stop_requested"] = stop.agreed()
-    export._FIRST_PP_RANKS = None
-    report["stage_source_rank"] = export._stage_source_rank(0)
+    export._SOURCES.clear()
+    report["stage_source_rank"] = export._source_rank(0, None)
     shutdown_runtime()
 
 

@@ -89,6 +89,11 @@ class Architecture:
             table.append(QKV(f"{meg}.self_attention.linear_qkv.bias", tuple(f"{n}.bias" for n in qkv), bias=True))
         return table
 
+    def layer_mappings_at(self, spec: ModelSpec, layer_impl: str, layer: int) -> list[ParamMapping]:
+        """The mappings of global layer `layer` (a family whose layers differ overrides this; expert
+        weights carry an `{expert}` placeholder that megarl.models.mapping expands per EP rank)."""
+        return self.layer_mappings(spec, layer_impl)
+
     # ---- Megatron -----------------------------------------------------------------------
     def megatron_config(self, spec: ModelSpec) -> dict[str, Any]:
         """TransformerConfig fields this family adds to the shared ones (see models.build)."""

@@ -11,6 +11,7 @@ from megarl.data import render_prompt
 from megarl.data.prompt_stream import PromptStream
 from megarl.monitoring.reflection import reflection_rates
 from megarl.rollout import multi_turn
+from megarl.rollout import routed_experts
 from megarl.rollout.client import RolloutClient, Sample, SamplingParams
 from megarl.runtime.distributed import fold_seed
 from megarl.train.batch import TrainSequence
@@ -48,16 +49,17 @@ class RolloutSetup:
     stops: list[str]
     reward: RewardConfig
     tools: multi_turn.ToolRunner | None = None  # tool.enabled: the interpreter of multi-turn rollouts
+    spec: Any = None  # the model's ModelSpec (MoE: reads the rollout's routed experts for routing replay)
 
 
-def make_setup(cfg: Config, client: RolloutClient, tokenizer) -> RolloutSetup:
+def make_setup(cfg: Config, client: RolloutClient, tokenizer, spec: Any = None) -> RolloutSetup:
     """The run's RolloutSetup: its template, stop strings and the recipe's reward section."""
     from megarl.data import get_template, stop_strings
 
     template = get_template(cfg.data.template)
     tools = multi_turn.ToolRunner(cfg.tool, tokenizer) if cfg.tool.enabled else None
     return RolloutSetup(cfg, client, tokenizer, template, stop_strings(template, tokenizer, template_stops=cfg.rollout.template_stops),
-                        cfg.reward, tools)
+                        cfg.reward, tools, spec)
 
 
 def encode_prompt(setup: RolloutSetup, problem: str) -> tuple[list[int], bool]:
@@ -128,6 +130,8 @@ def build_batch(setup: RolloutSetup, groups: list[Group], sampled: list[Group], 
             loss_weight=0.0 if ((cfg.algorithm.overlong_filter and sample.finish_reason == "length")
                                 or multi_turn.filtered_out(sample, cfg.tool)) else 1.0,
             versions=token_versions(sample), loss_mask=getattr(sample, "loss_mask", None),
+            routes=routed_experts.from_sample(sample.meta_info, setup.spec, len(group.prompt_ids) + len(sample.output_ids))
+            if setup.client.return_routed_experts else None,
         )
         for gi, group in enumerate(groups) for sample, grade in zip(group.samples, group.grades)
     ]

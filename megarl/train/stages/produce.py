@@ -85,7 +85,8 @@ class Producer:
         self.max_filtered = cfg.algorithm.dynamic_sampling_max_rounds * self.per_step  # uniform groups per batch, at most
         # A client of its own: the producer's event loop and connection live in its thread.
         self.client = RolloutClient(setup.client.urls, max_concurrency=setup.client.max_concurrency,
-                                    request_timeout_s=setup.client.request_timeout_s, context_length=setup.client.context_length)
+                                    request_timeout_s=setup.client.request_timeout_s, context_length=setup.client.context_length,
+                                    return_routed_experts=setup.client.return_routed_experts)
         self.cond = threading.Condition()
         self.version = version  # the servers' weights
         self.serial = serial  # groups admitted so far
