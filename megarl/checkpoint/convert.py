@@ -37,7 +37,7 @@ from megarl.checkpoint.format import (
     read_hf_config,
 )
 from megarl.checkpoint.progress import TransferProgress
-from megarl.checkpoint.safetensors_stream import CheckpointFormatError, SafetensorsWriter, tensor_nbytes
+from megarl.checkpoint.safetensors_stream import CheckpointFormatError, RunCopier, SafetensorsWriter, TensorRuns, tensor_nbytes
 from megarl.models.mapping import OUTPUT_TIED, hf_tensor_shapes, stage_mappings
 from megarl.models.spec import ModelSpec
 
@@ -172,15 +172,16 @@ def write_hf_model(out_dir: str | Path, spec: ModelSpec, hf_config: dict, assets
                    tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype, *,
                    max_shard_bytes: int = DEFAULT_HF_SHARD_BYTES, progress: bool = False,
                    report: ConversionReport | None = None) -> ConversionReport:
-    """Write `tensors` ((HF name, tensor) in the mapping's order, each HF tensor once) as a standard
-    HF directory: sharded safetensors with model.safetensors.index.json, config.json (its dtype set
-    to `dtype`) and the tokenizer files of `assets_dir`. Each tensor goes to disk as it comes."""
+    """Write `tensors` ((HF name, tensor or TensorRuns) in the mapping's order, each HF tensor once)
+    as a standard HF directory: sharded safetensors with model.safetensors.index.json, config.json
+    (its dtype set to `dtype`) and the tokenizer files of `assets_dir`. Each tensor goes to disk as
+    it comes (runs: copied file to file)."""
     hf_files = plan_hf_files(spec, 1, dtype, max_shard_bytes)
     names = [_hf_file_name(i, len(hf_files)) for i in range(len(hf_files))]
     total = sum(tensor_nbytes(shape, dtype) for f in hf_files for _, shape in f)
     report = report or ConversionReport("to_hf", "", str(out_dir), 1, 1, dtype_name(dtype))
     weight_map: dict[str, str] = {}
-    with atomic_output_dir(out_dir) as tmp, TransferProgress(f"-> HF {out_dir}", total, progress) as bar:
+    with atomic_output_dir(out_dir) as tmp, TransferProgress(f"-> HF {out_dir}", total, progress) as bar, RunCopier() as copier:
         stream = iter(tensors)
         for file_name, entries in zip(names, hf_files):
             with SafetensorsWriter(tmp / file_name, [(n, dtype, s) for n, s in entries], {"format": "pt"}) as writer:
@@ -188,7 +189,10 @@ def write_hf_model(out_dir: str | Path, spec: ModelSpec, hf_config: dict, assets
                     name, tensor = next(stream, (None, None))
                     if name is None:
                         raise CheckpointFormatError(f"{out_dir}: the source ended before HF tensor {want!r}")
-                    bar.advance(writer.write(name, tensor.to(dtype)))
+                    if isinstance(tensor, TensorRuns):
+                        bar.advance(writer.write_runs(name, tensor, copier))
+                    else:
+                        bar.advance(writer.write(name, tensor.to(dtype)))
                     weight_map[name] = file_name
         extra = next(stream, None)
         if extra is not None:
@@ -226,18 +230,19 @@ def _offline_layout(spec: ModelSpec, dtype: torch.dtype, vocab_tp: int):
 
 def write_torch_dist_model(out: str | Path, spec: ModelSpec, params, layout, hf_assets_dir: str | Path,
                            dtype: torch.dtype, *, iteration: int, total: int, progress: bool, report: ConversionReport):
-    """Write `params` ((state-dict name, whole parameter) in layout order) as a Megatron-LM model
-    checkpoint root: tracker, iter_NNNNNNN/ (torch_dist), hf/ (config and tokenizer)."""
+    """Write `params` ((state-dict name, whole parameter or its chunks' TensorRuns) in layout order)
+    as a Megatron-LM model checkpoint root: tracker, iter_NNNNNNN/ (torch_dist), hf/ (config and
+    tokenizer)."""
     from megarl.checkpoint import torch_dist
     from megarl.checkpoint.torch_dist_files import TorchDistWriter
 
-    with atomic_output_dir(out) as tmp, TransferProgress(f"-> torch_dist {out}", total, progress) as bar:
+    with atomic_output_dir(out) as tmp, TransferProgress(f"-> torch_dist {out}", total, progress) as bar, RunCopier() as copier:
         iter_dir = tmp / torch_dist.iteration_dir_name(iteration)
         iter_dir.mkdir()
         writer = TorchDistWriter(iter_dir, layout)
         try:
-            for name, tensor in params:
-                bar.advance(writer.write(name, tensor))
+            for name, value in params:
+                bar.advance(writer.write(name, value) if torch.is_tensor(value) else writer.write_runs(name, value, copier, dtype))
         except BaseException:
             writer.abort()
             raise
@@ -258,7 +263,7 @@ def hf_to_torch_dist(hf_dir: str | Path, out: str | Path, *, dtype: str | torch.
     `out/iter_NNNNNNN/`, `out/hf/`), one parameter at a time. Its vocab is padded as Megatron pads
     it at TP `vocab_tp` (loadable at any TP/PP with that padded vocab)."""
     from megarl.checkpoint.format import check_output_dir
-    from megarl.checkpoint.torch_dist_files import params_from_hf
+    from megarl.checkpoint.torch_dist_files import param_runs_from_hf
 
     hf_dir = Path(hf_dir)
     check_output_dir(out)
@@ -274,22 +279,23 @@ def hf_to_torch_dist(hf_dir: str | Path, out: str | Path, *, dtype: str | torch.
     if skipped:
         report.notes.append(f"skipped derived/duplicate HF tensors: {skipped}")
 
-    def read_hf(names):
-        tensors = [src.get(n) for n in names]
-        report.tensors_read += len(tensors)
-        report.bytes_read += sum(t.numel() * t.element_size() for t in tensors)
-        return tensors
+    def params():
+        for name, runs, sources in param_runs_from_hf(spec, layout, lambda h: src.readers[src.weight_map[h]].location(h)):
+            report.tensors_read += len(sources)
+            report.bytes_read += sum(tensor_nbytes(loc.shape, loc.dtype) for loc in sources)
+            yield name, runs
 
     total = sum(tensor_nbytes(p.shape, out_dtype) for p in layout.params)
-    return write_torch_dist_model(out, spec, params_from_hf(spec, layout, read_hf, out_dtype), layout, hf_dir, out_dtype,
+    return write_torch_dist_model(out, spec, params(), layout, hf_dir, out_dtype,
                                   iteration=iteration, total=total, progress=progress, report=report)
 
 
 # ---- torch_dist -> HF ---------------------------------------------------------------------------
-def open_torch_dist_model(src: str | Path, hf_assets: str | Path | None = None):
+def open_torch_dist_model(src: str | Path, hf_assets: str | Path | None = None, *, as_runs: bool = True):
     """(spec, HF config, assets dir, HF tensor stream, reader) of a torch_dist model checkpoint
     (megarl, Megatron-LM or Megatron-Bridge: a root with the tracker, an iter dir, or a megarl
-    resume checkpoint's actor). The stream yields (HF name, tensor) in the mapping's order."""
+    resume checkpoint's actor). The stream yields (HF name, TensorRuns or tensor; tensors only
+    without `as_runs`) in the mapping's order."""
     from megarl.checkpoint import torch_dist
     from megarl.checkpoint.torch_dist_files import TorchDistReader, read_hf_tensors
 
@@ -308,7 +314,7 @@ def open_torch_dist_model(src: str | Path, hf_assets: str | Path | None = None):
         raise CheckpointFormatError(f"{directory}: the embedding has {rows} rows, which no TP size pads "
                                     f"{assets / 'config.json'}'s vocab_size={spec.vocab_size} to")
     spec, layout = _offline_layout(spec, embedding.properties.dtype, vocab_tp)
-    return spec, read_hf_config(assets), assets, read_hf_tensors(reader, layout, spec, prefix), reader
+    return spec, read_hf_config(assets), assets, read_hf_tensors(reader, layout, spec, prefix, as_runs=as_runs), reader
 
 
 def torch_dist_to_hf(src: str | Path, out: str | Path, *, hf_assets: str | Path | None = None,
@@ -325,14 +331,15 @@ def torch_dist_to_hf(src: str | Path, out: str | Path, *, hf_assets: str | Path 
     report = ConversionReport("torch_dist_to_hf", str(src), str(out), 1, 1, "")
 
     def counted():
-        for name, tensor in tensors:
+        for name, value in tensors:
             report.tensors_read += 1
-            report.bytes_read += tensor.numel() * tensor.element_size()
-            yield name, tensor
+            report.bytes_read += (tensor_nbytes(value.sources[0].shape, value.sources[0].dtype) if isinstance(value, TensorRuns)
+                                  else value.numel() * value.element_size())
+            yield name, value
 
     stream = counted()
     first = next(stream)
-    out_dtype = declared or first[1].dtype
+    out_dtype = declared or (first[1].sources[0].dtype if isinstance(first[1], TensorRuns) else first[1].dtype)
     report.dtype = dtype_name(out_dtype)
     try:
         write_hf_model(out, spec, config, assets, _chain(first, stream), out_dtype, max_shard_bytes=max_shard_bytes,

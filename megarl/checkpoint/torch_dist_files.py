@@ -17,9 +17,14 @@ builds the model on the meta device (shapes only, no memory) and reads its `shar
 The parameters themselves come from the per-architecture name mapping (megarl.models.mapping).
 
 `TorchDistWriter` appends one parameter's chunks at a time to a single `__0_0.distcp` and writes
-`.metadata` at the end; `TorchDistReader` fills one parameter at a time from whichever stored
-chunks overlap it (any TP/PP layout megatron-core wrote). Peak memory is about two of the
-largest parameter (the embedding), whatever the model size.
+`.metadata` at the end; `TorchDistReader` reads them back. Each chunk is a torch.save record
+(a zip archive, stored uncompressed): its small metadata records come from torch.save itself,
+under `torch.serialization.skip_data()` (no tensor bytes touched), and its data bytes are
+copied file to file by `RunCopier` from the runs `trace_runs` finds by applying the mapping to
+block ids (`copy_file_range`, as `cp` does; no tensor is built). The same holds in reverse when
+the stored chunks are the ones this layout writes (megarl's own output, or any TP=1 save); other
+layouts (e.g. Megatron-LM at TP=2) are read as tensors from whichever chunks overlap each
+parameter. Peak memory is about two of the largest parameter at most, whatever the model size.
 """
 
 from __future__ import annotations
@@ -29,13 +34,16 @@ import dataclasses
 import io
 import math
 import pickle
+import os
+import struct
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from megarl.checkpoint.safetensors_stream import CheckpointFormatError
+from megarl.checkpoint.safetensors_stream import CheckpointFormatError, RunCopier, TensorLocation, TensorRuns, trace_runs
 
 TENSOR_FILE = "__0_0.distcp"
 METADATA_FILE = ".metadata"  # torch.distributed.checkpoint's name
@@ -52,6 +60,7 @@ class Chunk:
     offset: tuple[int, ...]
     shape: tuple[int, ...]
     start: int
+    prepend: int  # leading stacked axes (layers) of `shape`, each 1
 
     @property
     def numel(self) -> int:
@@ -103,7 +112,7 @@ def model_layout(spec, dtype: torch.dtype) -> ModelLayout:
                 raise AssertionError(f"{name}: a flattened or strided chunk ({piece.key}); megarl cannot stream this layout")
             chunks.append(Chunk(piece.key, tuple(piece.global_shape), tuple(piece.global_offset),
                                 (1,) * piece.prepend_axis_num + tuple(piece.local_shape),
-                                piece.data.storage_offset() - param.storage_offset()))
+                                piece.data.storage_offset() - param.storage_offset(), piece.prepend_axis_num))
         layouts.append(ParamLayout(name, tuple(param.shape), tuple(chunks)))
     return ModelLayout(tuple(layouts), tuple(objects), model.config)
 
@@ -121,6 +130,67 @@ def _no_crc32():
         config.save.compute_crc32 = before
 
 
+class _FileSlice(io.RawIOBase):
+    """A read-only window [start, start + length) of an open file (what zipfile and torch.load read)."""
+
+    def __init__(self, fd: int, start: int, length: int):
+        super().__init__()
+        self.fd, self.start, self.length, self.pos = fd, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.length + offset
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        data = os.pread(self.fd, max(0, min(len(buffer), self.length - self.pos)), self.start + self.pos)
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+class _FullWriter:
+    """A raw file whose write() writes everything (torch.save ignores short writes, which a single
+    write(2) of over 2 GiB makes)."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += self.raw.write(view[done : done + (1 << 30)])
+        return done
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+def _data_offset(fd: int, start: int, length: int) -> tuple[int, int] | None:
+    """(file offset, bytes) of the tensor data of the torch.save record at [start, start + length),
+    or None when it is not one uncompressed storage."""
+    try:
+        with zipfile.ZipFile(_FileSlice(fd, start, length)) as archive:
+            data = [i for i in archive.infolist() if i.filename.endswith("/data/0")]
+            names = [i for i in archive.infolist() if "/data/" in i.filename and not i.filename.endswith(".pkl")]
+    except zipfile.BadZipFile:
+        return None
+    if len(data) != 1 or len(names) != 1 or data[0].compress_type != zipfile.ZIP_STORED:
+        return None
+    header = os.pread(fd, 30, start + data[0].header_offset)
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return start + data[0].header_offset + 30 + name_len + extra_len, data[0].file_size
+
+
 class TorchDistWriter:
     """Write one torch_dist directory: `write(name, tensor)` each parameter of the layout in order
     (the whole TP=PP=1 tensor), then `close(common_state)`. The directory must exist."""
@@ -132,7 +202,7 @@ class TorchDistWriter:
         self.dir = Path(directory)
         self.layout = layout
         self._next = 0
-        self._file = open(self.dir / TENSOR_FILE, "wb")
+        self._file = _FullWriter(open(self.dir / TENSOR_FILE, "w+b", buffering=0))
         self._state: dict = {}
         self._storage: dict = {}
         self.bytes_written = 0
@@ -145,19 +215,10 @@ class TorchDistWriter:
                 self._state[key] = BytesStorageMetadata()
 
     def write(self, name: str, tensor: torch.Tensor) -> int:
-        from torch.distributed.checkpoint.filesystem import _StorageInfo
-        from torch.distributed.checkpoint.metadata import (
-            ChunkStorageMetadata,
-            MetadataIndex,
-            TensorProperties,
-            TensorStorageMetadata,
-        )
-
-        if self._next >= len(self.layout.params):
-            raise CheckpointFormatError(f"{self.dir}: parameter {name!r} written after all of the layout's parameters")
-        want = self.layout.params[self._next]
-        if name != want.name or tuple(tensor.shape) != want.shape:
-            raise CheckpointFormatError(f"{self.dir}: expected {want.name} {want.shape} next, got {name} {tuple(tensor.shape)}")
+        """Append the next parameter of the layout (the whole TP=PP=1 tensor)."""
+        want = self._expect(name)
+        if tuple(tensor.shape) != want.shape:
+            raise CheckpointFormatError(f"{self.dir}: {name} is {tuple(tensor.shape)}, the layout has {want.shape}")
         flat = tensor.detach().contiguous().reshape(-1)
         start = self._file.tell()
         with _no_crc32():
@@ -167,15 +228,57 @@ class TorchDistWriter:
                     data = data.clone()  # torch.save stores a view's whole storage
                 offset = self._file.tell()
                 torch.save(data, self._file)
-                index = MetadataIndex(chunk.key, torch.Size(chunk.offset))
-                self._storage[index] = _StorageInfo(TENSOR_FILE, offset, self._file.tell() - offset)
-                entry = self._state.setdefault(chunk.key, TensorStorageMetadata(
-                    TensorProperties(dtype=tensor.dtype), torch.Size(chunk.global_shape), []))
-                entry.chunks.append(ChunkStorageMetadata(torch.Size(chunk.offset), torch.Size(chunk.shape)))
+                self._record(chunk, tensor.dtype, offset)
         self._next += 1
-        written = self._file.tell() - start
-        self.bytes_written += written
-        return written
+        self.bytes_written += self._file.tell() - start
+        return self._file.tell() - start
+
+    def _record(self, chunk: Chunk, dtype: torch.dtype, offset: int) -> None:
+        from torch.distributed.checkpoint.filesystem import _StorageInfo
+        from torch.distributed.checkpoint.metadata import (
+            ChunkStorageMetadata,
+            MetadataIndex,
+            TensorProperties,
+            TensorStorageMetadata,
+        )
+
+        index = MetadataIndex(chunk.key, torch.Size(chunk.offset))
+        self._storage[index] = _StorageInfo(TENSOR_FILE, offset, self._file.tell() - offset)
+        entry = self._state.setdefault(chunk.key, TensorStorageMetadata(
+            TensorProperties(dtype=dtype), torch.Size(chunk.global_shape), []))
+        entry.chunks.append(ChunkStorageMetadata(torch.Size(chunk.offset), torch.Size(chunk.shape)))
+
+    def write_runs(self, name: str, chunk_runs: Sequence[TensorRuns], copier: RunCopier, dtype: torch.dtype) -> int:
+        """Append the next parameter from file runs (one per chunk, from `param_runs_from_hf`), as
+        `dtype`: torch.save writes each record's metadata without data, the copier its bytes."""
+        want = self._expect(name)
+        start = self._file.tell()
+        for chunk, runs in zip(want.chunks, chunk_runs, strict=True):
+            if runs.total_numel != chunk.numel:
+                raise CheckpointFormatError(f"{self.dir}: {name} chunk {chunk.offset} has {runs.total_numel} elements in its runs, "
+                                            f"{chunk.numel} in the layout")
+            offset = self._file.tell()
+            with _no_crc32(), torch.serialization.skip_data():  # a tensor never touched: no memory is used
+                torch.save(torch.empty(chunk.shape, dtype=dtype), self._file)
+            end = self._file.tell()
+            data = _data_offset(self._file.fileno(), offset, end - offset)
+            if data is None or data[1] != chunk.numel * dtype.itemsize:
+                raise AssertionError(f"torch.save wrote no single stored data record for {chunk.key}; this torch is not supported")
+            self._file.seek(data[0])
+            copier.copy(runs, self._file.fileno(), dtype)
+            self._file.seek(end)
+            self._record(chunk, dtype, offset)
+        self._next += 1
+        self.bytes_written += self._file.tell() - start
+        return self._file.tell() - start
+
+    def _expect(self, name: str) -> ParamLayout:
+        if self._next >= len(self.layout.params):
+            raise CheckpointFormatError(f"{self.dir}: parameter {name!r} written after all of the layout's parameters")
+        want = self.layout.params[self._next]
+        if name != want.name:
+            raise CheckpointFormatError(f"{self.dir}: expected {want.name} next, got {name}")
+        return want
 
     def close(self, common_state: dict) -> None:
         from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
@@ -194,16 +297,6 @@ class TorchDistWriter:
 
     def abort(self) -> None:
         self._file.close()
-
-
-def _file_view(stream, offset: int, length: int):
-    try:
-        from torch.distributed.checkpoint.filesystem import _create_file_view
-
-        return _create_file_view(stream, offset, length)
-    except ImportError:  # another torch: read the record into memory
-        stream.seek(offset)
-        return io.BytesIO(stream.read(length))
 
 
 class TorchDistReader:
@@ -228,8 +321,34 @@ class TorchDistReader:
         info = self.metadata.storage_data[MetadataIndex(key, offset)]
         if info.relative_path not in self._streams:
             self._streams[info.relative_path] = open(self.dir / info.relative_path, "rb")
-        return torch.load(_file_view(self._streams[info.relative_path], info.offset, info.length),
+        return torch.load(_FileSlice(self._streams[info.relative_path].fileno(), info.offset, info.length),
                           map_location="cpu", weights_only=True)
+
+    def chunk_location(self, key: str, chunk: Chunk) -> TensorLocation | None:
+        """Where the stored chunk of `key` at exactly `chunk`'s offset and shape keeps its bytes
+        (one contiguous, uncompressed storage), or None (not stored so, or another layout)."""
+        from torch.distributed.checkpoint.metadata import MetadataIndex
+
+        entry = self.metadata.state_dict_metadata.get(key)
+        if entry is None or not any(tuple(c.offsets) == chunk.offset and tuple(c.sizes) == chunk.shape for c in entry.chunks):
+            return None
+        info = self.metadata.storage_data[MetadataIndex(key, torch.Size(chunk.offset))]
+        if info.transform_descriptors:
+            return None
+        path = self.dir / info.relative_path
+        if info.relative_path not in self._streams:
+            self._streams[info.relative_path] = open(path, "rb")
+        fd = self._streams[info.relative_path].fileno()
+        data = _data_offset(fd, info.offset, info.length)
+        dtype = entry.properties.dtype
+        if data is None or data[1] != chunk.numel * dtype.itemsize:
+            return None
+        with torch.serialization.skip_data():  # the record's tensor metadata only; its storage stays untouched
+            stored = torch.load(_FileSlice(fd, info.offset, info.length), map_location="cpu", weights_only=True)
+        if (not torch.is_tensor(stored) or stored.dtype != dtype or tuple(stored.shape) != chunk.shape
+                or not stored.is_contiguous() or stored.storage_offset() != 0):
+            return None
+        return TensorLocation(path, data[0], chunk.shape[chunk.prepend :], dtype)
 
     def read_into(self, key: str, offset: Sequence[int], out: torch.Tensor) -> None:
         """Fill `out` with `key`'s region at global `offset` (out's shape) from the stored chunks."""
@@ -290,9 +409,34 @@ def params_from_hf(spec, layout: ModelLayout, read_hf: Callable[[Sequence[str]],
         del hf
 
 
-def read_hf_tensors(reader: TorchDistReader, layout: ModelLayout, spec, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) from a torch_dist directory in the mapping's order (HF file order), one
-    parameter read at a time in its stored dtype."""
+def _chunk_ids(ids: torch.Tensor, param: ParamLayout) -> list[torch.Tensor]:
+    """The block ids of each chunk of `param`, from the ids of the whole parameter."""
+    per = math.prod(param.shape) // ids.numel()  # elements per id
+    flat = ids.reshape(-1)
+    if any(c.start % per or c.numel % per for c in param.chunks):
+        raise AssertionError(f"{param.name}: its chunks do not fall on the mapping's block edges")
+    return [flat[c.start // per : (c.start + c.numel) // per] for c in param.chunks]
+
+
+def param_runs_from_hf(spec, layout: ModelLayout, locate: Callable[[str], TensorLocation]
+                       ) -> Iterator[tuple[str, list[TensorRuns], list[TensorLocation]]]:
+    """(state-dict name, runs of each chunk, the HF sources) for every parameter in layout order:
+    where in the HF files each chunk's elements are (no tensor data read)."""
+    mappings = _mappings(spec)
+    for param in layout.params:
+        mapping = mappings.get(param.name)
+        if mapping is None:
+            raise AssertionError(f"the model's parameter {param.name} has no mapping for {spec.model_type}")
+        sources = [locate(h) for h in mapping.hf]
+        runs = trace_runs(sources, 1, lambda ids: _chunk_ids(mapping.to_megatron_shard(ids, 0, 1, spec), param))
+        yield param.name, runs, sources
+
+
+def read_hf_tensors(reader: TorchDistReader, layout: ModelLayout, spec, prefix: str = "", *,
+                    as_runs: bool = True) -> Iterator[tuple[str, torch.Tensor | TensorRuns]]:
+    """(HF name, TensorRuns or tensor) from a torch_dist directory in the mapping's order (HF file
+    order): file runs where the stored chunks are this layout's, else one parameter read at a
+    time in its stored dtype (always, without `as_runs`)."""
     params = {param.name: param for param in layout.params}
     for name, mapping in _mappings(spec).items():
         if name not in params:
@@ -306,6 +450,10 @@ def read_hf_tensors(reader: TorchDistReader, layout: ModelLayout, spec, prefix: 
             raise CheckpointFormatError(
                 f"{reader.dir}: {key} has global shape {tuple(entry.size)}, the model of its HF config needs "
                 f"{param.chunks[0].global_shape}")
+        sources = [reader.chunk_location(prefix + c.key, c) for c in param.chunks] if as_runs else [None]
+        if all(sources):  # stored as this layout writes it: file runs, no tensor built
+            yield from zip(mapping.hf, trace_runs(sources, 1, lambda ids: mapping.to_hf([torch.cat(ids, 0)], spec)))
+            continue
         tensor = reader.read_param(param, entry.properties.dtype, prefix)
         yield from zip(mapping.hf, mapping.to_hf([tensor], spec))
         del tensor

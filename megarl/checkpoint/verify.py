@@ -68,7 +68,7 @@ def verify_torch_dist_against_hf(src: str | Path, hf_dir: str | Path, tokens: in
     transformers on `hf_dir` (its weights rounded to the checkpoint's dtype first)."""
     from megarl.checkpoint.convert import open_torch_dist_model
 
-    spec, _, _, tensors, reader = open_torch_dist_model(src, hf_assets)
+    spec, _, _, tensors, reader = open_torch_dist_model(src, hf_assets, as_runs=False)
     try:
         stored = {name: t for name, t in tensors}
     finally:
