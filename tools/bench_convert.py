@@ -10,7 +10,8 @@ process with the page cache dropped before it:
   stream meg->hf  megarl.checkpoint.torch_dist_to_hf (the torch_dist checkpoint just written -> HF)
 
 Per phase: seconds of the conversion call (the process's wall time, torch import included, is
-reported too), GB/s (bytes written per second), its ratio to the same repeat's `cp`, peak RSS
+reported too, as are the imports of torch and megatron-core before the call), GB/s (bytes written
+per second), its ratio to the same repeat's `cp`, peak RSS
 (ru_maxrss of the phase's process, including the ~0.7 GiB of importing torch) and minor page
 faults of the conversion (for `cp` of the whole process). The median over repeats is reported.
 
@@ -123,9 +124,11 @@ def run_phase_here(args: argparse.Namespace) -> int:
         config = dict(SHAPES[args.shape], **({"num_hidden_layers": args.layers} if args.layers else {}))
         print(json.dumps(build_random_checkpoint(args.dst, config)))
         return 0
-    import torch  # noqa: F401  (import cost counted in the baseline, not in the timing)
+    import megatron.core  # noqa: F401  (import cost, 5-40 s on a busy 2-core host, counted in the process time only)
+    import torch  # noqa: F401
 
     import megarl.checkpoint  # noqa: F401
+    import megarl.models.build  # noqa: F401
 
     baseline = _peak_rss_bytes()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
