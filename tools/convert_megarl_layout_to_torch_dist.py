@@ -4,7 +4,7 @@ format: the same weights, bitwise, in the layout tools/convert_hf_to_megatron.py
 at any TP/PP with the same padded vocab). Streamed one tensor at a time.
 
 Example:
-    python tools/convert_megarl_layout_to_torch_dist.py --in old_ckpt/qwen1.5b_tp2pp1 --out ckpt/qwen1.5b_mcore
+    python tools/convert_megarl_layout_to_torch_dist.py --in old_ckpt/qwen1.5b_tp2pp1 --out ckpt/qwen1.5b_migrated
 """
 
 from __future__ import annotations
