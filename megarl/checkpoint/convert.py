@@ -233,7 +233,7 @@ def write_torch_dist_model(out: str | Path, spec: ModelSpec, params, layout, hf_
     """Write `params` ((state-dict name, whole parameter or its chunks' TensorRuns) in layout order)
     as a Megatron-LM model checkpoint root: tracker, iter_NNNNNNN/ (torch_dist), hf/ (config and
     tokenizer)."""
-    from megarl.checkpoint import torch_dist
+    import megarl.checkpoint.torch_dist as torch_dist
     from megarl.checkpoint.torch_dist_files import TorchDistWriter
 
     with atomic_output_dir(out) as tmp, TransferProgress(f"-> torch_dist {out}", total, progress) as bar, RunCopier() as copier:
@@ -296,7 +296,7 @@ def open_torch_dist_model(src: str | Path, hf_assets: str | Path | None = None, 
     (megarl, Megatron-LM or Megatron-Bridge: a root with the tracker, an iter dir, or a megarl
     resume checkpoint's actor). The stream yields (HF name, TensorRuns or tensor; tensors only
     without `as_runs`) in the mapping's order."""
-    from megarl.checkpoint import torch_dist
+    import megarl.checkpoint.torch_dist as torch_dist
     from megarl.checkpoint.torch_dist_files import TorchDistReader, read_hf_tensors
 
     directory = torch_dist.resolve_checkpoint_dir(src)
