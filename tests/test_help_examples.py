@@ -65,7 +65,7 @@ HOW = {
     "python tools/bench_async.py --out /tmp/bench_async.json": "dry",
     "python tools/bench_async.py --steps 6 --modes sync async --eval-problems 50": "dry",
     "python tools/bench_async.py --set rollout.max_staleness=1 --out /tmp/k1.json": "dry",
-    "python tools/bench_convert.py --shape qwen2.5-7b --tp 2 --pp 2 --repeats 3 --json bench_convert.json": "dry",
+    "python tools/bench_convert.py --shape qwen2.5-7b --repeats 3 --json bench_convert.json": "dry",
     "python tools/bench_grading.py --workers 2 --timeout 5 --json-out bench_grading.json": "dry",
     "python tools/bench_kernels.py --kernels logprob --vocabs 151936 --tokens 1024,4096 --json bench.json": "dry",
     "python tools/bench_sync.py --shape qwen2.5-0.5b --bucket-mb 64 256 1024 --json runs/bench_sync.json": "dry",
