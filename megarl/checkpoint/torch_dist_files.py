@@ -39,7 +39,7 @@ import struct
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -79,9 +79,6 @@ class ModelLayout:
     params: tuple[ParamLayout, ...]
     objects: tuple[tuple[str, object], ...]  # (DCP key, data) of megatron-core's ShardedObjects
     config: object  # the model's TransformerConfig (Megatron-LM's args are made from it)
-
-    def largest_param_bytes(self, dtype: torch.dtype) -> int:
-        return max(math.prod(p.shape) for p in self.params) * dtype.itemsize
 
 
 def model_layout(spec, dtype: torch.dtype) -> ModelLayout:

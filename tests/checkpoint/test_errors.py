@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from megarl.checkpoint import CheckpointFormatError, hf_to_torch_dist, torch_dist_to_hf
