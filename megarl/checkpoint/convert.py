@@ -139,14 +139,16 @@ def _check_hf_inputs(src: HFSafetensorsDir, spec: ModelSpec) -> list[str]:
 
 
 # ---- writing an HF model directory from a stream of tensors ------------------------------------
-def plan_hf_files(spec: ModelSpec, pp: int, dtype: torch.dtype, max_shard_bytes: int) -> list[list[tuple[str, tuple[int, ...]]]]:
-    """HF tensors in mapping order (each produced exactly once), grouped into files of at most
-    `max_shard_bytes` (a tensor larger than that gets a file of its own)."""
+def plan_hf_files(spec: ModelSpec, pp: int, dtype: torch.dtype, max_shard_bytes: int,
+                  layer_impl: str = "local") -> list[list[tuple[str, tuple[int, ...]]]]:
+    """HF tensors in mapping order (each produced exactly once; the order of `layer_impl`'s layer
+    table), grouped into files of at most `max_shard_bytes` (a tensor larger than that gets a file
+    of its own)."""
     shapes = hf_tensor_shapes(spec)
     order = [
         h
         for p in range(pp)
-        for _, mapping in stage_mappings(spec, p, pp, layer_impl="local")
+        for _, mapping in stage_mappings(spec, p, pp, layer_impl=layer_impl)
         if mapping is not OUTPUT_TIED
         for h in mapping.hf
     ]
@@ -176,7 +178,10 @@ def write_hf_model(out_dir: str | Path, spec: ModelSpec, hf_config: dict, assets
     as a standard HF directory: sharded safetensors with model.safetensors.index.json, config.json
     (its dtype set to `dtype`) and the tokenizer files of `assets_dir`. Each tensor goes to disk as
     it comes (runs: copied file to file)."""
-    hf_files = plan_hf_files(spec, 1, dtype, max_shard_bytes)
+    from megarl.models.build import layer_impl
+
+    # The order both producers iterate in: gather_hf_tensors and read_hf_tensors follow the live layer table.
+    hf_files = plan_hf_files(spec, 1, dtype, max_shard_bytes, layer_impl())
     names = [_hf_file_name(i, len(hf_files)) for i in range(len(hf_files))]
     total = sum(tensor_nbytes(shape, dtype) for f in hf_files for _, shape in f)
     report = report or ConversionReport("to_hf", "", str(out_dir), 1, 1, dtype_name(dtype))
