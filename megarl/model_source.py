@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 SCHEME_PATTERN = re.compile(r"^([A-Za-z][\w-]*):(?!//)(.*)$")  # builtin:toy-arith, not C:\ or hf://
-OWN_FORMAT_META = "megarl_checkpoint.json"  # megarl's former checkpoint layout: its HF assets are in hf/
+OWN_FORMAT_META = "megarl_checkpoint.json"  # megarl's former checkpoint layout (retired: migrate it to torch_dist)
 
 
 class ModelSourceError(ValueError):
@@ -99,7 +99,8 @@ def resolve(given: str | Path, *, tokenizer: str | Path | None = None, build: bo
     if (path / "config.json").is_file():
         return ModelSource(given, "hf", path)
     if (path / OWN_FORMAT_META).is_file():
-        return ModelSource(given, "hf", path / "hf")
+        raise ModelSourceError(f"{given} is a checkpoint in megarl's former Megatron layout, which no longer loads; convert it "
+                               f"once: python tools/convert_megarl_layout_to_torch_dist.py --in {given} --out NEW_DIR")
     from megarl.checkpoint import torch_dist  # imports megatron: only for a path that is no HF directory
 
     if path.is_dir() and torch_dist.looks_like_torch_dist(path):

@@ -1,32 +1,31 @@
 """Benchmark checkpoint conversion against coreutils `cp` of the same files, in the same run, cold cache.
 
 Builds a random Qwen2.5-shaped HF checkpoint (bf16 safetensors in 2 GB shards with an index;
-random tensors are written directly, no transformers model is built), then, for each repeat, runs
-every phase in its own process with the page cache dropped before it:
+random tensors are written directly, no transformers model is built; --layers keeps the shapes
+with fewer layers where the disk is small), then, for each repeat, runs every phase in its own
+process with the page cache dropped before it:
 
   cp              coreutils `cp -r` of the HF directory (the baseline of the same repeat)
-  stream hf->meg  megarl.checkpoint.hf_to_megatron (this repo's streaming converter)
-  stream meg->hf  megarl.checkpoint.megatron_to_hf (the Megatron checkpoint just written)
-  naive hf->meg   load the whole state dict, convert every rank's dict, save_file per rank
-  naive meg->hf   load every rank file, convert to one HF dict, save_file per HF shard
-                  (the naive phases only run where they fit in --naive-max-gb)
+  stream hf->meg  megarl.checkpoint.hf_to_torch_dist (HF -> Megatron torch_dist, streamed)
+  stream meg->hf  megarl.checkpoint.torch_dist_to_hf (the torch_dist checkpoint just written -> HF)
 
 Per phase: seconds of the conversion call (the process's wall time, torch import included, is
-reported too), GB/s (bytes written per second), its ratio to the same repeat's `cp`, peak RSS
-(ru_maxrss, including the ~0.7 GiB of importing torch) and minor page faults of the conversion
-(for `cp` of the whole process). The median over repeats is reported.
+reported too, as are the imports of torch and megatron-core before the call), GB/s (bytes written
+per second), its ratio to the same repeat's `cp`, peak RSS
+(ru_maxrss of the phase's process, including the ~0.7 GiB of importing torch) and minor page
+faults of the conversion (for `cp` of the whole process). The median over repeats is reported.
 
 Cold cache: `sync` then `echo 3 > /proc/sys/vm/drop_caches` (root); where that is not permitted,
 `sync` then posix_fadvise(POSIX_FADV_DONTNEED) on every file under --workdir (the JSON and the
 table title say which). No phase calls fsync; the sync before the next phase is not timed.
 
-Goals: streaming peak RSS <= 1.5 GiB + 2 x the largest tensor; streaming
-speed >= --goal-vs-cp (0.8) of `cp`. At the end the round trip HF -> Megatron -> HF is compared
-byte for byte with the input files. Files go under --workdir and are deleted at the end (unless
---keep); the 7B shape needs about 3 x 15.2 GB free there.
+Goals: streaming peak RSS <= 1.5 GiB + 2 x the largest tensor; streaming speed >= --goal-vs-cp
+(0.8) of `cp`. At the end the round trip HF -> torch_dist -> HF is compared byte for byte with
+the input files. Files go under --workdir and are deleted at the end (unless --keep); the 7B
+shape needs about 3 x 15.2 GB free there.
 
 Example:
-    python tools/bench_convert.py --shape qwen2.5-7b --tp 2 --pp 2 --repeats 3 --json bench_convert.json
+    python tools/bench_convert.py --shape qwen2.5-7b --repeats 3 --json bench_convert.json
 """
 
 from __future__ import annotations
@@ -77,6 +76,7 @@ def _peak_rss_bytes() -> int:
 
 # ---- building the random checkpoint ------------------------------------------------------------
 def build_random_checkpoint(out: Path, config: dict, max_shard_bytes: int = HF_SHARD_BYTES) -> dict:
+    """Random bf16 tensors of `config`'s shapes, written tensor by tensor (no model is built)."""
     import torch
 
     from megarl.checkpoint.convert import plan_hf_files
@@ -100,95 +100,40 @@ def build_random_checkpoint(out: Path, config: dict, max_shard_bytes: int = HF_S
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 131072}))
     largest = max(torch.Size(s).numel() * 2 for s in hf_tensor_shapes(spec).values())
-    return {"bytes": total, "files": len(files), "largest_tensor_bytes": largest}
+    return {"bytes": total, "files": len(files), "largest_tensor_bytes": largest, "layers": spec.num_layers}
 
 
 # ---- phases (each runs in a fresh subprocess) --------------------------------------------------
-def phase_stream_hf_to_meg(src: Path, out: Path, tp: int, pp: int, **_) -> int:
-    from megarl.checkpoint import hf_to_megatron
+def phase_stream_hf_to_meg(src: Path, out: Path, tp: int, **_) -> int:
+    from megarl.checkpoint import hf_to_torch_dist
 
-    return hf_to_megatron(src, out, tp=tp, pp=pp).bytes_written
+    return hf_to_torch_dist(src, out, vocab_tp=tp).bytes_written
 
 
 def phase_stream_meg_to_hf(src: Path, out: Path, **_) -> int:
-    from megarl.checkpoint import megatron_to_hf
+    from megarl.checkpoint import torch_dist_to_hf
 
-    return megatron_to_hf(src, out, max_shard_bytes=HF_SHARD_BYTES).bytes_written
-
-
-def phase_naive_hf_to_meg(src: Path, out: Path, tp: int, pp: int, **_) -> int:
-    """What a load-everything converter does: whole state dict in, every rank's dict, save_file."""
-    from safetensors.torch import load_file, save_file
-
-    from megarl.models.mapping import stage_mappings
-    from megarl.models.spec import ModelSpec
-
-    spec = ModelSpec.from_hf(src)
-    state = {}
-    for path in sorted(src.glob("*.safetensors")):
-        state.update({k: v.clone() for k, v in load_file(str(path)).items()})  # clone: no lazy mmap
-    ranks = {}
-    for p in range(pp):
-        for r in range(tp):
-            ranks[(r, p)] = {
-                name: m.to_megatron_shard([state[h] for h in m.hf], r, tp, spec).contiguous()
-                for name, m in stage_mappings(spec, p, pp)
-            }
-    written = 0
-    for (r, p), tensors in ranks.items():
-        path = out / f"mp_rank_{r:02d}_{p:03d}" / "model.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path))
-        written += sum(t.numel() * t.element_size() for t in tensors.values())
-    return written
+    return torch_dist_to_hf(src, out, max_shard_bytes=HF_SHARD_BYTES).bytes_written
 
 
-def phase_naive_meg_to_hf(src: Path, out: Path, **_) -> int:
-    from safetensors.torch import load_file, save_file
-
-    from megarl.checkpoint.convert import plan_hf_files
-    from megarl.checkpoint.format import MegatronCheckpointMeta
-    from megarl.models.mapping import OUTPUT_TIED, stage_mappings
-
-    meta = MegatronCheckpointMeta.read(src)
-    spec = meta.spec
-    shards = {(f.tp_rank, f.pp_rank): {k: v.clone() for k, v in load_file(str(src / f.path)).items()} for f in meta.files}
-    hf = {}
-    for p in range(meta.pp):
-        for name, m in stage_mappings(spec, p, meta.pp):
-            if m is not OUTPUT_TIED:
-                hf.update(zip(m.hf, m.to_hf([shards[(r, p)][name] for r in range(meta.tp)], spec)))
-    del shards
-    out.mkdir(parents=True)
-    written = 0
-    files = plan_hf_files(spec, meta.pp, meta.torch_dtype, HF_SHARD_BYTES)
-    for i, entries in enumerate(files):
-        part = {n: hf[n].contiguous() for n, _ in entries}
-        save_file(part, str(out / f"model-{i + 1:05d}-of-{len(files):05d}.safetensors"), metadata={"format": "pt"})
-        written += sum(t.numel() * t.element_size() for t in part.values())
-    return written
-
-
-PHASES = {
-    "stream_hf_to_meg": phase_stream_hf_to_meg,
-    "stream_meg_to_hf": phase_stream_meg_to_hf,
-    "naive_hf_to_meg": phase_naive_hf_to_meg,
-    "naive_meg_to_hf": phase_naive_meg_to_hf,
-}
+PHASES = {"stream_hf_to_meg": phase_stream_hf_to_meg, "stream_meg_to_hf": phase_stream_meg_to_hf}
 
 
 def run_phase_here(args: argparse.Namespace) -> int:
     if args.phase == "build":  # in its own process, so that the phases do not inherit its memory
-        print(json.dumps(build_random_checkpoint(args.dst, SHAPES[args.shape])))
+        config = dict(SHAPES[args.shape], **({"num_hidden_layers": args.layers} if args.layers else {}))
+        print(json.dumps(build_random_checkpoint(args.dst, config)))
         return 0
-    import torch  # noqa: F401  (import cost counted in the baseline, not in the timing)
+    import megatron.core  # noqa: F401  (import cost, 5-40 s on a busy 2-core host, counted in the process time only)
+    import torch  # noqa: F401
 
     import megarl.checkpoint  # noqa: F401
+    import megarl.models.build  # noqa: F401
 
     baseline = _peak_rss_bytes()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
-    written = PHASES[args.phase](src=args.src, out=args.dst, tp=args.tp, pp=args.pp)
+    written = PHASES[args.phase](src=args.src, out=args.dst, tp=args.tp)
     seconds = time.perf_counter() - start
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     print(json.dumps({"phase": args.phase, "seconds": seconds, "bytes_written": written, "peak_rss": _peak_rss_bytes(),
@@ -235,13 +180,13 @@ def drop_page_cache(work: Path) -> str:
         return "fadvise"
 
 
-def run_phase(phase: str, src: Path, dst: Path, tp: int, pp: int, pythonpath: Path | None = None) -> dict:
+def run_phase(phase: str, src: Path, dst: Path, tp: int, pythonpath: Path | None = None) -> dict:
     load = os.getloadavg()[0]
     if phase == "cp":
         seconds, usage, _ = _timed(["cp", "-r", str(src), str(dst)])
         return {"phase": "cp", "seconds": seconds, "process_seconds": seconds, "bytes_written": _tree_bytes(dst),
                 "peak_rss": usage.ru_maxrss * 1024, "baseline_rss": 0, "minor_faults": usage.ru_minflt, "load_1min": load}
-    cmd = [sys.executable, __file__, "--phase", phase, "--src", str(src), "--dst", str(dst), "--tp", str(tp), "--pp", str(pp)]
+    cmd = [sys.executable, __file__, "--phase", phase, "--src", str(src), "--dst", str(dst), "--tp", str(tp)]
     seconds, _, out = _timed(cmd, pythonpath)
     row = json.loads(out.strip().splitlines()[-1])
     return dict(row, process_seconds=seconds, load_1min=load)
@@ -264,12 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/megarl_bench_convert"), help="scratch directory (3 x the model size free)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-7b", help="random checkpoint shape (7B: 15.2 GB, 1.5B: 3.1 GB)")
-    parser.add_argument("--tp", type=int, default=2)
-    parser.add_argument("--pp", type=int, default=2)
+    parser.add_argument("--tp", type=int, default=1, help="pad the vocab as at this TP size (torch_dist loads at any TP/PP)")
+    parser.add_argument("--layers", type=int, default=None, help="the shape's layers but only this many (a smaller disk)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every phase; medians are reported")
     parser.add_argument("--goal-vs-cp", type=float, default=0.8, help="streaming phases must reach this fraction of cp's GB/s")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--naive-max-gb", type=float, default=10.0, help="skip the naive phases if they would need more RAM (GB)")
     parser.add_argument("--keep", action="store_true", help="keep the files under --workdir")
     parser.add_argument("--before", type=Path, default=None,
                         help="also run the streaming phases with megarl imported from this directory (e.g. `git archive REV megarl | tar -x -C DIR`)")
@@ -281,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase:
         return run_phase_here(args)
     if args.dry_run:
-        print(f"bench_convert (dry run): random {args.shape} checkpoint in {args.workdir}, TP={args.tp} PP={args.pp}, "
-              f"{args.repeats} repeat(s) of cp and the streaming (and naive, up to {args.naive_max_gb} GB) conversions; "
+        print(f"bench_convert (dry run): random {args.shape} checkpoint ({args.layers or 'all'} layers) in {args.workdir}, vocab "
+              f"padded at TP={args.tp}, {args.repeats} repeat(s) of cp and the streaming conversions; "
               f"results to {args.json or 'the console'}")
         return 0
 
@@ -298,38 +242,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         console.print(f"building a random {args.shape}-shaped bf16 checkpoint in {work / 'hf'} ...")
         t0 = time.perf_counter()
-        _, _, out = _timed([sys.executable, __file__, "--phase", "build", "--dst", str(work / "hf"), "--shape", args.shape])
+        _, _, out = _timed([sys.executable, __file__, "--phase", "build", "--dst", str(work / "hf"), "--shape", args.shape,
+                             *(["--layers", str(args.layers)] if args.layers else [])])
         info = json.loads(out.strip().splitlines()[-1])
         console.print(f"  {info['bytes'] / 1e9:.2f} GB in {info['files']} files, {time.perf_counter() - t0:.1f} s")
         model_bytes = info["bytes"]
         rss_goal = 1.5 * GIB + 2 * info["largest_tensor_bytes"]
-        naive_ok = 2 * model_bytes + GIB <= args.naive_max_gb * 1e9
         # (label, phase, source dir, output dir, megarl from); outputs are deleted once no later phase reads them.
         versions = [("", None)] + ([(" (before)", args.before.resolve())] if args.before else [])
         plan = [("cp", "cp", "hf", "cp", None)]
         for tag, path in versions:
             meg, hf2 = f"meg{tag.strip(' ()')}", f"hf2{tag.strip(' ()')}"
             plan += [(f"stream_hf_to_meg{tag}", "stream_hf_to_meg", "hf", meg, path), (f"stream_meg_to_hf{tag}", "stream_meg_to_hf", meg, hf2, path)]
-        if naive_ok:
-            plan += [("naive_hf_to_meg", "naive_hf_to_meg", "hf", "naive_meg", None), ("naive_meg_to_hf", "naive_meg_to_hf", "meg", "naive_hf2", None)]
         round_trip_equal: dict[str, bool] = {}
         for repeat in range(args.repeats):
             last = repeat == args.repeats - 1
             for label, phase, src, dst, path in plan:
                 cache = drop_page_cache(work)
                 console.print(f"repeat {repeat + 1}/{args.repeats} phase {label} (load {os.getloadavg()[0]:.2f}, cache: {cache}) ...")
-                row = run_phase(phase, work / src, work / dst, args.tp, args.pp, path)
+                row = run_phase(phase, work / src, work / dst, args.tp, path)
                 rows.append(dict(row, phase=label, repeat=repeat, cache_drop=cache))
                 if phase == "stream_meg_to_hf":  # the round trip is complete: check it (last repeat), then free the disk
                     if last:
                         round_trip_equal[label] = _same_files(work / "hf", work / dst)
-                    if not naive_ok or path is not None:
-                        shutil.rmtree(work / src)
+                    shutil.rmtree(work / src)
                     shutil.rmtree(work / dst)
                 elif phase != "stream_hf_to_meg":
                     shutil.rmtree(work / dst)
-            if naive_ok:
-                shutil.rmtree(work / "meg")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -341,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         row["vs_cp_process"] = (row["bytes_written"] / row["process_seconds"]) / (cp["bytes_written"] / cp["process_seconds"])
     medians = [_median_row([r for r in rows if r["phase"] == label]) for label, *_ in plan]
     cache = rows[0]["cache_drop"]
-    table = Table(title=f"checkpoint conversion, {args.shape}-shaped random bf16 ({model_bytes / 1e9:.2f} GB), tp={args.tp} pp={args.pp}, "
+    table = Table(title=f"checkpoint conversion, {args.shape}-shaped random bf16 ({model_bytes / 1e9:.2f} GB), {info['layers']} layers, vocab padded at tp={args.tp}, "
                   f"cold cache ({cache}), median of {args.repeats}")
     cols = ("phase", "seconds", "GB written", "GB/s", "x cp", "x cp (process)", "peak RSS GiB", "RSS goal GiB", "minor faults", "load", "goals met")
     for col in cols:
@@ -359,12 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     console.print("per repeat, x cp: " + "; ".join(
         f"{label} " + ", ".join(f"{r['vs_cp']:.2f}" for r in rows if r["phase"] == label) for label, *_ in plan[1:]))
     for label, same in round_trip_equal.items():
-        console.print(f"round trip HF -> Megatron -> HF{label.replace('stream_meg_to_hf', '')} byte-identical to the input files: {'yes' if same else 'NO'}")
-    if not naive_ok:
-        console.print(f"naive phases skipped: they would need about {(2 * model_bytes + GIB) / 1e9:.1f} GB > --naive-max-gb {args.naive_max_gb}")
+        console.print(f"round trip HF -> torch_dist -> HF{label.replace('stream_meg_to_hf', '')} byte-identical to the input files: {'yes' if same else 'NO'}")
     result = {
         "model": f"{args.shape}-shaped random bf16", "model_bytes": model_bytes, "largest_tensor_bytes": info["largest_tensor_bytes"],
-        "tp": args.tp, "pp": args.pp, "repeats": args.repeats, "cache_drop": cache, "rss_goal_bytes": rss_goal,
+        "layers": info["layers"], "vocab_tp": args.tp, "repeats": args.repeats, "cache_drop": cache, "rss_goal_bytes": rss_goal,
         "goal_vs_cp": args.goal_vs_cp, "medians": medians, "runs": rows, "round_trip_byte_identical": round_trip_equal,
         "before": str(args.before) if args.before else None, "load_1min_range": [min(r["load_1min"] for r in rows), max(r["load_1min"] for r in rows)],
         "machine": f"{os.cpu_count()} CPU cores, {sys.platform}, {os.uname().release}",

@@ -1,20 +1,13 @@
-"""Checkpoints: megarl's Megatron checkpoint format, streaming HF <-> Megatron conversion and
-TP/PP resharding (offline, no torch.distributed), the trainer's live save/load (live.py), Megatron's
-torch_dist format (torch_dist.py: resume state and Megatron-LM-layout model checkpoints), and a
-training run's checkpoints (manager.py: CheckpointManager saves, verifies, resumes and prunes
-them; export_hf writes HF exports)."""
+"""Checkpoints, in one Megatron format: Megatron's torch_dist.
 
-from megarl.checkpoint.convert import ConversionReport, hf_to_megatron, iter_hf_tensors, megatron_to_hf, reshard
-from megarl.checkpoint.format import MegatronCheckpoint, MegatronCheckpointMeta
+convert.py streams HF <-> torch_dist one tensor at a time (torch_dist_files.py writes and reads
+the files without building the model), torch_dist.py is the trainer's side (resume state and
+Megatron-LM-layout model checkpoints through megatron-core's dist_checkpointing), manager.py a
+training run's checkpoints (CheckpointManager saves, verifies, resumes and prunes them; export_hf
+streams the live actor into an HF directory), legacy.py reads megarl's retired own layout once,
+to migrate it (tools/convert_megarl_layout_to_torch_dist.py)."""
+
+from megarl.checkpoint.convert import ConversionReport, hf_to_torch_dist, torch_dist_to_hf
 from megarl.checkpoint.safetensors_stream import CheckpointFormatError
 
-__all__ = [
-    "CheckpointFormatError",
-    "ConversionReport",
-    "MegatronCheckpoint",
-    "MegatronCheckpointMeta",
-    "hf_to_megatron",
-    "iter_hf_tensors",
-    "megatron_to_hf",
-    "reshard",
-]
+__all__ = ["CheckpointFormatError", "ConversionReport", "hf_to_torch_dist", "torch_dist_to_hf"]

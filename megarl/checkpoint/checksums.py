@@ -3,7 +3,7 @@
 A training checkpoint's manifest (`CHECKSUMS.json`) lists every file under the directory with its
 size and SHA-256, written before the completion marker; resume verifies it and falls back to an
 older checkpoint when a file is missing, truncated or changed. The manifest does not know the
-checkpoint format (per-rank `.pt` files today, Megatron's torch_dist folders tomorrow): it hashes
+checkpoint format (torch_dist files, RNG states, trainer state): it hashes
 the files it finds. Hashing streams each file through `hashlib.file_digest` (SHA-256 runs at about
 1.5 GB/s per core where the CPU has SHA instructions); ranks hash disjoint subsets in parallel.
 """

@@ -1,61 +1,46 @@
-"""Streaming checkpoint converters: HF -> Megatron, Megatron -> HF, and Megatron TP/PP resharding.
+"""Streaming checkpoint conversion: HF <-> Megatron's torch_dist, one tensor at a time.
 
-All three read the one mapping declaration (megarl.models.mapping) and hold no tensor data: the
-mapping is applied to small tensors of block ids instead of weights (it is pure indexing), which
-says for every output tensor which element ranges of which input files it is made of
-(`TensorRuns`); `RunCopier` then copies those ranges file to file (copy_file_range, or two reused
-staging buffers when the dtype changes). Outputs are written with SafetensorsWriter, whose headers
-are planned up front from the mapping (each mapping kind derives its shapes from the config).
-Neither torch.distributed nor Megatron is needed.
+HF -> torch_dist: each parameter of megatron-core's model (its keys, shapes and chunks from
+`torch_dist_files.model_layout`, a model built on the meta device) is made from its HF tensors
+through the per-architecture mapping (megarl.models.mapping) and appended to the torch_dist file;
+torch_dist -> HF reads each parameter back from whichever chunks cover it (any TP/PP layout that
+megatron-core, Megatron-LM or Megatron-Bridge wrote) and writes its HF tensors into safetensors
+files planned up front. `write_hf_model` is also the route of the trainer's HF export (the
+tensors gathered from the live model, models/export.gather_hf_tensors). Peak memory is about
+two of the largest tensor, whatever the model size; no torch.distributed beyond a world of one.
 
-Built-in checks: every HF tensor is consumed exactly once and every Megatron tensor produced
-exactly once, with the shapes the config implies; the numerics-relevant config fields survive the
-round trip; outputs appear only complete (temporary directory, renamed at the end).
+Built-in checks: every HF tensor is consumed exactly once and produced exactly once, with the
+shapes its config implies; the numerics-relevant config fields survive the round trip; outputs
+appear only complete (temporary directory, renamed at the end).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterable
 
-import numpy as np
 import torch
 
 from megarl.checkpoint.format import (
     HF_ASSETS_DIR,
     HF_INDEX_FILE,
-    META_FILE,
     HFSafetensorsDir,
-    MegatronCheckpoint,
-    MegatronCheckpointMeta,
-    ShardFile,
     atomic_output_dir,
-    check_output_dir,
     config_with_dtype,
     copy_hf_assets,
     dtype_name,
     parse_dtype,
     read_hf_config,
-    shard_file_name,
 )
 from megarl.checkpoint.progress import TransferProgress
-from megarl.checkpoint.safetensors_stream import (
-    CheckpointFormatError,
-    RunCopier,
-    SafetensorsWriter,
-    TensorLocation,
-    TensorRuns,
-    tensor_nbytes,
-)
-from megarl.models.mapping import OUTPUT_TIED, ParamMapping, hf_tensor_shapes, stage_mappings
+from megarl.checkpoint.safetensors_stream import CheckpointFormatError, RunCopier, SafetensorsWriter, TensorRuns, tensor_nbytes
+from megarl.models.mapping import OUTPUT_TIED, hf_tensor_shapes, stage_mappings
 from megarl.models.spec import ModelSpec
 
-# The critic's value head is not part of the HF mapping; critic checkpoints carry it on the last stage.
-VALUE_HEAD = "output_layer.weight"
 # HF tensors some checkpoints carry that are derived, not weights.
 IGNORED_HF_SUFFIXES = (".rotary_emb.inv_freq",)
 DEFAULT_HF_SHARD_BYTES = 4 * 10**9
@@ -82,33 +67,8 @@ class ConversionReport:
         return self.bytes_written / self.seconds / 1e9 if self.seconds > 0 else 0.0
 
 
-# ---- planning (shapes only, no data) -----------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class PlannedTensor:
-    name: str  # Megatron name in the stage ("local" layer names)
-    mapping: ParamMapping | None  # None for the critic's value head
-    shape: tuple[int, ...]  # per TP rank
 
-
-def plan_stage(spec: ModelSpec, pp_rank: int, tp: int, pp: int, role: str = "actor") -> list[PlannedTensor]:
-    """The tensors of each (any TP rank, stage `pp_rank`) file, in file order."""
-    planned = [
-        PlannedTensor(name, mapping, mapping.megatron_shape(spec, tp))
-        for name, mapping in stage_mappings(spec, pp_rank, pp, layer_impl="local", role=role)
-    ]
-    if role == "critic" and pp_rank == pp - 1:
-        planned.append(PlannedTensor(VALUE_HEAD, None, (1, spec.hidden_size)))
-    return planned
-
-
-def plan_files(spec: ModelSpec, tp: int, pp: int, role: str = "actor") -> list[ShardFile]:
-    files = []
-    for pp_rank in range(pp):
-        tensors = {t.name: list(t.shape) for t in plan_stage(spec, pp_rank, tp, pp, role)}
-        files += [ShardFile(shard_file_name(r, pp_rank), r, pp_rank, dict(tensors)) for r in range(tp)]
-    return files
-
-
+# ---- checks on the HF side --------------------------------------------------------------------
 def check_mapping_coverage(spec: ModelSpec, pp: int, role: str = "actor") -> None:
     """Every HF tensor of the spec is consumed by exactly one mapping entry over all stages
     (the tied output-layer copy aside); raises if the mapping and the spec disagree."""
@@ -177,155 +137,18 @@ def _check_hf_inputs(src: HFSafetensorsDir, spec: ModelSpec) -> list[str]:
     return skipped
 
 
-def _check_against_plan(ckpt: MegatronCheckpoint) -> None:
-    """The checkpoint's files hold exactly the tensors (names, shapes) its config and layout imply."""
-    meta = ckpt.meta
-    ckpt.spec.check_layout(meta.tp, meta.pp, field=META_FILE)
-    for planned in plan_files(ckpt.spec, meta.tp, meta.pp, meta.role):
-        listed = meta.file_of(planned.tp_rank, planned.pp_rank).tensors
-        if listed != planned.tensors:
-            wrong = sorted(set(listed) ^ set(planned.tensors)) or [n for n in listed if listed[n] != planned.tensors[n]]
-            raise CheckpointFormatError(
-                f"{ckpt.dir / planned.path}: tensors differ from what config.json at tp={meta.tp} pp={meta.pp} implies "
-                f"(e.g. {wrong[:3]}); the checkpoint is corrupt or was not written by megarl"
-            )
-        ckpt.reader(planned.tp_rank, planned.pp_rank)  # opens and validates the file against the json
 
-
-def _write_meta(out: Path, spec_config: dict, tp: int, pp: int, dtype: torch.dtype, role: str, spec: ModelSpec) -> None:
-    meta = MegatronCheckpointMeta(tp=tp, pp=pp, dtype=dtype_name(dtype), role=role, hf_config=spec_config, files=plan_files(spec, tp, pp, role))
-    (out / META_FILE).write_text(meta.to_json())
-
-
-def _stage_writers(tmp: Path, planned: list[PlannedTensor], tp: int, pp_rank: int, dtype: torch.dtype) -> list[SafetensorsWriter]:
-    writers = []
-    for r in range(tp):
-        path = tmp / shard_file_name(r, pp_rank)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writers.append(SafetensorsWriter(path, [(t.name, dtype, t.shape) for t in planned]))
-    return writers
-
-
-def _close_all(writers: list[SafetensorsWriter]) -> None:
-    for w in writers:
-        w.close()
-
-
-# ---- tracing a mapping to file runs (no tensor data) -------------------------------------------
-def trace_runs(
-    sources: Sequence[TensorLocation], blocks: int, apply: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
-) -> list[TensorRuns]:
-    """The runs of each tensor `apply` makes from `sources`, found without reading them.
-
-    Each source of shape (rows, ...) stands in as a tensor of block ids, (rows, blocks) for a
-    matrix (`blocks` equal column blocks per row: enough that every split of the columns the
-    mapping makes falls on block edges) or (rows,) for a vector. Mapping kinds only index, pad
-    with zeros, split and concatenate, so an output id says which source block lands there (0:
-    padding); consecutive blocks that are consecutive in one file merge into one run.
-    """
-    ids, bases, block_numel = [], [], set()
-    next_id = 1
-    for loc in sources:
-        if len(loc.shape) not in (1, 2) or (len(loc.shape) == 1 and blocks != 1):
-            raise AssertionError(f"{loc.path}: cannot trace a tensor of shape {loc.shape} in {blocks} column blocks")
-        rows = loc.shape[0]
-        cols = loc.shape[1] if len(loc.shape) == 2 else 1
-        if cols % blocks:
-            raise CheckpointFormatError(f"{loc.path}: tensor of shape {loc.shape} does not split into {blocks} column blocks")
-        block_numel.add(cols // blocks)
-        count = rows * (blocks if len(loc.shape) == 2 else 1)
-        ids.append(torch.arange(next_id, next_id + count, dtype=torch.int64).reshape((rows, blocks) if len(loc.shape) == 2 else (rows,)))
-        bases.append(next_id)
-        next_id += count
-    if len(block_numel) != 1:
-        raise AssertionError(f"sources {[loc.shape for loc in sources]} have different block sizes; the mapping cannot be traced")
-    (numel,) = block_numel
-    starts = np.array(bases, dtype=np.int64)
-    offsets = np.array([loc.offset for loc in sources], dtype=np.int64)
-    block_bytes = np.array([numel * loc.dtype.itemsize for loc in sources], dtype=np.int64)
-    result = []
-    for out in apply(ids):
-        flat = out.reshape(-1).numpy()
-        which = np.searchsorted(starts, flat, side="right") - 1  # -1: a padding zero
-        src = np.maximum(which, 0)
-        byte = np.where(which >= 0, offsets[src] + (flat - starts[src]) * block_bytes[src], -1)
-        new_run = np.ones(len(flat), dtype=bool)
-        new_run[1:] = (which[1:] != which[:-1]) | ((which[1:] >= 0) & (byte[1:] != byte[:-1] + block_bytes[src[:-1]]))
-        first = np.flatnonzero(new_run)
-        lengths = np.diff(np.append(first, len(flat)))
-        result.append(TensorRuns(tuple(sources), which[first].astype(np.int64), byte[first], lengths * numel))
-    return result
-
-
-# ---- HF -> Megatron ----------------------------------------------------------------------------
-def hf_to_megatron(
-    hf_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    tp: int = 1,
-    pp: int = 1,
-    dtype: str | torch.dtype | None = None,
-    progress: bool = False,
-) -> ConversionReport:
-    """Convert an HF safetensors model directory into a megarl Megatron checkpoint at (tp, pp).
-
-    The result is an actor checkpoint; a critic starts from it too (megarl's loader skips the LM
-    head and the critic keeps its fresh value head).
-    """
-    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
-    check_output_dir(out_dir)
-    role = "actor"
-    config = read_hf_config(hf_dir)
-    spec = ModelSpec.from_hf(hf_dir)
-    spec.check_layout(tp, pp, field="checkpoint")
-    check_mapping_coverage(spec, pp, role)
-    src = HFSafetensorsDir(hf_dir)
-    skipped = _check_hf_inputs(src, spec)
-    _check_hf_dtypes(src, config)
-    out_dtype = parse_dtype(dtype) or src.dtype("model.embed_tokens.weight")
-    plans = [plan_stage(spec, p, tp, pp, role) for p in range(pp)]
-    total = sum(tensor_nbytes(t.shape, out_dtype) for plan in plans for t in plan) * tp
-    report = ConversionReport("hf_to_megatron", str(hf_dir), str(out_dir), tp, pp, dtype_name(out_dtype))
-    if skipped:
-        report.notes.append(f"skipped derived/duplicate HF tensors: {skipped}")
-
-    with atomic_output_dir(out_dir) as tmp, TransferProgress(f"HF->Megatron {tp}x{pp}", total, progress) as bar, RunCopier() as copier:
-        for pp_rank, planned in enumerate(plans):
-            writers = _stage_writers(tmp, planned, tp, pp_rank, out_dtype)
-            try:
-                for t in planned:
-                    sources = [src.readers[src.weight_map[h]].location(h) for h in t.mapping.hf]
-                    _count_read(report, sources)
-                    mapping, blocks = t.mapping, tp if t.mapping.partition_dim == 1 else 1  # TP splits on block edges
-                    shard_runs = trace_runs(sources, blocks, lambda ids: [mapping.to_megatron_shard(ids, r, tp, spec) for r in range(tp)])
-                    for writer, runs in zip(writers, shard_runs):
-                        bar.advance(writer.write_runs(t.name, runs, copier))
-                _close_all(writers)
-            except BaseException:
-                for w in writers:
-                    w.abort()
-                raise
-        _write_meta(tmp, config, tp, pp, out_dtype, role, spec)
-        copy_hf_assets(hf_dir, tmp / HF_ASSETS_DIR)
-        report.tensors_written, report.bytes_written, report.seconds = bar.tensors, bar.bytes, bar.seconds
-        report.files_written = tp * pp
-    return report
-
-
-def _count_read(report: ConversionReport, sources: Sequence[TensorLocation]) -> None:
-    report.tensors_read += len(sources)
-    report.bytes_read += sum(tensor_nbytes(loc.shape, loc.dtype) for loc in sources)
-
-
-# ---- Megatron -> HF ----------------------------------------------------------------------------
-def plan_hf_files(spec: ModelSpec, pp: int, dtype: torch.dtype, max_shard_bytes: int) -> list[list[tuple[str, tuple[int, ...]]]]:
-    """HF tensors in mapping order (each produced exactly once), grouped into files of at most
-    `max_shard_bytes` (a tensor larger than that gets a file of its own)."""
+# ---- writing an HF model directory from a stream of tensors ------------------------------------
+def plan_hf_files(spec: ModelSpec, pp: int, dtype: torch.dtype, max_shard_bytes: int,
+                  layer_impl: str = "local") -> list[list[tuple[str, tuple[int, ...]]]]:
+    """HF tensors in mapping order (each produced exactly once; the order of `layer_impl`'s layer
+    table), grouped into files of at most `max_shard_bytes` (a tensor larger than that gets a file
+    of its own)."""
     shapes = hf_tensor_shapes(spec)
     order = [
         h
         for p in range(pp)
-        for _, mapping in stage_mappings(spec, p, pp, layer_impl="local")
+        for _, mapping in stage_mappings(spec, p, pp, layer_impl=layer_impl)
         if mapping is not OUTPUT_TIED
         for h in mapping.hf
     ]
@@ -347,69 +170,44 @@ def _hf_file_name(i: int, n: int) -> str:
     return f"model-{i + 1:05d}-of-{n:05d}.safetensors"  # with an index even for one file
 
 
-def megatron_to_hf(
-    meg_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    dtype: str | torch.dtype | None = None,
-    max_shard_bytes: int = DEFAULT_HF_SHARD_BYTES,
-    progress: bool = False,
-) -> ConversionReport:
-    """Convert a megarl Megatron checkpoint into a standard HF model directory (sharded safetensors
-    with model.safetensors.index.json, config.json, tokenizer files)."""
-    meg_dir, out_dir = Path(meg_dir), Path(out_dir)
-    check_output_dir(out_dir)
-    ckpt = MegatronCheckpoint(meg_dir)
-    meta, spec = ckpt.meta, ckpt.spec
-    if meta.role != "actor":
-        raise CheckpointFormatError(f"{meg_dir / META_FILE}: role={meta.role!r}; only actor checkpoints have an LM head to export")
-    _check_against_plan(ckpt)
-    out_dtype = parse_dtype(dtype) or meta.torch_dtype
-    hf_files = plan_hf_files(spec, meta.pp, out_dtype, max_shard_bytes)
+def write_hf_model(out_dir: str | Path, spec: ModelSpec, hf_config: dict, assets_dir: str | Path | None,
+                   tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype, *,
+                   max_shard_bytes: int = DEFAULT_HF_SHARD_BYTES, progress: bool = False,
+                   report: ConversionReport | None = None) -> ConversionReport:
+    """Write `tensors` ((HF name, tensor or TensorRuns) in the mapping's order, each HF tensor once)
+    as a standard HF directory: sharded safetensors with model.safetensors.index.json, config.json
+    (its dtype set to `dtype`) and the tokenizer files of `assets_dir`. Each tensor goes to disk as
+    it comes (runs: copied file to file)."""
+    from megarl.models.build import layer_impl
+
+    # The order both producers iterate in: gather_hf_tensors and read_hf_tensors follow the live layer table.
+    hf_files = plan_hf_files(spec, 1, dtype, max_shard_bytes, layer_impl())
     names = [_hf_file_name(i, len(hf_files)) for i in range(len(hf_files))]
-    total = sum(tensor_nbytes(shape, out_dtype) for f in hf_files for _, shape in f)
-    report = ConversionReport("megatron_to_hf", str(meg_dir), str(out_dir), meta.tp, meta.pp, dtype_name(out_dtype))
+    total = sum(tensor_nbytes(shape, dtype) for f in hf_files for _, shape in f)
+    report = report or ConversionReport("to_hf", "", str(out_dir), 1, 1, dtype_name(dtype))
     weight_map: dict[str, str] = {}
-
-    with atomic_output_dir(out_dir) as tmp, TransferProgress(f"Megatron {meta.tp}x{meta.pp}->HF", total, progress) as bar, RunCopier() as copier:
-        file_iter = iter(zip(names, hf_files))
-        writer: SafetensorsWriter | None = None
-
-        def next_writer() -> SafetensorsWriter:
-            name, entries = next(file_iter)
-            for tensor_name, _ in entries:
-                weight_map[tensor_name] = name
-            return SafetensorsWriter(tmp / name, [(n, out_dtype, s) for n, s in entries], {"format": "pt"})
-
-        try:
-            for pp_rank in range(meta.pp):
-                for t in plan_stage(spec, pp_rank, meta.tp, meta.pp):
-                    if t.mapping is OUTPUT_TIED:
-                        continue
-                    sources = [ckpt.reader(r, pp_rank).location(t.name) for r in range(meta.tp)]
-                    _count_read(report, sources)
-                    mapping = t.mapping
-                    hf_runs = trace_runs(sources, 1, lambda ids: mapping.to_hf(ids, spec))
-                    for hf_name, runs in zip(t.mapping.hf, hf_runs):
-                        if writer is None or writer.expected() is None:
-                            if writer is not None:
-                                writer.close()
-                            writer = next_writer()
-                        bar.advance(writer.write_runs(hf_name, runs, copier))
-            if writer is not None:
-                writer.close()
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (tmp / HF_INDEX_FILE).write_text(json.dumps(index, indent=2))
-        if ckpt.hf_assets().is_dir():
-            copy_hf_assets(ckpt.hf_assets(), tmp)
+    with atomic_output_dir(out_dir) as tmp, TransferProgress(f"-> HF {out_dir}", total, progress) as bar, RunCopier() as copier:
+        stream = iter(tensors)
+        for file_name, entries in zip(names, hf_files):
+            with SafetensorsWriter(tmp / file_name, [(n, dtype, s) for n, s in entries], {"format": "pt"}) as writer:
+                for want, _ in entries:
+                    name, tensor = next(stream, (None, None))
+                    if name is None:
+                        raise CheckpointFormatError(f"{out_dir}: the source ended before HF tensor {want!r}")
+                    if isinstance(tensor, TensorRuns):
+                        bar.advance(writer.write_runs(name, tensor, copier))
+                    else:
+                        bar.advance(writer.write(name, tensor.to(dtype)))
+                    weight_map[name] = file_name
+        extra = next(stream, None)
+        if extra is not None:
+            raise CheckpointFormatError(f"{out_dir}: the source has a tensor {extra[0]!r} beyond the HF model's")
+        (tmp / HF_INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        if assets_dir is not None and Path(assets_dir).is_dir():
+            copy_hf_assets(assets_dir, tmp)
         else:
-            report.notes.append(f"{ckpt.hf_assets()} is missing: no tokenizer files copied")
-        config = config_with_dtype(meta.hf_config, out_dtype)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            report.notes.append(f"{assets_dir} is missing: no tokenizer files copied")
+        (tmp / "config.json").write_text(json.dumps(config_with_dtype(hf_config, dtype), indent=2) + "\n")
         _check_numerics_config(ModelSpec.from_hf(tmp), spec, tmp / "config.json")
         report.tensors_written, report.bytes_written, report.seconds = bar.tensors, bar.bytes, bar.seconds
         report.files_written = len(names)
@@ -423,80 +221,140 @@ def _check_numerics_config(written: ModelSpec, expected: ModelSpec, where: Path)
         raise AssertionError(f"{where}: config fields {wrong} changed in conversion; this is a megarl bug")
 
 
-# ---- Megatron -> Megatron (resharding) ---------------------------------------------------------
-def reshard(
-    in_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    tp: int,
-    pp: int,
-    dtype: str | torch.dtype | None = None,
-    progress: bool = False,
-) -> ConversionReport:
-    """Rewrite a megarl Megatron checkpoint at another TP/PP layout (no HF directory in between:
-    each parameter is gathered from the source TP shards and re-split, one at a time)."""
-    in_dir, out_dir = Path(in_dir), Path(out_dir)
-    check_output_dir(out_dir)
-    src = MegatronCheckpoint(in_dir)
-    meta, spec = src.meta, src.spec
-    spec.check_layout(tp, pp, field="checkpoint")
-    _check_against_plan(src)
-    out_dtype = parse_dtype(dtype) or meta.torch_dtype
-    # Where each parameter lives in the source: keyed by the global HF names it maps to.
-    source_of: dict[tuple[str, ...], tuple[int, str, ParamMapping]] = {}
-    for pp_rank in range(meta.pp):
-        for name, mapping in stage_mappings(spec, pp_rank, meta.pp, layer_impl="local", role=meta.role):
-            if mapping is not OUTPUT_TIED:
-                source_of.setdefault(mapping.hf, (pp_rank, name, mapping))
-    plans = [plan_stage(spec, p, tp, pp, meta.role) for p in range(pp)]
-    total = sum(tensor_nbytes(t.shape, out_dtype) for plan in plans for t in plan) * tp
-    report = ConversionReport("reshard", str(in_dir), str(out_dir), tp, pp, dtype_name(out_dtype))
-    report.notes.append(f"from tp={meta.tp} pp={meta.pp}")
 
-    # Column blocks per source shard so that both the source and the target TP splits fall on block edges.
-    blocks = math.lcm(meta.tp, tp) // meta.tp
+# ---- HF -> torch_dist ---------------------------------------------------------------------------
+def _offline_layout(spec: ModelSpec, dtype: torch.dtype, vocab_tp: int):
+    """(spec with the vocab padded as at TP `vocab_tp`, its torch_dist layout) in a world of one."""
+    from megarl.checkpoint.torch_dist_files import model_layout
+    from megarl.runtime.distributed import init_runtime
 
-    def resplit(src_mapping: ParamMapping, mapping: ParamMapping) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
-        return lambda ids: [mapping.to_megatron_shard(src_mapping.to_hf(ids, spec), r, tp, spec) for r in range(tp)]
+    init_runtime(1, 1)
+    spec = dataclasses.replace(spec, vocab_multiple=spec.vocab_multiple * vocab_tp)
+    return spec, model_layout(spec, dtype)
 
-    with atomic_output_dir(out_dir) as tmp, TransferProgress(f"reshard {meta.tp}x{meta.pp}->{tp}x{pp}", total, progress) as bar, RunCopier() as copier:
-        for pp_rank, planned in enumerate(plans):
-            writers = _stage_writers(tmp, planned, tp, pp_rank, out_dtype)
-            try:
-                for t in planned:
-                    if t.mapping is None:  # critic value head: replicated, on the last stage
-                        head = src.reader(0, meta.pp - 1).location(VALUE_HEAD)
-                        runs = TensorRuns.whole(head)
-                        for writer in writers:
-                            bar.advance(writer.write_runs(t.name, runs, copier))
-                        continue
-                    src_stage, src_name, src_mapping = source_of[t.mapping.hf]
-                    sources = [src.reader(r, src_stage).location(src_name) for r in range(meta.tp)]
-                    _count_read(report, sources)
-                    split = 1 if t.mapping.partition_dim != 1 and src_mapping.partition_dim != 1 else blocks
-                    for writer, runs in zip(writers, trace_runs(sources, split, resplit(src_mapping, t.mapping))):
-                        bar.advance(writer.write_runs(t.name, runs, copier))
-                _close_all(writers)
-            except BaseException:
-                for w in writers:
-                    w.abort()
-                raise
-        _write_meta(tmp, meta.hf_config, tp, pp, out_dtype, meta.role, spec)
-        if src.hf_assets().is_dir():
-            copy_hf_assets(src.hf_assets(), tmp / HF_ASSETS_DIR)
-        report.tensors_written, report.bytes_written, report.seconds = bar.tensors, bar.bytes, bar.seconds
-        report.files_written = tp * pp
+
+def write_torch_dist_model(out: str | Path, spec: ModelSpec, params, layout, hf_assets_dir: str | Path,
+                           dtype: torch.dtype, *, iteration: int, total: int, progress: bool, report: ConversionReport):
+    """Write `params` ((state-dict name, whole parameter or its chunks' TensorRuns) in layout order)
+    as a Megatron-LM model checkpoint root: tracker, iter_NNNNNNN/ (torch_dist), hf/ (config and
+    tokenizer)."""
+    import megarl.checkpoint.torch_dist as torch_dist
+    from megarl.checkpoint.torch_dist_files import TorchDistWriter
+
+    with atomic_output_dir(out) as tmp, TransferProgress(f"-> torch_dist {out}", total, progress) as bar, RunCopier() as copier:
+        iter_dir = tmp / torch_dist.iteration_dir_name(iteration)
+        iter_dir.mkdir()
+        writer = TorchDistWriter(iter_dir, layout)
+        try:
+            for name, value in params:
+                bar.advance(writer.write(name, value) if torch.is_tensor(value) else writer.write_runs(name, value, copier, dtype))
+        except BaseException:
+            writer.abort()
+            raise
+        args = torch_dist.megatron_lm_args(spec, layout.config, 1, 1, dtype)
+        writer.close({"args": args, "iteration": iteration, "checkpoint_version": torch_dist.CHECKPOINT_VERSION})
+        copy_hf_assets(hf_assets_dir, tmp / HF_ASSETS_DIR)
+        torch_dist.write_tracker(tmp, iteration)
+        report.tensors_written, report.seconds = bar.tensors, bar.seconds
+        report.bytes_written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+        report.files_written = sum(1 for p in tmp.rglob("*") if p.is_file())
+    report.notes.append(f"torch_dist, loadable at any TP/PP with {spec.padded_vocab_size(1)} padded vocab rows")
     return report
 
 
-# ---- reading a Megatron checkpoint back as HF tensors (verification, tests) --------------------
-def iter_hf_tensors(meg_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, full tensor) for every HF tensor of a megarl Megatron checkpoint, one mapping at a time."""
-    ckpt = MegatronCheckpoint(meg_dir)
-    meta, spec = ckpt.meta, ckpt.spec
-    for pp_rank in range(meta.pp):
-        for name, mapping in stage_mappings(spec, pp_rank, meta.pp, layer_impl="local", role=meta.role):
-            if mapping is OUTPUT_TIED:
-                continue
-            shards = [ckpt.reader(r, pp_rank).get(name) for r in range(meta.tp)]
-            yield from zip(mapping.hf, mapping.to_hf(shards, spec))
+def hf_to_torch_dist(hf_dir: str | Path, out: str | Path, *, dtype: str | torch.dtype | None = None,
+                     iteration: int = 0, vocab_tp: int = 1, progress: bool = False) -> ConversionReport:
+    """Write an HF model as a Megatron-LM torch_dist checkpoint (`out/latest_checkpointed_iteration.txt`,
+    `out/iter_NNNNNNN/`, `out/hf/`), one parameter at a time. Its vocab is padded as Megatron pads
+    it at TP `vocab_tp` (loadable at any TP/PP with that padded vocab)."""
+    from megarl.checkpoint.format import check_output_dir
+    from megarl.checkpoint.torch_dist_files import param_runs_from_hf
+
+    hf_dir = Path(hf_dir)
+    check_output_dir(out)
+    config = read_hf_config(hf_dir)
+    spec = ModelSpec.from_hf(hf_dir)
+    check_mapping_coverage(spec, 1)
+    src = HFSafetensorsDir(hf_dir)
+    skipped = _check_hf_inputs(src, spec)
+    _check_hf_dtypes(src, config)
+    out_dtype = parse_dtype(dtype) or src.dtype("model.embed_tokens.weight")
+    spec, layout = _offline_layout(spec, out_dtype, vocab_tp)
+    report = ConversionReport("hf_to_torch_dist", str(hf_dir), str(out), vocab_tp, 1, dtype_name(out_dtype))
+    if skipped:
+        report.notes.append(f"skipped derived/duplicate HF tensors: {skipped}")
+
+    def params():
+        for name, runs, sources in param_runs_from_hf(spec, layout, lambda h: src.readers[src.weight_map[h]].location(h)):
+            report.tensors_read += len(sources)
+            report.bytes_read += sum(tensor_nbytes(loc.shape, loc.dtype) for loc in sources)
+            yield name, runs
+
+    total = sum(tensor_nbytes(p.shape, out_dtype) for p in layout.params)
+    return write_torch_dist_model(out, spec, params(), layout, hf_dir, out_dtype,
+                                  iteration=iteration, total=total, progress=progress, report=report)
+
+
+# ---- torch_dist -> HF ---------------------------------------------------------------------------
+def open_torch_dist_model(src: str | Path, hf_assets: str | Path | None = None, *, as_runs: bool = True):
+    """(spec, HF config, assets dir, HF tensor stream, reader) of a torch_dist model checkpoint
+    (megarl, Megatron-LM or Megatron-Bridge: a root with the tracker, an iter dir, or a megarl
+    resume checkpoint's actor). The stream yields (HF name, TensorRuns or tensor; tensors only
+    without `as_runs`) in the mapping's order."""
+    import megarl.checkpoint.torch_dist as torch_dist
+    from megarl.checkpoint.torch_dist_files import TorchDistReader, read_hf_tensors
+
+    directory = torch_dist.resolve_checkpoint_dir(src)
+    assets = torch_dist.hf_assets_of(directory if directory.name == "torch_dist" else Path(src), hf_assets)
+    spec = ModelSpec.from_hf(assets)
+    reader = TorchDistReader(directory)
+    stored = reader.keys()
+    prefix = torch_dist.model_prefix(stored, directory)
+    embedding = stored.get(prefix + "embedding.word_embeddings.weight")
+    if embedding is None or not hasattr(embedding, "size"):
+        raise CheckpointFormatError(f"{directory}: no embedding.word_embeddings.weight; not a megatron-core GPT checkpoint")
+    rows = embedding.size[0]
+    vocab_tp = next((t for t in range(1, 1025) if spec.padded_vocab_size(t) == rows), None)
+    if vocab_tp is None:
+        raise CheckpointFormatError(f"{directory}: the embedding has {rows} rows, which no TP size pads "
+                                    f"{assets / 'config.json'}'s vocab_size={spec.vocab_size} to")
+    spec, layout = _offline_layout(spec, embedding.properties.dtype, vocab_tp)
+    return spec, read_hf_config(assets), assets, read_hf_tensors(reader, layout, spec, prefix, as_runs=as_runs), reader
+
+
+def torch_dist_to_hf(src: str | Path, out: str | Path, *, hf_assets: str | Path | None = None,
+                     dtype: str | torch.dtype | None = None, max_shard_bytes: int = DEFAULT_HF_SHARD_BYTES,
+                     progress: bool = False) -> ConversionReport:
+    """Write a torch_dist model checkpoint as an HF model directory, one parameter at a time. The HF
+    config and tokenizer come from `<root>/hf/` or `hf_assets`."""
+    from megarl.checkpoint.format import check_output_dir
+
+    check_output_dir(out)
+    start = time.perf_counter()
+    spec, config, assets, tensors, reader = open_torch_dist_model(src, hf_assets)
+    declared = parse_dtype(dtype)
+    report = ConversionReport("torch_dist_to_hf", str(src), str(out), 1, 1, "")
+
+    def counted():
+        for name, value in tensors:
+            report.tensors_read += 1
+            report.bytes_read += (tensor_nbytes(value.sources[0].shape, value.sources[0].dtype) if isinstance(value, TensorRuns)
+                                  else value.numel() * value.element_size())
+            yield name, value
+
+    stream = counted()
+    first = next(stream)
+    out_dtype = declared or (first[1].sources[0].dtype if isinstance(first[1], TensorRuns) else first[1].dtype)
+    report.dtype = dtype_name(out_dtype)
+    try:
+        write_hf_model(out, spec, config, assets, _chain(first, stream), out_dtype, max_shard_bytes=max_shard_bytes,
+                       progress=progress, report=report)
+    finally:
+        reader.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest

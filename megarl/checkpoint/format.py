@@ -1,16 +1,4 @@
-"""On-disk layouts megarl reads and writes: its Megatron checkpoint directory and HF model directories.
-
-A megarl Megatron checkpoint is a directory:
-
-    megarl_checkpoint.json              format version, tp, pp, dtype, role, the HF config.json
-                                        content, and every file with its tensor names and shapes
-    mp_rank_{tp:02d}_{pp:03d}/model.safetensors
-                                        one file per (TP rank, PP stage); tensor names are the
-                                        Megatron parameter names of that stage's state dict with
-                                        the "local" layer names (canonical; TE names are
-                                        translated on load through the mapping)
-    hf/                                 config.json, generation_config.json and tokenizer files,
-                                        so export and the rollout servers find them
+"""HF model directories as megarl reads and writes them, dtype names, and atomic output directories.
 
 Output directories are written into `<out>.tmp-<pid>` and renamed into place at the end, so an
 interrupted write never leaves a directory that looks complete.
@@ -19,7 +7,6 @@ interrupted write never leaves a directory that looks complete.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import glob
 import json
 import os
@@ -36,11 +23,7 @@ from megarl.checkpoint.safetensors_stream import (
     CheckpointFormatError,
     SafetensorsReader,
 )
-from megarl.models.spec import ModelSpec
 
-FORMAT_NAME = "megarl-megatron"
-FORMAT_VERSION = 1
-META_FILE = "megarl_checkpoint.json"
 HF_ASSETS_DIR = "hf"
 HF_INDEX_FILE = "model.safetensors.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
@@ -60,116 +43,6 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     if name in SAFETENSORS_TO_DTYPE:
         return SAFETENSORS_TO_DTYPE[name]
     raise ValueError(f"dtype={name!r}; use one of {', '.join(DTYPES)}")
-
-
-def shard_file_name(tp_rank: int, pp_rank: int) -> str:
-    return f"mp_rank_{tp_rank:02d}_{pp_rank:03d}/model.safetensors"
-
-
-# ---- Megatron checkpoint metadata --------------------------------------------------------------
-@dataclasses.dataclass
-class ShardFile:
-    path: str  # relative to the checkpoint directory
-    tp_rank: int
-    pp_rank: int
-    tensors: dict[str, list[int]]  # name -> shape, in file order
-
-
-@dataclasses.dataclass
-class MegatronCheckpointMeta:
-    tp: int
-    pp: int
-    dtype: str  # safetensors dtype name (BF16, F16, F32)
-    role: str
-    hf_config: dict[str, Any]
-    files: list[ShardFile]
-    format: str = FORMAT_NAME
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def spec(self) -> ModelSpec:
-        return ModelSpec.from_hf(self.hf_config)
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return SAFETENSORS_TO_DTYPE[self.dtype]
-
-    def file_of(self, tp_rank: int, pp_rank: int) -> ShardFile:
-        for f in self.files:
-            if f.tp_rank == tp_rank and f.pp_rank == pp_rank:
-                return f
-        raise CheckpointFormatError(f"{META_FILE}: no file for tp_rank={tp_rank}, pp_rank={pp_rank}")
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1)
-
-    @classmethod
-    def read(cls, meg_dir: str | Path) -> "MegatronCheckpointMeta":
-        meg_dir = Path(meg_dir)
-        path = meg_dir / META_FILE
-        if not meg_dir.is_dir():
-            raise CheckpointFormatError(f"{meg_dir}: not a directory; pass a megarl Megatron checkpoint directory")
-        if not path.is_file():
-            raise CheckpointFormatError(
-                f"{path}: missing; {meg_dir} is not a megarl Megatron checkpoint "
-                "(create one with tools/convert_hf_to_megatron.py)"
-            )
-        try:
-            raw = json.loads(path.read_text())
-            files = [ShardFile(**f) for f in raw.pop("files")]
-            meta = cls(files=files, **raw)
-        except (ValueError, TypeError, KeyError) as err:
-            raise CheckpointFormatError(f"{path}: not a valid megarl checkpoint description ({err!r})") from err
-        if meta.format != FORMAT_NAME or meta.format_version != FORMAT_VERSION:
-            raise CheckpointFormatError(
-                f"{path}: format {meta.format!r} version {meta.format_version}; this megarl reads "
-                f"{FORMAT_NAME!r} version {FORMAT_VERSION}"
-            )
-        if meta.dtype not in SAFETENSORS_TO_DTYPE:
-            raise CheckpointFormatError(f"{path}: field 'dtype'={meta.dtype!r} is not a safetensors dtype name")
-        expected = {(t, p) for t in range(meta.tp) for p in range(meta.pp)}
-        listed = {(f.tp_rank, f.pp_rank) for f in meta.files}
-        if listed != expected:
-            raise CheckpointFormatError(
-                f"{path}: field 'files' covers ranks {sorted(listed)}, expected every (tp_rank, pp_rank) of tp={meta.tp} pp={meta.pp}"
-            )
-        return meta
-
-
-class MegatronCheckpoint:
-    """Read side of a megarl Megatron checkpoint: metadata plus lazily opened, validated shard files."""
-
-    def __init__(self, meg_dir: str | Path):
-        self.dir = Path(meg_dir)
-        self.meta = MegatronCheckpointMeta.read(self.dir)
-        self.spec = self.meta.spec
-        self._readers: dict[tuple[int, int], SafetensorsReader] = {}
-
-    def reader(self, tp_rank: int, pp_rank: int) -> SafetensorsReader:
-        key = (tp_rank, pp_rank)
-        if key not in self._readers:
-            listed = self.meta.file_of(tp_rank, pp_rank)
-            path = self.dir / listed.path
-            if not path.is_file():
-                raise CheckpointFormatError(f"{path}: shard file listed in {META_FILE} is missing")
-            reader = SafetensorsReader(path)
-            found = {name: list(reader.shape(name)) for name in reader.names()}
-            if found != listed.tensors:
-                diff = sorted(set(found) ^ set(listed.tensors)) or [
-                    n for n in found if found[n] != listed.tensors[n]
-                ]
-                raise CheckpointFormatError(f"{path}: tensors do not match {META_FILE} (differences: {diff[:3]}); the file is corrupt")
-            wrong = [(n, reader.dtype(n)) for n in reader.names() if reader.dtype(n) != self.meta.torch_dtype]
-            if wrong:
-                raise CheckpointFormatError(
-                    f"{path}: tensor {wrong[0][0]!r} is stored as {dtype_name(wrong[0][1])}, "
-                    f"{META_FILE} says dtype={self.meta.dtype} ({len(wrong)} tensor(s) differ); the file is corrupt"
-                )
-            self._readers[key] = reader
-        return self._readers[key]
-
-    def hf_assets(self) -> Path:
-        return self.dir / HF_ASSETS_DIR
 
 
 # ---- HF model directories ----------------------------------------------------------------------

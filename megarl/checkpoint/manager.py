@@ -381,20 +381,27 @@ def _first_problem(mine: str | None) -> str | None:
 
 
 def export_hf(actor_module, out_dir: Path, hf_assets_dir: Path, is_driver: bool) -> Path:
-    """Write the actor as a standard HF directory (what `megarl eval` and SGLang load), through the
-    conversion tools: a Megatron checkpoint of the live model, then Megatron -> HF (every rank calls)."""
-    from megarl.checkpoint.convert import megatron_to_hf
-    from megarl.checkpoint.live import save_megatron_checkpoint
+    """Write the actor as a standard HF directory (what `megarl eval` and SGLang load): the HF tensors
+    gathered from the live model as weight sync gathers them (models/export.gather_hf_tensors), each
+    written into the safetensors files as it arrives; no staging copy. Collective (every rank calls;
+    the driver, global rank 0, writes)."""
+    from megarl.checkpoint.convert import write_hf_model
+    from megarl.checkpoint.format import read_hf_config
+    from megarl.models.export import gather_hf_tensors, unwrap_model
 
-    megatron_dir = out_dir.with_name(out_dir.name + ".megatron")
-    if is_driver and megatron_dir.exists():
-        shutil.rmtree(megatron_dir)
-    collectives.barrier()
-    save_megatron_checkpoint(actor_module, megatron_dir, hf_assets_dir=hf_assets_dir)
+    module = unwrap_model(actor_module)
+    tensors = gather_hf_tensors(actor_module, dst=0)
     if is_driver:
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        megatron_to_hf(megatron_dir, out_dir, progress=False)
-        shutil.rmtree(megatron_dir)
+        try:
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            write_hf_model(out_dir, module.megarl_spec, read_hf_config(hf_assets_dir), hf_assets_dir, tensors,
+                           next(module.parameters()).dtype)
+        finally:
+            for _ in tensors:  # after an error too: the other ranks are still in the gather's collectives
+                pass
+    else:
+        for _ in tensors:
+            pass
     collectives.barrier()
     return out_dir

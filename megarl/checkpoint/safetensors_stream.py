@@ -9,7 +9,8 @@ the raw bytes in header order) once all shapes are known up front, and reads a t
 safetensors library (the tests read them back with it).
 
 Converters do not hold tensors at all: they describe each output tensor as `TensorRuns` (element
-ranges of input files, or zeros) and `RunCopier` moves the bytes file to file, in the kernel with
+ranges of input files, or zeros; `trace_runs` finds them by applying the mapping to block ids)
+and `RunCopier` moves the bytes file to file, in the kernel with
 `copy_file_range` when the dtype is unchanged (as coreutils `cp` does), else through two staging
 buffers allocated once per conversion. Fresh memory per tensor cost a page fault per 4 KiB, which
 made conversion CPU-bound at a fraction of `cp`'s speed.
@@ -25,7 +26,7 @@ import mmap
 import os
 import struct
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -506,3 +507,49 @@ class SafetensorsReader:
         if end == begin:
             return torch.empty(shape, dtype=dtype)
         return buffer.view(dtype).reshape(shape)
+
+
+# ---- tracing a mapping to file runs (no tensor data) -------------------------------------------
+def trace_runs(
+    sources: Sequence[TensorLocation], blocks: int, apply: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
+) -> list[TensorRuns]:
+    """The runs of each tensor `apply` makes from `sources`, found without reading them.
+
+    Each source of shape (rows, ...) stands in as a tensor of block ids, (rows, blocks) for a
+    matrix (`blocks` equal column blocks per row: enough that every split of the columns the
+    mapping makes falls on block edges) or (rows,) for a vector. Mapping kinds only index, pad
+    with zeros, split and concatenate, so an output id says which source block lands there (0:
+    padding); consecutive blocks that are consecutive in one file merge into one run.
+    """
+    ids, bases, block_numel = [], [], set()
+    next_id = 1
+    for loc in sources:
+        if len(loc.shape) not in (1, 2) or (len(loc.shape) == 1 and blocks != 1):
+            raise AssertionError(f"{loc.path}: cannot trace a tensor of shape {loc.shape} in {blocks} column blocks")
+        rows = loc.shape[0]
+        cols = loc.shape[1] if len(loc.shape) == 2 else 1
+        if cols % blocks:
+            raise CheckpointFormatError(f"{loc.path}: tensor of shape {loc.shape} does not split into {blocks} column blocks")
+        block_numel.add(cols // blocks)
+        count = rows * (blocks if len(loc.shape) == 2 else 1)
+        ids.append(torch.arange(next_id, next_id + count, dtype=torch.int64).reshape((rows, blocks) if len(loc.shape) == 2 else (rows,)))
+        bases.append(next_id)
+        next_id += count
+    if len(block_numel) != 1:
+        raise AssertionError(f"sources {[loc.shape for loc in sources]} have different block sizes; the mapping cannot be traced")
+    (numel,) = block_numel
+    starts = np.array(bases, dtype=np.int64)
+    offsets = np.array([loc.offset for loc in sources], dtype=np.int64)
+    block_bytes = np.array([numel * loc.dtype.itemsize for loc in sources], dtype=np.int64)
+    result = []
+    for out in apply(ids):
+        flat = out.reshape(-1).numpy()
+        which = np.searchsorted(starts, flat, side="right") - 1  # -1: a padding zero
+        src = np.maximum(which, 0)
+        byte = np.where(which >= 0, offsets[src] + (flat - starts[src]) * block_bytes[src], -1)
+        new_run = np.ones(len(flat), dtype=bool)
+        new_run[1:] = (which[1:] != which[:-1]) | ((which[1:] >= 0) & (byte[1:] != byte[:-1] + block_bytes[src[:-1]]))
+        first = np.flatnonzero(new_run)
+        lengths = np.diff(np.append(first, len(flat)))
+        result.append(TensorRuns(tuple(sources), which[first].astype(np.int64), byte[first], lengths * numel))
+    return result

@@ -271,7 +271,7 @@ def roles_in(directory: str | Path) -> set[str]:
 
 
 # ---- model checkpoints in Megatron-LM's layout ------------------------------------------------------
-def _megatron_lm_args(spec, config, tp: int, pp: int, dtype: torch.dtype) -> argparse.Namespace:
+def megatron_lm_args(spec, config, tp: int, pp: int, dtype: torch.dtype) -> argparse.Namespace:
     """The model fields of Megatron-LM's `args` that its loader compares or reuses
     (`--use-checkpoint-args`), for the megatron-core GPT model megarl builds."""
     return argparse.Namespace(
@@ -314,7 +314,7 @@ def save_model(model, root: str | Path, hf_assets_dir: str | Path, *, iteration:
     dtype = next(module.parameters()).dtype
     state = {
         "model": module.sharded_state_dict(),
-        "args": _megatron_lm_args(module.megarl_spec, module.config, tp, pp, dtype),
+        "args": megatron_lm_args(module.megarl_spec, module.config, tp, pp, dtype),
         "iteration": iteration,
         "checkpoint_version": CHECKPOINT_VERSION,
     }
@@ -322,12 +322,12 @@ def save_model(model, root: str | Path, hf_assets_dir: str | Path, *, iteration:
     dist_checkpointing.save(state, str(iter_dir))
     if rank == 0:
         copy_hf_assets(hf_assets_dir, root / HF_ASSETS_DIR)
-        _write_tracker(root, iteration)
+        write_tracker(root, iteration)
     collectives.barrier()
     return iter_dir
 
 
-def _write_tracker(root: Path, iteration: int) -> None:
+def write_tracker(root: Path, iteration: int) -> None:
     partial = root / (TRACKER_FILE + ".partial")
     partial.write_text(f"{iteration}\n")
     os.replace(partial, root / TRACKER_FILE)
@@ -354,7 +354,7 @@ def load_model_weights(model, path: str | Path) -> dict[str, int]:
     module = unwrap_model(model)
     role = getattr(module, "megarl_role", "actor")
     stored = _stored_keys(directory)
-    prefix = "" if any(k.startswith(("embedding.", "decoder.")) for k in stored) else _model_prefix(stored, directory)
+    prefix = model_prefix(stored, directory)
     wanted = {}
     for name, value in module.sharded_state_dict().items():
         if not isinstance(value, (ShardedTensor, ShardedTensorFactory)) or (role == "critic" and name.startswith("output_layer.")):
@@ -384,92 +384,11 @@ def load_model_weights(model, path: str | Path) -> dict[str, int]:
     return {"params": len(wanted), "bytes": nbytes}
 
 
-def _model_prefix(stored: dict, directory: Path) -> str:
+def model_prefix(stored: dict, directory: Path) -> str:
     """Megatron-LM writes the model's tensors unprefixed; accept one common prefix (e.g. 'model.')."""
+    if any(k.startswith(("embedding.", "decoder.")) for k in stored):
+        return ""
     prefixes = {m.group(1) for k in stored if (m := re.match(r"^(.*?)(embedding|decoder)\.", k))}
     if len(prefixes) == 1:
         return prefixes.pop()
     raise CheckpointFormatError(f"{directory}: no megatron-core GPT tensors (embedding.*, decoder.*) found")
-
-
-
-# ---- offline conversion (tools/): a world of one, the model at TP=PP=1 --------------------------------
-def _offline_model(spec, dtype: torch.dtype, vocab_tp: int):
-    """This process as a world of one with a TP1 actor whose vocab is padded as at TP `vocab_tp`."""
-    import dataclasses
-
-    from megarl.models.build import build_model
-    from megarl.runtime.distributed import init_runtime
-
-    init_runtime(1, 1)
-    spec = dataclasses.replace(spec, vocab_multiple=spec.vocab_multiple * vocab_tp)
-    return build_model(spec, role="actor", dtype=dtype)
-
-
-def hf_to_torch_dist(hf_dir: str | Path, out: str | Path, *, dtype: str | torch.dtype | None = None,
-                     iteration: int = 0, vocab_tp: int = 1):
-    """Write an HF model as a Megatron-LM torch_dist checkpoint (`out/latest_checkpointed_iteration.txt`,
-    `out/iter_NNNNNNN/`, `out/hf/`). The model is held in memory once (the megarl format's converter
-    streams instead). Its vocab is padded as Megatron pads it at TP `vocab_tp`."""
-    import time
-
-    from megarl.checkpoint.convert import ConversionReport
-    from megarl.checkpoint.format import atomic_output_dir, dtype_name, parse_dtype, read_hf_config
-    from megarl.models.hf_io import load_hf_into_model
-    from megarl.models.spec import ModelSpec
-
-    start = time.perf_counter()
-    config = read_hf_config(hf_dir)
-    declared = config.get("torch_dtype") or config.get("dtype") or "float32"
-    out_dtype = parse_dtype(dtype) or getattr(torch, declared)
-    spec = ModelSpec.from_hf(Path(hf_dir))
-    model = _offline_model(spec, out_dtype, vocab_tp)
-    loaded = load_hf_into_model(model, hf_dir, model.megarl_spec)
-    with atomic_output_dir(out) as tmp:
-        save_model(model, tmp, hf_assets_dir=hf_dir, iteration=iteration)
-        files = sum(1 for p in tmp.rglob("*") if p.is_file())
-        written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
-    return ConversionReport("hf_to_torch_dist", str(hf_dir), str(out), 1, 1, dtype_name(out_dtype),
-                            tensors_read=loaded["params"], bytes_read=loaded["bytes"], tensors_written=loaded["params"],
-                            bytes_written=written, files_written=files, seconds=time.perf_counter() - start,
-                            notes=[f"torch_dist, loadable at any TP/PP with {model.megarl_spec.padded_vocab_size(1)} padded vocab rows"])
-
-
-def torch_dist_to_hf(src: str | Path, out: str | Path, *, hf_assets: str | Path | None = None,
-                     dtype: str | torch.dtype | None = None):
-    """Write a torch_dist model checkpoint (megarl, Megatron-LM or Megatron-Bridge; a root with the
-    tracker, an iter dir or a megarl resume checkpoint's actor) as an HF model directory. The HF
-    config and tokenizer come from `<root>/hf/` or `hf_assets`."""
-    import shutil
-    import time
-
-    from megarl.checkpoint.convert import megatron_to_hf
-    from megarl.checkpoint.live import save_megatron_checkpoint
-    from megarl.models.spec import ModelSpec
-
-    start = time.perf_counter()
-    directory = resolve_checkpoint_dir(src)
-    assets = hf_assets_of(directory if directory.name == "torch_dist" else Path(src), hf_assets)
-    spec = ModelSpec.from_hf(assets)
-    stored = _stored_keys(directory)
-    embedding = next((v for k, v in stored.items() if k.endswith("embedding.word_embeddings.weight")), None)
-    if embedding is None:
-        raise CheckpointFormatError(f"{directory}: no embedding.word_embeddings.weight; not a megatron-core GPT checkpoint")
-    rows = embedding.global_shape[0]
-    vocab_tp = next((t for t in range(1, 1025) if spec.padded_vocab_size(t) == rows), None)
-    if vocab_tp is None:
-        raise CheckpointFormatError(f"{directory}: the embedding has {rows} rows, which no TP size pads "
-                                    f"{assets / 'config.json'}'s vocab_size={spec.vocab_size} to")
-    model = _offline_model(spec, embedding.dtype, vocab_tp)
-    loaded = load_model_weights(model, directory)
-    staging = Path(out).with_name(Path(out).name + ".megarl-staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        save_megatron_checkpoint(model, staging, hf_assets_dir=assets)
-        report = megatron_to_hf(staging, out, dtype=dtype)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    report.kind, report.source = "torch_dist_to_hf", str(src)
-    report.tensors_read, report.bytes_read = loaded["params"], loaded["bytes"]
-    report.seconds = time.perf_counter() - start
-    return report

@@ -2,7 +2,7 @@
 logit difference.
 
 The Megatron side is megarl's own actor at TP=1/PP=1 in this process (a world of one), filled
-with the HF-layout tensors gathered from a megarl checkpoint through the mapping (any layout);
+with the HF-layout tensors read from a torch_dist checkpoint through the mapping (any layout);
 the HF side is transformers' AutoModelForCausalLM. Both run in fp32, so the difference measures
 the conversion, not the storage dtype. Needs memory for two fp32 copies of the model.
 """
@@ -62,26 +62,19 @@ def transformers_logits(hf_dir: str | Path, input_ids: torch.Tensor, round_to: t
     return model(input_ids).logits.float()
 
 
-def verify_megatron_against_hf(meg_dir: str | Path, hf_dir: str | Path, tokens: int = 16) -> VerifyResult:
-    """Max |logit difference| between megarl's model from `meg_dir` and transformers on `hf_dir`."""
-    from megarl.checkpoint.convert import iter_hf_tensors
-    from megarl.checkpoint.format import MegatronCheckpoint
+def verify_torch_dist_against_hf(src: str | Path, hf_dir: str | Path, tokens: int = 16,
+                                 hf_assets: str | Path | None = None) -> VerifyResult:
+    """Max |logit difference| between megarl's model from the torch_dist checkpoint `src` and
+    transformers on `hf_dir` (its weights rounded to the checkpoint's dtype first)."""
+    from megarl.checkpoint.convert import open_torch_dist_model
 
-    ckpt = MegatronCheckpoint(meg_dir)
-    spec = ckpt.spec
+    spec, _, _, tensors, reader = open_torch_dist_model(src, hf_assets, as_runs=False)
+    try:
+        stored = {name: t for name, t in tensors}
+    finally:
+        reader.close()
     ids = _input_ids(spec.vocab_size, tokens)
-    ours = megarl_logits(spec, iter_hf_tensors(meg_dir), ids)
-    theirs = transformers_logits(hf_dir, ids, round_to=ckpt.meta.torch_dtype)
-    return VerifyResult((ours - theirs).abs().max().item(), tokens, f"transformers:{hf_dir}", f"megarl:{meg_dir}")
-
-
-def verify_megatron_pair(ref_dir: str | Path, other_dir: str | Path, tokens: int = 16) -> VerifyResult:
-    """Max |logit difference| of megarl's model between two megarl checkpoints (e.g. before/after reshard)."""
-    from megarl.checkpoint.convert import iter_hf_tensors
-    from megarl.checkpoint.format import MegatronCheckpoint
-
-    spec = MegatronCheckpoint(ref_dir).spec
-    ids = _input_ids(spec.vocab_size, tokens)
-    a = megarl_logits(spec, iter_hf_tensors(ref_dir), ids)
-    b = megarl_logits(spec, iter_hf_tensors(other_dir), ids)
-    return VerifyResult((a - b).abs().max().item(), tokens, f"megarl:{ref_dir}", f"megarl:{other_dir}")
+    dtype = next(iter(stored.values())).dtype
+    ours = megarl_logits(spec, stored.items(), ids)
+    theirs = transformers_logits(hf_dir, ids, round_to=dtype)
+    return VerifyResult((ours - theirs).abs().max().item(), tokens, f"transformers:{hf_dir}", f"megarl:{src}")

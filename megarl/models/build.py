@@ -181,11 +181,13 @@ def build_model(
     sequence_parallel: bool = False,
     recompute: str | None = None,
     value_head_seed: int = 0,
+    device: torch.device | None = None,
 ):
     """Build this rank's part of the actor or critic (pre/post-process from the PP stage).
 
     The actor returns logits over the padded vocab, TP-sharded ([b, s, V_padded / tp]) unless
     called with `runtime_gather_output=True`. The critic returns values [b, s, 1].
+    `device`: where the weights live (default: this process's device; "meta" builds the shapes only).
     """
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
@@ -222,13 +224,13 @@ def build_model(
     _mark_tensor_parallel(model, spec, role, ps.get_pipeline_model_parallel_rank(), pp)
     if role == "critic" and post:
         # The LM head Megatron just built (V/tp x H) is dropped here; the value head replaces it.
-        model.output_layer = ValueHead(spec.hidden_size, dtype, get_device(), seed=value_head_seed,
+        model.output_layer = ValueHead(spec.hidden_size, dtype, device or get_device(), seed=value_head_seed,
                                        sequence_parallel=config.sequence_parallel)
     elif post:
         logit_positions.install(model)  # logits at response positions only, when asked
     model.megarl_spec = spec
     model.megarl_role = role
-    return model.to(get_device())
+    return model.to(device or get_device())
 
 
 def _router_gemm_without_te() -> None:

@@ -1,7 +1,8 @@
 """Gathers a TP/PP-sharded Megatron model back into full Hugging Face tensors, chunk by chunk.
 
-Used by weight sync (`megarl.train.stages.sync`: the push to rollout servers), the parity checks
-(`megarl.train.parity`) and tools/bench_sync.py. Every rank must iterate `gather_hf_tensors` to the
+The one route from a live model to HF tensors: weight sync (`megarl.train.stages.sync`: the push to
+rollout servers), the HF export during training (`megarl.checkpoint.manager.export_hf`, streamed
+into safetensors files), the parity checks (`megarl.train.parity`) and tools/bench_sync.py. Every rank must iterate `gather_hf_tensors` to the
 end (it runs collectives); only `dst` receives the tensors. Extra memory is about one chunk
 (`chunk_bytes` of HF tensors, default 32 MB) at a time: on a sending rank its flattened local shards,
 their TP-gathered copies (tp times that) and the full HF tensors joined from them; on `dst`, when

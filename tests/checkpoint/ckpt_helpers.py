@@ -24,10 +24,29 @@ def load_hf_weights(hf_dir) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_megatron_files(meg_dir) -> dict[str, dict[str, torch.Tensor]]:
-    """{relative file path: tensors} of a megarl Megatron checkpoint, read with safetensors."""
-    meta = json.loads((meg_dir / "megarl_checkpoint.json").read_text())
-    return {f["path"]: load_file(str(meg_dir / f["path"])) for f in meta["files"]}
+def write_old_megarl_layout(hf_dir, out, tp: int, pp: int) -> None:
+    """A checkpoint in megarl's retired own layout (what its converter wrote before torch_dist):
+    megarl_checkpoint.json plus one safetensors file per (TP rank, PP stage), "local" names."""
+    from safetensors.torch import save_file
+
+    from megarl.checkpoint.format import copy_hf_assets, read_hf_config
+    from megarl.models.mapping import stage_mappings
+    from megarl.models.spec import ModelSpec
+
+    spec, hf = ModelSpec.from_hf(hf_dir), load_hf_weights(hf_dir)
+    files = []
+    for p in range(pp):
+        for t in range(tp):
+            tensors = {name: m.to_megatron_shard([hf[h] for h in m.hf], t, tp, spec).contiguous()
+                       for name, m in stage_mappings(spec, p, pp)}
+            path = f"mp_rank_{t:02d}_{p:03d}/model.safetensors"
+            (out / path).parent.mkdir(parents=True)
+            save_file(tensors, str(out / path))
+            files.append({"path": path, "tp_rank": t, "pp_rank": p, "tensors": {n: list(v.shape) for n, v in tensors.items()}})
+    meta = {"tp": tp, "pp": pp, "dtype": "F32", "role": "actor", "hf_config": read_hf_config(hf_dir), "files": files,
+            "format": "megarl-megatron", "format_version": 1}
+    (out / "megarl_checkpoint.json").write_text(json.dumps(meta))
+    copy_hf_assets(hf_dir, out / "hf")
 
 
 def assert_same_tensors(a: dict, b: dict, what: str) -> None:

@@ -1,5 +1,5 @@
-"""Conversion safety: stored dtypes checked against config.json and megarl_checkpoint.json (a
-header edited from F32 to I32 is refused), partial outputs of killed conversions removed on the
+"""Conversion safety: stored dtypes checked against config.json (a header edited from F32 to I32
+is refused), partial outputs of killed conversions removed on the
 next run (a live one refused), and a full disk reported in one line."""
 
 import json
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from megarl.checkpoint import CheckpointFormatError, hf_to_megatron, megatron_to_hf
+from megarl.checkpoint import CheckpointFormatError, hf_to_torch_dist
 
 TOOLS = Path(__file__).parents[2] / "tools"
 
@@ -45,7 +45,7 @@ def test_hf_header_with_f32_changed_to_i32_is_refused(hf_models, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(CheckpointFormatError, match=rf"model.safetensors: tensor '{name}' is stored as I32, expected "
                                                     r"config.json's dtype float32"):
-        hf_to_megatron(hf, out, tp=1, pp=1)
+        hf_to_torch_dist(hf, out)
     assert not out.exists() and not list(tmp_path.glob("out.tmp-*"))
     rc, err = _convert(hf, out)
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "is stored as I32" in err, err
@@ -58,18 +58,7 @@ def test_hf_weights_in_another_float_dtype_than_config_declares_are_refused(hf_m
     config[key] = "bfloat16"
     (hf / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointFormatError, match=r"is stored as F32, expected config.json's dtype bfloat16"):
-        hf_to_megatron(hf, tmp_path / "out", tp=1, pp=1)
-
-
-def test_megatron_shard_with_a_retyped_tensor_is_refused(hf_models, tmp_path):
-    meg = tmp_path / "meg"
-    hf_to_megatron(hf_models["qwen2"], meg, tp=2, pp=1)
-    shard = meg / "mp_rank_01_000" / "model.safetensors"
-    name = next(n for n in json.loads((meg / "megarl_checkpoint.json").read_text())["files"][1]["tensors"] if "fc1" in n)
-    _retype(shard, name, "F32", "I32")
-    with pytest.raises(CheckpointFormatError, match=rf"mp_rank_01_000/model.safetensors: tensor '{name}' is stored as "
-                                                    r"I32, megarl_checkpoint.json says dtype=F32"):
-        megatron_to_hf(meg, tmp_path / "hf_out")
+        hf_to_torch_dist(hf, tmp_path / "out")
 
 
 def test_partial_output_of_a_killed_conversion_is_removed_next_time(hf_models, tmp_path, capsys):
@@ -87,7 +76,7 @@ def test_partial_output_of_a_killed_conversion_is_removed_next_time(hf_models, t
         partial = tmp_path / f"out.tmp-{job.pid}"
         assert partial.is_dir()
         with pytest.raises(FileExistsError, match=rf"another process \(pid {job.pid}\) is writing it now"):
-            hf_to_megatron(hf_models["qwen2"], out, tp=1, pp=1)  # a live writer's partial stays
+            hf_to_torch_dist(hf_models["qwen2"], out)  # a live writer's partial stays
         assert partial.is_dir()
     finally:
         job.send_signal(signal.SIGKILL)
@@ -96,7 +85,7 @@ def test_partial_output_of_a_killed_conversion_is_removed_next_time(hf_models, t
     legacy = tmp_path / "out.tmp-4000000"  # an older megarl's partial (no lock file)
     legacy.mkdir()
     capsys.readouterr()
-    hf_to_megatron(hf_models["qwen2"], out, tp=1, pp=1)
+    hf_to_torch_dist(hf_models["qwen2"], out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     err = capsys.readouterr().err
     assert f"removed {partial}, a partial output left by a process that no longer runs" in err

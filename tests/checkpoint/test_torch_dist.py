@@ -1,7 +1,7 @@
 """Interchange with the Megatron ecosystem through torch_dist checkpoints: tools/ write them in
 Megatron-LM's layout (tracker, iter_NNNNNNN/, megatron-core GPT names), megatron-core recognizes and
-loads them into a fresh GPTModel at another TP size, and torch_dist -> HF gives the HF weights back
-bitwise."""
+loads them into a fresh GPTModel at TP2 x PP2, megatron-core saves that model again (chunks per TP
+shard), and torch_dist -> HF gives the HF weights back bitwise from either."""
 
 import os
 import sys
@@ -34,7 +34,7 @@ def _hf_tensors(directory):
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 def test_hf_to_torch_dist_to_hf_round_trip_is_bitwise(hf_models, tmp_path, arch):
     root = tmp_path / "mcore"
-    _tool("convert_hf_to_megatron.py", "--hf-dir", hf_models[arch], "--out", root, "--format", "torch_dist", "--iteration", 7)
+    _tool("convert_hf_to_megatron.py", "--hf-dir", hf_models[arch], "--out", root, "--iteration", 7)
     assert (root / "latest_checkpointed_iteration.txt").read_text().strip() == "7"
     assert sorted(p.name for p in root.iterdir()) == ["hf", "iter_0000007", "latest_checkpointed_iteration.txt"]
     from megatron.core import dist_checkpointing
@@ -47,18 +47,28 @@ def test_hf_to_torch_dist_to_hf_round_trip_is_bitwise(hf_models, tmp_path, arch)
             "decoder.final_layernorm.weight"} <= names  # megatron-core GPT names (TE's fused norm names)
 
     back = tmp_path / "hf_back"
-    _tool("convert_megatron_to_hf.py", "--megatron-dir", root, "--out", back)  # format detected
+    _tool("convert_megatron_to_hf.py", "--megatron-dir", root, "--out", back)
     want, have = _hf_tensors(hf_models[arch]), _hf_tensors(back)
     assert sorted(have) == sorted(want)
     for name, tensor in want.items():
         assert have[name].dtype == tensor.dtype and torch.equal(have[name], tensor), name
 
 
-def test_megatron_core_loads_the_tool_output_at_tp2_bitwise(hf_models, tmp_path):
-    root = tmp_path / "mcore"
-    _tool("convert_hf_to_megatron.py", "--hf-dir", hf_models["qwen2_05b_shaped"], "--out", root, "--format", "torch_dist")
-    proc = torchrun([str(Path(__file__).with_name("torch_dist_job.py")), str(hf_models["qwen2_05b_shaped"]), str(root), "2"], nproc=2)
+def test_hf_to_torch_dist_at_tp2_pp2_to_hf_is_bitwise(hf_models, tmp_path):
+    """HF -> torch_dist (streamed) -> a TP2 x PP2 model (megatron-core's load, and megarl's) ->
+    megatron-core's save at TP2 x PP2 -> HF (read from the TP shards' chunks): the input, bitwise."""
+    src = hf_models["qwen2_05b_shaped"]
+    root, saved, back = tmp_path / "mcore", tmp_path / "saved_tp2pp2", tmp_path / "hf_back"
+    _tool("convert_hf_to_megatron.py", "--hf-dir", src, "--out", root, "--tp", 2)
+    proc = torchrun([str(Path(__file__).with_name("torch_dist_job.py")), str(src), str(root), "2", "2", str(saved)], nproc=4)
     assert "OK" in proc.stdout
+    from megarl.checkpoint import torch_dist_to_hf
+
+    torch_dist_to_hf(saved, back)
+    want, have = _hf_tensors(src), _hf_tensors(back)
+    assert sorted(have) == sorted(want)
+    for name, tensor in want.items():
+        assert have[name].dtype == tensor.dtype and torch.equal(have[name], tensor), name
 
 
 def test_a_torch_dist_checkpoint_without_hf_config_names_the_fix(hf_models, tmp_path):

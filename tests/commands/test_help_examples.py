@@ -65,20 +65,20 @@ HOW = {
     "python tools/bench_async.py --out /tmp/bench_async.json": "dry",
     "python tools/bench_async.py --steps 6 --modes sync async --eval-problems 50": "dry",
     "python tools/bench_async.py --set rollout.max_staleness=1 --out /tmp/k1.json": "dry",
-    "python tools/bench_convert.py --shape qwen2.5-7b --tp 2 --pp 2 --repeats 3 --json bench_convert.json": "dry",
+    "python tools/bench_convert.py --shape qwen2.5-7b --repeats 3 --json bench_convert.json": "dry",
     "python tools/bench_grading.py --workers 2 --timeout 5 --json-out bench_grading.json": "dry",
     "python tools/bench_kernels.py --kernels logprob --vocabs 151936 --tokens 1024,4096 --json bench.json": "dry",
     "python tools/bench_sync.py --shape qwen2.5-0.5b --bucket-mb 64 256 1024 --json runs/bench_sync.json": "dry",
     "python tools/bench_sync.py --shape tiny --sections transport megatron --repeats 1": "dry",
     "python tools/bench_trl.py --steps 10 --warmup 2 --rounds 3 --threads 2 --json /tmp/bench_trl.json": "dry",
     "python tools/bench_trl.py --threads 1 --set actor.micro_batch_tokens=512": "dry",
-    "python tools/convert_hf_to_megatron.py --hf-dir ~/models/Qwen2.5-1.5B --out ckpt/qwen1.5b_tp2pp1 --tp 2 --dtype bf16 --verify":
+    "python tools/convert_hf_to_megatron.py --hf-dir ~/models/Qwen2.5-1.5B --out ckpt/qwen1.5b_tp2 --tp 2 --dtype bf16 --verify":
         "run",
-    "python tools/convert_hf_to_megatron.py --hf-dir ~/models/Qwen2.5-1.5B --out ckpt/qwen1.5b_mcore --format torch_dist": "run",
+    "python tools/convert_hf_to_megatron.py --hf-dir ~/models/Qwen2.5-1.5B --out ckpt/qwen1.5b_mcore --iteration 500": "run",
+    "python tools/convert_megarl_layout_to_torch_dist.py --in old_ckpt/qwen1.5b_tp2pp1 --out ckpt/qwen1.5b_migrated": "run",
     "python tools/convert_megatron_to_hf.py --megatron-dir ckpt/step_500 --out hf/qwen1.5b_step500 --max-shard-size 4GB --verify":
         "run",
     "python tools/convert_megatron_to_hf.py --megatron-dir mlm_ckpt/ --hf-assets ~/models/Qwen2.5-7B --out hf/qwen7b_mlm": "run",
-    "python tools/reshard.py --in ckpt/step_500 --out ckpt/step_500_tp4pp2 --tp 4 --pp 2 --verify": "run",
 }
 
 
@@ -134,7 +134,7 @@ def test_every_help_example_is_covered():
 
 # ---- the scratch directory -------------------------------------------------------------------
 def _tiny_hf_model(toy_model: Path, out: Path) -> Path:
-    """A random 2-layer Qwen2 with 4 query and 4 KV heads (reshards to TP=4, PP=2) and the toy tokenizer."""
+    """A random 2-layer Qwen2 with 4 query and 4 KV heads and the toy tokenizer."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -173,7 +173,11 @@ def workspace(tmp_path_factory, toy_model):
     convert = _load_tool(REPO / "tools" / "convert_hf_to_megatron.py").main
     with contextlib.redirect_stdout(io.StringIO()):
         assert convert(["--hf-dir", str(model), "--out", str(root / "ckpt" / "step_500"), "--no-progress"]) == 0
-        assert convert(["--hf-dir", str(model), "--out", str(root / "mlm_ckpt"), "--format", "torch_dist", "--no-progress"]) == 0
+        assert convert(["--hf-dir", str(model), "--out", str(root / "mlm_ckpt"), "--no-progress"]) == 0
+    spec = importlib.util.spec_from_file_location("ckpt_helpers", REPO / "tests" / "checkpoint" / "ckpt_helpers.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    helpers.write_old_megarl_layout(model, root / "old_ckpt" / "qwen1.5b_tp2pp1", tp=2, pp=1)  # megarl's retired layout
     rows = [{"id": 1, "response": "so \\boxed{4}", "answer": "4"}, {"id": 2, "response": "it is 7", "answer": "8"}]
     (root / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "solve.py").write_text("print(6 * 7)\n")

@@ -63,3 +63,12 @@ def test_unknown_names_and_schemes_name_what_exists(tmp_path):
         model_source.resolve("nosuch:model")
     odd = _hf(tmp_path / "models:v2")  # an existing path with a colon is a path
     assert model_source.resolve(str(odd)).kind == "hf"
+
+
+def test_a_checkpoint_of_the_retired_layout_names_the_migration_command(tmp_path):
+    old = tmp_path / "old_ckpt"
+    (old / "hf").mkdir(parents=True)
+    (old / "megarl_checkpoint.json").write_text(json.dumps({"tp": 1, "pp": 1}))
+    (old / "hf" / "config.json").write_text("{}")
+    with pytest.raises(ModelSourceError, match="convert_megarl_layout_to_torch_dist.py --in"):
+        model_source.resolve(str(old))
