@@ -69,16 +69,26 @@ def test_three_steps_at_tp2_pp2(write_recipe, algorithm, extra):
         assert all(r["actor/kl"] >= 0 for r in rows) and rows[-1]["actor/kl"] > 0
 
 
-def test_layout_parity_first_step(write_recipe):
+@pytest.fixture(scope="module")
+def first_step_at_three_layouts(write_module_recipe):
+    """{name: (process, metrics rows)} of one step at TP=1, at TP2xPP2 under torchrun, and at TP=2 with
+    sequence parallelism through plain `megarl train` with command-line overrides (it relaunches
+    itself under torchrun)."""
+    runs = {}
+    for name, actor, nproc, overrides in [("parity1", {}, 1, ()), ("parity4", {"tp": 2, "pp": 2}, 4, ()),
+                                          ("parity_sp", {}, 1, ("actor.tp=2", "actor.sequence_parallel=true"))]:
+        recipe, run_dir = write_module_recipe(name, run={"steps": 1}, actor=actor)
+        proc = _train(recipe, *overrides, nproc=nproc)
+        runs[name] = (proc, _metrics(run_dir))
+    return runs
+
+
+def test_layout_parity_first_step(first_step_at_three_layouts):
     """The same first step at TP=1, TP2xPP2 and TP=2 with sequence parallelism: identical rollouts,
     matching losses and grad norm."""
-    recipe, run_dir = write_recipe("parity1", run={"steps": 1})
-    _train(recipe)
-    a = _metrics(run_dir)[0]
-    for name, actor, nproc in [("parity4", {"tp": 2, "pp": 2}, 4), ("parity_sp", {"tp": 2, "sequence_parallel": True}, 2)]:
-        recipe2, run_dir2 = write_recipe(name, run={"steps": 1}, actor=actor)
-        _train(recipe2, nproc=nproc)
-        b = _metrics(run_dir2)[0]
+    a = first_step_at_three_layouts["parity1"][1][0]
+    for name in ("parity4", "parity_sp"):
+        b = first_step_at_three_layouts[name][1][0]
         assert a["reward/mean"] == b["reward/mean"] and a["response/length_mean"] == b["response/length_mean"]
         for key in ("actor/pg_loss", "actor/entropy", "actor/grad_norm", "actor/ppo_kl"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (name, key)
@@ -172,11 +182,10 @@ def test_reinforce_pp_with_kl_in_reward(write_recipe):
     assert (run_dir / "weight_sync").is_dir() and not any((run_dir / "weight_sync").iterdir())  # each push cleaned up
 
 
-def test_cli_relaunches_itself_under_torchrun_for_tp2(write_recipe):
-    recipe, run_dir = write_recipe("relaunch", run={"steps": 1})
-    proc = _train(recipe, "actor.tp=2")  # plain `megarl train`, no launcher
+def test_cli_relaunches_itself_under_torchrun_for_tp2(first_step_at_three_layouts):
+    proc, rows = first_step_at_three_layouts["parity_sp"]  # plain `megarl train ... actor.tp=2`, no launcher
     assert "launching 2 processes" in proc.stderr
-    assert [r["step"] for r in _metrics(run_dir)] == [1]
+    assert [r["step"] for r in rows] == [1]
 
 
 def test_stop_request_is_honoured_between_phases_and_the_resumed_run_matches(write_recipe, tmp_path):
