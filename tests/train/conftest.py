@@ -4,11 +4,13 @@ import pytest
 import yaml
 
 
-@pytest.fixture
-def write_recipe(tmp_path, toy_model):
+def recipe_writer(root, toy_model):
+    """write(name, **sections) -> (recipe path, run dir): the tests' base recipe under `root`, each
+    section updated by the keyword of its name."""
+
     def write(name="run", **sections):
         recipe = {
-            "run": {"name": name, "steps": 3, "seed": 3, "output_dir": str(tmp_path / name)},
+            "run": {"name": name, "steps": 3, "seed": 3, "output_dir": str(root / name)},
             "model": {"path": str(toy_model), "dtype": "fp32"},
             "actor": {"tp": 1, "pp": 1, "lr": 1e-4, "micro_batch_tokens": 512},
             "algorithm": {"name": "grpo"},
@@ -21,8 +23,19 @@ def write_recipe(tmp_path, toy_model):
         }
         for key, value in sections.items():
             recipe.setdefault(key, {}).update(value)
-        path = tmp_path / f"{name}.yaml"
+        path = root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(recipe))
-        return path, tmp_path / name
+        return path, root / name
 
     return write
+
+
+@pytest.fixture
+def write_recipe(tmp_path, toy_model):
+    return recipe_writer(tmp_path, toy_model)
+
+
+@pytest.fixture(scope="module")
+def write_module_recipe(tmp_path_factory, toy_model):
+    """write_recipe for module-scoped fixtures: runs that several tests of a module share."""
+    return recipe_writer(tmp_path_factory.mktemp("module_runs"), toy_model)
