@@ -111,8 +111,8 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
     for section in sections:
         par = getattr(cfg, section)
         try:
+            check_experts(experts, par.ep, field=section)  # the expert counts, with the valid ep values named
             spec.check_layout(par.tp, par.pp, field=section, ep=par.ep, sequence_parallel=par.sequence_parallel)
-            check_experts(experts, par.ep, field=section)
         except ValueError as err:
             raise ConfigError(str(err)) from None
 

@@ -164,14 +164,3 @@ def test_dry_run_prints_the_moe_plan_on_h100_and_h200(capsys):
     # checks, so the plan makes them again
     rc, _, err = _dry_run(capsys, "--nodes", "7", "--rollout-nodes", "1", "actor.ep=3")
     assert rc == 2 and "actor.ep=3 does not divide num_experts=128" in err
-
-
-def test_planning_only_architecture_refuses_to_build():
-    """qwen3_moe is recognised for planning here; building it must fail loudly, not build a dense Qwen3."""
-    from megarl.models.spec import UnsupportedModelError
-
-    spec = ModelSpec.from_hf(CONFIG)
-    with pytest.raises(UnsupportedModelError, match="recognised for planning"):
-        spec.architecture.layer_mappings(spec, "local")
-    with pytest.raises(UnsupportedModelError, match="recognised for planning"):
-        spec.architecture.megatron_config(spec)
