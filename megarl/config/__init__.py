@@ -12,12 +12,12 @@ from megarl.config.checks import load_config, planning_config_json, validate_sem
 from megarl.config.schema import (
     RENAMED_KEYS, WEIGHT_SYNC_SUBDIR, AlgorithmConfig, CheckpointConfig, Config, ConfigError, CriticConfig, DataConfig,
     EvalConfig, LoggingConfig, ModelConfig, ParallelConfig, RewardConfig, RolloutConfig, RunConfig, Section, SlurmConfig, ToolConfig,
-    apply_overrides, build_section, colocated_transport_problem, read_config, read_recipe,
+    apply_overrides, build_section, colocated_transport_problem, critic_layout_problem, read_config, read_recipe,
 )
 
 __all__ = [
     "RENAMED_KEYS", "WEIGHT_SYNC_SUBDIR", "AlgorithmConfig", "CheckpointConfig", "Config", "ConfigError", "CriticConfig",
     "DataConfig", "EvalConfig", "LoggingConfig", "ModelConfig", "ParallelConfig", "RewardConfig", "RolloutConfig",
-    "RunConfig", "Section", "SlurmConfig", "ToolConfig", "apply_overrides", "build_section", "colocated_transport_problem",
+    "RunConfig", "Section", "SlurmConfig", "ToolConfig", "apply_overrides", "build_section", "colocated_transport_problem", "critic_layout_problem",
     "load_config", "planning_config_json", "read_config", "read_recipe", "validate_semantics",
 ]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from megarl import model_source
 from megarl.algorithms.registry import algorithm_names, get_algorithm
-from megarl.config.schema import Config, ConfigError, colocated_transport_problem, read_config
+from megarl.config.schema import Config, ConfigError, colocated_transport_problem, critic_layout_problem, read_config
 from megarl.model_configs.experts import Experts, check_expert_world, check_experts
 from megarl.model_source import ModelSourceError
 from megarl.rollout.engines import get_engine
@@ -54,6 +54,8 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
                 check_expert_world(par.ep, par.tp, par.pp, world_size, field=section)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+    if critic_layout_problem(cfg):
+        raise ConfigError(critic_layout_problem(cfg))
     algo = get_algorithm(cfg.algorithm.name)
     for key, value in algo.requires.items():
         if getattr(cfg.algorithm, key) != value:

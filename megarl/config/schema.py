@@ -219,6 +219,15 @@ class AlgorithmConfig(Section):
 WEIGHT_SYNC_SUBDIR = "weight_sync"  # rollout.disk_dir's default, under the run directory
 
 
+def critic_layout_problem(cfg: "Config") -> str | None:
+    """Why the critic's layout can't run beside the actor's (they share the ranks), or None."""
+    actor, critic = cfg.actor, cfg.critic
+    if cfg.uses_critic and (critic.tp, critic.pp, critic.ep) != (actor.tp, actor.pp, actor.ep):
+        return (f"critic.tp/pp/ep={critic.tp}/{critic.pp}/{critic.ep} must equal actor.tp/pp/ep={actor.tp}/{actor.pp}/{actor.ep} "
+                "(actor and critic share the ranks); set them equal")
+    return None
+
+
 def colocated_transport_problem(transport: str, *, colocate: bool, gpus: bool) -> str | None:
     """Why `transport` cannot serve colocated servers on GPUs (None when it can). The distributed transport's
     NCCL group would hold trainer rank 0 and the server rank on the same GPU, which NCCL refuses; CUDA IPC

@@ -22,7 +22,7 @@ import math
 import re
 from typing import Literal
 
-from megarl.config import Config, SlurmConfig, colocated_transport_problem
+from megarl.config import Config, SlurmConfig, colocated_transport_problem, critic_layout_problem
 from megarl.model_configs.experts import check_expert_world, expert_data_parallel
 from megarl.rollout.engines import default_engine, get_engine
 
@@ -241,10 +241,8 @@ def plan_layout(cfg: Config, opts: LaunchOptions) -> JobLayout:
             f"{trainer_nodes} trainer node(s) x {nproc} {unit} = {world} ranks is not a multiple of "
             f"actor.tp*actor.pp = {tp}*{pp} = {tp * pp}; change the node count, actor.tp/pp"
             + ("" if gpus else " or --procs-per-node"))
-    if cfg.uses_critic and (cfg.critic.tp, cfg.critic.pp, cfg.critic.ep) != (tp, pp, cfg.actor.ep):
-        raise LaunchError(
-            f"critic.tp/pp/ep={cfg.critic.tp}/{cfg.critic.pp}/{cfg.critic.ep} must equal actor.tp/pp/ep={tp}/{pp}/{cfg.actor.ep} "
-            "(actor and critic share the ranks); set them equal")
+    if critic_layout_problem(cfg):
+        raise LaunchError(critic_layout_problem(cfg))
     try:
         check_expert_world(cfg.actor.ep, tp, pp, world)
     except ValueError as err:

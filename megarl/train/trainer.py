@@ -55,15 +55,9 @@ class Trainer:
         self.cfg = cfg
         self.rt = init_runtime(cfg.actor.tp, cfg.actor.pp, seed=cfg.run.seed, ep=cfg.actor.ep)
         validate_semantics(cfg, world_size=self.rt.world_size, check_files=False)
-        if cfg.uses_critic and (cfg.critic.tp, cfg.critic.pp) != (cfg.actor.tp, cfg.actor.pp):
-            raise ValueError(
-                f"critic.tp/pp={cfg.critic.tp}/{cfg.critic.pp} must equal actor.tp/pp={cfg.actor.tp}/{cfg.actor.pp} "
-                "(actor and critic share the ranks); set them equal"
-            )
         self.run_dir = Path(cfg.run.output_dir)
         self.is_driver = self.rt.rank == 0
         self.dp_group = ps.get_data_parallel_group()
-        self.initial_torch_dist = None  # model.path is a torch_dist checkpoint (Megatron-LM / Megatron-Bridge / megarl)
         self.model_dir = self._resolve_model()
         self.spec = ModelSpec.from_hf(self.model_dir)
         self.spec.check_layout(cfg.actor.tp, cfg.actor.pp, ep=cfg.actor.ep, sequence_parallel=cfg.actor.sequence_parallel)
@@ -104,7 +98,7 @@ class Trainer:
             model_source.resolve(model.path, tokenizer=model.tokenizer)
         collectives.barrier()
         source = model_source.resolve(model.path, tokenizer=model.tokenizer)  # made: every rank gets the same directory
-        self.initial_torch_dist = source.checkpoint
+        self.initial_torch_dist = source.checkpoint  # model.path is a torch_dist checkpoint (Megatron-LM, Megatron-Bridge, megarl)
         return source.hf_dir
 
     def _worker(self, role: str, par, trainable: bool) -> ModelWorker:
@@ -154,9 +148,9 @@ class Trainer:
         problem = colocated_transport_problem(rc.transport, colocate=rc.colocate, gpus=on_gpu())
         if problem:  # the built-in engine on GPUs (the config check covers SGLang)
             raise ConfigError(problem)
+        routes = self.spec.is_moe  # MoE: the rollout's experts, for replay (or moe/router_mismatch without it)
         self.servers = fleet.start_for_run(rc, self.model_dir, self.run_dir / "logs", seed=fold_seed(self.cfg.run.seed, 31),
-                                           dtype=self.cfg.model.dtype,
-                                           routed_experts=self.spec.is_moe)  # routes for replay, or for moe/router_mismatch without it
+                                           dtype=self.cfg.model.dtype, routed_experts=routes)
         if self.servers.trainer_threads is not None and self.rt.world_size == 1 and self.rt.device.type == "cpu":
             torch.set_num_threads(self.servers.trainer_threads)
         self.pusher = WeightPusher(self.servers.server_urls, transport=rc.transport, bucket_bytes=rc.bucket_mb << 20,
@@ -165,7 +159,7 @@ class Trainer:
                                    **self.servers.weight_sync_options(rc.server_tp))
         self.client = RolloutClient(self.servers.generation_urls, max_concurrency=rc.max_concurrency,
                                     request_timeout_s=rc.request_timeout_s, context_length=self.spec.max_position_embeddings,
-                                    return_routed_experts=self.spec.is_moe)  # routes for replay, or for moe/router_mismatch without it
+                                    return_routed_experts=routes)
         self.client.wait_until_healthy(timeout_s=300)
 
     # ---- the loop -----------------------------------------------------------------------
@@ -241,8 +235,7 @@ class Trainer:
                              totals=progress.totals, skip_streak=self.skip_streak, step=self.step)
                 progress.updates_done = u + 1
             metrics.update(update.summary(progress.totals, progress.tensors, self.update_setup))
-        if self.spec.is_moe:  # routing replay: training's routes against the rollout's, load per layer
-            metrics.update(router_replay.step_metrics(self.actor.model))
+            metrics.update(router_replay.step_metrics(self.actor.model) if self.spec.is_moe else {})  # MoE: routes, load
         self._server_memory("resume")
         with timer("rollout_wait"):  # overlap: step+1's batch must finish on the old weights
             self.prefetch.finish()
@@ -367,5 +360,5 @@ class Trainer:
                 self.servers.stop()
             if self.logger is not None:
                 self.logger.close()
-            if self.rollout_setup is not None and self.rollout_setup.tools is not None:  # its sandboxes
-                self.rollout_setup.tools.close()
+            if self.rollout_setup is not None:
+                self.rollout_setup.close()

@@ -51,6 +51,11 @@ class RolloutSetup:
     tools: multi_turn.ToolRunner | None = None  # tool.enabled: the interpreter of multi-turn rollouts
     spec: Any = None  # the model's ModelSpec (MoE: reads the rollout's routed experts for routing replay)
 
+    def close(self) -> None:
+        """Stops what the setup started: the interpreter's sandboxes (tool.enabled)."""
+        if self.tools is not None:
+            self.tools.close()
+
 
 def make_setup(cfg: Config, client: RolloutClient, tokenizer, spec: Any = None) -> RolloutSetup:
     """The run's RolloutSetup: its template, stop strings and the recipe's reward section."""
