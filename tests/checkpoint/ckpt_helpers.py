@@ -11,7 +11,7 @@ TOKENIZER_FILES = {
     "vocab.json": json.dumps({"a": 0, "b": 1}),
     "merges.txt": "#version: 0.2\n",
 }
-ARCHS = ("qwen2", "qwen2_05b_shaped", "llama", "mistral")
+ARCHS = ("qwen2", "qwen2_05b_shaped", "llama", "mistral", "qwen3_moe")
 
 
 def load_hf_weights(hf_dir) -> dict[str, torch.Tensor]:

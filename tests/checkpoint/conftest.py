@@ -10,7 +10,7 @@ QWEN05B_SHAPED = dict(hidden_size=112, num_attention_heads=14, num_key_value_hea
 
 @pytest.fixture(scope="session")
 def hf_models(tmp_path_factory):
-    """{name: HF dir} for qwen2 (tied), a Qwen2.5-0.5B-shaped qwen2, llama and mistral."""
+    """{name: HF dir} for qwen2 (tied), a Qwen2.5-0.5B-shaped qwen2, llama, mistral and a Qwen3-MoE."""
     from tiny_models import make_tiny_hf
 
     root = tmp_path_factory.mktemp("ckpt_hf")
@@ -19,6 +19,7 @@ def hf_models(tmp_path_factory):
         "qwen2_05b_shaped": make_tiny_hf("qwen2", root / "qwen2_05b_shaped", seed=1, **QWEN05B_SHAPED),
         "llama": make_tiny_hf("llama", root / "llama"),
         "mistral": make_tiny_hf("mistral", root / "mistral"),
+        "qwen3_moe": make_tiny_hf("qwen3_moe", root / "qwen3_moe"),
     }
     for path in models.values():
         for name, text in TOKENIZER_FILES.items():
