@@ -71,6 +71,24 @@ def test_hf_to_torch_dist_at_tp2_pp2_to_hf_is_bitwise(hf_models, tmp_path):
         assert have[name].dtype == tensor.dtype and torch.equal(have[name], tensor), name
 
 
+def test_a_moe_checkpoint_loads_and_saves_at_ep2_bitwise(hf_models, tmp_path):
+    """A Qwen3-MoE converted without any layout, loaded at EP2 (each rank its half of the experts) by
+    megatron-core and by megarl, saved again at EP2, read back to HF: the input, bitwise (a checkpoint
+    moves between EP layouts: megatron-core reshards the experts on load)."""
+    src = hf_models["qwen3_moe"]
+    root, saved, back = tmp_path / "mcore", tmp_path / "saved_ep2", tmp_path / "hf_back"
+    _tool("convert_hf_to_megatron.py", "--hf-dir", src, "--out", root)
+    proc = torchrun([str(Path(__file__).with_name("torch_dist_job.py")), str(src), str(root), "1", "1", str(saved), "2"], nproc=2)
+    assert "OK" in proc.stdout
+    from megarl.checkpoint import torch_dist_to_hf
+
+    torch_dist_to_hf(saved, back)
+    want, have = _hf_tensors(src), _hf_tensors(back)
+    assert sorted(have) == sorted(want)
+    for name, tensor in want.items():
+        assert have[name].dtype == tensor.dtype and torch.equal(have[name], tensor), name
+
+
 def test_a_torch_dist_checkpoint_without_hf_config_names_the_fix(hf_models, tmp_path):
     from megarl.checkpoint.safetensors_stream import CheckpointFormatError
     from megarl.checkpoint.torch_dist import hf_assets_of

@@ -2,7 +2,7 @@
 TP x PP (argv) by megatron-core the way Megatron-LM loads (`{"model": sharded_state_dict()}`, strict
 `load_state_dict`) and by megarl's loader; both equal, bitwise, to the model loaded from HF, weights
 and logits; then saved again at this layout (megarl.checkpoint.torch_dist.save_model) into argv[5].
-Prints OK on rank 0."""
+argv[6], when given, is the expert-parallel size (a mixture-of-experts model). Prints OK on rank 0."""
 
 import sys
 from pathlib import Path
@@ -21,7 +21,8 @@ def main():
     from megarl.models.spec import ModelSpec
     from megarl.runtime.distributed import init_runtime
 
-    init_runtime(tp, pp)
+    ep = int(sys.argv[6]) if len(sys.argv) > 6 else 1
+    init_runtime(tp, pp, ep=ep)
     iteration = int((root / TRACKER_FILE).read_text())
     iter_dir = root / iteration_dir_name(iteration)
     assert dist_checkpointing.check_is_distributed_checkpoint(str(iter_dir)), iter_dir
