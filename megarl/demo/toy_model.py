@@ -167,33 +167,7 @@ def toy_model_config(settings: ToyModelSettings, vocab_size: int, eos_id: int, p
     """The HF config: a Qwen2, or with `num_experts` a Qwen3-MoE of the same shape (every layer sparse)."""
     from transformers import Qwen2Config, Qwen3MoeConfig
 
-    if settings.num_experts > 0:
-        return Qwen3MoeConfig(
-            vocab_size=vocab_size,
-            hidden_size=settings.hidden_size,
-            intermediate_size=settings.intermediate_size,
-            num_hidden_layers=settings.num_layers,
-            num_attention_heads=settings.num_heads,
-            num_key_value_heads=settings.num_kv_heads,
-            head_dim=settings.hidden_size // settings.num_heads,
-            max_position_embeddings=settings.max_position_embeddings,
-            rope_theta=10000.0,
-            rms_norm_eps=1e-6,
-            tie_word_embeddings=True,
-            attention_bias=False,
-            num_experts=settings.num_experts,
-            num_experts_per_tok=settings.experts_per_token,
-            moe_intermediate_size=settings.moe_intermediate_size,
-            norm_topk_prob=True,
-            decoder_sparse_step=1,
-            mlp_only_layers=[],
-            router_aux_loss_coef=settings.router_aux_loss_coef,
-            bos_token_id=eos_id,
-            eos_token_id=eos_id,
-            pad_token_id=pad_id,
-            dtype="float32",
-        )
-    return Qwen2Config(
+    shape = dict(
         vocab_size=vocab_size,
         hidden_size=settings.hidden_size,
         intermediate_size=settings.intermediate_size,
@@ -204,11 +178,24 @@ def toy_model_config(settings: ToyModelSettings, vocab_size: int, eos_id: int, p
         rope_theta=10000.0,
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,
-        use_sliding_window=False,
         bos_token_id=eos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
         dtype="float32",
+    )
+    if settings.num_experts == 0:
+        return Qwen2Config(use_sliding_window=False, **shape)
+    return Qwen3MoeConfig(
+        head_dim=settings.hidden_size // settings.num_heads,
+        attention_bias=False,
+        num_experts=settings.num_experts,
+        num_experts_per_tok=settings.experts_per_token,
+        moe_intermediate_size=settings.moe_intermediate_size,
+        norm_topk_prob=True,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        router_aux_loss_coef=settings.router_aux_loss_coef,
+        **shape,
     )
 
 
