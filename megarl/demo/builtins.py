@@ -8,6 +8,7 @@ megarl.model_source and never import this module; the `megarl` command loads the
     builtin:toy-arith        the demo's toy base model (megarl/demo/README.md)
     builtin:toy-arith-long   the long-tailed variant: also pretrained on chain problems, 768 positions
     builtin:toy-tool         the tool demo's model: products of 3-4 digit numbers, some solved with code
+    builtin:toy-arith-moe    the MoE demo's model: toy-arith's task as a Qwen3-MoE, 8 experts top-2
     toy-arith:SPLIT[:N]      one-step word problems (`toy_problems`)
     toy-arith-long:SPLIT[:N] 30% chain problems of 2-24 steps, the rest one-step (`long_problems`)
     toy-tool:SPLIT[:N]       "What is 4821 * 739?" (`megarl.demo.toy_tool.tool_problems`)
@@ -36,6 +37,9 @@ BUILTIN_MODELS: dict[str, dict] = {
     # 768 positions leave room for max_new_tokens 384 after a 256-token prompt.
     "toy-arith-long": {"chain_fraction": 0.3, "max_position_embeddings": 768},
     "toy-tool": {"tool_fraction": 0.25},
+    # The MoE demo's model (configs/tiny_cpu_moe.yaml): toy-arith's task, tokenizer and shape as a
+    # Qwen3-MoE, 8 experts top-2 of width 96 in both layers (the dense toy's FFN 192 active per token).
+    "toy-arith-moe": {"num_experts": 8},
 }
 
 

@@ -83,6 +83,13 @@ class ToyModelSettings:
     # Share of tool-integrated solutions (megarl.demo.toy_tool): > 0 is the tool demo's model
     # (builtin:toy-tool), pretrained on products of 3-4 digit numbers instead of word problems.
     tool_fraction: float = 0.0
+    # Routed experts per layer: 0 is a dense Qwen2; > 0 a Qwen3-MoE (builtin:toy-arith-moe) whose
+    # layers route each token to the top `experts_per_token` of `num_experts` SwiGLU experts of width
+    # `moe_intermediate_size` (renormalized), pretrained with the router's load-balancing loss.
+    num_experts: int = 0
+    experts_per_token: int = 2
+    moe_intermediate_size: int = 96
+    router_aux_loss_coef: float = 0.01
     # torch intra-op threads while pretraining. 1, not 2: ops this small gain little from a
     # second thread, and on a busy 2-core machine two threads measured 3-10x slower per step
     # (see megarl/demo/README.md).
@@ -99,12 +106,16 @@ class ToyModelSettings:
             raise ValueError(f"loss_on={self.loss_on!r} must be 'solution' or 'document'")
         if not 0.0 <= self.chain_fraction <= 1.0:
             raise ValueError(f"chain_fraction={self.chain_fraction} must be within [0, 1]")
+        if self.num_experts and not 1 <= self.experts_per_token <= self.num_experts:
+            raise ValueError(f"experts_per_token={self.experts_per_token} must be within [1, num_experts={self.num_experts}]")
 
     @property
     def name(self) -> str:
         """The built-in model name these settings belong to (and the cache directory's prefix)."""
         if self.tool_fraction > 0:
             return "toy-tool"
+        if self.num_experts > 0:
+            return "toy-arith-moe"
         return "toy-arith-long" if self.chain_fraction > 0 else "toy-arith"
 
     def cache_key(self) -> str:
@@ -114,6 +125,9 @@ class ToyModelSettings:
             fields.pop("chain_fraction")
         if fields["tool_fraction"] == 0.0:  # likewise
             fields.pop("tool_fraction")
+        if fields["num_experts"] == 0:  # likewise: the dense models' keys ignore the MoE fields
+            for name in ("num_experts", "experts_per_token", "moe_intermediate_size", "router_aux_loss_coef"):
+                fields.pop(name)
         fields["version"] = TOY_MODEL_VERSION
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -150,9 +164,10 @@ def build_tokenizer(corpus: Sequence[str], vocab_size: int = 512):
 
 
 def toy_model_config(settings: ToyModelSettings, vocab_size: int, eos_id: int, pad_id: int):
-    from transformers import Qwen2Config
+    """The HF config: a Qwen2, or with `num_experts` a Qwen3-MoE of the same shape (every layer sparse)."""
+    from transformers import Qwen2Config, Qwen3MoeConfig
 
-    return Qwen2Config(
+    shape = dict(
         vocab_size=vocab_size,
         hidden_size=settings.hidden_size,
         intermediate_size=settings.intermediate_size,
@@ -163,11 +178,24 @@ def toy_model_config(settings: ToyModelSettings, vocab_size: int, eos_id: int, p
         rope_theta=10000.0,
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,
-        use_sliding_window=False,
         bos_token_id=eos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
         dtype="float32",
+    )
+    if settings.num_experts == 0:
+        return Qwen2Config(use_sliding_window=False, **shape)
+    return Qwen3MoeConfig(
+        head_dim=settings.hidden_size // settings.num_heads,
+        attention_bias=False,
+        num_experts=settings.num_experts,
+        num_experts_per_tok=settings.experts_per_token,
+        moe_intermediate_size=settings.moe_intermediate_size,
+        norm_topk_prob=True,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        router_aux_loss_coef=settings.router_aux_loss_coef,
+        **shape,
     )
 
 
@@ -262,7 +290,9 @@ def pretrain_toy_model(settings: ToyModelSettings, out_dir: Path, show_progress:
                 input_ids, mask, labels = _batch_tensors(tokenizer, batch, settings.loss_on)
                 for group in optimizer.param_groups:
                     group["lr"] = _learning_rate(step, settings)
-                loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+                # A MoE's loss includes the router's load-balancing loss (router_aux_loss_coef).
+                moe = {"output_router_logits": True} if settings.num_experts > 0 else {}
+                loss = model(input_ids=input_ids, attention_mask=mask, labels=labels, **moe).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

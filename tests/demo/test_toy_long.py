@@ -90,7 +90,7 @@ def test_long_corpus_batches_group_similar_lengths():
 
 
 def test_builtin_names_table():
-    assert set(BUILTIN_MODELS) == {"toy-arith", "toy-arith-long", "toy-tool"}
+    assert set(BUILTIN_MODELS) == {"toy-arith", "toy-arith-long", "toy-tool", "toy-arith-moe"}
     long = builtin_model_settings("toy-arith-long")
     assert long.chain_fraction > 0 and long.name == "toy-arith-long" and long.max_position_embeddings >= 640
     assert long.cache_key() != ToyModelSettings().cache_key()
