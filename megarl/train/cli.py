@@ -16,6 +16,7 @@ run directory holds a run it cannot resume (megarl/train/run_dir.py).
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -102,10 +103,17 @@ def _main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"megarl: config error: {err}", file=sys.stderr)
         return 2
-    procs = cfg.actor.tp * cfg.actor.pp
+    procs = local_ranks(cfg)
     if procs > 1 and not _under_launcher():
         return _launch_ranks(argv, procs)
     return run_training(cfg)
+
+
+def local_ranks(cfg) -> int:
+    """The ranks `megarl train` starts on this machine outside a launcher: the fewest megatron-core
+    accepts, a multiple of tp x pp (the model's shards) and of ep x pp (each stage's expert groups)."""
+    par = cfg.actor
+    return math.lcm(par.tp * par.pp, par.ep * par.pp)
 
 
 def _launch_ranks(argv: list[str], procs: int) -> int:
