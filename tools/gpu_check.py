@@ -69,7 +69,7 @@ GRPO_STEPS = 3
 # also cuts the last steps short when the in-process checks took longer than expected).
 TOTAL_LIMIT_S = 480
 STEP_LIMITS = {"install": 30, "environment": 30, "kernel_tests": 40, "check_model": 30, "sglang": 30, "te_layers": 25,
-               "grpo": 140, "colocated": 100, "optimizer_offload": 55}
+               "grpo": 120, "colocated": 85, "optimizer_offload": 45, "moe_parity": 45}
 # The CUDA stack a CUDA torch image brings (built for its driver): never carried as wheels.
 IMAGE_STACK = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
 WHEEL_PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in range(39, 16, -1)] + ["manylinux2014_x86_64", "linux_x86_64"]
@@ -79,6 +79,9 @@ KERNEL_TESTS = "tests/kernels/test_gpu_compiled.py"
 CHECK_MODEL = {"hidden_size": 896, "intermediate_size": 4864, "num_layers": 4, "num_heads": 14, "num_kv_heads": 2,
                "max_position_embeddings": 1024}
 ENGINES = ("sglang", "builtin")
+# The MoE check model: the check model's attention with Qwen3-MoE layers (8 experts of 768, top-2): what
+# only a GPU runs of issue 25's path, Transformer Engine's grouped GEMM for the experts.
+CHECK_MOE = {**CHECK_MODEL, "num_layers": 2, "num_experts": 8, "experts_per_token": 2, "moe_intermediate_size": 768}
 
 
 @dataclass
@@ -250,8 +253,9 @@ def markdown_table(header: list[str], rows: list[list]) -> list[str]:
 
 
 # ---- the check model ---------------------------------------------------------------------------------
-def make_check_model(out_dir: Path) -> dict:
-    """Write the check model (random weights, seed 0, bf16) and the toy task's tokenizer to `out_dir`."""
+def make_check_model(out_dir: Path, settings: dict = CHECK_MODEL) -> dict:
+    """Write the check model (random weights, seed 0, bf16) and the toy task's tokenizer to `out_dir`
+    (`settings`: CHECK_MODEL, or CHECK_MOE for the mixture-of-experts one)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -260,7 +264,7 @@ def make_check_model(out_dir: Path) -> dict:
     toy = ToyModelSettings()
     corpus = [p + s for p, s in pretraining_corpus(toy)[: toy.tokenizer_corpus_size]]
     tokenizer = build_tokenizer(corpus, toy.tokenizer_vocab_size)
-    config = toy_model_config(ToyModelSettings(**CHECK_MODEL), len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    config = toy_model_config(ToyModelSettings(**settings), len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     config.dtype = "bfloat16"
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
@@ -532,6 +536,24 @@ def kernel_tests(steps: Steps) -> Row:
     return steps.add(Row("kernel_tests", "fail", secs, failure(rc, limit, text)))
 
 
+def moe_parity(steps: Steps, work: Path) -> Row:
+    """Qwen3-MoE logits in bf16 on the GPU (the experts as Transformer Engine's grouped GEMM where TE imports)
+    against transformers' fp32 model: within 2x of what bf16 costs transformers itself, as tests/train/test_parity.py
+    asks on CPU. One GPU: EP=1 (expert parallelism over NCCL needs two)."""
+    limit, out = STEP_LIMITS["moe_parity"], work / "moe_parity.json"
+    model_dir = work / "check_moe"
+    rc, text, secs = steps.run("moe_parity", limit, ["bash", "-c", (
+        f"{sys.executable} {__file__} make-model --moe {model_dir} && {sys.executable} -m torch.distributed.run "
+        f"--nproc-per-node 1 -m megarl.train.parity --hf-dir {model_dir} --dtype bf16 --out {out}")])
+    if rc != 0 or not out.is_file():
+        return steps.add(Row("moe_parity", "fail", secs, failure(rc, limit, text)))
+    row = json.loads(out.read_text())[0]
+    ours, theirs = row["max_abs_logit_diff_vs_fp32"], row["hf_max_abs_logit_diff_vs_fp32"]
+    status = "pass" if ours < 2 * theirs else "fail"
+    return steps.add(Row("moe_parity", status, secs, f"Qwen3-MoE bf16 logits vs transformers fp32: {ours:.2e} "
+                         f"(transformers' own bf16: {theirs:.2e}; bound 2x)", row))
+
+
 def run_gpu(args, steps: Steps) -> dict:
     py = sys.executable
     lock = gpu_lock(f"{sys.version_info.major}.{sys.version_info.minor}")
@@ -573,6 +595,7 @@ def run_gpu(args, steps: Steps) -> dict:
     else:
         steps.add(Row("te_layers", "skipped", secs, f"layers: {impl[0]} (transformer-engine does not import; Megatron's local layers run)")
                   if impl else Row("te_layers", "fail", secs, failure(rc, STEP_LIMITS["te_layers"], text)))
+    moe_parity(steps, work)
     if model.status != "pass":
         return info
     recipe = recipes(engine, model_dir, work, "tensor")
@@ -690,6 +713,13 @@ def run_dry(args, steps: Steps) -> dict:
         made = make_check_model(work / "check_model")
         return "pass", f"{made['parameters'] / 1e6:.1f}M parameters, vocab {made['vocab']}"
 
+    def moe_model():
+        from megarl.models.spec import ModelSpec
+
+        made = make_check_model(work / "check_moe", CHECK_MOE)
+        spec = ModelSpec.from_hf(made["dir"])
+        return ("pass" if spec.is_moe else "fail"), f"{made['parameters'] / 1e6:.1f}M parameters, moe: {spec.is_moe}"
+
     def recipe_check(engine, name, transport):
         def check():
             import megarl.demo  # noqa: F401  registers builtin: models and the toy sets, as the megarl command does
@@ -716,7 +746,7 @@ def run_dry(args, steps: Steps) -> dict:
 
     for name, fn in [("files", files), ("arguments", arguments), ("locks", locks), ("wheels_py3.11", plan("3.11")),
                      ("wheels_py3.12", plan("3.12")), ("environment", environment), ("imports", imports),
-                     ("te_layers", te), ("check_model", model)]:
+                     ("te_layers", te), ("check_model", model), ("check_moe_model", moe_model)]:
         dry_check(steps, name, fn)
     for engine in ENGINES:  # the recipes of one GPU (tensor) and of two (distributed, server on GPU 1)
         for name, transport in (("grpo", "tensor"), ("grpo_apart", "distributed"), ("colocated", "tensor")):
@@ -770,8 +800,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["make-model"]:
-        print(json.dumps(make_check_model(Path(argv[1]))))
+    if argv[:1] == ["make-model"]:  # make-model [--moe] DIR
+        moe = argv[1:2] == ["--moe"]
+        print(json.dumps(make_check_model(Path(argv[-1]), CHECK_MOE if moe else CHECK_MODEL)))
         return 0
     if argv[:1] == ["colocated-step"]:
         return colocated_step(argv[1:])

@@ -35,7 +35,7 @@ def test_dry_run_checks_every_step(tmp_path):
     result = json.loads((out / "gpu_check.json").read_text())
     status = {s["step"]: s["status"] for s in result["steps"]}
     assert list(status) == ["files", "arguments", "locks", "wheels_py3.11", "wheels_py3.12", "environment", "imports",
-                            "te_layers", "check_model", "recipe_grpo_sglang", "recipe_grpo_apart_sglang",
+                            "te_layers", "check_model", "check_moe_model", "recipe_grpo_sglang", "recipe_grpo_apart_sglang",
                             "recipe_colocated_sglang", "recipe_grpo_builtin", "recipe_grpo_apart_builtin",
                             "recipe_colocated_builtin", "recipe_optimizer_offload"]
     assert status.pop("te_layers") == "skipped"  # no transformer-engine on CPU: skipped, not passed
