@@ -44,3 +44,18 @@ def test_moe_grpo_at_ep2_replays_the_rollout_routes(write_recipe, moe_model, rep
             assert r["moe/router_mismatch"] == r["moe/router_drift"]
     if not replay:  # the second mini-batch's update runs on weights one optimizer step past the rollout's
         assert max(r["moe/router_mismatch"] for r in rows) > 0
+
+
+def test_moe_routes_travel_with_async_samples(write_recipe, moe_model):
+    """rollout.mode=async with partial rollouts: samples generated ahead of the update (policy lag 1)
+    carry their routes into training, and replay holds (mismatch 0 at every step)."""
+    recipe, run_dir = write_recipe("moe_async", run={"steps": 3}, model={"path": str(moe_model)},
+                                   actor={"ep": 2, "router_replay": True, "lr": 1e-3},
+                                   reward={"custom": "toy_rewards:mentions_seven"}, rollout={"max_new_tokens": 16, "mode": "async",
+                                                                                              "partial": True},
+                                   algorithm={"name": "grpo"})
+    _train(recipe, nproc=2)
+    rows = _metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert max(r["rollout/policy_lag"] for r in rows) >= 1  # trained on samples from an older policy
+    assert all(r["moe/router_mismatch"] == 0.0 for r in rows), [r["moe/router_mismatch"] for r in rows]
