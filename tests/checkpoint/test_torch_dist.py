@@ -54,13 +54,13 @@ def test_hf_to_torch_dist_to_hf_round_trip_is_bitwise(hf_models, tmp_path, arch)
         assert have[name].dtype == tensor.dtype and torch.equal(have[name], tensor), name
 
 
-def test_hf_to_torch_dist_at_tp2_pp2_to_hf_is_bitwise(hf_models, tmp_path):
-    """HF -> torch_dist (streamed) -> a TP2 x PP2 model (megatron-core's load, and megarl's) ->
-    megatron-core's save at TP2 x PP2 -> HF (read from the TP shards' chunks): the input, bitwise."""
-    src = hf_models["qwen2_05b_shaped"]
-    root, saved, back = tmp_path / "mcore", tmp_path / "saved_tp2pp2", tmp_path / "hf_back"
-    _tool("convert_hf_to_megatron.py", "--hf-dir", src, "--out", root, "--tp", 2)
-    proc = torchrun([str(Path(__file__).with_name("torch_dist_job.py")), str(src), str(root), "2", "2", str(saved)], nproc=4)
+def _through_a_layout_is_bitwise(src, tmp_path, tp, pp, ep=1, vocab_tp=1):
+    """HF -> torch_dist (streamed) -> a model at tp x pp x ep (megatron-core's load, and megarl's) ->
+    megatron-core's save at that layout -> HF: the input, bitwise."""
+    root, saved, back = tmp_path / "mcore", tmp_path / "saved", tmp_path / "hf_back"
+    _tool("convert_hf_to_megatron.py", "--hf-dir", src, "--out", root, "--tp", vocab_tp)
+    job = [str(Path(__file__).with_name("torch_dist_job.py")), str(src), str(root), str(tp), str(pp), str(saved), str(ep)]
+    proc = torchrun(job, nproc=max(tp * pp, ep * pp))
     assert "OK" in proc.stdout
     from megarl.checkpoint import torch_dist_to_hf
 
@@ -69,24 +69,17 @@ def test_hf_to_torch_dist_at_tp2_pp2_to_hf_is_bitwise(hf_models, tmp_path):
     assert sorted(have) == sorted(want)
     for name, tensor in want.items():
         assert have[name].dtype == tensor.dtype and torch.equal(have[name], tensor), name
+
+
+def test_hf_to_torch_dist_at_tp2_pp2_to_hf_is_bitwise(hf_models, tmp_path):
+    """A TP2 x PP2 model reads the checkpoint from the TP shards' chunks and saves it again at its layout."""
+    _through_a_layout_is_bitwise(hf_models["qwen2_05b_shaped"], tmp_path, tp=2, pp=2, vocab_tp=2)
 
 
 def test_a_moe_checkpoint_loads_and_saves_at_ep2_bitwise(hf_models, tmp_path):
-    """A Qwen3-MoE converted without any layout, loaded at EP2 (each rank its half of the experts) by
-    megatron-core and by megarl, saved again at EP2, read back to HF: the input, bitwise (a checkpoint
-    moves between EP layouts: megatron-core reshards the experts on load)."""
-    src = hf_models["qwen3_moe"]
-    root, saved, back = tmp_path / "mcore", tmp_path / "saved_ep2", tmp_path / "hf_back"
-    _tool("convert_hf_to_megatron.py", "--hf-dir", src, "--out", root)
-    proc = torchrun([str(Path(__file__).with_name("torch_dist_job.py")), str(src), str(root), "1", "1", str(saved), "2"], nproc=2)
-    assert "OK" in proc.stdout
-    from megarl.checkpoint import torch_dist_to_hf
-
-    torch_dist_to_hf(saved, back)
-    want, have = _hf_tensors(src), _hf_tensors(back)
-    assert sorted(have) == sorted(want)
-    for name, tensor in want.items():
-        assert have[name].dtype == tensor.dtype and torch.equal(have[name], tensor), name
+    """A Qwen3-MoE converted without any layout, loaded at EP2 (each rank its half of the experts) and saved
+    again at EP2: a checkpoint moves between EP layouts (megatron-core reshards the experts on load)."""
+    _through_a_layout_is_bitwise(hf_models["qwen3_moe"], tmp_path, tp=1, pp=1, ep=2)
 
 
 def test_a_torch_dist_checkpoint_without_hf_config_names_the_fix(hf_models, tmp_path):
