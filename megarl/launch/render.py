@@ -86,8 +86,8 @@ def server_plan(cfg: Config, layout: JobLayout, model_dir: str, base_port: int) 
         return None
     source = model_source.resolve(cfg.model.path, tokenizer=cfg.model.tokenizer, build=False)
     if not source.has_hf_weights and not get_engine(layout.engine).placeholder_weights:
-        raise LaunchError(f"model.path={cfg.model.path} is a torch_dist checkpoint and {layout.engine} servers load HF "
-                          "weights; use rollout.engine=sglang, or convert it to HF first (tools/convert_megatron_to_hf.py)")
+        raise LaunchError(f"model.path={cfg.model.path} is a torch_dist checkpoint and rollout.engine={layout.engine} starts "
+                          "from HF weights; use rollout.engine=sglang, or convert it to HF first (tools/convert_megatron_to_hf.py)")
     dtype = cfg.model.dtype if layout.on_gpu else "fp32"  # the built-in CPU server computes in fp32
     return ServerPlan(engine=layout.engine, model=model_dir, dtype=dtype, server_tp=layout.server_tp,
                       servers_per_node=layout.servers_per_node, base_port=base_port,

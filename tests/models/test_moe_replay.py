@@ -24,10 +24,11 @@ def moe_dir(tiny_hf_models):
 @pytest.fixture(scope="module")
 def rollout(moe_dir):
     """One greedy generation from the built-in engine with its routed experts, in SGLang's wire format."""
-    from megarl.rollout.engine import GenerationEngine, SequenceRequest, SequenceSampling
+    from megarl.rollout.engine import GenerationEngine, SequenceRequest
+    from megarl.rollout.protocol import SamplingParams
 
     engine = GenerationEngine(str(moe_dir))
-    sampling = SequenceSampling.from_request({"max_new_tokens": 7, "temperature": 0.0})
+    sampling = SamplingParams.from_request({"max_new_tokens": 7, "temperature": 0.0})
     prompt = [5, 17, 300, 42, 9, 11]
     (res,) = engine.generate([SequenceRequest(input_ids=prompt, sampling=sampling, return_routed_experts=True)])
     meta = {"routed_experts": routed_experts.encode(res.routed_experts.numpy())}

@@ -375,4 +375,4 @@ def test_servers_of_a_torch_dist_source_start_from_its_hf_assets(tmp_path):
     assert script.count("--load-format dummy") == servers
     cpu = run_submit([str(REPO / "configs/simplerl_zoo_qwen2.5_7b.yaml"), "--dry-run", "--nodes", "2", "--rollout-nodes", "1",
                       "--gpus-per-node", "0", "rollout.engine=builtin", f"model.path={root}", f"run.output_dir={tmp_path}/cpu"])
-    assert cpu[0] == 2 and "is a torch_dist checkpoint and built-in servers load HF weights" in cpu[2], cpu[2]
+    assert cpu[0] == 2 and "is a torch_dist checkpoint and rollout.engine=builtin starts from HF weights" in cpu[2], cpu[2]
