@@ -9,7 +9,7 @@
 #   kernels_name    tests/kernels/test_import_name.py: HF's `kernels` and megarl.kernels, from the repo
 #                   root and elsewhere, and transformers building a model
 #   doctor          `megarl doctor` against the CPU lock (it names each package that differs)
-#   conversion      tests/checkpoint/test_convert.py's TP2xPP2 qwen2 round trip (bitwise)
+#   conversion      HF -> torch_dist -> a TP2xPP2 model -> torch_dist -> HF, bitwise (tests/checkpoint/test_torch_dist.py)
 #   demo_2_steps    `megarl train configs/tiny_cpu.yaml` for 2 steps (pretrains the toy model on first use)
 # torch stays at the lock's version: the CPU wheel comes from its own index, and the newest torch is
 # what the GPU lock (tools/lock.sh) tracks. sglang stays at 0.5.23 --no-deps, as in the tests.
@@ -52,7 +52,7 @@ export TRITON_INTERPRET=1 WANDB_MODE=offline PYTHONUNBUFFERED=1 TOKENIZERS_PARAL
 step imports 120 python -c "import megarl.train.trainer, megarl.rollout.server, megarl.rollout.weight_sync, megarl.kernels.logprob, megatron.core, transformers, kernels, sglang.srt.utils"
 step kernels_name 180 python -m pytest -q -p no:cacheprovider tests/kernels/test_import_name.py
 step doctor 120 megarl doctor --lock cpu
-step conversion 240 python -m pytest -q -p no:cacheprovider "tests/checkpoint/test_convert.py::test_round_trip_tp2_pp2_is_bitwise[qwen2]"
+step conversion 240 python -m pytest -q -p no:cacheprovider "tests/checkpoint/test_torch_dist.py::test_hf_to_torch_dist_at_tp2_pp2_to_hf_is_bitwise"
 step demo_2_steps 420 bash -c "cd '$WORK' && megarl train '$REPO/configs/tiny_cpu.yaml' run.steps=2 eval.every=0 run.output_dir='$WORK/run'"
 
 echo
