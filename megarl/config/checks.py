@@ -54,8 +54,8 @@ def validate_semantics(cfg: Config, *, check_files: bool = True, world_size: int
                 check_expert_world(par.ep, par.tp, par.pp, world_size, field=section)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
-    if critic_layout_problem(cfg):
-        raise ConfigError(critic_layout_problem(cfg))
+    if problem := critic_layout_problem(cfg):
+        raise ConfigError(problem)
     algo = get_algorithm(cfg.algorithm.name)
     for key, value in algo.requires.items():
         if getattr(cfg.algorithm, key) != value:

@@ -241,8 +241,8 @@ def plan_layout(cfg: Config, opts: LaunchOptions) -> JobLayout:
             f"{trainer_nodes} trainer node(s) x {nproc} {unit} = {world} ranks is not a multiple of "
             f"actor.tp*actor.pp = {tp}*{pp} = {tp * pp}; change the node count, actor.tp/pp"
             + ("" if gpus else " or --procs-per-node"))
-    if critic_layout_problem(cfg):
-        raise LaunchError(critic_layout_problem(cfg))
+    if problem := critic_layout_problem(cfg):
+        raise LaunchError(problem)
     try:
         check_expert_world(cfg.actor.ep, tp, pp, world)
     except ValueError as err:

@@ -59,6 +59,7 @@ def server_commands(plan: ServerPlan, node_index: int, python: str,
     """(port, argv) of every server on server node `node_index`. Built-in servers read the token
     from $MEGARL_SERVE_TOKEN; SGLang reads it from `admin_key_config` (`--config`, a 0600 YAML file)."""
     engine = get_engine(plan.engine)
+    routes = _is_moe(plan.model)  # MoE: the servers return each token's experts (routing replay reads them)
     commands = []
     for i in range(plan.servers_per_node):
         port = plan.port(node_index, i)
@@ -66,7 +67,7 @@ def server_commands(plan: ServerPlan, node_index: int, python: str,
                               dtype=plan.dtype, tp=plan.server_tp, first_gpu=plan.first_gpu + i * plan.server_tp,
                               colocate=plan.colocate, mem_fraction_static=plan.mem_fraction_static,
                               max_batch_sequences=plan.max_batch_sequences, placeholder_weights=plan.placeholder_weights,
-                              return_routed_experts=_is_moe(plan.model),  # routing replay reads them
+                              return_routed_experts=routes,
                               token_file=admin_key_config if engine.token_from_file else None)
         commands.append((port, engine.command(launch, python)))
     return commands
